@@ -1,0 +1,44 @@
+"""depthcut: structured depth/width pruning that really shrinks tensors.
+
+Public API (heavy modules are imported lazily so that ``import depthcut`` stays fast)::
+
+    import depthcut as dc
+    model, tok = dc.load_model("smollm2-135m")
+    calib = dc.calibration(tok, "wiki", n_samples=16, seq_len=256)
+    cfg = dc.PruneConfig(units=("block",), importance="bi", budget=dc.Budget(params=0.25))
+    scores = dc.score(model, cfg, calib)
+    plan = dc.plan(scores, cfg)
+    pruned = dc.apply(model, plan)
+    dc.save(pruned, plan, "out/smollm2-bi25", tok)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Budget": "depthcut.config",
+    "PruneConfig": "depthcut.config",
+    "Plan": "depthcut.planning.plan",
+    "Scores": "depthcut.scores",
+    "score": "depthcut.api",
+    "plan": "depthcut.api",
+    "apply": "depthcut.api",
+    "prune": "depthcut.api",
+    "save": "depthcut.io",
+    "load": "depthcut.io",
+    "load_model": "depthcut.models",
+    "calibration": "depthcut.data",
+    "DepthcutError": "depthcut.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'depthcut' has no attribute {name!r}")

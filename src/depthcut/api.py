@@ -1,0 +1,85 @@
+"""score → plan → apply → save: orchestration only (the work lives in the modules)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from torch import nn
+
+from depthcut.calibrate import BlockCache
+from depthcut.config import PruneConfig
+from depthcut.data import CalibData
+from depthcut.graph.structure import ModelStructure, discover_structure
+from depthcut.importance.registry import get_importance
+from depthcut.importance.run import greedy_sequence, score_units
+from depthcut.planning.plan import Plan
+from depthcut.planning.planner import budget_target, make_plan, unit_pool
+from depthcut.planning.select import check_reachable
+from depthcut.scores import Scores
+from depthcut.surgery.actions import apply_plan
+from depthcut.units.discover import count_params, discover_units, embedding_params
+
+
+def describe(model: nn.Module, structure: ModelStructure) -> dict[str, Any]:
+    """What a plan needs to know about the model it was made for."""
+    total = count_params(model)
+    config = getattr(model, "config", None)
+    return {
+        "model_type": getattr(config, "model_type", type(model).__name__),
+        "num_blocks": structure.num_blocks,
+        "params_all": total,
+        "params_non_embedding": total - embedding_params(model, structure),
+        "config": config.to_dict() if config is not None else {},
+    }
+
+
+def score(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool = True) -> Scores:
+    """Importance of every unit of ``cfg.units`` on ``calib`` (expensive; save the result).
+
+    With ``strategy="iterative"`` this runs the greedy removal up to the budget and records
+    its sequence; the other strategies score each unit once.
+
+    >>> scores = dc.score(model, cfg, calib); scores.save("scores.json")  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    model.eval()
+    structure = discover_structure(model)
+    units = discover_units(model, structure, cfg.units)
+    info = describe(model, structure)
+    metric = get_importance(cfg.importance)(tokens=cfg.tokens)
+    scores = Scores(cfg.importance, units, {}, info, cfg.to_dict())
+    if cfg.strategy == "iterative":
+        pool = unit_pool(scores, cfg)
+        target = budget_target(info, cfg)
+        check_reachable(pool, target, "the protected blocks")
+    cache = BlockCache(model, structure, calib, progress)
+    if cfg.strategy == "iterative":
+        scores.sequence = greedy_sequence(cache, metric, pool, target, progress)
+        scores.unit_scores = dict(scores.sequence[0]["scores"]) if scores.sequence else {}
+    else:
+        scores.unit_scores = score_units(cache, metric, units, progress)
+    if getattr(metric, "provides_spans", False):
+        scores.spans = metric.spans(cache)
+    seconds = time.perf_counter() - started
+    scores.cost = {"forward_equivalents": cache.forward_equivalents, "seconds": seconds}
+    return scores
+
+
+def plan(scores: Scores, cfg: PruneConfig) -> Plan:
+    """Cheap and pure: which units go under ``cfg``'s budget and strategy."""
+    return make_plan(scores, cfg)
+
+
+def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
+    """A copy of ``model`` (or ``model`` itself) with the plan's units physically removed."""
+    return apply_plan(model, plan, inplace=inplace)
+
+
+def prune(
+    model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool = True
+) -> tuple[nn.Module, Plan, Scores]:
+    """score, plan and apply in one call."""
+    scores = score(model, cfg, calib, progress)
+    the_plan = make_plan(scores, cfg)
+    return apply_plan(model, the_plan), the_plan, scores

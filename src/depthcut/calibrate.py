@@ -1,0 +1,177 @@
+"""Block-input caching: score a unit by re-running only from its block onward.
+
+One full forward per calibration batch records every block's input hidden state and the
+extra arguments the model passed to it (masks, rotary embeddings). Afterwards any suffix of
+the block stack can be replayed from the cache, with units bypassed, and the model's tail
+(final norm, LM head) applied. ``block_runs`` counts block executions so that costs can be
+reported in full-forward equivalents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from depthcut.data import CalibData
+from depthcut.graph.capture import first_tensor, output_tensor
+from depthcut.graph.structure import ModelStructure
+from depthcut.units.bypass import bypassed
+from depthcut.units.discover import Unit, unique_params
+
+
+@dataclass
+class BlockCall:
+    args: tuple
+    kwargs: dict[str, Any]
+    hidden_pos: int | None  # index in args of the hidden state, None when passed by keyword
+    hidden_key: str | None
+
+    @classmethod
+    def from_call(cls, args: tuple, kwargs: dict, hidden: torch.Tensor) -> BlockCall:
+        for pos, value in enumerate(args):
+            if value is hidden:
+                return cls(tuple(args), dict(kwargs), pos, None)
+        key = next(k for k, v in kwargs.items() if v is hidden)
+        return cls(tuple(args), dict(kwargs), None, key)
+
+    def run(self, block: nn.Module, hidden: torch.Tensor) -> Any:
+        args, kwargs = list(self.args), dict(self.kwargs)
+        if self.hidden_pos is not None:
+            args[self.hidden_pos] = hidden
+        else:
+            kwargs[self.hidden_key] = hidden
+        return block(*args, **kwargs)
+
+
+class BlockCache:
+    """Cached block inputs of every calibration batch, kept consistent with removed units."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        structure: ModelStructure,
+        calib: CalibData,
+        progress: bool = True,
+    ):
+        self.model = model
+        self.structure = structure
+        modules = dict(model.named_modules())
+        self.blocks = [modules[b.path] for b in structure.blocks]
+        self.tail = [modules[p] for p in structure.tail]
+        self.block_cost = unique_params(self.blocks) / len(self.blocks)
+        self.tail_cost = unique_params(self.tail)
+        self.batches = calib.batches()
+        self.removed: list[Unit] = []
+        self.block_runs = 0
+        self.tail_runs = 0
+        self.progress = progress
+        # inputs[i][b]: input of block i for batch b; inputs[L][b]: output of the last block
+        self.inputs: list[list[torch.Tensor]] = [[] for _ in range(len(self.blocks) + 1)]
+        self.calls: list[list[BlockCall]] = [[] for _ in self.blocks]
+        self._capture()
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def forward_equivalents(self) -> float:
+        """Work done so far in full forwards of the whole calibration set.
+
+        A block run costs its share of parameters (≈ MACs per token); the tail (final norm and
+        LM head) its own share.
+        """
+        work = self.block_runs * self.block_cost + self.tail_runs * self.tail_cost
+        full = (self.num_blocks * self.block_cost + self.tail_cost) * len(self.batches)
+        return work / full
+
+    def masks(self, b: int) -> torch.Tensor:
+        return self.batches[b]["attention_mask"]
+
+    def _capture(self) -> None:
+        handles = []
+
+        def pre(index: int):
+            def hook(module, args, kwargs):
+                hidden = first_tensor(args, kwargs)
+                self.inputs[index].append(hidden.detach())
+                self.calls[index].append(BlockCall.from_call(args, kwargs, hidden))
+
+            return hook
+
+        def post(module, args, kwargs, output):
+            self.inputs[-1].append(output_tensor(output).detach())
+
+        try:
+            for i, block in enumerate(self.blocks):
+                handles.append(block.register_forward_pre_hook(pre(i), with_kwargs=True))
+            handles.append(self.blocks[-1].register_forward_hook(post, with_kwargs=True))
+            with torch.no_grad():
+                for batch in tqdm(self.batches, desc="calibrate", disable=not self.progress):
+                    self.model(**batch, use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.block_runs += self.num_blocks * len(self.batches)
+        self.tail_runs += len(self.batches)
+
+    def run_block(self, i: int, b: int, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Output hidden state of block ``i`` on batch ``b`` (cached input unless given)."""
+        hidden = self.inputs[i][b] if hidden is None else hidden
+        self.block_runs += 1
+        with torch.no_grad():
+            return output_tensor(self.calls[i][b].run(self.blocks[i], hidden))
+
+    def run_from(
+        self, i: int, b: int, units: Iterable[Unit] = (), hidden: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Final hidden state after blocks i..L-1, with ``units`` (and removed ones) bypassed.
+
+        Bypassed whole blocks are skipped, not run.
+        """
+        units = list(units)
+        hidden = self.inputs[i][b] if hidden is None else hidden
+        skip = self._skipped_blocks(units)
+        with self._bypass(units):
+            for j in range(i, self.num_blocks):
+                if j not in skip:
+                    hidden = self.run_block(j, b, hidden)
+        return hidden
+
+    def _skipped_blocks(self, units: list[Unit]) -> set[int]:
+        return {u.block for u in [*self.removed, *units] if u.kind == "block"}
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Apply the model tail (final norm, LM head) to a last-block output."""
+        self.tail_runs += 1
+        with torch.no_grad():
+            for module in self.tail:
+                hidden = output_tensor(module(hidden))
+        return hidden
+
+    def _bypass(self, units: Iterable[Unit]):
+        units = [*self.removed, *units]
+        return bypassed(self.model, self.structure, units) if units else nullcontext()
+
+    def remove(self, unit: Unit) -> None:
+        """Commit ``unit`` as removed and refresh the cached inputs after its block."""
+        self.removed.append(unit)
+        i = unit.block
+        skip = self._skipped_blocks([])
+        with self._bypass(()):
+            for b in range(len(self.batches)):
+                hidden = self.inputs[i][b]
+                for j in range(i, self.num_blocks):
+                    if j not in skip:
+                        hidden = self.run_block(j, b, hidden)
+                    self.inputs[j + 1][b] = hidden
+
+    def with_bypass(self, units: Iterable[Unit]) -> Any:
+        """Context manager: the model with the removed units and ``units`` bypassed."""
+        return self._bypass(units)

@@ -1,0 +1,126 @@
+"""Typed, validated, versioned configuration of a pruning run (frozen dataclasses)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from depthcut.errors import ConfigError
+
+CONFIG_VERSION = 1
+UNIT_KINDS = ("block", "attention", "mlp")
+STRATEGIES = ("ranked", "contiguous", "iterative")
+TOKEN_SETS = ("all", "last")
+PARAM_COUNTS = ("all", "non_embedding")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much to remove.
+
+    ``params`` is a fraction in (0, 1) of the parameters counted by ``count`` ("all" or
+    "non_embedding"), or, when ``params_count`` is given instead, an absolute number of
+    parameters to remove.
+
+    >>> Budget(params=0.25).fraction
+    0.25
+    """
+
+    params: float | None = None
+    params_count: int | None = None
+    count: str = "all"
+
+    def __post_init__(self) -> None:
+        if (self.params is None) == (self.params_count is None):
+            raise ConfigError("budget: give exactly one of params (fraction) or params_count")
+        if self.params is not None and not 0.0 < float(self.params) < 1.0:
+            raise ConfigError(f"budget params={self.params} must be a fraction in (0, 1)")
+        if self.params_count is not None and int(self.params_count) <= 0:
+            raise ConfigError(f"budget params_count={self.params_count} must be positive")
+        if self.count not in PARAM_COUNTS:
+            raise ConfigError(f"budget count={self.count!r}; choose one of {PARAM_COUNTS}")
+
+    @property
+    def fraction(self) -> float | None:
+        return None if self.params is None else float(self.params)
+
+    def target(self, total_all: int, total_non_embedding: int) -> int:
+        """Number of parameters to remove."""
+        if self.params_count is not None:
+            return int(self.params_count)
+        base = total_all if self.count == "all" else total_non_embedding
+        return int(round(float(self.params) * base))
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        """Parse CLI text: ``params=0.25``, ``params=0.25:non_embedding`` or ``count=5000000``."""
+        key, _, value = text.partition("=")
+        value, _, count = value.partition(":")
+        try:
+            if key == "params":
+                return cls(params=float(value), count=count or "all")
+            if key == "count":
+                return cls(params_count=int(float(value)), count=count or "all")
+        except ValueError as err:
+            raise ConfigError(f"budget {text!r}: {err}") from None
+        raise ConfigError(f"budget {text!r}: use params=FRACTION or count=N")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Everything that decides a pruning run; serialisable with a version.
+
+    units: unit kinds to consider (subset of block, attention, mlp).
+    importance: registered importance metric name (see ``depthcut.importance.available()``).
+    strategy: ranked (one shot), contiguous (Gromov span), iterative (greedy re-scoring).
+    protect_first/protect_last: blocks never pruned at the ends of the stack.
+    tokens: token set of angular metrics ("all" non-padding tokens, or the "last" one).
+    """
+
+    units: tuple[str, ...] = ("block",)
+    importance: str = "bi"
+    budget: Budget = field(default_factory=lambda: Budget(params=0.25))
+    strategy: str = "ranked"
+    protect_first: int = 1
+    protect_last: int = 1
+    tokens: str = "all"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        units = (self.units,) if isinstance(self.units, str) else tuple(self.units)
+        object.__setattr__(self, "units", units)
+        bad = [u for u in units if u not in UNIT_KINDS]
+        if not units or bad:
+            raise ConfigError(f"units {bad or units} unknown; choose from {UNIT_KINDS}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy {self.strategy!r} unknown; choose from {STRATEGIES}")
+        if self.strategy == "contiguous" and units != ("block",):
+            raise ConfigError("strategy 'contiguous' removes block spans: use units=('block',)")
+        if self.tokens not in TOKEN_SETS:
+            raise ConfigError(f"tokens {self.tokens!r}; choose one of {TOKEN_SETS}")
+        if self.protect_first < 0 or self.protect_last < 0:
+            raise ConfigError("protect_first/protect_last must be >= 0")
+        from depthcut.importance.registry import get_importance
+
+        get_importance(self.importance)  # raises with the list of known names
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["units"] = list(self.units)
+        data["version"] = CONFIG_VERSION
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
+        data = dict(data)
+        version = data.pop("version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise ConfigError(f"config version {version} is not supported ({CONFIG_VERSION})")
+        data["budget"] = Budget(**data["budget"])
+        data["units"] = tuple(data["units"])
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

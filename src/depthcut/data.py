@@ -1,0 +1,147 @@
+"""Calibration and evaluation text.
+
+The packaged source is real English Wikipedia text shipped inside the ``exllamav2==0.3.2``
+wheel (``standard_cal_data/wiki.utf8``, 2 MB). The wheel is fetched once from PyPI with
+``pip download`` (never installed) into depthcut's cache. Articles are split by position:
+the first 80% are calibration text, the last 20% evaluation text, so the two never overlap.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from depthcut.errors import CalibrationError
+from depthcut.paths import cache_dir
+
+WHEEL = "exllamav2==0.3.2"
+WHEEL_FILE = "exllamav2-0.3.2-py3-none-any.whl"
+MEMBER = "exllamav2/conversion/standard_cal_data/{name}.utf8"
+SOURCES = ("wiki", "c4", "code", "technical", "tiny")
+CALIB_SHARE = 0.8
+
+
+@dataclass
+class CalibData:
+    """Token batches: ``input_ids`` and ``attention_mask`` of shape [N, T]; 0 marks padding."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.input_ids.numel() == 0 or int(self.attention_mask.sum()) == 0:
+            raise CalibrationError("calibration data is empty: no tokens to calibrate on")
+        if self.input_ids.shape != self.attention_mask.shape:
+            raise CalibrationError("input_ids and attention_mask shapes differ")
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def batches(self) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for start in range(0, len(self), self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            out.append({"input_ids": self.input_ids[sl], "attention_mask": self.attention_mask[sl]})
+        return out
+
+
+def _wheel_path() -> Path:
+    folder = cache_dir("data")
+    path = folder / WHEEL_FILE
+    if path.exists():
+        return path
+    print(f"depthcut: fetching packaged text ({WHEEL}) from PyPI into {folder}", file=sys.stderr)
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", WHEEL, "-d", str(folder)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0 or not path.exists():
+        raise CalibrationError(f"could not fetch {WHEEL}: {result.stderr.strip()[-300:]}")
+    return path
+
+
+def packaged_text(name: str = "wiki") -> str:
+    """The whole text of one packaged calibration source."""
+    if name not in SOURCES:
+        raise CalibrationError(
+            f"unknown text source {name!r}; choose from {SOURCES} or a file path"
+        )
+    with zipfile.ZipFile(_wheel_path()) as wheel:
+        return wheel.read(MEMBER.format(name=name)).decode("utf-8")
+
+
+def split_articles(text: str) -> list[str]:
+    """Wikipedia-style ``<doc ...>`` articles, or blank-line separated paragraphs."""
+    docs = re.findall(r"<doc[^>]*>(.*?)</doc>", text, flags=re.S)
+    if not docs:
+        docs = re.split(r"\n\s*\n", text)
+    return [d.strip() for d in docs if d.strip()]
+
+
+def text_split(source: str = "wiki", split: str = "calibration") -> str:
+    """Calibration or evaluation part of a source (packaged name or a local text file)."""
+    path = Path(source)
+    if path.exists():
+        text = path.read_text(encoding="utf-8")
+    elif source in SOURCES:
+        text = packaged_text(source)
+    else:
+        raise CalibrationError(f"text source {source!r} is neither a file nor one of {SOURCES}")
+    articles = split_articles(text)
+    if len(articles) < 2:
+        raise CalibrationError(f"text source {source!r} has fewer than 2 articles to split")
+    cut = max(1, int(len(articles) * CALIB_SHARE))
+    chosen = articles[:cut] if split == "calibration" else articles[cut:]
+    return "\n\n".join(chosen)
+
+
+def pack_tokens(ids: list[int], n_samples: int, seq_len: int, batch_size: int) -> CalibData:
+    """Consecutive windows of ``seq_len`` tokens (no padding needed)."""
+    n = min(n_samples, len(ids) // seq_len)
+    if n == 0:
+        raise CalibrationError(f"calibration text has {len(ids)} tokens, fewer than {seq_len}")
+    tensor = torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    return CalibData(tensor, torch.ones_like(tensor), batch_size)
+
+
+def from_texts(tokenizer, texts: list[str], seq_len: int, batch_size: int = 4) -> CalibData:
+    """One row per text, right-padded to the longest (mask 0 on padding)."""
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise CalibrationError("calibration data is empty: no non-blank texts")
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"][:seq_len] for t in texts]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return CalibData(ids, mask, batch_size)
+
+
+def calibration(
+    tokenizer,
+    source: str = "wiki",
+    n_samples: int = 16,
+    seq_len: int = 256,
+    batch_size: int = 4,
+) -> CalibData:
+    """``n_samples`` windows of ``seq_len`` tokens of calibration text (never evaluation text).
+
+    >>> calib = calibration(tok, "wiki", n_samples=8, seq_len=128)  # doctest: +SKIP
+    """
+    if n_samples <= 0 or seq_len <= 1:
+        raise CalibrationError(f"n_samples={n_samples}, seq_len={seq_len} must be positive")
+    text = text_split(source, "calibration")
+    ids: list[int] = []
+    for article in text.split("\n\n"):
+        ids += tokenizer(article + "\n\n", add_special_tokens=False)["input_ids"]
+        if len(ids) >= n_samples * seq_len:
+            break
+    return pack_tokens(ids, n_samples, seq_len, batch_size)

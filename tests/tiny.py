@@ -1,0 +1,79 @@
+"""Tiny random models built in code (no downloads): Llama with GQA, GPT-2, GPT-NeoX."""
+
+from __future__ import annotations
+
+import torch
+
+VOCAB = 97
+
+
+def tiny_llama(layers: int = 6, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_gpt2(layers: int = 6, seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=32,
+        n_layer=layers,
+        n_head=4,
+        n_positions=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def tiny_neox(layers: int = 6, seed: int = 0, parallel: bool = True):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = GPTNeoXConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        use_parallel_residual=parallel,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    return GPTNeoXForCausalLM(cfg).eval()
+
+
+BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "neox": tiny_neox}
+
+
+def tiny_calib(n: int = 6, length: int = 20, seed: int = 1, pad_last: int = 0):
+    from depthcut.data import CalibData
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (n, length), generator=g)
+    mask = torch.ones_like(ids)
+    if pad_last:
+        mask[-1, -pad_last:] = 0
+        ids[-1, -pad_last:] = 0
+    return CalibData(ids, mask, batch_size=2)
