@@ -138,10 +138,23 @@ def calibration(
     """
     if n_samples <= 0 or seq_len <= 1:
         raise CalibrationError(f"n_samples={n_samples}, seq_len={seq_len} must be positive")
-    text = text_split(source, "calibration")
+    ids = _tokens(tokenizer, text_split(source, "calibration"), n_samples * seq_len)
+    return pack_tokens(ids, n_samples, seq_len, batch_size)
+
+
+def _tokens(tokenizer, text: str, max_tokens: int) -> list[int]:
+    """Tokenize paragraph by paragraph until ``max_tokens`` tokens are there."""
     ids: list[int] = []
     for article in text.split("\n\n"):
         ids += tokenizer(article + "\n\n", add_special_tokens=False)["input_ids"]
-        if len(ids) >= n_samples * seq_len:
+        if len(ids) >= max_tokens:
             break
-    return pack_tokens(ids, n_samples, seq_len, batch_size)
+    return ids[:max_tokens]
+
+
+def evaluation_tokens(tokenizer, source: str = "wiki", max_tokens: int = 8192) -> list[int]:
+    """Up to ``max_tokens`` tokens of held-out evaluation text (never calibration text)."""
+    ids = _tokens(tokenizer, text_split(source, "evaluation"), max_tokens)
+    if not ids:
+        raise CalibrationError(f"evaluation text from {source!r} is empty")
+    return ids

@@ -68,8 +68,11 @@ def save(
     tokenizer=None,
     overwrite: bool = False,
     verify: bool = True,
+    extra=None,
 ) -> Path:
     """Write the pruned model; with ``verify`` reload it and assert identical logits.
+
+    ``extra(tmp_dir)`` may add files (scores, report) before the directory is renamed.
 
     >>> dc.save(pruned, plan, "out/smollm2-bi25", tok)  # doctest: +SKIP
     """
@@ -82,6 +85,8 @@ def save(
         plan.save(tmp / "plan.json")
         meta = {"format": FORMAT_VERSION, "depthcut": _version(), "plan": plan.to_dict()}
         (tmp / "depthcut.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if extra is not None:
+            extra(tmp)
         if verify:
             reloaded, _ = load(tmp, with_tokenizer=False)
             torch.testing.assert_close(logits_on_probe(reloaded), logits_on_probe(model))

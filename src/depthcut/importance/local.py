@@ -3,7 +3,8 @@
 For a unit u in block i with cached input x_i and output y_i, y'_i is the block output with u
 removed (y'_i = x_i for the whole block). Per real token t:
 
-* ``bi``      (ShortGPT Block Influence): 1 - cos(y_i,t, y'_i,t). For a block: 1 - cos(x_i, x_{i+1}).
+* ``bi``      (ShortGPT Block Influence): 1 - cos(y_i,t, y'_i,t);
+  for a block: 1 - cos(x_i, x_{i+1}).
 * ``angular`` (thesis Eq. 3.11): arccos(cos(y_i,t, y'_i,t)) / π.
 * ``gromov``  (Gromov et al.): ``angular`` per unit, plus span distances
   d(l, n) = arccos(cos(x_l, x_{l+n})) / π for every contiguous span of n blocks (``spans``).

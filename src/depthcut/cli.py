@@ -1,0 +1,219 @@
+"""Command line: one function per verb. Bad input → one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from depthcut.errors import DepthcutError
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--units", default="block", help="comma list of block,attention,mlp")
+    p.add_argument("--importance", default="bi", help="bi, angular, gromov, kl, ce, ppl")
+    p.add_argument("--strategy", default="ranked", help="ranked, contiguous, iterative")
+    p.add_argument("--budget", default="params=0.25", help="params=F[:non_embedding] or count=N")
+    p.add_argument("--protect-first", type=int, default=1)
+    p.add_argument("--protect-last", type=int, default=1)
+    p.add_argument("--tokens", default="all", help="angular metrics over all or last tokens")
+
+
+def _calib_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calib", default="wiki", help="packaged text name or a text file")
+    p.add_argument("--n-samples", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=4)
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--perplexity", action="store_true", help="held-out perplexity")
+    p.add_argument("--latency", action="store_true", help="prefill ms, decode tok/s, RSS")
+    p.add_argument("--window", type=int, default=512)
+    p.add_argument("--stride", type=int, default=None, help="default: the window")
+    p.add_argument("--bos", action="store_true", help="prepend BOS to every window")
+    p.add_argument("--max-windows", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+
+
+def _out_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def make_config(args: argparse.Namespace):
+    from depthcut.config import Budget, PruneConfig
+
+    return PruneConfig(
+        units=tuple(u.strip() for u in args.units.split(",") if u.strip()),
+        importance=args.importance,
+        budget=Budget.parse(args.budget),
+        strategy=args.strategy,
+        protect_first=args.protect_first,
+        protect_last=args.protect_last,
+        tokens=args.tokens,
+    )
+
+
+def eval_settings(args: argparse.Namespace, default_ppl: bool = False):
+    from depthcut.eval.run import EvalSettings
+
+    want_ppl = args.perplexity or (default_ppl and not args.latency)
+    return EvalSettings(
+        perplexity=want_ppl,
+        latency=args.latency,
+        window=args.window,
+        stride=args.stride or args.window,
+        bos=args.bos,
+        max_windows=args.max_windows,
+        repeats=args.repeats,
+        threads=args.threads,
+    )
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from depthcut.inspect import inspect_text
+    from depthcut.models import load_model
+
+    model, _ = load_model(args.model)
+    print(inspect_text(model))
+
+
+def _calibration(args, tok):
+    from depthcut.data import calibration
+
+    return calibration(tok, args.calib, args.n_samples, args.seq_len, args.batch_size)
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from depthcut.api import score
+    from depthcut.models import load_model
+
+    cfg = make_config(args)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise DepthcutError(f"{out} exists (use --overwrite to replace it)")
+    model, tok = load_model(args.model)
+    scores = score(model, cfg, _calibration(args, tok))
+    scores.save(out)
+    print(f"scores of {len(scores.units)} units -> {out} ({scores.cost['seconds']:.1f} s)")
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from depthcut.api import plan
+    from depthcut.scores import Scores
+
+    scores = Scores.load(_existing(args.scores))
+    the_plan = plan(scores, make_config(args))
+    print(the_plan.summary())
+    if args.out:
+        the_plan.save(args.out)
+
+
+def cmd_apply(args: argparse.Namespace) -> None:
+    from depthcut.api import apply
+    from depthcut.io import prepare_output, save
+    from depthcut.models import load_model
+    from depthcut.planning.plan import Plan
+
+    the_plan = Plan.load(_existing(args.plan))
+    prepare_output(args.out, args.overwrite)
+    model, tok = load_model(args.model)
+    pruned = apply(model, the_plan, inplace=True)
+    save(pruned, the_plan, args.out, tok, overwrite=args.overwrite)
+    print(f"pruned model -> {args.out}")
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from depthcut.pipeline import prune_to_dir
+
+    cfg = make_config(args)
+    settings = eval_settings(args) if (args.perplexity or args.latency) else None
+    prune_to_dir(args.model, cfg, args, settings)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from depthcut.eval.run import evaluate_models
+    from depthcut.models import load_model
+    from depthcut.report.write import comparison_rows, table
+
+    model, tok = load_model(args.model)
+    models = {"after": model}
+    if args.base:
+        models = {"before": load_model(args.base)[0], "after": model}
+    results = evaluate_models(models, tok, eval_settings(args, default_ppl=True))
+    if args.base:
+        print(table(comparison_rows(results["before"], results["after"])))
+    else:
+        print(json.dumps(results["after"], indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    args.perplexity = False
+    args.latency = True
+    cmd_eval(args)
+
+
+def _existing(path: str) -> Path:
+    if not Path(path).is_file():
+        raise DepthcutError(f"{path}: no such file")
+    return Path(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="depthcut", description=__doc__)
+    sub = parser.add_subparsers(dest="verb", required=True)
+    p = sub.add_parser("inspect", help="blocks, units and parameter counts of a model")
+    p.add_argument("model", help="packaged name (smollm2-135m) or local model directory")
+    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("score", help="score units on calibration text -> scores.json")
+    p.add_argument("model")
+    _config_args(p), _calib_args(p)
+    p.add_argument("--out", default="scores.json")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_score)
+    p = sub.add_parser("plan", help="plan removals from scores.json under a budget")
+    p.add_argument("scores")
+    _config_args(p)
+    p.add_argument("--out", default=None, help="write plan.json here")
+    p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("apply", help="apply plan.json to a model and save it")
+    p.add_argument("model"), p.add_argument("plan")
+    _out_args(p)
+    p.set_defaults(func=cmd_apply)
+    p = sub.add_parser("prune", help="score, plan, apply, save and report in one go")
+    p.add_argument("model")
+    _config_args(p), _calib_args(p), _eval_args(p), _out_args(p)
+    p.set_defaults(func=cmd_prune)
+    for verb, func, text in (
+        ("eval", cmd_eval, "perplexity / latency"),
+        ("bench", cmd_bench, "latency, interleaved with --base"),
+    ):
+        p = sub.add_parser(verb, help=text + " (before/after table with --base)")
+        p.add_argument("model")
+        p.add_argument("--base", default=None, help="the unpruned model, for a before/after table")
+        p.add_argument("--json", default=None, help="also write the results here")
+        _eval_args(p)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DepthcutError as err:
+        print(f"depthcut: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("depthcut: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, latency/throughput, parameter counts."""

@@ -1,0 +1,89 @@
+"""Perplexity on held-out text with an explicit protocol (window, stride, BOS).
+
+Windows of ``window`` tokens start every ``stride`` tokens; each token is scored once, in the
+first window that predicts it with the most context (the Hugging Face sliding-window recipe).
+With ``bos`` the tokenizer's BOS token is prepended to every window (it is context, never a
+target). The result carries the protocol so that numbers are never quoted without it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from depthcut.errors import CalibrationError
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    perplexity: float
+    nll: float
+    tokens: int
+    window: int
+    stride: int
+    bos: bool
+    windows: int
+
+    def describe(self) -> str:
+        return (
+            f"ppl {self.perplexity:.3f} (window {self.window}, stride {self.stride}, "
+            f"bos {'on' if self.bos else 'off'}, {self.tokens} tokens)"
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, n_targets) of each window; every token after the first is a target once."""
+    out, prev_end = [], 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + window, n_tokens)
+        targets = end - max(prev_end, begin + 1) if begin == 0 else end - prev_end
+        if targets > 0:
+            out.append((begin, end, targets))
+        prev_end = end
+        if end == n_tokens:
+            break
+    return out
+
+
+def perplexity(
+    model,
+    token_ids: list[int] | torch.Tensor,
+    window: int = 512,
+    stride: int | None = None,
+    bos_id: int | None = None,
+    max_windows: int | None = None,
+    progress: bool = True,
+) -> PerplexityResult:
+    """Perplexity of ``model`` on a token stream (``bos_id`` set → BOS prepended per window)."""
+    ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+    stride = stride or window
+    if window < 2 or stride < 1 or stride > window:
+        raise CalibrationError(f"window={window}, stride={stride}: need 2 <= window, stride")
+    spans = windows(len(ids), window, stride)[:max_windows]
+    if not spans:
+        raise CalibrationError("evaluation text is empty")
+    total, count = 0.0, 0
+    for begin, end, n_targets in tqdm(spans, desc="perplexity", disable=not progress):
+        total += _window_nll(model, ids[begin:end], n_targets, bos_id)
+        count += n_targets
+    nll = total / count
+    return PerplexityResult(
+        math.exp(nll), nll, count, window, stride, bos_id is not None, len(spans)
+    )
+
+
+def _window_nll(model, chunk: torch.Tensor, n_targets: int, bos_id: int | None) -> float:
+    """Summed NLL of the last ``n_targets`` tokens of ``chunk``."""
+    if bos_id is not None:
+        chunk = torch.cat([torch.tensor([bos_id]), chunk])
+    with torch.no_grad():
+        logits = model(input_ids=chunk.unsqueeze(0), use_cache=False).logits[0, :-1]
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    nll = -logp.gather(-1, chunk[1:].unsqueeze(-1)).squeeze(-1)
+    return float(nll[-n_targets:].sum())

@@ -1,0 +1,66 @@
+"""Evaluate one model, or a base and a pruned model side by side (latency interleaved)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from depthcut.data import evaluation_tokens
+from depthcut.eval.latency import measure_many
+from depthcut.eval.perplexity import perplexity
+from depthcut.graph.structure import discover_structure
+from depthcut.units.discover import count_params, embedding_params
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    perplexity: bool = True
+    latency: bool = False
+    source: str = "wiki"
+    window: int = 512
+    stride: int = 512
+    bos: bool = False
+    max_windows: int = 8
+    lengths: tuple[int, ...] = (128, 512)
+    batches: tuple[int, ...] = (1, 8)
+    new_tokens: int = 32
+    repeats: int = 3
+    threads: int = 2
+
+
+def param_counts(model: nn.Module) -> dict[str, int]:
+    total = count_params(model)
+    return {
+        "params_all": total,
+        "params_non_embedding": total - embedding_params(model, discover_structure(model)),
+    }
+
+
+def evaluate_models(
+    models: dict[str, nn.Module], tokenizer, settings: EvalSettings, progress: bool = True
+) -> dict[str, dict[str, Any]]:
+    """{name: {params_*, perplexity?, latency?}} for every model, measured the same way."""
+    results = {name: param_counts(model) for name, model in models.items()}
+    if settings.perplexity:
+        need = settings.window * settings.max_windows + 1
+        ids = evaluation_tokens(tokenizer, settings.source, need)
+        bos = tokenizer.bos_token_id if settings.bos else None
+        for name, model in models.items():
+            res = perplexity(
+                model, ids, settings.window, settings.stride, bos, settings.max_windows, progress
+            )
+            results[name]["perplexity"] = res.to_dict()
+    if settings.latency:
+        lat = measure_many(
+            models,
+            settings.lengths,
+            settings.batches,
+            settings.new_tokens,
+            settings.repeats,
+            settings.threads,
+        )
+        for name, res in lat.items():
+            results[name]["latency"] = res.to_dict()
+    return results

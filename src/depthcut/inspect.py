@@ -1,0 +1,35 @@
+"""``depthcut inspect``: what depthcut sees in a model."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from torch import nn
+
+from depthcut.graph.structure import discover_structure
+from depthcut.units.discover import UNIT_KINDS_ALL, count_params, discover_units, embedding_params
+
+
+def inspect_text(model: nn.Module) -> str:
+    structure = discover_structure(model)
+    total = count_params(model)
+    emb = embedding_params(model, structure)
+    kinds = tuple(k for k in UNIT_KINDS_ALL if _has(structure, k))
+    units = discover_units(model, structure, kinds)
+    counts = Counter(u.kind for u in units)
+    first = structure.blocks[0]
+    lines = [
+        f"model: {type(model).__name__} ({getattr(model.config, 'model_type', '?')})",
+        f"params: {total:,} all, {total - emb:,} non-embedding ({emb:,} embedding/head)",
+        f"blocks: {structure.num_blocks} at {structure.blocks_path}; tail: {structure.tail}",
+        "units: " + ", ".join(f"{counts[k]} {k}" for k in kinds),
+        f"block 0: attention {first.attention.modules if first.attention else None}",
+        f"         mlp {first.mlp.modules if first.mlp else None}",
+        f"{'unit':<14} {'module':<36} {'params':>12}",
+    ]
+    lines += [f"{u.id:<14} {u.path:<36} {u.params:>12,}" for u in units if u.block == 0]
+    return "\n".join(lines)
+
+
+def _has(structure, kind: str) -> bool:
+    return kind == "block" or all(b.sublayer(kind) is not None for b in structure.blocks)

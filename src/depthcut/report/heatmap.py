@@ -1,0 +1,45 @@
+"""Importance heatmap: unit kinds × blocks, removed units crossed out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from depthcut.planning.plan import Plan
+from depthcut.scores import Scores
+from depthcut.units.discover import KIND_ORDER
+
+
+def score_grid(scores: Scores) -> tuple[list[str], np.ndarray]:
+    """(row kinds, [kinds, blocks] array with NaN where a unit was not scored)."""
+    kinds = sorted({u.kind for u in scores.units}, key=KIND_ORDER.get)
+    grid = np.full((len(kinds), scores.model["num_blocks"]), np.nan)
+    for unit in scores.units:
+        value = scores.unit_scores.get(unit.id)
+        if value is not None:
+            grid[kinds.index(unit.kind), unit.block] = value
+    return kinds, grid
+
+
+def plot_heatmap(scores: Scores, plan: Plan | None, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds, grid = score_grid(scores)
+    fig, ax = plt.subplots(figsize=(max(6, grid.shape[1] * 0.35), 1.2 + 0.6 * len(kinds)))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(kinds)), kinds)
+    ax.set_xlabel("block")
+    ax.set_title(f"{scores.metric} importance (low = pruned first); x = removed")
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    for action in plan.actions if plan else []:
+        rows = range(len(kinds)) if action.kind == "block" else [kinds.index(action.kind)]
+        for row in rows:
+            ax.text(action.block, row, "x", ha="center", va="center", color="red", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

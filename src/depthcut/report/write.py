@@ -1,0 +1,93 @@
+"""report.json + report.md (+ importance.png) for a pruning run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from depthcut.planning.plan import Plan
+from depthcut.report.heatmap import plot_heatmap
+from depthcut.scores import Scores
+
+
+def comparison_rows(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(metric, before, after) rows for whatever both evaluations measured."""
+    rows = [
+        ("params (all)", f"{before['params_all']:,}", f"{after['params_all']:,}"),
+        (
+            "params (non-embedding)",
+            f"{before['params_non_embedding']:,}",
+            f"{after['params_non_embedding']:,}",
+        ),
+    ]
+    if "perplexity" in before and "perplexity" in after:
+        b, a = before["perplexity"], after["perplexity"]
+        proto = f" (window {b['window']}, stride {b['stride']}, bos {b['bos']})"
+        rows.append(("perplexity" + proto, f"{b['perplexity']:.3f}", f"{a['perplexity']:.3f}"))
+    if "latency" in before and "latency" in after:
+        b, a = before["latency"], after["latency"]
+        for length, ms in b["prefill_ms"].items():
+            rows.append(
+                (f"prefill {length} tok (ms)", f"{ms:.1f}", f"{a['prefill_ms'][length]:.1f}")
+            )
+        for batch, tps in b["decode_tps"].items():
+            rows.append(
+                (f"decode batch {batch} (tok/s)", f"{tps:.1f}", f"{a['decode_tps'][batch]:.1f}")
+            )
+    return rows
+
+
+def table(rows: list[tuple[str, str, str]]) -> str:
+    lines = ["| metric | before | after |", "|---|---:|---:|"]
+    lines += [f"| {m} | {b} | {a} |" for m, b, a in rows]
+    return "\n".join(lines)
+
+
+def write_report(
+    out_dir: str | Path,
+    plan: Plan,
+    scores: Scores | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    out = Path(out_dir)
+    paths = {"json": out / "report.json", "md": out / "report.md"}
+    data = {"plan": plan.to_dict(), "before": before, "after": after}
+    if scores is not None:
+        data["scores"] = {
+            "metric": scores.metric,
+            "unit_scores": scores.unit_scores,
+            "cost": scores.cost,
+        }
+        paths["png"] = plot_heatmap(scores, plan, out / "importance.png")
+    paths["json"].write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    paths["md"].write_text(markdown(plan, scores, before, after))
+    return paths
+
+
+def markdown(plan: Plan, scores, before, after) -> str:
+    cfg = plan.run.get("config", {})
+    parts = [
+        f"# depthcut report: {plan.model['model_type']}",
+        "",
+        f"Metric `{plan.run.get('metric')}`, strategy `{cfg.get('strategy')}`, units "
+        f"`{cfg.get('units')}`, budget `{cfg.get('budget')}`.",
+        "",
+        "## Removed",
+        "```",
+        plan.summary(),
+        "```",
+    ]
+    if before and after:
+        parts += ["", "## Before / after", "", table(comparison_rows(before, after))]
+    if scores is not None:
+        parts += ["", "![importance](importance.png)"]
+        fe = scores.cost.get("forward_equivalents")
+        if fe is not None:
+            parts += [
+                "",
+                f"Scoring cost: {fe:.2f} forward-equivalents, "
+                f"{scores.cost.get('seconds', 0):.1f} s.",
+            ]
+    return "\n".join(parts) + "\n"
