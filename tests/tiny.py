@@ -77,3 +77,33 @@ def tiny_calib(n: int = 6, length: int = 20, seed: int = 1, pad_last: int = 0):
         mask[-1, -pad_last:] = 0
         ids[-1, -pad_last:] = 0
     return CalibData(ids, mask, batch_size=2)
+
+
+def tiny_tokenizer():
+    """A word-level fast tokenizer over VOCAB ids (built offline, in code)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"w{i}": i for i in range(3, VOCAB)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<unk>",
+    )
+
+
+def words(n: int, seed: int = 0) -> str:
+    g = torch.Generator().manual_seed(seed)
+    return " ".join(f"w{int(i)}" for i in torch.randint(3, VOCAB, (n,), generator=g))
+
+
+def save_tiny(path, builder=tiny_llama):
+    model = builder()
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return model

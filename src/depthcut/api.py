@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -30,7 +31,7 @@ def describe(model: nn.Module, structure: ModelStructure) -> dict[str, Any]:
         "num_blocks": structure.num_blocks,
         "params_all": total,
         "params_non_embedding": total - embedding_params(model, structure),
-        "config": config.to_dict() if config is not None else {},
+        "config": json.loads(config.to_json_string()) if config is not None else {},
     }
 
 
@@ -49,10 +50,9 @@ def score(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool =
     info = describe(model, structure)
     metric = get_importance(cfg.importance)(tokens=cfg.tokens)
     scores = Scores(cfg.importance, units, {}, info, cfg.to_dict())
-    if cfg.strategy == "iterative":
-        pool = unit_pool(scores, cfg)
-        target = budget_target(info, cfg)
-        check_reachable(pool, target, "the protected blocks")
+    pool, target = unit_pool(scores, cfg), budget_target(info, cfg)
+    what = f"units {list(cfg.units)}, protect_first={cfg.protect_first}, "
+    check_reachable(pool, target, what + f"protect_last={cfg.protect_last}")  # fail fast
     cache = BlockCache(model, structure, calib, progress)
     if cfg.strategy == "iterative":
         scores.sequence = greedy_sequence(cache, metric, pool, target, progress)

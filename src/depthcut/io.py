@@ -10,6 +10,7 @@ Output is written to a temporary sibling directory and renamed when complete and
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -123,6 +124,7 @@ def _load_weights(model: nn.Module, path: Path) -> None:
     state: dict[str, torch.Tensor] = {}
     for file in sorted(path.glob("*.safetensors")):
         state.update(load_file(file))
+    state = _checkpoint_to_model_keys(model, state)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = _tied_keys(model)
     if unexpected or set(missing) - tied:
@@ -132,6 +134,27 @@ def _load_weights(model: nn.Module, path: Path) -> None:
         )
     if hasattr(model, "tie_weights"):
         model.tie_weights()
+
+
+def _checkpoint_to_model_keys(model: nn.Module, state: dict) -> dict:
+    """Undo the legacy key renames that ``save_pretrained`` applies (e.g. GPT-NeoX
+    ``lm_head`` is saved as ``embed_out``), using transformers' own rename table."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming
+
+    wanted = set(model.state_dict())
+    renames = [
+        (src, dst)
+        for rule in get_model_conversion_mapping(model)
+        if isinstance(rule, WeightRenaming)
+        for src, dst in zip(rule.source_patterns, rule.target_patterns)
+    ]
+    out = {}
+    for key, value in state.items():
+        if key not in wanted:
+            key = next((k for s, d in renames if (k := re.sub(s, d, key)) in wanted), key)
+        out[key] = value
+    return out
 
 
 def _tied_keys(model: nn.Module) -> set[str]:

@@ -126,9 +126,12 @@ def _load_hf(path: Path, dtype=None):
         raise ModelLoadError(
             f"{path}: model type {config.model_type!r} is not a causal language model"
         )
-    model = AutoModelForCausalLM.from_pretrained(
-        path, local_files_only=True, dtype=dtype or torch.float32
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=dtype or torch.float32
+        )
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{path}: cannot load ({str(err).splitlines()[0]})") from None
     model.eval()
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model, tok

@@ -71,7 +71,7 @@ def measure_many(
     """Measure several models interleaved (A, B, A, B, ...) and report medians."""
     torch.set_num_threads(threads)
     samples: dict[str, dict[tuple, list[float]]] = {k: {} for k in models}
-    for name, model in models.items():  # warm-up
+    for model in models.values():  # warm-up
         prefill_ms(model, min(lengths))
         decode_tps(model, 1, 4)
     for _ in range(repeats):

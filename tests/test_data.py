@@ -1,0 +1,37 @@
+import pytest
+
+from depthcut import data
+from depthcut.errors import CalibrationError
+from depthcut.eval.perplexity import windows
+from tiny import tiny_tokenizer, words
+
+
+def test_calibration_and_evaluation_never_overlap(tmp_path):
+    text = "\n\n".join(f"article{i} " + words(20, seed=i) for i in range(10))
+    path = tmp_path / "t.txt"
+    path.write_text(text)
+    calib = data.text_split(str(path), "calibration").split("\n\n")
+    held = data.text_split(str(path), "evaluation").split("\n\n")
+    assert len(calib) == 8 and len(held) == 2
+    assert not set(calib) & set(held)
+
+
+def test_from_texts_pads_and_masks():
+    tok = tiny_tokenizer()
+    calib = data.from_texts(tok, ["w3 w4 w5", "w6"], seq_len=8)
+    assert calib.input_ids.shape == (2, 3)
+    assert calib.attention_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_empty_calibration_is_refused():
+    with pytest.raises(CalibrationError, match="empty"):
+        data.from_texts(tiny_tokenizer(), ["  ", ""], seq_len=8)
+    with pytest.raises(CalibrationError, match="fewer than 16"):
+        data.pack_tokens([1, 2, 3], 4, 16, 2)
+
+
+def test_perplexity_windows_score_each_token_once():
+    spans = windows(100, 32, 16)
+    assert sum(n for _, _, n in spans) == 99
+    assert spans[0] == (0, 32, 31) and spans[1] == (16, 48, 16)
+    assert windows(64, 32, 32) == [(0, 32, 31), (32, 64, 32)]
