@@ -45,12 +45,16 @@ def shifted_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor):
 
 def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Per-position negative log-likelihood of the next token, [B, T-1]."""
-    logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
-    return -logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    logp = log_probs(logits[:, :-1])
+    return -logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1).double()
 
 
-def token_kl(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Per-token KL(p_ref || p), [B, T]."""
-    ref = torch.log_softmax(ref_logits.double(), dim=-1)
-    new = torch.log_softmax(logits.double(), dim=-1)
-    return (ref.exp() * (ref - new)).sum(-1)
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Next-token log-probabilities in float32 (the vocabulary axis is last)."""
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def token_kl(ref_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(p_ref || p), [B, T], from reference log-probs and new logits."""
+    new = log_probs(logits)
+    return (ref_logp.exp() * (ref_logp - new)).sum(-1, dtype=torch.float64)

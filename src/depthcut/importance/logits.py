@@ -27,6 +27,7 @@ class LogitMetric:
         self.tokens = tokens
         self._ref_key: tuple | None = None
         self._ref: list[torch.Tensor] = []
+        self._ref_logp: list[torch.Tensor] | None = None
 
     def reference(self, cache: BlockCache) -> list[torch.Tensor]:
         """Logits of the current model per batch, recomputed after each committed removal."""
@@ -34,7 +35,14 @@ class LogitMetric:
         if key != self._ref_key:
             self._ref = [cache.logits(h) for h in cache.inputs[-1]]
             self._ref_key = key
+            self._ref_logp = None
         return self._ref
+
+    def reference_logp(self, cache: BlockCache) -> list[torch.Tensor]:
+        ref = self.reference(cache)
+        if self._ref_logp is None:
+            self._ref_logp = [F.log_probs(r) for r in ref]
+        return self._ref_logp
 
     def pruned_logits(self, cache: BlockCache, unit: Unit, b: int) -> torch.Tensor:
         return cache.logits(cache.run_from(unit.block, b, [unit]))
@@ -63,7 +71,7 @@ class _NLLMetric(LogitMetric):
 @register_importance("kl")
 class KL(LogitMetric):
     def score(self, cache: BlockCache, unit: Unit) -> float:
-        ref = self.reference(cache)
+        ref = self.reference_logp(cache)
         total, count = 0.0, 0
         for b in range(len(cache.batches)):
             kl = F.token_kl(ref[b], self.pruned_logits(cache, unit, b))

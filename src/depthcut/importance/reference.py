@@ -25,6 +25,13 @@ class NaiveScorer:
         self.model, self.structure, self.tokens = model, structure, tokens
         self.batches = calib.batches()
         self.forwards = 0
+        self._memo: dict[tuple, list] = {}  # reference runs of the current removed set
+
+    def _ref(self, removed: list[Unit], block: int | None = None):
+        key = (tuple(u.id for u in removed), block)
+        if key not in self._memo:
+            self._memo[key] = self._run(removed, block)
+        return self._memo[key]
 
     def _run(self, units: list[Unit], block: int | None = None):
         """Per batch: (logits, block input, block output) with ``units`` bypassed."""
@@ -55,7 +62,7 @@ class NaiveScorer:
         return self._logits(metric, unit, removed)
 
     def _local(self, metric: str, unit: Unit, removed: list[Unit]) -> float:
-        ref = self._run(removed, unit.block)
+        ref = self._ref(removed, unit.block)
         cut = ref if unit.kind == "block" else self._run([*removed, unit], unit.block)
         total, count = 0.0, 0
         for b, batch in enumerate(self.batches):
@@ -67,11 +74,11 @@ class NaiveScorer:
         return total / count
 
     def _logits(self, metric: str, unit: Unit, removed: list[Unit]) -> float:
-        ref, cut = self._run(removed), self._run([*removed, unit])
+        ref, cut = self._ref(removed), self._run([*removed, unit])
         if metric == "kl":
             total, count = 0.0, 0
             for b, batch in enumerate(self.batches):
-                kl = F.token_kl(ref[b][0], cut[b][0])
+                kl = F.token_kl(F.log_probs(ref[b][0]), cut[b][0])
                 s, n = F.masked_sum(kl, F.token_mask(batch["attention_mask"], self.tokens))
                 total, count = total + s, count + n
             return total / count

