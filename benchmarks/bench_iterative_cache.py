@@ -34,7 +34,7 @@ def main() -> None:
     for metric, units, budget in (
         ("bi", ("block",), 0.05),
         ("kl", ("block",), 0.05),
-        ("kl", ("attention", "mlp"), 0.03),
+        ("kl", ("attention", "mlp"), 0.02),
     ):
         cfg = dc.PruneConfig(
             units=units, importance=metric, strategy="iterative", budget=dc.Budget(params=budget)

@@ -62,9 +62,10 @@ def test_layer_idx_renumbered_for_cache():
     model = tiny_llama(layers=6)
     plan, _, _ = make_plan(model, [("block", 1), ("attention", 3)])
     pruned = dc.apply(model, plan)
-    idx = [getattr(layer.self_attn, "layer_idx", None) for layer in pruned.model.layers]
-    # blocks 0,2,3,4,5 remain; block 3 (new index 2) lost its attention
-    assert idx == [0, 1, None, 2, 3]
+    idx = [layer.self_attn.layer_idx for layer in pruned.model.layers]
+    # blocks 0,2,3,4,5 remain as 0..4; block 3 (new index 2) lost its attention
+    assert idx == [0, 1, 2, 3, 4]
+    assert type(pruned.model.layers[2].self_attn).__name__ == "ZeroBranch"
 
 
 def test_apply_refuses_a_plan_for_another_model():

@@ -107,3 +107,26 @@ def save_tiny(path, builder=tiny_llama):
     model.save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return model
+
+
+def tiny_gemma3(layers: int = 6, seed: int = 0):
+    """Gemma3 text model: sliding/full ``layer_types``, QK-norm, pre/post feed-forward norms."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+        sliding_window=4,
+        sliding_window_pattern=2,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return Gemma3ForCausalLM(cfg).eval()

@@ -30,7 +30,11 @@ def plot_heatmap(scores: Scores, plan: Plan | None, path: str | Path) -> Path:
 
     kinds, grid = score_grid(scores)
     fig, ax = plt.subplots(figsize=(max(6, grid.shape[1] * 0.35), 1.2 + 0.6 * len(kinds)))
-    image = ax.imshow(grid, aspect="auto", cmap="viridis")
+    from matplotlib.colors import LogNorm
+
+    positive = bool(np.nanmin(grid) > 0) if np.isfinite(grid).any() else False
+    norm = LogNorm() if positive else None  # first blocks often dwarf the rest
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", norm=norm)
     ax.set_yticks(range(len(kinds)), kinds)
     ax.set_xlabel("block")
     ax.set_title(f"{scores.metric} importance (low = pruned first); x = removed")

@@ -25,7 +25,8 @@ def check_plan_fits(model: nn.Module, structure: ModelStructure, plan: Plan) -> 
 
 def remove_sublayer(model: nn.Module, structure: ModelStructure, block: int, kind: str) -> None:
     sub = require_sublayer(structure.blocks[block], kind)
-    set_module(model, sub.path, ZeroBranch(kind, sub.out_arity))
+    layer_idx = block if kind == "attention" else None  # renumbered after block removal
+    set_module(model, sub.path, ZeroBranch(kind, sub.out_arity, layer_idx))
     for norm in [*sub.pre_norms, *sub.post_norms]:
         set_module(model, norm, nn.Identity())
 
@@ -35,10 +36,6 @@ def remove_blocks(model: nn.Module, structure: ModelStructure, drop: set[int]) -
     kept = [i for i in range(len(blocks)) if i not in drop]
     set_module(model, structure.blocks_path, nn.ModuleList([blocks[i] for i in kept]))
     return kept
-
-
-def has_attention(block: nn.Module) -> bool:
-    return not any(isinstance(m, ZeroBranch) and m.kind == "attention" for m in block.modules())
 
 
 def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
@@ -52,9 +49,7 @@ def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module
         if action.kind != "block" and action.block not in drop:
             remove_sublayer(model, structure, action.block, action.kind)
     kept = remove_blocks(model, structure, drop)
-    blocks = model.get_submodule(structure.blocks_path)
-    attention_blocks = [j for j, block in enumerate(blocks) if has_attention(block)]
     if hasattr(model, "config"):
-        sync_config(model.config, kept, structure.num_blocks, attention_blocks)
-    renumber_layer_idx(blocks, attention_blocks)
+        sync_config(model.config, kept, structure.num_blocks)
+    renumber_layer_idx(model.get_submodule(structure.blocks_path))
     return model

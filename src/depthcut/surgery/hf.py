@@ -24,27 +24,17 @@ def per_layer_keys(config, num_blocks: int) -> list[str]:
     return keys
 
 
-def sync_config(config, kept: list[int], num_blocks: int, attention_blocks: list[int]) -> None:
-    """Drop removed blocks from the layer count and every per-layer list.
-
-    ``attention_blocks`` are the new indices of blocks that still have attention. Cache
-    indices are assigned to those in order; a ``layer_types`` list is re-ordered to match
-    (attention blocks first) so that the KV cache built from the config lines up.
-    """
+def sync_config(config, kept: list[int], num_blocks: int) -> None:
+    """Drop removed blocks from the layer count and every per-layer list."""
     for key in per_layer_keys(config, num_blocks):
         values = getattr(config, key)
-        new = [values[i] for i in kept]
-        if key == "layer_types" and len(attention_blocks) < len(kept):
-            rest = [i for i in range(len(kept)) if i not in attention_blocks]
-            new = [new[i] for i in attention_blocks] + [new[i] for i in rest]
-        setattr(config, key, new)
+        setattr(config, key, [values[i] for i in kept])
     setattr(config, LAYER_COUNT_KEY, len(kept))
 
 
-def renumber_layer_idx(blocks: nn.ModuleList, attention_blocks: list[int]) -> None:
-    """Give every attention its cache index: its rank among blocks that keep attention."""
-    rank = {block: n for n, block in enumerate(attention_blocks)}
+def renumber_layer_idx(blocks: nn.ModuleList) -> None:
+    """Every ``layer_idx`` in block j becomes j (KV-cache slot = new block index)."""
     for j, block in enumerate(blocks):
         for module in block.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
-                module.layer_idx = rank.get(j, j)
+                module.layer_idx = j

@@ -7,18 +7,31 @@ from torch import nn
 
 from depthcut.graph.capture import first_tensor
 
+CACHE_KWARGS = ("past_key_values", "layer_past", "past_key_value")
+
 
 class ZeroBranch(nn.Module):
     """A removed residual branch: returns zeros shaped like its input, in the original's
-    output structure (a tensor, or a tuple padded with ``None``), and touches no KV cache."""
+    output structure (a tensor, or a tuple padded with ``None``).
 
-    def __init__(self, kind: str, arity: int | None = None):
+    A removed attention keeps only the position bookkeeping of its KV-cache slot: it appends
+    1×1 placeholder keys/values (B·T floats instead of B·heads·T·head_dim), so that cache
+    lengths, sliding-window masks and ``layer_idx``-indexed configs stay consistent.
+    """
+
+    def __init__(self, kind: str, arity: int | None = None, layer_idx: int | None = None):
         super().__init__()
         self.kind = kind
         self.arity = arity
+        self.layer_idx = layer_idx
 
     def forward(self, *args, **kwargs):
-        zeros = torch.zeros_like(first_tensor(args, kwargs))
+        hidden = first_tensor(args, kwargs)
+        cache = next((kwargs[k] for k in CACHE_KWARGS if kwargs.get(k) is not None), None)
+        if self.layer_idx is not None and hasattr(cache, "update"):
+            stub = hidden.new_zeros(hidden.shape[0], 1, hidden.shape[1], 1)
+            cache.update(stub, stub, self.layer_idx)
+        zeros = torch.zeros_like(hidden)
         if self.arity is None:
             return zeros
         return (zeros, *([None] * (self.arity - 1)))
