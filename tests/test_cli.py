@@ -72,6 +72,29 @@ def test_prune_writes_complete_dir_and_eval_compares(capsys, tmp_path, tiny_dir,
     assert code == 0 and "blocks:" in stdout
 
 
+def test_prune_heads_and_neurons(capsys, tmp_path, tiny_dir, text_file):
+    out = tmp_path / "w"
+    code, stdout, _ = run(
+        capsys,
+        *prune_args(
+            tiny_dir,
+            out,
+            text_file,
+            "--units",
+            "block,head,neuron",
+            "--heads",
+            "0.15",
+            "--neurons",
+            "0.3",
+            "--width-importance",
+            "activation_frequency",
+        ),
+    )
+    assert code == 0 and "head:" in stdout and "neuron:" in stdout
+    plan = json.loads((out / "plan.json").read_text())
+    assert {a["kind"] for a in plan["actions"]} == {"block", "head", "neuron"}
+
+
 def test_score_plan_apply_verbs(capsys, tmp_path, tiny_dir, text_file):
     scores, plan = tmp_path / "s.json", tmp_path / "p.json"
     assert (
@@ -106,7 +129,9 @@ def test_score_plan_apply_verbs(capsys, tmp_path, tiny_dir, text_file):
             "budget unreachable",
         ),
         (["--importance", "nope"], "unknown importance"),
-        (["--units", "head"], "units"),
+        (["--units", "head"], "heads=FRACTION"),
+        (["--units", "neuron", "--neurons", "0.3", "--round-to", "999"], "round_to=999"),
+        (["--units", "chan"], "units"),
     ],
 )
 def test_bad_config_is_one_line_error_and_writes_nothing(

@@ -20,6 +20,8 @@ from depthcut.planning.select import check_reachable
 from depthcut.scores import Scores
 from depthcut.surgery.actions import apply_plan
 from depthcut.units.discover import count_params, discover_units, embedding_params
+from depthcut.width.importance import width_scores
+from depthcut.width.layers import width_layers
 
 
 def describe(model: nn.Module, structure: ModelStructure) -> dict[str, Any]:
@@ -46,24 +48,45 @@ def score(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool =
     started = time.perf_counter()
     model.eval()
     structure = discover_structure(model)
-    units = discover_units(model, structure, cfg.units)
     info = describe(model, structure)
+    scores = Scores(cfg.importance, [], {}, info, cfg.to_dict())
+    if cfg.depth_units:
+        _score_depth(model, structure, cfg, calib, scores, progress)
+    if cfg.width_units:
+        scores.width = score_width(model, structure, cfg, calib, progress)
+    scores.cost["seconds"] = time.perf_counter() - started
+    return scores
+
+
+def _score_depth(model, structure, cfg: PruneConfig, calib, scores: Scores, progress) -> None:
+    scores.units = discover_units(model, structure, cfg.depth_units)
     metric = get_importance(cfg.importance)(tokens=cfg.tokens)
-    scores = Scores(cfg.importance, units, {}, info, cfg.to_dict())
-    pool, target = unit_pool(scores, cfg), budget_target(info, cfg)
-    what = f"units {list(cfg.units)}, protect_first={cfg.protect_first}, "
+    pool, target = unit_pool(scores, cfg), budget_target(scores.model, cfg)
+    what = f"units {list(cfg.depth_units)}, protect_first={cfg.protect_first}, "
     check_reachable(pool, target, what + f"protect_last={cfg.protect_last}")  # fail fast
     cache = BlockCache(model, structure, calib, progress)
     if cfg.strategy == "iterative":
         scores.sequence = greedy_sequence(cache, metric, pool, target, progress)
         scores.unit_scores = dict(scores.sequence[0]["scores"]) if scores.sequence else {}
     else:
-        scores.unit_scores = score_units(cache, metric, units, progress)
+        scores.unit_scores = score_units(cache, metric, scores.units, progress)
     if getattr(metric, "provides_spans", False):
         scores.spans = metric.spans(cache)
-    seconds = time.perf_counter() - started
-    scores.cost = {"forward_equivalents": cache.forward_equivalents, "seconds": seconds}
-    return scores
+    scores.cost["forward_equivalents"] = cache.forward_equivalents
+
+
+def score_width(model, structure, cfg: PruneConfig, calib, progress: bool = True) -> dict:
+    """Per-unit head / neuron scores of every block, with the layer facts planning needs."""
+    out = {}
+    for kind in cfg.width_units:
+        layers = width_layers(model, structure, kind)
+        values = width_scores(model, layers, calib, cfg.width_importance, cfg.tau, progress)
+        info = {
+            w.id: {"block": w.block, "size": w.size, "unit_params": w.unit_params, "path": w.module}
+            for w in layers
+        }
+        out[kind] = {"layers": info, "scores": values, "metric": cfg.width_importance}
+    return out
 
 
 def plan(scores: Scores, cfg: PruneConfig) -> Plan:

@@ -11,13 +11,23 @@ from depthcut.errors import DepthcutError
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--units", default="block", help="comma list of block,attention,mlp")
+    p.add_argument("--units", default="block", help="comma list of block,attention,mlp,head,neuron")
     p.add_argument("--importance", default="bi", help="bi, angular, gromov, kl, ce, ppl")
     p.add_argument("--strategy", default="ranked", help="ranked, contiguous, iterative")
     p.add_argument("--budget", default="params=0.25", help="params=F[:non_embedding] or count=N")
     p.add_argument("--protect-first", type=int, default=1)
     p.add_argument("--protect-last", type=int, default=1)
     p.add_argument("--tokens", default="all", help="angular metrics over all or last tokens")
+    p.add_argument("--heads", type=float, default=0.0, help="fraction of heads (KV groups)")
+    p.add_argument("--neurons", type=float, default=0.0, help="fraction of MLP neurons")
+    p.add_argument(
+        "--width-importance",
+        default="magnitude",
+        help="magnitude, taylor, output_norm, activation_frequency",
+    )
+    p.add_argument("--min-heads", type=int, default=1, help="KV groups kept per layer")
+    p.add_argument("--round-to", type=int, default=1, help="kept MLP width multiple")
+    p.add_argument("--tau", type=float, default=0.01, help="activation_frequency threshold")
 
 
 def _calib_args(p: argparse.ArgumentParser) -> None:
@@ -54,6 +64,12 @@ def make_config(args: argparse.Namespace):
         protect_first=args.protect_first,
         protect_last=args.protect_last,
         tokens=args.tokens,
+        heads=args.heads,
+        neurons=args.neurons,
+        width_importance=args.width_importance,
+        min_heads=args.min_heads,
+        round_to=args.round_to,
+        tau=args.tau,
     )
 
 

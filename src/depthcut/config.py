@@ -10,7 +10,9 @@ from typing import Any
 from depthcut.errors import ConfigError
 
 CONFIG_VERSION = 1
-UNIT_KINDS = ("block", "attention", "mlp")
+DEPTH_KINDS = ("block", "attention", "mlp")
+WIDTH_KINDS = ("head", "neuron")
+UNIT_KINDS = DEPTH_KINDS + WIDTH_KINDS
 STRATEGIES = ("ranked", "contiguous", "iterative")
 TOKEN_SETS = ("all", "last")
 PARAM_COUNTS = ("all", "non_embedding")
@@ -87,6 +89,23 @@ class PruneConfig:
     protect_last: int = 1
     tokens: str = "all"
     seed: int = 0
+    heads: float = 0.0
+    neurons: float = 0.0
+    width_importance: str = "magnitude"
+    min_heads: int = 1
+    round_to: int = 1
+    tau: float = 0.01
+
+    @property
+    def depth_units(self) -> tuple[str, ...]:
+        return tuple(u for u in self.units if u in DEPTH_KINDS)
+
+    @property
+    def width_units(self) -> tuple[str, ...]:
+        return tuple(u for u in self.units if u in WIDTH_KINDS)
+
+    def width_fraction(self, kind: str) -> float:
+        return self.heads if kind == "head" else self.neurons
 
     def __post_init__(self) -> None:
         units = (self.units,) if isinstance(self.units, str) else tuple(self.units)
@@ -96,7 +115,8 @@ class PruneConfig:
             raise ConfigError(f"units {bad or units} unknown; choose from {UNIT_KINDS}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy {self.strategy!r} unknown; choose from {STRATEGIES}")
-        if self.strategy == "contiguous" and units != ("block",):
+        self._check_width()
+        if self.strategy == "contiguous" and self.depth_units not in ((), ("block",)):
             raise ConfigError("strategy 'contiguous' removes block spans: use units=('block',)")
         if self.tokens not in TOKEN_SETS:
             raise ConfigError(f"tokens {self.tokens!r}; choose one of {TOKEN_SETS}")
@@ -105,6 +125,21 @@ class PruneConfig:
         from depthcut.importance.registry import get_importance
 
         get_importance(self.importance)  # raises with the list of known names
+
+    def _check_width(self) -> None:
+        from depthcut.width.importance import WIDTH_METRICS
+
+        for kind in self.width_units:
+            if not 0.0 < self.width_fraction(kind) < 1.0:
+                flag = "heads" if kind == "head" else "neurons"
+                raise ConfigError(f"units include {kind}: give {flag}=FRACTION in (0, 1)")
+        if self.width_importance not in WIDTH_METRICS:
+            raise ConfigError(
+                f"unknown width importance {self.width_importance!r}; known: "
+                + ", ".join(WIDTH_METRICS)
+            )
+        if self.min_heads < 1 or self.round_to < 1:
+            raise ConfigError("min_heads and round_to must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

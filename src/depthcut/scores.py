@@ -26,6 +26,7 @@ class Scores:
     sequence: list[dict[str, Any]] | None = None
     cost: dict[str, float] = field(default_factory=dict)
     version: int = SCORES_VERSION
+    width: dict[str, Any] | None = None  # kind -> {"layers": {id: info}, "scores": {id: [..]}}
 
     def unit(self, unit_id: str) -> Unit:
         return next(u for u in self.units if u.id == unit_id)
@@ -41,6 +42,7 @@ class Scores:
             "model": self.model,
             "config": self.config,
             "cost": self.cost,
+            "width": self.width,
         }
 
     def save(self, path: str | Path) -> None:

@@ -9,6 +9,7 @@ from torch import nn
 
 from depthcut.errors import UnsupportedModelError
 from depthcut.graph.capture import ATTENTION_OPS, TRANSFORM_OPS, Call, trace_calls
+from depthcut.surgery.slice import is_transform
 
 
 @dataclass
@@ -20,6 +21,8 @@ class Sublayer:
     pre_norms: list[str] = field(default_factory=list)
     post_norms: list[str] = field(default_factory=list)
     out_arity: int | None = None
+    inputs: list[str] = field(default_factory=list)  # transforms reading the sublayer input
+    output: str | None = None  # the transform whose output is the sublayer output
 
     @property
     def modules(self) -> list[str]:
@@ -115,10 +118,13 @@ def _tail(calls: list[Call], blocks_path: str, last: Call) -> list[str]:
     return [c.path for c in tail]
 
 
-def _sublayer(kind: str, call: Call, norms: list[Call]) -> Sublayer:
+def _sublayer(kind: str, call: Call, norms: list[Call], transforms: list[Call]) -> Sublayer:
     pre = [n.path for n in norms if n.out_id == call.in_id]
     post = [n.path for n in norms if n.in_id == call.out_id]
-    return Sublayer(kind, call.path, pre, post, call.out_arity)
+    inside = [t for t in transforms if t.path.startswith(call.path + ".")]
+    inputs = [t.path for t in inside if t.in_id == call.in_id]
+    output = next((t.path for t in inside if t.out_id == call.out_id), None)
+    return Sublayer(kind, call.path, pre, post, call.out_arity, inputs, output)
 
 
 def _block_info(model: nn.Module, index: int, call: Call, calls: list[Call]) -> BlockInfo:
@@ -131,8 +137,10 @@ def _block_info(model: nn.Module, index: int, call: Call, calls: list[Call]) -> 
         for c in children
         if c not in norms and c not in attn and c.ops & TRANSFORM_OPS and c.in_id is not None
     ]
-    attention = _sublayer("attention", attn[0], norms) if len(attn) == 1 else None
-    mlp = _sublayer("mlp", mlps[0], norms) if len(mlps) == 1 else None
+    transforms = [c for c in calls if c.path.startswith(call.path + ".")]
+    transforms = [c for c in transforms if is_transform(modules[c.path])]
+    attention = _sublayer("attention", attn[0], norms, transforms) if len(attn) == 1 else None
+    mlp = _sublayer("mlp", mlps[0], norms, transforms) if len(mlps) == 1 else None
     return BlockInfo(index, call.path, attention, mlp, call.out_arity)
 
 

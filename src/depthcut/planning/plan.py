@@ -12,13 +12,15 @@ PLAN_VERSION = 1
 
 @dataclass(frozen=True)
 class Action:
-    """Remove ``kind`` ("block", "attention", "mlp") at original block index ``block``."""
+    """Remove ``kind`` at original block index ``block``: a whole "block", "attention" or
+    "mlp" sublayer, or the units ``indices`` of a "head" (KV-group) or "neuron" width layer."""
 
     kind: str
     block: int
     path: str
     params: int
     score: float | None = None
+    indices: tuple[int, ...] | None = None
 
     @property
     def unit_id(self) -> str:
@@ -62,7 +64,10 @@ class Plan:
     def from_dict(cls, data: dict[str, Any]) -> Plan:
         if data.get("version") != PLAN_VERSION:
             raise ValueError(f"plan version {data.get('version')} unsupported ({PLAN_VERSION})")
-        actions = [Action(**a) for a in data["actions"]]
+        actions = [
+            Action(**(a | {"indices": tuple(a["indices"]) if a.get("indices") else None}))
+            for a in data["actions"]
+        ]
         return cls(actions, data["model"], data.get("run", {}), data["version"])
 
     def save(self, path: str | Path) -> None:
@@ -77,7 +82,8 @@ class Plan:
         lines = [f"{'#':>3}  {'unit':<14} {'module':<34} {'params':>12}  {'score':>10}"]
         for n, a in enumerate(self.actions):
             score = "" if a.score is None else f"{a.score:.5f}"
-            lines.append(f"{n:>3}  {a.unit_id:<14} {a.path:<34} {a.params:>12,}  {score:>10}")
+            unit = a.unit_id if a.indices is None else f"{a.unit_id} ×{len(a.indices)}"
+            lines.append(f"{n:>3}  {unit:<14} {a.path:<34} {a.params:>12,}  {score:>10}")
         total, non_emb = self.model["params_all"], self.model["params_non_embedding"]
         lines.append(
             f"removed {self.removed_params:,} params = {self.fraction('all'):.1%} of all "

@@ -8,6 +8,7 @@ from depthcut.planning.plan import Action, Plan
 from depthcut.planning.select import Selection, candidates, check_reachable, protected_blocks
 from depthcut.scores import Scores
 from depthcut.units.discover import Unit
+from depthcut.width.select import select_width
 
 
 def budget_target(model: dict, cfg: PruneConfig) -> int:
@@ -67,10 +68,53 @@ def _contiguous(scores: Scores, pool: list[Unit], target: int, cfg: PruneConfig)
 
 
 def make_plan(scores: Scores, cfg: PruneConfig) -> Plan:
-    """The plan for ``cfg`` (strategy, budget, protections) from ``scores``."""
+    """The plan for ``cfg``: depth units first (budget, strategy), then heads, then neurons
+    (the lesson's order) in the blocks that remain."""
+    run = {"config": cfg.to_dict(), "metric": scores.metric}
+    plan = _depth_plan(scores, cfg) if cfg.depth_units else Plan([], scores.model, run)
+    for kind in ("head", "neuron"):
+        if kind in cfg.width_units:
+            plan.actions += _width_actions(scores, cfg, kind, plan)
+    return plan
+
+
+def _width_actions(scores: Scores, cfg: PruneConfig, kind: str, plan: Plan) -> list[Action]:
+    if not scores.width or kind not in scores.width:
+        raise ConfigError(f"units include {kind} but the scores have no {kind} scores")
+    data = scores.width[kind]
+    sublayer = "attention" if kind == "head" else "mlp"
+    skip = frozenset(a.block for a in plan.actions if a.kind in ("block", sublayer))
+    removed = select_width(
+        data["layers"],
+        data["scores"],
+        cfg.width_fraction(kind),
+        scores.model["num_blocks"],
+        (cfg.protect_first, cfg.protect_last),
+        cfg.min_heads if kind == "head" else 1,
+        cfg.round_to if kind == "neuron" else 1,
+        skip,
+    )
+    actions = []
+    for lid, units in sorted(removed.items(), key=lambda kv: data["layers"][kv[0]]["block"]):
+        info = data["layers"][lid]
+        mean = sum(data["scores"][lid][u] for u in units) / len(units)
+        actions.append(
+            Action(
+                kind,
+                info["block"],
+                info["path"],
+                len(units) * info["unit_params"],
+                mean,
+                tuple(units),
+            )
+        )
+    return actions
+
+
+def _depth_plan(scores: Scores, cfg: PruneConfig) -> Plan:
     pool = unit_pool(scores, cfg)
     target = budget_target(scores.model, cfg)
-    what = f"units {list(cfg.units)} and protect_first={cfg.protect_first}, "
+    what = f"units {list(cfg.depth_units)} and protect_first={cfg.protect_first}, "
     check_reachable(pool, target, what + f"protect_last={cfg.protect_last}")
     if cfg.strategy == "ranked":
         selection = _ranked(scores, pool, target)

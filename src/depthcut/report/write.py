@@ -54,7 +54,7 @@ def write_report(
     out = Path(out_dir)
     paths = {"json": out / "report.json", "md": out / "report.md"}
     data = {"plan": plan.to_dict(), "before": before, "after": after}
-    if scores is not None:
+    if scores is not None and scores.units:
         data["scores"] = {
             "metric": scores.metric,
             "unit_scores": scores.unit_scores,
@@ -81,7 +81,7 @@ def markdown(plan: Plan, scores, before, after) -> str:
     ]
     if before and after:
         parts += ["", "## Before / after", "", table(comparison_rows(before, after))]
-    if scores is not None:
+    if scores is not None and scores.units:
         parts += ["", "![importance](importance.png)"]
         fe = scores.cost.get("forward_equivalents")
         if fe is not None:

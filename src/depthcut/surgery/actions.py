@@ -13,6 +13,8 @@ from depthcut.surgery.hf import renumber_layer_idx, sync_config
 from depthcut.surgery.modules import ZeroBranch, set_module
 from depthcut.units.discover import count_params
 
+NEURON_KEYS = ("intermediate_size", "n_inner")
+
 
 def check_plan_fits(model: nn.Module, structure: ModelStructure, plan: Plan) -> None:
     n, total = structure.num_blocks, count_params(model)
@@ -38,6 +40,41 @@ def remove_blocks(model: nn.Module, structure: ModelStructure, drop: set[int]) -
     return kept
 
 
+def apply_width_actions(model: nn.Module, structure: ModelStructure, actions: list) -> None:
+    from depthcut.width.apply import prune_width
+    from depthcut.width.layers import width_layers
+
+    layers = {}
+    for kind in sorted({a.kind for a in actions}):
+        layers.update({w.id: w for w in width_layers(model, structure, kind)})
+    for action in actions:
+        prune_width(model, layers[f"{action.kind}:{action.block}"], list(action.indices))
+    if actions and hasattr(model, "config"):
+        sync_uniform_width(model.config, layers, actions)
+
+
+def sync_uniform_width(config, layers: dict, actions: list) -> None:
+    """When every layer of a kind keeps the same width, say so in the config too (so that
+    plain ``from_pretrained`` rebuilds it); heterogeneous sizes live in the plan."""
+    for kind, keys in (("neuron", NEURON_KEYS), ("head", ())):
+        kept = {lid: w.size for lid, w in layers.items() if w.kind == kind}
+        for a in actions:
+            if a.kind == kind:
+                kept[f"{kind}:{a.block}"] -= len(a.indices)
+        if len(set(kept.values())) != 1:
+            continue
+        (value,) = set(kept.values())
+        if kind == "neuron":
+            for key in keys:
+                if getattr(config, key, None) is not None:
+                    setattr(config, key, value)
+        elif getattr(config, "num_key_value_heads", None) is not None:
+            w = next(w for w in layers.values() if w.kind == "head")
+            config.head_dim = w.head_dim
+            config.num_key_value_heads = value
+            config.num_attention_heads = value * w.q_heads_per_unit
+
+
 def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
     """The model with the plan's units physically removed and its config synced."""
     if not inplace:
@@ -45,8 +82,9 @@ def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module
     structure = discover_structure(model)
     check_plan_fits(model, structure, plan)
     drop = set(plan.removed_blocks)
+    apply_width_actions(model, structure, [a for a in plan.actions if a.indices is not None])
     for action in plan.actions:
-        if action.kind != "block" and action.block not in drop:
+        if action.kind in ("attention", "mlp") and action.block not in drop:
             remove_sublayer(model, structure, action.block, action.kind)
     kept = remove_blocks(model, structure, drop)
     if hasattr(model, "config"):

@@ -1,0 +1,54 @@
+"""Pure tensor slicing of transformation modules (nn.Linear and GPT-2 style Conv1D)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def is_transform(module: nn.Module) -> bool:
+    """A 2-D weight matmul: ``nn.Linear`` ([out, in]) or a ``Conv1D`` ([in, out], has ``nf``)."""
+    weight = getattr(module, "weight", None)
+    if isinstance(module, nn.Linear):
+        return True
+    return hasattr(module, "nf") and isinstance(weight, torch.Tensor) and weight.dim() == 2
+
+
+def out_axis(module: nn.Module) -> int:
+    return 0 if isinstance(module, nn.Linear) else 1
+
+
+def out_features(module: nn.Module) -> int:
+    return module.weight.shape[out_axis(module)]
+
+
+def in_features(module: nn.Module) -> int:
+    return module.weight.shape[1 - out_axis(module)]
+
+
+def _set(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    old = getattr(module, name)
+    setattr(module, name, nn.Parameter(tensor.contiguous().clone(), old.requires_grad))
+
+
+def slice_out(module: nn.Module, keep: torch.Tensor) -> None:
+    """Keep only output features ``keep`` (weight rows/cols and bias)."""
+    axis = out_axis(module)
+    _set(module, "weight", module.weight.detach().index_select(axis, keep))
+    if getattr(module, "bias", None) is not None:
+        _set(module, "bias", module.bias.detach().index_select(0, keep))
+    _sync_sizes(module)
+
+
+def slice_in(module: nn.Module, keep: torch.Tensor) -> None:
+    """Keep only input features ``keep``."""
+    axis = 1 - out_axis(module)
+    _set(module, "weight", module.weight.detach().index_select(axis, keep))
+    _sync_sizes(module)
+
+
+def _sync_sizes(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    else:
+        module.nx, module.nf = module.weight.shape

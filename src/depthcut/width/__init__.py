@@ -1,0 +1,1 @@
+"""Width pruning: attention heads (GQA-aware: whole KV groups) and MLP neurons."""

@@ -1,0 +1,28 @@
+"""Slice heads / neurons out of the real modules; keep per-layer sizes consistent."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from depthcut.errors import UnsupportedModelError
+from depthcut.surgery.slice import slice_in, slice_out
+from depthcut.width.layers import HEAD_ATTRS, WidthLayer
+
+
+def prune_width(model: nn.Module, layer: WidthLayer, remove: list[int]) -> None:
+    """Remove units ``remove`` of ``layer`` from every module that owns their channels."""
+    keep = [u for u in range(layer.size) if u not in set(remove)]
+    if not keep:
+        raise UnsupportedModelError(f"{layer.module}: removing every {layer.kind} is not allowed")
+    modules = dict(model.named_modules())
+    for part in layer.parts:
+        channels = part.channels(keep)
+        (slice_out if part.side == "out" else slice_in)(modules[part.path], channels)
+    if layer.kind == "head":
+        _sync_head_attrs(model, modules[layer.module], len(keep) * layer.q_heads_per_unit, layer)
+
+
+def _sync_head_attrs(model: nn.Module, attention: nn.Module, heads: int, layer) -> None:
+    values = {"heads": heads, "q_width": heads * layer.head_dim}
+    for attr, what in HEAD_ATTRS.get(model.config.model_type, {}).items():
+        setattr(attention, attr, values[what])

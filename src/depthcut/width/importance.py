@@ -1,0 +1,136 @@
+"""Importance of heads and neurons (one number per unit, lower = pruned first).
+
+* ``magnitude``: L2 norm of every weight the unit owns (producer rows, consumer columns).
+* ``taylor``: Σ |g ⊙ w| over the same weights and output biases, with g the gradient of the
+  next-token loss, summed over calibration batches (the lesson's head variant, extended from
+  Q rows to Q, K, V rows and O columns).
+* ``output_norm``: E_t ‖unit output‖₂ — the unit's slice of the consumer's input (a head's
+  output before the output projection), averaged over real tokens.
+* ``activation_frequency``: share of (real token, channel) pairs with |activation| > τ at the
+  consumer's input: after the activation function, and for gated MLPs after gate ⊙ up.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from depthcut.data import CalibData
+from depthcut.errors import ConfigError
+from depthcut.width.layers import WidthLayer
+
+WIDTH_METRICS = ("magnitude", "taylor", "output_norm", "activation_frequency")
+
+
+def _unit_channels(layer: WidthLayer, part) -> list[torch.Tensor]:
+    return [part.channels([u]) for u in range(layer.size)]
+
+
+def _weight_of(module: nn.Module, part) -> torch.Tensor:
+    """The weight with the part's axis first: rows = the part's channels."""
+    from depthcut.surgery.slice import out_axis
+
+    axis = out_axis(module) if part.side == "out" else 1 - out_axis(module)
+    return module.weight.transpose(0, 1) if axis == 1 else module.weight
+
+
+def _per_unit(model: nn.Module, layer: WidthLayer, value) -> torch.Tensor:
+    """Σ over parts and owned channels of ``value(module, part)`` rows, per unit."""
+    modules = dict(model.named_modules())
+    total = torch.zeros(layer.size, dtype=torch.float64)
+    for part in layer.parts:
+        rows = value(modules[part.path], part).double()
+        for u, ch in enumerate(_unit_channels(layer, part)):
+            total[u] += rows[ch].sum()
+    return total
+
+
+def magnitude(model: nn.Module, layer: WidthLayer) -> list[float]:
+    squares = _per_unit(model, layer, lambda m, p: _weight_of(m, p).detach().pow(2).sum(1))
+    return squares.sqrt().tolist()
+
+
+def _taylor_rows(module: nn.Module, part) -> torch.Tensor:
+    rows = (_weight_of(module, part) * _grad_of(module, part)).abs().sum(1)
+    if part.side == "out" and getattr(module, "bias", None) is not None:
+        rows = rows + (module.bias * module.bias.grad).abs()
+    return rows.detach()
+
+
+def _grad_of(module: nn.Module, part) -> torch.Tensor:
+    from depthcut.surgery.slice import out_axis
+
+    axis = out_axis(module) if part.side == "out" else 1 - out_axis(module)
+    return module.weight.grad.transpose(0, 1) if axis == 1 else module.weight.grad
+
+
+def taylor(model, layers, calib: CalibData, progress: bool = True) -> dict[str, list[float]]:
+    totals = {layer.id: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
+    for batch in tqdm(calib.batches(), desc="taylor", disable=not progress):
+        model.zero_grad(set_to_none=True)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        model(**batch, labels=labels, use_cache=False).loss.backward()
+        for layer in layers:
+            totals[layer.id] += _per_unit(model, layer, _taylor_rows)
+    model.zero_grad(set_to_none=True)
+    return {k: v.tolist() for k, v in totals.items()}
+
+
+def consumer_stats(
+    model, layers, calib: CalibData, metric: str, tau: float, progress: bool = True
+) -> dict[str, list[float]]:
+    """output_norm / activation_frequency from forward hooks on each consumer's input."""
+    modules = dict(model.named_modules())
+    sums = {layer.id: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
+    state = {"mask": None, "tokens": 0}
+
+    def hook_for(layer: WidthLayer):
+        part = layer.parts[-1]
+        chans = _unit_channels(layer, part)
+
+        def hook(module, args):
+            x = args[0][state["mask"]].double()  # [tokens, width]
+            for u, ch in enumerate(chans):
+                xs = x[:, ch]
+                if metric == "output_norm":
+                    sums[layer.id][u] += xs.norm(dim=-1).sum()
+                else:
+                    sums[layer.id][u] += (xs.abs() > tau).double().mean(-1).sum()
+
+        return hook
+
+    handles = [
+        modules[layer.parts[-1].path].register_forward_pre_hook(hook_for(layer)) for layer in layers
+    ]
+    try:
+        with torch.no_grad():
+            for batch in tqdm(calib.batches(), desc=metric, disable=not progress):
+                state["mask"] = batch["attention_mask"].bool()
+                state["tokens"] += int(state["mask"].sum())
+                model(**batch, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {k: (v / state["tokens"]).tolist() for k, v in sums.items()}
+
+
+def width_scores(
+    model,
+    layers: list[WidthLayer],
+    calib: CalibData | None,
+    metric: str,
+    tau: float = 0.01,
+    progress: bool = True,
+) -> dict[str, list[float]]:
+    """{layer id ("head:3"): [score per unit]}."""
+    if metric not in WIDTH_METRICS:
+        raise ConfigError(f"unknown width importance {metric!r}; known: {', '.join(WIDTH_METRICS)}")
+    model.eval()
+    if metric == "magnitude":
+        return {layer.id: magnitude(model, layer) for layer in layers}
+    if calib is None:
+        raise ConfigError(f"width importance {metric!r} needs calibration data")
+    if metric == "taylor":
+        return taylor(model, layers, calib, progress)
+    return consumer_stats(model, layers, calib, metric, tau, progress)

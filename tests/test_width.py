@@ -1,0 +1,163 @@
+"""Heads (whole KV groups) and neurons: slicing equals zeroing, GQA stays valid, reload."""
+
+import pytest
+import torch
+
+import depthcut as dc
+from depthcut.graph.structure import discover_structure
+from depthcut.io import logits_on_probe
+from depthcut.width.importance import width_scores
+from depthcut.width.layers import width_layers
+from depthcut.width.select import select_width
+from tiny import BUILDERS, tiny_calib, tiny_llama, tiny_tokenizer
+
+
+def zeroed_reference(model, kind, removal, ids):
+    """Original model with the removed units' channels zeroed at the consumer's input."""
+    s = discover_structure(model)
+    layers = {w.id: w for w in width_layers(model, s, kind)}
+    modules = dict(model.named_modules())
+    handles = []
+    for lid, units in removal.items():
+        part = layers[lid].parts[-1]
+        ch = part.channels(units)
+
+        def hook(module, args, ch=ch):
+            x = args[0].clone()
+            x[..., ch] = 0
+            return (x,)
+
+        handles.append(modules[part.path].register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            return model(input_ids=ids, use_cache=False).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def width_cfg(kind, fraction=0.4, metric="magnitude", **kw):
+    key = "heads" if kind == "head" else "neurons"
+    args = {"protect_first": 1, "protect_last": 1, key: fraction} | kw
+    return dc.PruneConfig(units=(kind,), width_importance=metric, **args)
+
+
+@pytest.mark.parametrize("arch", sorted(BUILDERS))
+@pytest.mark.parametrize("kind", ["head", "neuron"])
+def test_sliced_equals_zeroed(arch, kind):
+    model = BUILDERS[arch](layers=5)
+    cfg = width_cfg(kind, 0.3 if kind == "neuron" else 0.25)
+    scores = dc.score(model, cfg, tiny_calib(), progress=False)
+    plan = dc.plan(scores, cfg)
+    assert plan.actions and all(a.kind == kind for a in plan.actions)
+    removal = {f"{kind}:{a.block}": list(a.indices) for a in plan.actions}
+    ids = torch.randint(3, 97, (2, 9))
+    expected = zeroed_reference(model, kind, removal, ids)
+    pruned = dc.apply(model, plan)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(input_ids=ids, use_cache=False).logits, expected)
+    removed = sum(p.numel() for p in model.parameters()) - sum(
+        p.numel() for p in pruned.parameters()
+    )
+    assert removed == plan.removed_params > 0
+
+
+def test_gqa_groups_stay_whole_and_generate_with_cache():
+    model = tiny_llama(layers=5)  # 4 query heads, 2 KV heads, head_dim 8
+    cfg = width_cfg("head", 0.3)
+    plan = dc.plan(dc.score(model, cfg, tiny_calib(), progress=False), cfg)
+    pruned = dc.apply(model, plan)
+    for block in {a.block for a in plan.actions}:
+        attn = pruned.model.layers[block].self_attn
+        assert attn.q_proj.out_features == 2 * 8 and attn.k_proj.out_features == 8
+        assert attn.v_proj.out_features == 8 and attn.o_proj.in_features == 16
+    ids = torch.randint(3, 97, (2, 5))
+    kw = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False}
+    with torch.no_grad():
+        torch.testing.assert_close(
+            pruned.generate(ids, use_cache=True, **kw), pruned.generate(ids, use_cache=False, **kw)
+        )
+
+
+def test_activation_frequency_against_hand_count():
+    model = tiny_llama(layers=3)
+    s = discover_structure(model)
+    layers = width_layers(model, s, "neuron")
+    calib = tiny_calib(n=4, pad_last=5)
+    seen = []
+    h = model.model.layers[1].mlp.down_proj.register_forward_pre_hook(
+        lambda m, a: seen.append(a[0].detach())
+    )
+    with torch.no_grad():
+        for batch in calib.batches():
+            model(**batch, use_cache=False)
+    h.remove()
+    acts = torch.cat([x[b["attention_mask"].bool()] for x, b in zip(seen, calib.batches())])
+    expected = (acts.abs() > 0.01).double().mean(0)
+    got = width_scores(model, layers, calib, "activation_frequency", 0.01, progress=False)
+    torch.testing.assert_close(torch.tensor(got["neuron:1"], dtype=torch.float64), expected)
+    assert acts.shape[0] == 4 * 20 - 5  # padding excluded
+
+
+@pytest.mark.parametrize("metric", ["taylor", "output_norm", "activation_frequency"])
+def test_data_metrics_run_and_differ_from_magnitude(metric):
+    model = tiny_llama(layers=4)
+    s = discover_structure(model)
+    layers = width_layers(model, s, "neuron")
+    a = width_scores(model, layers, tiny_calib(), metric, progress=False)
+    b = width_scores(model, layers, None, "magnitude", progress=False)
+    assert len(a["neuron:2"]) == 64 and all(v >= 0 for v in a["neuron:2"])
+    assert a["neuron:2"] != b["neuron:2"]
+
+
+def test_heterogeneous_sizes_save_and_reload(tmp_path):
+    model = tiny_llama(layers=5)
+    cfg = dc.PruneConfig(
+        units=("block", "head", "neuron"),
+        budget=dc.Budget(params=0.15),
+        heads=0.25,
+        neurons=0.3,
+        width_importance="taylor",
+        round_to=8,
+    )
+    plan = dc.plan(dc.score(model, cfg, tiny_calib(), progress=False), cfg)
+    kinds = [a.kind for a in plan.actions]
+    assert kinds == sorted(kinds, key=["block", "attention", "mlp", "head", "neuron"].index)
+    pruned = dc.apply(model, plan)
+    widths = {layer.mlp.down_proj.in_features for layer in pruned.model.layers}
+    assert all(w % 8 == 0 for w in widths)
+    out = dc.save(pruned, plan, tmp_path / "o", tiny_tokenizer())
+    reloaded, _ = dc.load(out)
+    torch.testing.assert_close(logits_on_probe(reloaded), logits_on_probe(pruned))
+
+
+def test_uniform_neurons_reload_with_plain_from_pretrained(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_llama(layers=4)
+    cfg = width_cfg("neuron", 0.25, protect_first=0, protect_last=0)
+    scores = dc.score(model, cfg, tiny_calib(), progress=False)
+    scores.width["neuron"]["scores"] = {
+        k: list(range(64)) for k in scores.width["neuron"]["scores"]
+    }
+    plan = dc.plan(scores, cfg)
+    pruned = dc.apply(model, plan)
+    assert pruned.config.intermediate_size == 48
+    out = dc.save(pruned, plan, tmp_path / "o")
+    plain = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    torch.testing.assert_close(logits_on_probe(plain), logits_on_probe(pruned))
+
+
+def test_min_heads_and_bad_inputs():
+    layers = {f"head:{b}": {"block": b, "size": 2, "unit_params": 1} for b in range(4)}
+    scores = {k: [0.0, 1.0] for k in layers}
+    got = select_width(layers, scores, 0.5, 4, (0, 0), min_units=1)
+    assert got == {k: [0] for k in layers}
+    with pytest.raises(dc.DepthcutError, match="width budget unreachable"):
+        select_width(layers, scores, 0.75, 4, (0, 0), min_units=1)
+    with pytest.raises(dc.DepthcutError, match="round_to=4 is larger than the layer width 2"):
+        select_width(layers, scores, 0.25, 4, (0, 0), round_to=4)
+    with pytest.raises(dc.DepthcutError, match="known: magnitude, taylor"):
+        dc.PruneConfig(units=("head",), heads=0.2, width_importance="nope")
+    with pytest.raises(dc.DepthcutError, match="heads=FRACTION"):
+        dc.PruneConfig(units=("head",))
