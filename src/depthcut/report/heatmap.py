@@ -40,6 +40,8 @@ def plot_heatmap(scores: Scores, plan: Plan | None, path: str | Path) -> Path:
     ax.set_title(f"{scores.metric} importance (low = pruned first); x = removed")
     fig.colorbar(image, ax=ax, fraction=0.03)
     for action in plan.actions if plan else []:
+        if action.kind not in kinds and action.kind != "block":
+            continue  # width actions are listed in report.md
         rows = range(len(kinds)) if action.kind == "block" else [kinds.index(action.kind)]
         for row in rows:
             ax.text(action.block, row, "x", ha="center", va="center", color="red", fontsize=12)
