@@ -37,6 +37,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_iterative_cache.py
 	$(BIN)/python benchmarks/bench_depth_speedup.py
+	$(BIN)/python benchmarks/bench_width_vs_depth.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

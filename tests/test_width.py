@@ -155,6 +155,11 @@ def test_min_heads_and_bad_inputs():
     assert got == {k: [0] for k in layers}
     with pytest.raises(dc.DepthcutError, match="width budget unreachable"):
         select_width(layers, scores, 0.75, 4, (0, 0), min_units=1)
+    wide = {f"neuron:{b}": {"block": b, "size": 16, "unit_params": 1} for b in range(2)}
+    ranks = {"neuron:0": list(range(16)), "neuron:1": [3.5] + [100 + i for i in range(15)]}
+    # 5 lowest: units 0-3 of layer 0 (kept 12) and unit 0 of layer 1, whose kept 15 rounds up
+    # to 16: layer 1 loses nothing and must not appear
+    assert select_width(wide, ranks, 5 / 32, 2, (0, 0), round_to=4) == {"neuron:0": [0, 1, 2, 3]}
     with pytest.raises(dc.DepthcutError, match="round_to=4 is larger than the layer width 2"):
         select_width(layers, scores, 0.25, 4, (0, 0), round_to=4)
     with pytest.raises(dc.DepthcutError, match="known: magnitude, taylor"):

@@ -46,9 +46,8 @@ def select_width(
             f"width budget unreachable: {want} units requested, {count} removable with "
             f"min_units={min_units} and protected blocks {sorted(banned)}"
         )
-    return {
-        lid: sorted(_round(layers[lid]["size"], units, round_to)) for lid, units in removed.items()
-    }
+    rounded = {lid: sorted(_round(layers[lid]["size"], u, round_to)) for lid, u in removed.items()}
+    return {lid: units for lid, units in rounded.items() if units}  # rounding may undo a layer
 
 
 def _round(size: int, units: list[int], round_to: int) -> list[int]:
