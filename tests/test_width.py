@@ -166,3 +166,38 @@ def test_min_heads_and_bad_inputs():
         dc.PruneConfig(units=("head",), heads=0.2, width_importance="nope")
     with pytest.raises(dc.DepthcutError, match="heads=FRACTION"):
         dc.PruneConfig(units=("head",))
+
+
+def test_iterative_width_steps():
+    model = tiny_llama(layers=6)
+    one = width_cfg("neuron", 0.3, width_steps=1)
+    three = width_cfg("neuron", 0.3, width_steps=3)
+    calib = tiny_calib()
+    scores3 = dc.score(model, three, calib, progress=False)
+    steps = scores3.width["neuron"]["steps"]
+    counts = [sum(len(u) for u in step.values()) for step in steps]
+    total = 6 * 64
+    assert counts == [round(0.1 * total), round(0.2 * total), round(0.3 * total)]
+    for before, after in zip(steps, steps[1:]):  # earlier removals are kept
+        assert all(set(u) <= set(after.get(lid, [])) for lid, u in before.items())
+    plan3 = dc.plan(scores3, three)
+    # magnitude does not change for units that stay: iterative equals one-shot exactly
+    plan1 = dc.plan(dc.score(model, one, calib, progress=False), one)
+    assert [a.indices for a in plan3.actions] == [a.indices for a in plan1.actions]
+    with pytest.raises(dc.DepthcutError, match="re-score"):
+        dc.plan(scores3, width_cfg("neuron", 0.2, width_steps=3))
+
+
+def test_iterative_taylor_is_valid_and_reloads(tmp_path):
+    model = tiny_llama(layers=6)
+    cfg = dc.PruneConfig(
+        units=("head", "neuron"), heads=0.2, neurons=0.25, width_importance="taylor", width_steps=2
+    )
+    plan = dc.plan(dc.score(model, cfg, tiny_calib(), progress=False), cfg)
+    removal = {f"{a.kind}:{a.block}": list(a.indices) for a in plan.actions}
+    assert sum(len(u) for k, u in removal.items() if k.startswith("neuron")) == round(0.25 * 384)
+    pruned = dc.apply(model, plan)
+    out = dc.save(pruned, plan, tmp_path / "o")
+    torch.testing.assert_close(logits_on_probe(dc.load(out)[0]), logits_on_probe(pruned))
+    with pytest.raises(dc.DepthcutError, match="width-only"):
+        dc.PruneConfig(units=("block", "neuron"), neurons=0.2, width_steps=2)

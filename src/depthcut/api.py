@@ -21,6 +21,7 @@ from depthcut.scores import Scores
 from depthcut.surgery.actions import apply_plan
 from depthcut.units.discover import count_params, discover_units, embedding_params
 from depthcut.width.importance import width_scores
+from depthcut.width.iterative import iterative_width
 from depthcut.width.layers import width_layers
 
 
@@ -86,6 +87,12 @@ def score_width(model, structure, cfg: PruneConfig, calib, progress: bool = True
             for w in layers
         }
         out[kind] = {"layers": info, "scores": values, "metric": cfg.width_importance}
+    if cfg.width_steps > 1:
+        infos = {kind: out[kind]["layers"] for kind in out}
+        removal, history = iterative_width(model, cfg, calib, infos, progress)
+        for kind in out:
+            out[kind]["removal"] = removal[kind]
+            out[kind]["steps"] = [h[kind] for h in history]
     return out
 
 

@@ -95,6 +95,7 @@ class PruneConfig:
     min_heads: int = 1
     round_to: int = 1
     tau: float = 0.01
+    width_steps: int = 1
 
     @property
     def depth_units(self) -> tuple[str, ...]:
@@ -138,8 +139,10 @@ class PruneConfig:
                 f"unknown width importance {self.width_importance!r}; known: "
                 + ", ".join(WIDTH_METRICS)
             )
-        if self.min_heads < 1 or self.round_to < 1:
-            raise ConfigError("min_heads and round_to must be >= 1")
+        if self.width_steps > 1 and self.depth_units:
+            raise ConfigError("width_steps > 1 (iterative width) needs width-only units")
+        if self.min_heads < 1 or self.round_to < 1 or self.width_steps < 1:
+            raise ConfigError("min_heads, round_to and width_steps must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -114,7 +114,8 @@ def load(path: str | Path, with_tokenizer: bool = True):
     apply_plan(model, plan, inplace=True)
     _load_weights(model, path)
     model.eval()
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True) if with_tokenizer else None
+    has_tok = with_tokenizer and (path / "tokenizer_config.json").exists()
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True) if has_tok else None
     return model, tok
 
 

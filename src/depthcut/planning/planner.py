@@ -82,9 +82,15 @@ def _width_actions(scores: Scores, cfg: PruneConfig, kind: str, plan: Plan) -> l
     if not scores.width or kind not in scores.width:
         raise ConfigError(f"units include {kind} but the scores have no {kind} scores")
     data = scores.width[kind]
+    key = "heads" if kind == "head" else "neurons"
+    if "removal" in data and scores.config.get(key) != cfg.width_fraction(kind):
+        raise ConfigError(
+            f"iterative {kind} scores were made for {key}={scores.config.get(key)}:"
+            " re-score with this fraction"
+        )
     sublayer = "attention" if kind == "head" else "mlp"
     skip = frozenset(a.block for a in plan.actions if a.kind in ("block", sublayer))
-    removed = select_width(
+    removed = data.get("removal") or select_width(
         data["layers"],
         data["scores"],
         cfg.width_fraction(kind),

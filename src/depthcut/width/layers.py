@@ -82,6 +82,13 @@ def _head_parts(model: nn.Module, sub, block: int) -> tuple[tuple[Part, ...], in
     layout = FUSED_QKV.get(model.config.model_type, "separate")
     if sub.output is None or (layout == "separate") != (len(sub.inputs) == 3):
         raise UnsupportedModelError(f"{sub.path}: cannot map attention heads to its projections")
+    # this layer's own counts (earlier width pruning may have left fewer heads than the config)
+    modules = dict(model.named_modules())
+    if layout == "separate":
+        kv = out_features(modules[sub.inputs[1]]) // hd
+    else:
+        kv = out_features(modules[sub.inputs[0]]) // (3 * hd)
+    heads = kv * qpg
     if layout == "separate":
         q, k, v = sub.inputs
         parts = (Part(q, "out", (0,), qpg * hd), Part(k, "out", (0,), hd), Part(v, "out", (0,), hd))
