@@ -46,3 +46,37 @@ def test_model_without_block_stack_is_refused():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
     with pytest.raises(UnsupportedModelError, match="Sequential"):
         discover_structure(model)
+
+
+def tiny_bert_lm(layers=4):
+    from transformers import BertConfig, BertLMHeadModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=97,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        is_decoder=True,
+    )
+    return BertLMHeadModel(cfg).eval()
+
+
+def test_post_norm_sublayers_are_refused_but_blocks_work():
+    import depthcut as dc
+    from depthcut.api import describe
+    from depthcut.planning.plan import Action, Plan
+    from depthcut.units.bypass import bypassed
+
+    model = tiny_bert_lm()
+    s = discover_structure(model)
+    with pytest.raises(UnsupportedModelError, match=r"layer\.0\.attention: its output leaves"):
+        discover_units(model, s, ("attention",))
+    (unit,) = [u for u in discover_units(model, s, ("block",)) if u.block == 2]
+    plan = Plan([Action("block", 2, unit.path, unit.params)], describe(model, s))
+    ids = torch.randint(3, 97, (2, 7))
+    with torch.no_grad(), bypassed(model, s, [unit]):
+        expected = model(input_ids=ids).logits
+    with torch.no_grad():
+        torch.testing.assert_close(dc.apply(model, plan)(input_ids=ids).logits, expected)

@@ -23,6 +23,7 @@ class Sublayer:
     out_arity: int | None = None
     inputs: list[str] = field(default_factory=list)  # transforms reading the sublayer input
     output: str | None = None  # the transform whose output is the sublayer output
+    residual: bool = True  # False: its output comes out of a norm inside it (post-norm)
 
     @property
     def modules(self) -> list[str]:
@@ -118,13 +119,16 @@ def _tail(calls: list[Call], blocks_path: str, last: Call) -> list[str]:
     return [c.path for c in tail]
 
 
-def _sublayer(kind: str, call: Call, norms: list[Call], transforms: list[Call]) -> Sublayer:
+def _sublayer(
+    kind: str, call: Call, norms: list[Call], transforms: list[Call], inner_norms: list[Call]
+) -> Sublayer:
     pre = [n.path for n in norms if n.out_id == call.in_id]
     post = [n.path for n in norms if n.in_id == call.out_id]
     inside = [t for t in transforms if t.path.startswith(call.path + ".")]
     inputs = [t.path for t in inside if t.in_id == call.in_id]
     output = next((t.path for t in inside if t.out_id == call.out_id), None)
-    return Sublayer(kind, call.path, pre, post, call.out_arity, inputs, output)
+    residual = not any(n.out_id == call.out_id for n in inner_norms)
+    return Sublayer(kind, call.path, pre, post, call.out_arity, inputs, output, residual)
 
 
 def _block_info(model: nn.Module, index: int, call: Call, calls: list[Call]) -> BlockInfo:
@@ -139,8 +143,11 @@ def _block_info(model: nn.Module, index: int, call: Call, calls: list[Call]) -> 
     ]
     transforms = [c for c in calls if c.path.startswith(call.path + ".")]
     transforms = [c for c in transforms if is_transform(modules[c.path])]
-    attention = _sublayer("attention", attn[0], norms, transforms) if len(attn) == 1 else None
-    mlp = _sublayer("mlp", mlps[0], norms, transforms) if len(mlps) == 1 else None
+    inner = [c for c in calls if c.path.startswith(call.path + ".") and is_norm(modules[c.path])]
+    attention = (
+        _sublayer("attention", attn[0], norms, transforms, inner) if len(attn) == 1 else None
+    )
+    mlp = _sublayer("mlp", mlps[0], norms, transforms, inner) if len(mlps) == 1 else None
     return BlockInfo(index, call.path, attention, mlp, call.out_arity)
 
 
@@ -167,6 +174,11 @@ def _is_block(call: Call, blocks_path: str) -> bool:
 
 def require_sublayer(block: BlockInfo, kind: str) -> Sublayer:
     sub = block.sublayer(kind)
+    if sub is not None and not sub.residual:
+        raise UnsupportedModelError(
+            f"{sub.path}: its output leaves through a norm inside it (post-norm block), so it is "
+            "not a removable residual branch; remove whole blocks instead"
+        )
     if sub is None:
         raise UnsupportedModelError(
             f"{block.path}: no single residual {kind} sublayer found (post-norm or fused "
