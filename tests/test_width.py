@@ -201,3 +201,41 @@ def test_iterative_taylor_is_valid_and_reloads(tmp_path):
     torch.testing.assert_close(logits_on_probe(dc.load(out)[0]), logits_on_probe(pruned))
     with pytest.raises(dc.DepthcutError, match="width-only"):
         dc.PruneConfig(units=("block", "neuron"), neurons=0.2, width_steps=2)
+
+
+@pytest.mark.parametrize("kind", ["head", "neuron"])
+def test_bert_encoder_width_sliced_equals_zeroed_and_reloads(tmp_path, kind):
+    from tiny import tiny_bert
+
+    model = tiny_bert()
+    cfg = width_cfg(kind, 0.25, metric="output_norm")
+    plan = dc.plan(dc.score(model, cfg, tiny_calib(), progress=False), cfg)
+    removal = {f"{kind}:{a.block}": list(a.indices) for a in plan.actions}
+    ids = torch.randint(3, 97, (2, 9))
+    s = discover_structure(model)
+    layers = {w.id: w for w in width_layers(model, s, kind)}
+    modules = dict(model.named_modules())
+    handles = []
+    for lid, units in removal.items():
+        ch = layers[lid].parts[-1].channels(units)
+
+        def hook(module, args, ch=ch):
+            x = args[0].clone()
+            x[..., ch] = 0
+            return (x, *args[1:])
+
+        handles.append(modules[layers[lid].parts[-1].path].register_forward_pre_hook(hook))
+    with torch.no_grad():
+        expected = model(input_ids=ids).last_hidden_state
+    for h in handles:
+        h.remove()
+    pruned = dc.apply(model, plan)
+    with torch.no_grad():
+        got = pruned(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(got, expected)
+    out = dc.save(pruned, plan, tmp_path / "o")
+    reloaded, _ = dc.load(out)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).last_hidden_state, got)
+    with pytest.raises(dc.DepthcutError, match="language-modeling loss"):
+        dc.score(model, width_cfg(kind, 0.25, metric="taylor"), tiny_calib(), progress=False)

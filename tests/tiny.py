@@ -130,3 +130,21 @@ def tiny_gemma3(layers: int = 6, seed: int = 0):
         eos_token_id=2,
     )
     return Gemma3ForCausalLM(cfg).eval()
+
+
+def tiny_bert(layers: int = 4, seed: int = 0):
+    """BERT encoder (post-norm blocks, split intermediate/output MLP)."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        pad_token_id=0,
+    )
+    model = BertModel(cfg).eval()
+    model.config.architectures = ["BertModel"]
+    return model

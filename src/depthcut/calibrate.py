@@ -63,7 +63,7 @@ class BlockCache:
         self.structure = structure
         modules = dict(model.named_modules())
         self.blocks = [modules[b.path] for b in structure.blocks]
-        self.tail = [modules[p] for p in structure.tail]
+        self.tail = [modules[p] for p in structure.require_tail()]
         self.block_cost = unique_params(self.blocks) / len(self.blocks)
         self.tail_cost = unique_params(self.tail)
         self.batches = calib.batches()

@@ -95,9 +95,9 @@ def eval_settings(args: argparse.Namespace, default_ppl: bool = False):
 
 def cmd_inspect(args: argparse.Namespace) -> None:
     from depthcut.inspect import inspect_text
-    from depthcut.models import load_model
+    from depthcut.models import load_encoder, load_model
 
-    model, _ = load_model(args.model)
+    model, _ = (load_encoder if args.encoder else load_model)(args.model)
     print(inspect_text(model))
 
 
@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True)
     p = sub.add_parser("inspect", help="blocks, units and parameter counts of a model")
     p.add_argument("model", help="packaged name (smollm2-135m) or local model directory")
+    p.add_argument("--encoder", action="store_true", help="an encoder (e.g. minilm-l6)")
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("score", help="score units on calibration text -> scores.json")
     p.add_argument("model")
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="score, plan, apply, save and report in one go")
     p.add_argument("model")
     _config_args(p), _calib_args(p), _eval_args(p), _out_args(p)
+    p.add_argument("--encoder", action="store_true", help="an encoder (e.g. minilm-l6): width")
     p.set_defaults(func=cmd_prune)
     for verb, func, text in (
         ("eval", cmd_eval, "perplexity / latency"),

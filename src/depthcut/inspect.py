@@ -23,6 +23,7 @@ def inspect_text(model: nn.Module) -> str:
         f"params: {total:,} all, {total - emb:,} non-embedding ({emb:,} embedding/head)",
         f"blocks: {structure.num_blocks} at {structure.blocks_path}; tail: {structure.tail}",
         "units: " + ", ".join(f"{counts[k]} {k}" for k in kinds),
+        _width_line(model, structure),
         f"block 0: attention {first.attention.modules if first.attention else None}",
         f"         mlp {first.mlp.modules if first.mlp else None}",
         f"{'unit':<14} {'module':<36} {'params':>12}",
@@ -32,4 +33,20 @@ def inspect_text(model: nn.Module) -> str:
 
 
 def _has(structure, kind: str) -> bool:
-    return kind == "block" or all(b.sublayer(kind) is not None for b in structure.blocks)
+    subs = [b.sublayer(kind) for b in structure.blocks]
+    return kind == "block" or all(s is not None and s.residual for s in subs)
+
+
+def _width_line(model, structure) -> str:
+    from depthcut.errors import DepthcutError
+    from depthcut.width.layers import width_layers
+
+    parts = []
+    for kind, label in (("head", "head units (KV groups)"), ("neuron", "MLP neurons")):
+        try:
+            layers = width_layers(model, structure, kind)
+        except DepthcutError as err:
+            parts.append(f"{kind}: not available ({err})")
+            continue
+        parts.append(f"{sum(w.size for w in layers)} {label}")
+    return "width: " + ", ".join(parts)

@@ -58,8 +58,10 @@ def atomic_dir(out: Path, write, overwrite: bool = False) -> Path:
 
 
 def logits_on_probe(model: nn.Module) -> torch.Tensor:
+    """Logits on a fixed probe (the last hidden state for encoders)."""
     with torch.no_grad():
-        return model(**probe_inputs(model, 16), use_cache=False).logits
+        out = model(**probe_inputs(model, 16), use_cache=False)
+    return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
 
 
 def save(
@@ -110,13 +112,23 @@ def load(path: str | Path, with_tokenizer: bool = True):
     plan = Plan.from_dict(meta["plan"])
     base = dict(plan.model["config"])
     config = AutoConfig.for_model(base.pop("model_type"), **base)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    cls = _model_class(config, AutoModelForCausalLM)
+    build = getattr(cls, "from_config", None) or cls._from_config
+    model = build(config, dtype=torch.float32)
     apply_plan(model, plan, inplace=True)
     _load_weights(model, path)
     model.eval()
     has_tok = with_tokenizer and (path / "tokenizer_config.json").exists()
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True) if has_tok else None
     return model, tok
+
+
+def _model_class(config, default):
+    """The saved architecture class (e.g. ``BertModel`` for an encoder), else ``default``."""
+    import transformers
+
+    names = getattr(config, "architectures", None) or []
+    return getattr(transformers, names[0], default) if names else default
 
 
 def _load_weights(model: nn.Module, path: Path) -> None:

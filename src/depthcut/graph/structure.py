@@ -48,7 +48,13 @@ class ModelStructure:
 
     blocks_path: str
     blocks: list[BlockInfo]
-    tail: list[str]
+    tail: list[str] | None
+    tail_error: str | None = None
+
+    def require_tail(self) -> list[str]:
+        if self.tail is None:
+            raise UnsupportedModelError(self.tail_error or "the model tail is unknown")
+        return self.tail
 
     @property
     def num_blocks(self) -> int:
@@ -127,8 +133,28 @@ def _sublayer(
     inside = [t for t in transforms if t.path.startswith(call.path + ".")]
     inputs = [t.path for t in inside if t.in_id == call.in_id]
     output = next((t.path for t in inside if t.out_id == call.out_id), None)
+    if output is None:  # post-norm: the first other transform consumes the context
+        output = next((t.path for t in inside if t.path not in inputs), None)
     residual = not any(n.out_id == call.out_id for n in inner_norms)
     return Sublayer(kind, call.path, pre, post, call.out_arity, inputs, output, residual)
+
+
+def _split_mlp(mlps: list[Call], transforms: list[Call]) -> Sublayer | None:
+    """An MLP split over two chained modules (BERT's intermediate → output): width only."""
+    first = [t for t in transforms if t.path.startswith(mlps[0].path + ".")]
+    second = [t for t in transforms if t.path.startswith(mlps[1].path + ".")]
+    if not first or not second:
+        return None
+    return Sublayer(
+        "mlp",
+        mlps[0].path,
+        [],
+        [],
+        mlps[0].out_arity,
+        [first[0].path],
+        second[0].path,
+        residual=False,
+    )
 
 
 def _block_info(model: nn.Module, index: int, call: Call, calls: list[Call]) -> BlockInfo:
@@ -148,6 +174,8 @@ def _block_info(model: nn.Module, index: int, call: Call, calls: list[Call]) -> 
         _sublayer("attention", attn[0], norms, transforms, inner) if len(attn) == 1 else None
     )
     mlp = _sublayer("mlp", mlps[0], norms, transforms, inner) if len(mlps) == 1 else None
+    if len(mlps) == 2 and mlps[0].out_id == mlps[1].in_id:
+        mlp = _split_mlp(mlps, transforms)
     return BlockInfo(index, call.path, attention, mlp, call.out_arity)
 
 
@@ -164,7 +192,11 @@ def discover_structure(model: nn.Module) -> ModelStructure:
     block_calls = [c for c in calls if _is_block(c, blocks_path)]
     _check_chain(blocks_path, block_calls, len(blocks))
     infos = [_block_info(model, i, c, calls) for i, c in enumerate(block_calls)]
-    return ModelStructure(blocks_path, infos, _tail(calls, blocks_path, block_calls[-1]))
+    try:
+        tail = _tail(calls, blocks_path, block_calls[-1])
+    except UnsupportedModelError as err:  # encoders (pooler): width pruning still works
+        return ModelStructure(blocks_path, infos, None, str(err))
+    return ModelStructure(blocks_path, infos, tail)
 
 
 def _is_block(call: Call, blocks_path: str) -> bool:

@@ -51,7 +51,7 @@ def embedding_params(model: nn.Module, structure: ModelStructure) -> int:
     modules = dict(model.named_modules())
     parts: list[nn.Module] = [m for m in model.modules() if isinstance(m, nn.Embedding)]
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    for path in structure.tail:
+    for path in structure.tail or ():
         head = modules[path]
         if isinstance(head, nn.Linear) and head.out_features == vocab:
             parts.append(head)

