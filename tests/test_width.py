@@ -239,3 +239,29 @@ def test_bert_encoder_width_sliced_equals_zeroed_and_reloads(tmp_path, kind):
         torch.testing.assert_close(reloaded(input_ids=ids).last_hidden_state, got)
     with pytest.raises(dc.DepthcutError, match="language-modeling loss"):
         dc.score(model, width_cfg(kind, 0.25, metric="taylor"), tiny_calib(), progress=False)
+
+
+def test_per_layer_scope_removes_the_same_share_of_every_layer():
+    layers = {f"neuron:{b}": {"block": b, "size": 10, "unit_params": 1} for b in range(4)}
+    scores = {f"neuron:{b}": [float((7 * u + b) % 10) for u in range(10)] for b in range(4)}
+    got = select_width(layers, scores, 0.3, 4, (1, 0), scope="per_layer")
+    assert sorted(got) == ["neuron:1", "neuron:2", "neuron:3"]
+    for lid, units in got.items():
+        assert units == sorted(sorted(range(10), key=lambda u: scores[lid][u])[:3])
+    with pytest.raises(dc.DepthcutError, match="unreachable"):
+        select_width(layers, scores, 0.95, 4, (0, 0), min_units=2, scope="per_layer")
+    with pytest.raises(dc.DepthcutError, match="per_layer"):
+        dc.PruneConfig(units=("neuron",), neurons=0.2, width_scope="layer")
+
+
+def test_uniform_heads_reload_with_plain_from_pretrained(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_llama(layers=4)
+    cfg = width_cfg("head", 0.5, protect_first=0, protect_last=0, width_scope="per_layer")
+    plan = dc.plan(dc.score(model, cfg, tiny_calib(), progress=False), cfg)
+    pruned = dc.apply(model, plan)
+    assert (pruned.config.num_attention_heads, pruned.config.num_key_value_heads) == (2, 1)
+    out = dc.save(pruned, plan, tmp_path / "o")
+    plain = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    torch.testing.assert_close(logits_on_probe(plain), logits_on_probe(pruned))

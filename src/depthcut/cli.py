@@ -28,6 +28,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-heads", type=int, default=1, help="KV groups kept per layer")
     p.add_argument("--round-to", type=int, default=1, help="kept MLP width multiple")
     p.add_argument("--tau", type=float, default=0.01, help="activation_frequency threshold")
+    p.add_argument("--width-scope", default="global", help="global or per_layer selection")
     p.add_argument(
         "--width-steps", type=int, default=1, help="iterative width pruning: k prune/re-score steps"
     )
@@ -74,6 +75,7 @@ def make_config(args: argparse.Namespace):
         round_to=args.round_to,
         tau=args.tau,
         width_steps=args.width_steps,
+        width_scope=args.width_scope,
     )
 
 

@@ -96,6 +96,7 @@ class PruneConfig:
     round_to: int = 1
     tau: float = 0.01
     width_steps: int = 1
+    width_scope: str = "global"
 
     @property
     def depth_units(self) -> tuple[str, ...]:
@@ -139,6 +140,8 @@ class PruneConfig:
                 f"unknown width importance {self.width_importance!r}; known: "
                 + ", ".join(WIDTH_METRICS)
             )
+        if self.width_scope not in ("global", "per_layer"):
+            raise ConfigError(f"width_scope {self.width_scope!r}; choose global or per_layer")
         if self.width_steps > 1 and self.depth_units:
             raise ConfigError("width_steps > 1 (iterative width) needs width-only units")
         if self.min_heads < 1 or self.round_to < 1 or self.width_steps < 1:

@@ -99,6 +99,7 @@ def _width_actions(scores: Scores, cfg: PruneConfig, kind: str, plan: Plan) -> l
         cfg.min_heads if kind == "head" else 1,
         cfg.round_to if kind == "neuron" else 1,
         skip,
+        cfg.width_scope,
     )
     actions = []
     for lid, units in sorted(removed.items(), key=lambda kv: data["layers"][kv[0]]["block"]):

@@ -68,6 +68,7 @@ def iterative_width(model, cfg: PruneConfig, calib, infos: dict, progress: bool 
                 (cfg.protect_first, cfg.protect_last),
                 cfg.min_heads if kind == "head" else 1,
                 cfg.round_to if kind == "neuron" else 1,
+                scope=cfg.width_scope,
             )
         history.append({k: {lid: list(u) for lid, u in v.items()} for k, v in removal.items()})
     return removal, history

@@ -17,21 +17,35 @@ def select_width(
     min_units: int = 1,
     round_to: int = 1,
     skip_blocks: frozenset[int] = frozenset(),
+    scope: str = "global",
 ) -> dict[str, list[int]]:
     """{layer id: sorted unit indices to remove}.
 
-    Removes ``fraction`` of all units of the kind (protected layers count in the total),
-    lowest scores first across layers, keeping ``min_units`` per layer; then rounds every
-    pruned layer's kept width up to a multiple of ``round_to`` (removing fewer).
+    ``scope="global"`` removes ``fraction`` of all units of the kind (protected layers count in
+    the total), lowest scores first across layers; ``"per_layer"`` removes ``fraction`` of each
+    unprotected layer, lowest first within it. Both keep ``min_units`` per layer, then round
+    every pruned layer's kept width up to a multiple of ``round_to`` (removing fewer).
     """
-    total = sum(info["size"] for info in layers.values())
-    want = int(round(fraction * total))
     banned = protected_blocks(num_blocks, *protect) | set(skip_blocks)
+    live = {lid: info for lid, info in layers.items() if info["block"] not in banned}
+    pick = _global_pick if scope == "global" else _per_layer_pick
+    removed = pick(layers, live, scores, fraction, min_units)
+    rounded = {lid: sorted(_round(layers[lid]["size"], u, round_to)) for lid, u in removed.items()}
+    return {lid: units for lid, units in rounded.items() if units}  # rounding may undo a layer
+
+
+def _unreachable(want: int, got: int, min_units: int, live: dict) -> BudgetError:
+    blocks = sorted(info["block"] for info in live.values())
+    return BudgetError(
+        f"width budget unreachable: {want} units requested, {got} removable with "
+        f"min_units={min_units} in unprotected blocks {blocks}"
+    )
+
+
+def _global_pick(layers, live, scores, fraction, min_units) -> dict[str, list[int]]:
+    want = int(round(fraction * sum(info["size"] for info in layers.values())))
     ranked = sorted(
-        (s, info["block"], u, lid)
-        for lid, info in layers.items()
-        if info["block"] not in banned
-        for u, s in enumerate(scores[lid])
+        (s, info["block"], u, lid) for lid, info in live.items() for u, s in enumerate(scores[lid])
     )
     removed: dict[str, list[int]] = {}
     count = 0
@@ -42,12 +56,19 @@ def select_width(
             removed.setdefault(lid, []).append(unit)
             count += 1
     if count < want:
-        raise BudgetError(
-            f"width budget unreachable: {want} units requested, {count} removable with "
-            f"min_units={min_units} and protected blocks {sorted(banned)}"
-        )
-    rounded = {lid: sorted(_round(layers[lid]["size"], u, round_to)) for lid, u in removed.items()}
-    return {lid: units for lid, units in rounded.items() if units}  # rounding may undo a layer
+        raise _unreachable(want, count, min_units, live)
+    return removed
+
+
+def _per_layer_pick(layers, live, scores, fraction, min_units) -> dict[str, list[int]]:
+    removed = {}
+    for lid, info in live.items():
+        want = int(round(fraction * info["size"]))
+        if info["size"] - want < min_units:
+            raise _unreachable(want, info["size"] - min_units, min_units, {lid: info})
+        order = sorted(range(info["size"]), key=lambda u: (scores[lid][u], u))
+        removed[lid] = order[:want]
+    return removed
 
 
 def _round(size: int, units: list[int], round_to: int) -> list[int]:
