@@ -4,7 +4,7 @@ import torch
 from depthcut.errors import UnsupportedModelError
 from depthcut.graph.structure import discover_structure
 from depthcut.units.discover import count_params, discover_units, embedding_params
-from tiny import BUILDERS, tiny_llama
+from tiny import BUILDERS, tiny_bert_lm, tiny_llama
 
 EXPECTED = {
     "llama": ("model.layers", "self_attn", "input_layernorm", "mlp", "post_attention_layernorm"),
@@ -46,21 +46,6 @@ def test_model_without_block_stack_is_refused():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
     with pytest.raises(UnsupportedModelError, match="Sequential"):
         discover_structure(model)
-
-
-def tiny_bert_lm(layers=4):
-    from transformers import BertConfig, BertLMHeadModel
-
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=97,
-        hidden_size=32,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        intermediate_size=64,
-        is_decoder=True,
-    )
-    return BertLMHeadModel(cfg).eval()
 
 
 def test_post_norm_sublayers_are_refused_but_blocks_work():

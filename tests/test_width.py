@@ -12,7 +12,7 @@ from depthcut.width.select import select_width
 from tiny import BUILDERS, tiny_calib, tiny_llama, tiny_tokenizer
 
 
-def zeroed_reference(model, kind, removal, ids):
+def zeroed_reference(model, kind, removal, ids, output="logits"):
     """Original model with the removed units' channels zeroed at the consumer's input."""
     s = discover_structure(model)
     layers = {w.id: w for w in width_layers(model, s, kind)}
@@ -30,7 +30,7 @@ def zeroed_reference(model, kind, removal, ids):
         handles.append(modules[part.path].register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
-            return model(input_ids=ids, use_cache=False).logits
+            return getattr(model(input_ids=ids, use_cache=False), output)
     finally:
         for h in handles:
             h.remove()
@@ -212,23 +212,7 @@ def test_bert_encoder_width_sliced_equals_zeroed_and_reloads(tmp_path, kind):
     plan = dc.plan(dc.score(model, cfg, tiny_calib(), progress=False), cfg)
     removal = {f"{kind}:{a.block}": list(a.indices) for a in plan.actions}
     ids = torch.randint(3, 97, (2, 9))
-    s = discover_structure(model)
-    layers = {w.id: w for w in width_layers(model, s, kind)}
-    modules = dict(model.named_modules())
-    handles = []
-    for lid, units in removal.items():
-        ch = layers[lid].parts[-1].channels(units)
-
-        def hook(module, args, ch=ch):
-            x = args[0].clone()
-            x[..., ch] = 0
-            return (x, *args[1:])
-
-        handles.append(modules[layers[lid].parts[-1].path].register_forward_pre_hook(hook))
-    with torch.no_grad():
-        expected = model(input_ids=ids).last_hidden_state
-    for h in handles:
-        h.remove()
+    expected = zeroed_reference(model, kind, removal, ids, "last_hidden_state")
     pruned = dc.apply(model, plan)
     with torch.no_grad():
         got = pruned(input_ids=ids).last_hidden_state

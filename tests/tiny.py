@@ -132,19 +132,33 @@ def tiny_gemma3(layers: int = 6, seed: int = 0):
     return Gemma3ForCausalLM(cfg).eval()
 
 
-def tiny_bert(layers: int = 4, seed: int = 0):
-    """BERT encoder (post-norm blocks, split intermediate/output MLP)."""
-    from transformers import BertConfig, BertModel
+def _bert_config(layers: int, **kw):
+    from transformers import BertConfig
 
-    torch.manual_seed(seed)
-    cfg = BertConfig(
+    return BertConfig(
         vocab_size=VOCAB,
         hidden_size=32,
         num_hidden_layers=layers,
         num_attention_heads=4,
         intermediate_size=64,
         pad_token_id=0,
+        **kw,
     )
-    model = BertModel(cfg).eval()
+
+
+def tiny_bert(layers: int = 4, seed: int = 0):
+    """BERT encoder (post-norm blocks, split intermediate/output MLP)."""
+    from transformers import BertModel
+
+    torch.manual_seed(seed)
+    model = BertModel(_bert_config(layers)).eval()
     model.config.architectures = ["BertModel"]
     return model
+
+
+def tiny_bert_lm(layers: int = 4, seed: int = 0):
+    """BERT as a causal LM (is_decoder): post-norm blocks behind an LM head."""
+    from transformers import BertLMHeadModel
+
+    torch.manual_seed(seed)
+    return BertLMHeadModel(_bert_config(layers, is_decoder=True)).eval()
