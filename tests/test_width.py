@@ -249,3 +249,21 @@ def test_uniform_heads_reload_with_plain_from_pretrained(tmp_path):
     out = dc.save(pruned, plan, tmp_path / "o")
     plain = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
     torch.testing.assert_close(logits_on_probe(plain), logits_on_probe(pruned))
+
+
+def test_width_scores_round_trip_through_json(tmp_path):
+    from depthcut.scores import Scores
+
+    model = tiny_llama(layers=5)
+    cfg = dc.PruneConfig(
+        units=("block", "head", "neuron"),
+        heads=0.2,
+        neurons=0.3,
+        width_steps=1,
+        budget=dc.Budget(params=0.1),
+    )
+    scores = dc.score(model, cfg, tiny_calib(), progress=False)
+    scores.save(tmp_path / "s.json")
+    again = Scores.load(tmp_path / "s.json")
+    assert again.width == scores.width
+    assert dc.plan(again, cfg).to_json() == dc.plan(scores, cfg).to_json()

@@ -95,11 +95,17 @@ def eval_settings(args: argparse.Namespace, default_ppl: bool = False):
     )
 
 
-def cmd_inspect(args: argparse.Namespace) -> None:
-    from depthcut.inspect import inspect_text
+def _load(args: argparse.Namespace, name: str):
+    """(model, tokenizer): an encoder with ``--encoder``, else a causal LM."""
     from depthcut.models import load_encoder, load_model
 
-    model, _ = (load_encoder if args.encoder else load_model)(args.model)
+    return (load_encoder if getattr(args, "encoder", False) else load_model)(name)
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from depthcut.inspect import inspect_text
+
+    model, _ = _load(args, args.model)
     print(inspect_text(model))
 
 
@@ -111,16 +117,21 @@ def _calibration(args, tok):
 
 def cmd_score(args: argparse.Namespace) -> None:
     from depthcut.api import score
-    from depthcut.models import load_model
 
     cfg = make_config(args)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise DepthcutError(f"{out} exists (use --overwrite to replace it)")
-    model, tok = load_model(args.model)
+    model, tok = _load(args, args.model)
     scores = score(model, cfg, _calibration(args, tok))
     scores.save(out)
-    print(f"scores of {len(scores.units)} units -> {out} ({scores.cost['seconds']:.1f} s)")
+    width = {
+        k: sum(i["size"] for i in v["layers"].values()) for k, v in (scores.width or {}).items()
+    }
+    what = ", ".join(
+        [f"{len(scores.units)} depth units"] + [f"{n} {k} units" for k, n in width.items()]
+    )
+    print(f"scores of {what} -> {out} ({scores.cost['seconds']:.1f} s)")
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -137,12 +148,11 @@ def cmd_plan(args: argparse.Namespace) -> None:
 def cmd_apply(args: argparse.Namespace) -> None:
     from depthcut.api import apply
     from depthcut.io import prepare_output, save
-    from depthcut.models import load_model
     from depthcut.planning.plan import Plan
 
     the_plan = Plan.load(_existing(args.plan))
     prepare_output(args.out, args.overwrite)
-    model, tok = load_model(args.model)
+    model, tok = _load(args, args.model)
     pruned = apply(model, the_plan, inplace=True)
     save(pruned, the_plan, args.out, tok, overwrite=args.overwrite)
     print(f"pruned model -> {args.out}")
@@ -158,13 +168,12 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from depthcut.eval.run import evaluate_models
-    from depthcut.models import load_model
     from depthcut.report.write import comparison_rows, table
 
-    model, tok = load_model(args.model)
+    model, tok = _load(args, args.model)
     models = {"after": model}
     if args.base:
-        models = {"before": load_model(args.base)[0], "after": model}
+        models = {"before": _load(args, args.base)[0], "after": model}
     results = evaluate_models(models, tok, eval_settings(args, default_ppl=True))
     if args.base:
         print(table(comparison_rows(results["before"], results["after"])))
@@ -197,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     _config_args(p), _calib_args(p)
     p.add_argument("--out", default="scores.json")
+    p.add_argument("--encoder", action="store_true", help="an encoder (e.g. minilm-l6)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_score)
     p = sub.add_parser("plan", help="plan removals from scores.json under a budget")
@@ -207,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("apply", help="apply plan.json to a model and save it")
     p.add_argument("model"), p.add_argument("plan")
     _out_args(p)
+    p.add_argument("--encoder", action="store_true", help="an encoder (e.g. minilm-l6)")
     p.set_defaults(func=cmd_apply)
     p = sub.add_parser("prune", help="score, plan, apply, save and report in one go")
     p.add_argument("model")

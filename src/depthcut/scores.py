@@ -63,6 +63,7 @@ class Scores:
             data.get("sequence"),
             data.get("cost", {}),
             data["version"],
+            data.get("width"),
         )
 
     @classmethod
