@@ -39,8 +39,6 @@ def prune_to_dir(model_name: str, cfg: PruneConfig, args, settings=None) -> Path
         write_report(tmp, the_plan, scores, results["before"], results["after"])
 
     out = save(pruned, the_plan, args.out, tok, overwrite=args.overwrite, extra=extra)
-    print(
-        f"depthcut: wrote {out} (model, plan.json, scores.json, report.md, importance.png)",
-        file=sys.stderr,
-    )
+    extras = sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".md", ".png"))
+    print(f"depthcut: wrote {out} (model, {', '.join(extras)})", file=sys.stderr)
     return out
