@@ -6,15 +6,16 @@ from collections import Counter
 
 from torch import nn
 
+from depthcut.config import DEPTH_KINDS
 from depthcut.graph.structure import discover_structure
-from depthcut.units.discover import UNIT_KINDS_ALL, count_params, discover_units, embedding_params
+from depthcut.units.discover import count_params, discover_units, embedding_params
 
 
 def inspect_text(model: nn.Module) -> str:
     structure = discover_structure(model)
     total = count_params(model)
     emb = embedding_params(model, structure)
-    kinds = tuple(k for k in UNIT_KINDS_ALL if _has(structure, k))
+    kinds = tuple(k for k in DEPTH_KINDS if _has(structure, k))
     units = discover_units(model, structure, kinds)
     counts = Counter(u.kind for u in units)
     first = structure.blocks[0]

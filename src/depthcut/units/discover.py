@@ -9,7 +9,6 @@ from torch import nn
 from depthcut.graph.structure import ModelStructure, require_sublayer
 
 KIND_ORDER = {"block": 0, "attention": 1, "mlp": 2}
-UNIT_KINDS_ALL = tuple(KIND_ORDER)
 
 
 @dataclass(frozen=True)

@@ -23,49 +23,42 @@ from depthcut.width.layers import WidthLayer
 WIDTH_METRICS = ("magnitude", "taylor", "output_norm", "activation_frequency")
 
 
-def _unit_channels(layer: WidthLayer, part) -> list[torch.Tensor]:
-    return [part.channels([u]) for u in range(layer.size)]
-
-
-def _weight_of(module: nn.Module, part) -> torch.Tensor:
-    """The weight with the part's axis first: rows = the part's channels."""
+def _part_axis(module: nn.Module, part) -> int:
+    """The weight axis that indexes the part's channels."""
     from depthcut.surgery.slice import out_axis
 
-    axis = out_axis(module) if part.side == "out" else 1 - out_axis(module)
-    return module.weight.transpose(0, 1) if axis == 1 else module.weight
+    return out_axis(module) if part.side == "out" else 1 - out_axis(module)
 
 
-def _per_unit(model: nn.Module, layer: WidthLayer, value) -> torch.Tensor:
-    """Σ over parts and owned channels of ``value(module, part)`` rows, per unit."""
-    modules = dict(model.named_modules())
+def _rows(module: nn.Module, part, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (the weight or its gradient) with the part's channels as rows."""
+    return tensor.transpose(0, 1) if _part_axis(module, part) == 1 else tensor
+
+
+def _per_unit(modules: dict, layer: WidthLayer, value) -> torch.Tensor:
+    """Σ over parts and owned channels of ``value(module, part)`` (one number per row)."""
     total = torch.zeros(layer.size, dtype=torch.float64)
     for part in layer.parts:
         rows = value(modules[part.path], part).double()
-        for u, ch in enumerate(_unit_channels(layer, part)):
-            total[u] += rows[ch].sum()
+        total += part.by_unit(rows, layer.size).sum(-1)
     return total
 
 
-def magnitude(model: nn.Module, layer: WidthLayer) -> list[float]:
-    squares = _per_unit(model, layer, lambda m, p: _weight_of(m, p).detach().pow(2).sum(1))
+def magnitude(modules: dict, layer: WidthLayer) -> list[float]:
+    squares = _per_unit(modules, layer, lambda m, p: _rows(m, p, m.weight).detach().pow(2).sum(1))
     return squares.sqrt().tolist()
 
 
 def _taylor_rows(module: nn.Module, part) -> torch.Tensor:
-    rows = (_weight_of(module, part) * _grad_of(module, part)).abs().sum(1)
+    rows = _rows(module, part, module.weight) * _rows(module, part, module.weight.grad)
+    rows = rows.abs().sum(1)
     if part.side == "out" and getattr(module, "bias", None) is not None:
         rows = rows + (module.bias * module.bias.grad).abs()
     return rows.detach()
 
 
-def _grad_of(module: nn.Module, part) -> torch.Tensor:
-    from depthcut.surgery.slice import out_axis
-
-    axis = out_axis(module) if part.side == "out" else 1 - out_axis(module)
-    return module.weight.grad.transpose(0, 1) if axis == 1 else module.weight.grad
-
-
 def taylor(model, layers, calib: CalibData, progress: bool = True) -> dict[str, list[float]]:
+    modules = dict(model.named_modules())
     totals = {layer.id: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
     for batch in tqdm(calib.batches(), desc="taylor", disable=not progress):
         model.zero_grad(set_to_none=True)
@@ -75,7 +68,7 @@ def taylor(model, layers, calib: CalibData, progress: bool = True) -> dict[str, 
             raise ConfigError("taylor needs a model that returns a language-modeling loss")
         loss.backward()
         for layer in layers:
-            totals[layer.id] += _per_unit(model, layer, _taylor_rows)
+            totals[layer.id] += _per_unit(modules, layer, _taylor_rows)
     model.zero_grad(set_to_none=True)
     return {k: v.tolist() for k, v in totals.items()}
 
@@ -90,16 +83,13 @@ def consumer_stats(
 
     def hook_for(layer: WidthLayer):
         part = layer.parts[-1]
-        chans = _unit_channels(layer, part)
 
         def hook(module, args):
-            x = args[0][state["mask"]].double()  # [tokens, width]
-            for u, ch in enumerate(chans):
-                xs = x[:, ch]
-                if metric == "output_norm":
-                    sums[layer.id][u] += xs.norm(dim=-1).sum()
-                else:
-                    sums[layer.id][u] += (xs.abs() > tau).double().mean(-1).sum()
+            x = part.by_unit(args[0][state["mask"]].double(), layer.size)  # [tokens, units, k]
+            if metric == "output_norm":
+                sums[layer.id] += x.norm(dim=-1).sum(0)
+            else:
+                sums[layer.id] += (x.abs() > tau).double().mean(-1).sum(0)
 
         return hook
 
@@ -131,7 +121,8 @@ def width_scores(
         raise ConfigError(f"unknown width importance {metric!r}; known: {', '.join(WIDTH_METRICS)}")
     model.eval()
     if metric == "magnitude":
-        return {layer.id: magnitude(model, layer) for layer in layers}
+        modules = dict(model.named_modules())
+        return {layer.id: magnitude(modules, layer) for layer in layers}
     if calib is None:
         raise ConfigError(f"width importance {metric!r} needs calibration data")
     if metric == "taylor":

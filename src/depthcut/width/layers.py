@@ -42,6 +42,12 @@ class Part:
         ]
         return torch.tensor(sorted(idx), dtype=torch.long)
 
+    def by_unit(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """The last axis of ``x`` (this part's channels) regrouped as [..., size, owned]."""
+        per = self.per_unit
+        blocks = [x[..., o : o + size * per].unflatten(-1, (size, per)) for o in self.offsets]
+        return torch.cat(blocks, dim=-1)
+
 
 @dataclass(frozen=True)
 class WidthLayer:
