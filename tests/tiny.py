@@ -162,3 +162,11 @@ def tiny_bert_lm(layers: int = 4, seed: int = 0):
 
     torch.manual_seed(seed)
     return BertLMHeadModel(_bert_config(layers, is_decoder=True)).eval()
+
+
+def pattern_text(articles: int = 40, length: int = 200) -> str:
+    """Learnable text for recovery tests: each article walks the vocabulary in steps of 7."""
+    return "\n\n".join(
+        " ".join(f"w{3 + (a + 7 * i) % (VOCAB - 3)}" for i in range(length))
+        for a in range(articles)
+    )

@@ -17,6 +17,7 @@ from depthcut.importance.run import greedy_sequence, score_units
 from depthcut.planning.plan import Plan
 from depthcut.planning.planner import budget_target, make_plan, unit_pool
 from depthcut.planning.select import check_reachable
+from depthcut.quantize import refuse_quantized
 from depthcut.scores import Scores
 from depthcut.surgery.actions import apply_plan
 from depthcut.units.discover import count_params, discover_units, embedding_params
@@ -46,6 +47,7 @@ def score(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool =
 
     >>> scores = dc.score(model, cfg, calib); scores.save("scores.json")  # doctest: +SKIP
     """
+    refuse_quantized(model, "score")
     started = time.perf_counter()
     model.eval()
     structure = discover_structure(model)
@@ -103,6 +105,7 @@ def plan(scores: Scores, cfg: PruneConfig) -> Plan:
 
 def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
     """A copy of ``model`` (or ``model`` itself) with the plan's units physically removed."""
+    refuse_quantized(model, "prune")
     return apply_plan(model, plan, inplace=inplace)
 
 

@@ -48,8 +48,25 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, default=None, help="default: the window")
     p.add_argument("--bos", action="store_true", help="prepend BOS to every window")
     p.add_argument("--max-windows", type=int, default=8)
+    p.add_argument("--eval-text", default="wiki", help="held-out text: packaged name or a file")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    """Recovery knobs (defaults: the lesson's, scaled to a few hundred CPU steps)."""
+    p.add_argument("--loss", default="lm", help="lm (text) or kd (distil the dense teacher)")
+    p.add_argument("--lr", type=float, default=None, help="default 2e-5 full, 2e-4 LoRA")
+    p.add_argument("--max-steps", type=int, default=200, help="optimizer steps at most")
+    p.add_argument("--epochs", type=float, default=3.0, help="passes over the text at most")
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-time budget")
+    p.add_argument("--train-batch-size", type=int, default=4)
+    p.add_argument("--train-seq-len", type=int, default=128)
+    p.add_argument("--eval-every", type=int, default=20, help="held-out loss every N steps")
+    p.add_argument("--patience", type=int, default=3, help="early stop after N bad evals")
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=1.0, help="KD softmax temperature")
+    p.add_argument("--lm-weight", type=float, default=0.0, help="KD: + weight × LM loss")
 
 
 def _out_args(p: argparse.ArgumentParser) -> None:
@@ -85,6 +102,7 @@ def eval_settings(args: argparse.Namespace, default_ppl: bool = False):
     want_ppl = args.perplexity or (default_ppl and not args.latency)
     return EvalSettings(
         perplexity=want_ppl,
+        source=args.eval_text,
         latency=args.latency,
         window=args.window,
         stride=args.stride or args.window,
@@ -166,6 +184,21 @@ def cmd_prune(args: argparse.Namespace) -> None:
     prune_to_dir(args.model, cfg, args, settings)
 
 
+def cmd_recover(args: argparse.Namespace) -> None:
+    from depthcut.recover.job import recover_dir
+
+    out = recover_dir(args, eval_settings(args, default_ppl=True))
+    print(f"recovered model -> {out}")
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from depthcut.quantize_job import quantize_dir
+
+    out = quantize_dir(args, eval_settings(args, default_ppl=True))
+    if out is not None:
+        print(f"quantized model -> {out}")
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from depthcut.eval.run import evaluate_models
     from depthcut.report.write import comparison_rows, table
@@ -223,7 +256,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     _config_args(p), _calib_args(p), _eval_args(p), _out_args(p)
     p.add_argument("--encoder", action="store_true", help="an encoder (e.g. minilm-l6): width")
+    p.add_argument("--steps", type=int, default=1, help="k rounds of prune → recover → re-score")
+    p.add_argument("--recover", default=None, help="lora or full: recover after every round")
+    _train_args(p)
     p.set_defaults(func=cmd_prune)
+    p = sub.add_parser("recover", help="fine-tune a pruned run (LoRA / full / distillation)")
+    p.add_argument("run", help="a directory written by prune/apply")
+    p.add_argument("--method", default="lora", help="lora or full")
+    p.add_argument("--teacher", default=None, help="dense model for --loss kd (default: source)")
+    p.add_argument("--calib", default="wiki", help="training text: packaged name or a file")
+    _train_args(p), _eval_args(p), _out_args(p)
+    p.set_defaults(func=cmd_recover)
+    p = sub.add_parser("quantize", help="quantize a pruned run (int8 on CPU; AWQ/GPTQ recipe)")
+    p.add_argument("run", help="a directory written by prune/apply/recover")
+    p.add_argument(
+        "--method", default="dynamic_int8", help="dynamic_int8, torchao_int8_weight_only, gptq, awq"
+    )
+    p.add_argument("--skip", nargs="*", default=[], help="module path suffixes kept float")
+    p.add_argument("--group-size", type=int, default=128, help="gptq/awq input-width group")
+    p.add_argument("--out", default=None, help="output directory (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _eval_args(p)
+    p.set_defaults(func=cmd_quantize)
     for verb, func, text in (
         ("eval", cmd_eval, "perplexity / latency"),
         ("bench", cmd_bench, "latency, interleaved with --base"),

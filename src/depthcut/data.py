@@ -85,6 +85,11 @@ def split_articles(text: str) -> list[str]:
 
 def text_split(source: str = "wiki", split: str = "calibration") -> str:
     """Calibration or evaluation part of a source (packaged name or a local text file)."""
+    return "\n\n".join(split_source(source, split))
+
+
+def split_source(source: str = "wiki", split: str = "calibration") -> list[str]:
+    """The articles of the calibration (first 80%) or evaluation (last 20%) part."""
     path = Path(source)
     if path.exists():
         text = path.read_text(encoding="utf-8")
@@ -96,8 +101,17 @@ def text_split(source: str = "wiki", split: str = "calibration") -> str:
     if len(articles) < 2:
         raise CalibrationError(f"text source {source!r} has fewer than 2 articles to split")
     cut = max(1, int(len(articles) * CALIB_SHARE))
-    chosen = articles[:cut] if split == "calibration" else articles[cut:]
-    return "\n\n".join(chosen)
+    return articles[:cut] if split == "calibration" else articles[cut:]
+
+
+def recovery_texts(source: str = "wiki", val_share: float = 0.1) -> tuple[str, str]:
+    """(training, validation) text for recovery: the calibration articles split by position,
+    so neither overlaps the evaluation articles that perplexity is measured on."""
+    articles = split_source(source, "calibration")
+    if len(articles) < 2:
+        raise CalibrationError(f"text source {source!r} has too few articles to train on")
+    cut = min(len(articles) - 1, max(1, int(len(articles) * (1 - val_share))))
+    return "\n\n".join(articles[:cut]), "\n\n".join(articles[cut:])
 
 
 def pack_tokens(ids: list[int], n_samples: int, seq_len: int, batch_size: int) -> CalibData:
@@ -138,11 +152,11 @@ def calibration(
     """
     if n_samples <= 0 or seq_len <= 1:
         raise CalibrationError(f"n_samples={n_samples}, seq_len={seq_len} must be positive")
-    ids = _tokens(tokenizer, text_split(source, "calibration"), n_samples * seq_len)
+    ids = tokenize_until(tokenizer, text_split(source, "calibration"), n_samples * seq_len)
     return pack_tokens(ids, n_samples, seq_len, batch_size)
 
 
-def _tokens(tokenizer, text: str, max_tokens: int) -> list[int]:
+def tokenize_until(tokenizer, text: str, max_tokens: int) -> list[int]:
     """Tokenize paragraph by paragraph until ``max_tokens`` tokens are there."""
     ids: list[int] = []
     for article in text.split("\n\n"):
@@ -154,7 +168,7 @@ def _tokens(tokenizer, text: str, max_tokens: int) -> list[int]:
 
 def evaluation_tokens(tokenizer, source: str = "wiki", max_tokens: int = 8192) -> list[int]:
     """Up to ``max_tokens`` tokens of held-out evaluation text (never calibration text)."""
-    ids = _tokens(tokenizer, text_split(source, "evaluation"), max_tokens)
+    ids = tokenize_until(tokenizer, text_split(source, "evaluation"), max_tokens)
     if not ids:
         raise CalibrationError(f"evaluation text from {source!r} is empty")
     return ids

@@ -23,7 +23,8 @@ from depthcut.errors import ModelLoadError, OutputExistsError
 from depthcut.graph.structure import probe_inputs
 from depthcut.planning.plan import Plan
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+QUANTIZED_FILE = "quantized.safetensors"
 
 
 def _version() -> str:
@@ -66,28 +67,39 @@ def logits_on_probe(model: nn.Module) -> torch.Tensor:
 
 def save(
     model: nn.Module,
-    plan: Plan,
+    plan: Plan | list[Plan],
     out_dir: str | Path,
     tokenizer=None,
     overwrite: bool = False,
     verify: bool = True,
     extra=None,
+    meta: dict | None = None,
 ) -> Path:
     """Write the pruned model; with ``verify`` reload it and assert identical logits.
 
-    ``extra(tmp_dir)`` may add files (scores, report) before the directory is renamed.
+    ``plan`` may be a list of plans applied one after another (an iterative prune → recover
+    run); each was made for the model the previous ones left. ``meta`` adds keys to
+    ``depthcut.json`` (e.g. ``source``, ``recovery``, ``quantization``); ``extra(tmp_dir)``
+    may add files (scores, report) before the directory is renamed.
 
     >>> dc.save(pruned, plan, "out/smollm2-bi25", tok)  # doctest: +SKIP
     """
     out = prepare_output(out_dir, overwrite)
+    plans = [plan] if isinstance(plan, Plan) else list(plan)
+    meta = dict(meta or {})
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        _write_weights(model, tmp, meta)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        plan.save(tmp / "plan.json")
-        meta = {"format": FORMAT_VERSION, "depthcut": _version(), "plan": plan.to_dict()}
-        (tmp / "depthcut.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        for n, p in enumerate(plans, 1):
+            p.save(tmp / ("plan.json" if len(plans) == 1 else f"plan-{n}.json"))
+        info = {
+            "format": FORMAT_VERSION,
+            "depthcut": _version(),
+            "plans": [p.to_dict() for p in plans],
+        }
+        (tmp / "depthcut.json").write_text(json.dumps(info | meta, indent=2, sort_keys=True) + "\n")
         if extra is not None:
             extra(tmp)
         if verify:
@@ -105,22 +117,59 @@ def load(path: str | Path, with_tokenizer: bool = True):
     from depthcut.surgery.actions import apply_plan
 
     path = Path(path)
-    meta_file = path / "depthcut.json"
-    if not meta_file.exists():
-        raise ModelLoadError(f"{path}: not a depthcut output (no depthcut.json)")
-    meta = json.loads(meta_file.read_text())
-    plan = Plan.from_dict(meta["plan"])
-    base = dict(plan.model["config"])
+    meta = read_meta(path)
+    plans = [Plan.from_dict(p) for p in meta["plans"]]
+    base = dict(plans[0].model["config"])
     config = AutoConfig.for_model(base.pop("model_type"), **base)
     cls = _model_class(config, AutoModelForCausalLM)
     build = getattr(cls, "from_config", None) or cls._from_config
     model = build(config, dtype=torch.float32)
-    apply_plan(model, plan, inplace=True)
-    _load_weights(model, path)
+    for plan in plans:
+        apply_plan(model, plan, inplace=True)
+    if meta.get("quantization"):
+        model = _load_quantized(model, path, meta["quantization"])
+    else:
+        _load_weights(model, path)
     model.eval()
     has_tok = with_tokenizer and (path / "tokenizer_config.json").exists()
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True) if has_tok else None
     return model, tok
+
+
+def read_meta(path: str | Path) -> dict:
+    """``depthcut.json`` of a saved run, with ``plans`` always a list."""
+    meta_file = Path(path) / "depthcut.json"
+    if not meta_file.exists():
+        raise ModelLoadError(f"{path}: not a depthcut output (no depthcut.json)")
+    meta = json.loads(meta_file.read_text())
+    if "plans" not in meta:  # format 1: one plan
+        meta["plans"] = [meta.pop("plan")]
+    return meta
+
+
+def _write_weights(model: nn.Module, tmp: Path, meta: dict) -> None:
+    """Float models via ``save_pretrained``; int8 models as ``quantized.safetensors`` (no
+    ``model.safetensors``, so plain ``from_pretrained`` cannot misread them)."""
+    from depthcut.quantize import is_quantized, quantized_state
+
+    if not is_quantized(model):
+        model.save_pretrained(tmp)
+        return
+    from safetensors.torch import save_file
+
+    if "quantization" not in meta:
+        raise ModelLoadError("a quantized model needs meta['quantization'] to be saved")
+    model.config.save_pretrained(tmp)
+    save_file(quantized_state(model), str(tmp / QUANTIZED_FILE))
+
+
+def _load_quantized(model: nn.Module, path: Path, info: dict) -> nn.Module:
+    from safetensors.torch import load_file
+
+    from depthcut.quantize import QuantizeConfig, load_quantized_state
+
+    cfg = QuantizeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info.items()})
+    return load_quantized_state(model, cfg, load_file(path / QUANTIZED_FILE))
 
 
 def _model_class(config, default):

@@ -37,8 +37,12 @@ PACKAGED = {
 
 
 def offline() -> None:
+    """No hub access; and no log noise from optional GPU kernels of torchao on this CPU."""
+    from depthcut.quantize import quiet_torchao
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    quiet_torchao()
 
 
 def _package_dir(spec: PackagedModel) -> Path:

@@ -64,3 +64,16 @@ def evaluate_models(
         for name, res in lat.items():
             results[name]["latency"] = res.to_dict()
     return results
+
+
+def perplexity_fn(tokenizer, settings: EvalSettings, progress: bool = False):
+    """model -> perplexity under ``settings`` (held-out tokens prepared once)."""
+    ids = evaluation_tokens(tokenizer, settings.source, settings.window * settings.max_windows + 1)
+    bos = tokenizer.bos_token_id if settings.bos else None
+
+    def measure(model) -> float:
+        return perplexity(
+            model, ids, settings.window, settings.stride, bos, settings.max_windows, progress
+        ).perplexity
+
+    return measure

@@ -1,0 +1,73 @@
+"""RecoverConfig: one typed, validated configuration of a recovery run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from depthcut.errors import ConfigError
+
+METHODS = ("lora", "full")
+LOSSES = ("lm", "kd")
+DEFAULT_LR = {"full": 2e-5, "lora": 2e-4}  # lesson: 5e-6–2e-5 for full; LoRA needs ~10× more
+
+
+@dataclass(frozen=True)
+class RecoverConfig:
+    """How to recover a pruned model.
+
+    ``method``: "lora" (adapters on every Linear in the block stack, merged before saving) or
+    "full" (all weights). ``loss``: "lm" (next-token cross-entropy on text) or "kd"
+    (KL to the dense teacher's logits at ``temperature``, plus ``lm_weight`` × LM loss).
+    Training stops at ``max_steps`` optimizer steps, ``epochs`` passes over the training text,
+    ``max_minutes`` of wall time, or when the held-out loss has not improved for ``patience``
+    evaluations (every ``eval_every`` steps); the best held-out state is kept. Cosine
+    schedule with ``warmup`` (a fraction of the steps) linear warmup.
+
+    >>> RecoverConfig(method="lora").learning_rate
+    0.0002
+    """
+
+    method: str = "lora"
+    loss: str = "lm"
+    lr: float | None = None
+    max_steps: int = 200
+    epochs: float = 3.0
+    max_minutes: float | None = None
+    batch_size: int = 4
+    seq_len: int = 256
+    warmup: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    eval_every: int = 20
+    patience: int = 3
+    val_samples: int = 16
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    temperature: float = 1.0
+    lm_weight: float = 0.0
+    source: str = "wiki"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"recover method {self.method!r}; choose one of {METHODS}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"recover loss {self.loss!r}; choose one of {LOSSES}")
+        positive = ("max_steps", "batch_size", "eval_every", "patience", "val_samples", "lora_r")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"recover {name}={getattr(self, name)} must be >= 1")
+        if self.seq_len < 2 or self.epochs <= 0 or self.temperature <= 0:
+            raise ConfigError("recover seq_len >= 2, epochs > 0 and temperature > 0 are needed")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ConfigError(f"recover warmup={self.warmup} must be a fraction in [0, 1)")
+        if self.lr is not None and not 0.0 < self.lr < 1.0:
+            raise ConfigError(f"recover lr={self.lr} must be in (0, 1)")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"learning_rate": self.learning_rate}

@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+import depthcut as dc
+from depthcut.int4 import AlignmentError, check_alignment, misaligned, recipe_yaml
+from depthcut.io import logits_on_probe
+from depthcut.quantize import (
+    QuantizeConfig,
+    QuantizedInputError,
+    is_quantized,
+    quantize,
+    size_mb,
+)
+from test_surgery import make_plan
+from tiny import tiny_calib, tiny_gpt2, tiny_llama, tiny_tokenizer
+
+
+def pruned_llama():
+    model = tiny_llama(layers=6)
+    plan, _, _ = make_plan(model, [("block", 2), ("attention", 3)])
+    return dc.apply(model, plan), plan
+
+
+def test_dynamic_int8_is_close_smaller_and_reloads_identically(tmp_path):
+    pruned, plan = pruned_llama()
+    q = quantize(pruned)
+    assert is_quantized(q) and not is_quantized(pruned)
+    ref, out = logits_on_probe(pruned), logits_on_probe(q)
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+    assert size_mb(q) < 0.5 * size_mb(pruned)
+    meta = {"quantization": QuantizeConfig().to_dict()}
+    saved = dc.save(q, plan, tmp_path / "q", tiny_tokenizer(), meta=meta)
+    names = {p.name for p in saved.iterdir()}
+    assert "quantized.safetensors" in names and "model.safetensors" not in names
+    reloaded, _ = dc.load(saved)
+    assert is_quantized(reloaded)
+    torch.testing.assert_close(logits_on_probe(reloaded), out, rtol=0, atol=0)
+    ids = torch.randint(3, 97, (1, 5))
+    kw = {"max_new_tokens": 5, "do_sample": False}
+    torch.testing.assert_close(reloaded.generate(ids, **kw), q.generate(ids, **kw))
+
+
+def test_torchao_weight_only_runs_and_skip_keeps_float():
+    model = tiny_gpt2(layers=2)
+    q = quantize(model, QuantizeConfig("torchao_int8_weight_only"))
+    ref = logits_on_probe(model)
+    assert (logits_on_probe(q) - ref).abs().max() < 0.05 * ref.abs().max()
+    d = quantize(tiny_llama(layers=2), QuantizeConfig(skip=("lm_head",)))
+    assert type(d.lm_head) is torch.nn.Linear and is_quantized(d)
+
+
+def test_pruning_or_recovering_a_quantized_model_is_refused():
+    from depthcut.recover.run import recover
+
+    pruned, plan = pruned_llama()
+    q = quantize(pruned)
+    cfg = dc.PruneConfig(units=("block",), budget=dc.Budget(params=0.2))
+    with pytest.raises(QuantizedInputError, match="quantize last"):
+        dc.score(q, cfg, tiny_calib(), progress=False)
+    with pytest.raises(QuantizedInputError, match="cannot prune"):
+        dc.apply(q, plan)
+    with pytest.raises(QuantizedInputError, match="cannot recover"):
+        recover(q, None, data=(tiny_calib(), tiny_calib()))
+    with pytest.raises(QuantizedInputError, match="cannot quantize"):
+        quantize(q)
+
+
+def test_alignment_check_catches_non_divisible_widths():
+    model = tiny_llama(layers=4)  # hidden 32, intermediate 64
+    cfg = dc.PruneConfig(units=("neuron",), neurons=0.3, protect_first=0, protect_last=0)
+    odd = dc.apply(model, dc.plan(dc.score(model, cfg, tiny_calib(), progress=False), cfg))
+    bad = misaligned(odd, 16)
+    assert bad and all(name.endswith("down_proj") for name in bad)
+    assert all(width % 16 for width in bad.values())
+    with pytest.raises(AlignmentError, match="--round-to 16"):
+        check_alignment(odd, 16)
+    rounded = dc.PruneConfig(
+        units=("neuron",), neurons=0.3, round_to=16, protect_first=0, protect_last=0
+    )
+    ok = dc.apply(model, dc.plan(dc.score(model, rounded, tiny_calib(), progress=False), rounded))
+    assert misaligned(ok, 16) == {}
+    check_alignment(ok, 16)
+    assert "group_size: 16" in recipe_yaml("gptq", 16) and "GPTQModifier" in recipe_yaml("gptq", 16)
+    assert "AWQModifier" in recipe_yaml("awq", 128)

@@ -1,0 +1,130 @@
+import json
+
+import pytest
+import torch
+
+import depthcut as dc
+import depthcut.cli
+from depthcut.io import logits_on_probe
+from test_cli import run
+from tiny import pattern_text, save_tiny
+
+PNG = b"\x89PNG\r\n\x1a\n"
+SMALL = ["--window", "32", "--max-windows", "2"]
+TRAIN = [
+    "--max-steps",
+    "6",
+    "--eval-every",
+    "3",
+    "--train-seq-len",
+    "16",
+    "--train-batch-size",
+    "2",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "tiny"
+    save_tiny(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    path = tmp_path_factory.mktemp("t") / "pattern.txt"
+    path.write_text(pattern_text(articles=40, length=120))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_dir, text):
+    out = tmp_path_factory.mktemp("r") / "pruned"
+    argv = ["prune", tiny_dir, "--out", out, "--calib", text, "--n-samples", "4"]
+    code = dc.cli.main([str(a) for a in argv + ["--seq-len", "32", "--budget", "params=0.3"]])
+    assert code == 0
+    return out
+
+
+def test_iterative_prune_recover_loop(capsys, tmp_path, tiny_dir, text):
+    out = tmp_path / "iter"
+    argv = ["prune", tiny_dir, "--out", out, "--calib", text, "--n-samples", "4", "--seq-len", "32"]
+    argv += ["--budget", "params=0.4", "--steps", "3", "--recover", "full", "--lr", "1e-3"]
+    code, stdout, err = run(capsys, *argv, *TRAIN, *SMALL, "--eval-text", text)
+    assert code == 0, err
+    history = json.loads((out / "history.json").read_text())
+    params = [h["params_all"] for h in history]
+    assert len(history) == 4 and all(a > b for a, b in zip(params, params[1:]))
+    assert params[-1] <= 0.6 * params[0]  # the budget is reached (ranked overshoots)
+    assert all(h["ppl_recovered"] <= h["ppl_pruned"] + 1e-9 for h in history[1:])
+    meta = json.loads((out / "depthcut.json").read_text())
+    assert len(meta["plans"]) == 3 and (out / "plan-3.json").exists()
+    assert (out / "history.png").read_bytes()[:8] == PNG
+    model, _ = dc.load(out)
+    assert sum(p.numel() for p in model.parameters()) == params[-1]
+    assert stdout.count("step ") >= 3
+
+
+def test_recover_verb_with_distillation(capsys, tmp_path, run_dir, text):
+    out = tmp_path / "rec"
+    argv = ["recover", run_dir, "--out", out, "--method", "lora", "--loss", "kd", "--lr", "1e-2"]
+    code, _, err = run(capsys, *argv, "--calib", text, "--eval-text", text, *TRAIN, *SMALL)
+    assert code == 0, err
+    history = json.loads((out / "recovery.json").read_text())
+    ppl = history["perplexity"]
+    assert ppl["dense"] is not None and ppl["recovered"] <= ppl["pruned"] + 1e-9
+    assert history["config"]["loss"] == "kd" and history["steps"] == 6
+    assert (out / "recovery.png").read_bytes()[:8] == PNG
+    meta = json.loads((out / "depthcut.json").read_text())
+    assert meta["recovery"][0]["method"] == "lora" and "depthcut: recovery dense" in err
+    pruned, _ = dc.load(run_dir)
+    recovered, _ = dc.load(out)
+    assert not torch.equal(logits_on_probe(recovered), logits_on_probe(pruned))
+
+
+def test_quantize_verb_saves_and_pruning_it_is_refused(capsys, tmp_path, run_dir, text):
+    out = tmp_path / "q"
+    code, stdout, err = run(capsys, "quantize", run_dir, "--out", out, *SMALL, "--eval-text", text)
+    assert code == 0, err
+    assert "size (MB)" in stdout and (out / "quantize.json").exists()
+    code, _, err = run(capsys, "prune", out, "--out", tmp_path / "again", "--calib", text)
+    assert code == 2 and "quantize last" in err and not (tmp_path / "again").exists()
+    code, _, err = run(
+        capsys,
+        "quantize",
+        run_dir,
+        "--method",
+        "torchao_int8_weight_only",
+        "--out",
+        tmp_path / "ao",
+    )
+    assert code == 2 and "measurement only" in err
+
+
+def test_int4_recipe_checks_group_size(capsys, tmp_path, run_dir):
+    code, _, err = run(
+        capsys,
+        "quantize",
+        run_dir,
+        "--method",
+        "gptq",
+        "--group-size",
+        "24",
+        "--out",
+        tmp_path / "bad",
+    )
+    assert code == 2 and "not divisible by group size 24" in err
+    assert not (tmp_path / "bad").exists()
+    code, _, err = run(
+        capsys,
+        "quantize",
+        run_dir,
+        "--method",
+        "awq",
+        "--group-size",
+        "16",
+        "--out",
+        tmp_path / "ok",
+    )
+    assert code == 0, err
+    assert "AWQModifier" in (tmp_path / "ok" / "int4_recipe.yaml").read_text()
