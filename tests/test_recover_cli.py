@@ -5,6 +5,7 @@ import torch
 
 import depthcut as dc
 import depthcut.cli
+import depthcut.quantize
 from depthcut.io import logits_on_probe
 from test_cli import run
 from tiny import pattern_text, save_tiny
@@ -128,3 +129,43 @@ def test_int4_recipe_checks_group_size(capsys, tmp_path, run_dir):
     )
     assert code == 0, err
     assert "AWQModifier" in (tmp_path / "ok" / "int4_recipe.yaml").read_text()
+
+
+def test_recipe_replays_prune_recover_quantize(capsys, tmp_path, tiny_dir, text):
+    from depthcut.quantize import is_quantized
+    from depthcut.recipe import Recipe
+    from depthcut.recover.config import RecoverConfig
+
+    recipe = Recipe(
+        dc.PruneConfig(units=("block",), budget=dc.Budget(params=0.3)),
+        steps=2,
+        recover=RecoverConfig(method="full", lr=1e-3, max_steps=4, seq_len=16, source=str(text)),
+        quantize=dc.quantize.QuantizeConfig("dynamic_int8"),
+    )
+    recipe.save(tmp_path / "recipe.json")
+    out = tmp_path / "r"
+    argv = ["prune", tiny_dir, "--recipe", tmp_path / "recipe.json", "--out", out]
+    code, _, err = run(
+        capsys,
+        *argv,
+        "--calib",
+        text,
+        "--n-samples",
+        "4",
+        "--seq-len",
+        "32",
+        "--eval-text",
+        text,
+        *SMALL,
+    )
+    assert code == 0, err
+    assert Recipe.load(out / "recipe.json") == recipe
+    model, _ = dc.load(out)
+    assert (
+        is_quantized(model) and len(json.loads((out / "depthcut.json").read_text())["plans"]) == 2
+    )
+    (tmp_path / "bad.json").write_text('{"version": 1, "prune": {}, "distill": 1}')
+    code, _, err = run(
+        capsys, "prune", tiny_dir, "--recipe", tmp_path / "bad.json", "--out", tmp_path / "x"
+    )
+    assert code == 2 and "unknown sections ['distill']" in err

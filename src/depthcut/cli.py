@@ -176,12 +176,25 @@ def cmd_apply(args: argparse.Namespace) -> None:
     print(f"pruned model -> {args.out}")
 
 
+def make_recipe(args: argparse.Namespace):
+    """The recipe of a prune run: from ``--recipe FILE``, else from the flags."""
+    from depthcut.quantize import QuantizeConfig
+    from depthcut.recipe import Recipe
+    from depthcut.recover.job import recover_config
+
+    if args.recipe:
+        return Recipe.load(args.recipe)
+    recover = recover_config(args) if args.recover else None
+    quant = QuantizeConfig(args.quantize) if args.quantize else None
+    return Recipe(make_config(args), args.steps, recover, quant)
+
+
 def cmd_prune(args: argparse.Namespace) -> None:
     from depthcut.pipeline import prune_to_dir
 
-    cfg = make_config(args)
+    recipe = make_recipe(args)
     settings = eval_settings(args) if (args.perplexity or args.latency) else None
-    prune_to_dir(args.model, cfg, args, settings)
+    prune_to_dir(args.model, recipe, args, settings)
 
 
 def cmd_recover(args: argparse.Namespace) -> None:
@@ -258,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", action="store_true", help="an encoder (e.g. minilm-l6): width")
     p.add_argument("--steps", type=int, default=1, help="k rounds of prune → recover → re-score")
     p.add_argument("--recover", default=None, help="lora or full: recover after every round")
+    p.add_argument("--quantize", default=None, help="quantize last: dynamic_int8")
+    p.add_argument("--recipe", default=None, help="recipe.json (prune/steps/recover/quantize)")
     _train_args(p)
     p.set_defaults(func=cmd_prune)
     p = sub.add_parser("recover", help="fine-tune a pruned run (LoRA / full / distillation)")

@@ -7,12 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from depthcut.config import PruneConfig
 from depthcut.errors import DepthcutError
+from depthcut.recipe import Recipe
 
 
-def prune_to_dir(model_name: str, cfg: PruneConfig, args, settings=None) -> Path:
-    """Prune ``model_name`` into ``args.out`` with scores, plan and report beside the model."""
+def prune_to_dir(model_name: str, recipe: Recipe, args, settings=None) -> Path:
+    """Prune ``model_name`` into ``args.out`` with scores, plan, report and recipe beside the
+    model: one shot, or ``recipe.steps`` rounds with recovery; quantized last if asked."""
     from depthcut.api import apply, plan, score
     from depthcut.data import calibration
     from depthcut.eval.run import evaluate_models, param_counts
@@ -26,8 +27,9 @@ def prune_to_dir(model_name: str, cfg: PruneConfig, args, settings=None) -> Path
         raise DepthcutError("--perplexity/--latency are for causal LMs, not --encoder models")
     model, tok = (load_encoder if encoder else load_model)(model_name)
     calib = calibration(tok, args.calib, args.n_samples, args.seq_len, args.batch_size)
-    if getattr(args, "steps", 1) > 1 or getattr(args, "recover", None):
-        return _iterative(model, tok, cfg, calib, args, settings)
+    cfg = recipe.prune
+    if recipe.steps > 1 or recipe.recover is not None:
+        return _iterative(model, tok, recipe, calib, args, settings)
     scores = score(model, cfg, calib)
     the_plan = plan(scores, cfg)
     print(the_plan.summary())
@@ -42,34 +44,44 @@ def prune_to_dir(model_name: str, cfg: PruneConfig, args, settings=None) -> Path
         scores.save(tmp / "scores.json")
         write_report(tmp, the_plan, scores, results["before"], results["after"])
 
-    return _save(pruned, the_plan, args, tok, extra, model_name)
+    return _save(pruned, the_plan, args, tok, extra, recipe)
 
 
-def _save(model, plans, args, tok, extra, source: str) -> Path:
+def _save(model, plans, args, tok, extra, recipe: Recipe) -> Path:
     from depthcut.io import save
+    from depthcut.quantize import quantize
 
+    source = args.model
     meta = {"source": str(Path(source).resolve()) if Path(source).exists() else source}
-    out = save(model, plans, args.out, tok, overwrite=args.overwrite, extra=extra, meta=meta)
+    if recipe.quantize is not None:
+        model = quantize(model, recipe.quantize)
+        meta["quantization"] = recipe.quantize.to_dict()
+
+    def write_extra(tmp: Path) -> None:
+        extra(tmp)
+        recipe.save(tmp / "recipe.json")
+
+    out = save(model, plans, args.out, tok, overwrite=args.overwrite, extra=write_extra, meta=meta)
     extras = sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".md", ".png"))
     print(f"depthcut: wrote {out} (model, {', '.join(extras)})", file=sys.stderr)
     return out
 
 
-def _iterative(model, tok, cfg: PruneConfig, calib, args, settings) -> Path:
+def _iterative(model, tok, recipe: Recipe, calib, args, settings) -> Path:
     """k rounds of prune → (recover) → re-score; history.json and history.png beside."""
     from depthcut.eval.run import EvalSettings, perplexity_fn
-    from depthcut.recover.job import recover_config
     from depthcut.recover.loop import prune_recover_loop
     from depthcut.report.curves import plot_iterative
 
     if getattr(args, "encoder", False):
         raise DepthcutError("--steps/--recover train causal LMs; not for --encoder models")
-    rcfg = recover_config(args) if args.recover else None
     ppl = perplexity_fn(tok, settings or EvalSettings(source=args.eval_text))
-    pruned, plans, history = prune_recover_loop(model, tok, cfg, calib, args.steps, rcfg, ppl)
+    pruned, plans, history = prune_recover_loop(
+        model, tok, recipe.prune, calib, recipe.steps, recipe.recover, ppl
+    )
 
     def extra(tmp: Path) -> None:
         (tmp / "history.json").write_text(json.dumps(history, indent=2) + "\n")
         plot_iterative(history, tmp / "history.png")
 
-    return _save(pruned, plans, args, tok, extra, args.model)
+    return _save(pruned, plans, args, tok, extra, recipe)
