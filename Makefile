@@ -40,6 +40,9 @@ bench: setup
 	$(BIN)/python benchmarks/bench_depth_speedup.py
 	$(BIN)/python benchmarks/bench_width_vs_depth.py
 	$(BIN)/python benchmarks/bench_encoder_width.py
+	$(BIN)/python benchmarks/bench_quantize.py
+	$(BIN)/python benchmarks/bench_recovery.py  # ≈35 min: 4 runs × 8 min of training
+	$(BIN)/python benchmarks/bench_iterative_recover.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import depthcut as dc
+from depthcut.errors import DepthcutError
 from depthcut.int4 import AlignmentError, check_alignment, misaligned, recipe_yaml
 from depthcut.io import logits_on_probe
 from depthcut.quantize import (
@@ -28,8 +29,7 @@ def test_dynamic_int8_is_close_smaller_and_reloads_identically(tmp_path):
     ref, out = logits_on_probe(pruned), logits_on_probe(q)
     assert (out - ref).abs().max() < 0.05 * ref.abs().max()
     assert size_mb(q) < 0.5 * size_mb(pruned)
-    meta = {"quantization": QuantizeConfig().to_dict()}
-    saved = dc.save(q, plan, tmp_path / "q", tiny_tokenizer(), meta=meta)
+    saved = dc.save(q, plan, tmp_path / "q", tiny_tokenizer())
     names = {p.name for p in saved.iterdir()}
     assert "quantized.safetensors" in names and "model.safetensors" not in names
     reloaded, _ = dc.load(saved)
@@ -40,13 +40,29 @@ def test_dynamic_int8_is_close_smaller_and_reloads_identically(tmp_path):
     torch.testing.assert_close(reloaded.generate(ids, **kw), q.generate(ids, **kw))
 
 
-def test_torchao_weight_only_runs_and_skip_keeps_float():
+def test_torchao_weight_only_runs_and_skip_keeps_float(tmp_path):
     model = tiny_gpt2(layers=2)
     q = quantize(model, QuantizeConfig("torchao_int8_weight_only"))
     ref = logits_on_probe(model)
     assert (logits_on_probe(q) - ref).abs().max() < 0.05 * ref.abs().max()
-    d = quantize(tiny_llama(layers=2), QuantizeConfig(skip=("lm_head",)))
+    with pytest.raises(DepthcutError, match="only"):
+        dc.save(q, dc.Plan([], {}), tmp_path / "ao")
+    assert not (tmp_path / "ao").exists()
+    model = tiny_llama(layers=2)
+    d = quantize(model, QuantizeConfig(skip=("lm_head",)))
     assert type(d.lm_head) is torch.nn.Linear and is_quantized(d)
+    plan = dc.Plan(
+        [],
+        {
+            "num_blocks": 2,
+            "params_all": sum(p.numel() for p in model.parameters()),
+            "params_non_embedding": 0,
+            "config": model.config.to_dict(),
+        },
+    )
+    reloaded, _ = dc.load(dc.save(d, plan, tmp_path / "skip"))
+    assert type(reloaded.lm_head) is torch.nn.Linear
+    torch.testing.assert_close(logits_on_probe(reloaded), logits_on_probe(d), rtol=0, atol=0)
 
 
 def test_pruning_or_recovering_a_quantized_model_is_refused():

@@ -61,6 +61,8 @@ def test_iterative_prune_recover_loop(capsys, tmp_path, tiny_dir, text):
     meta = json.loads((out / "depthcut.json").read_text())
     assert len(meta["plans"]) == 3 and (out / "plan-3.json").exists()
     assert (out / "history.png").read_bytes()[:8] == PNG
+    report = (out / "report.md").read_text()
+    assert report.count("\n| ") == 5 and f"| 3 | {params[-1]:,} |" in report
     model, _ = dc.load(out)
     assert sum(p.numel() for p in model.parameters()) == params[-1]
     assert stdout.count("step ") >= 3

@@ -33,6 +33,9 @@ _EXPORTS = {
     "load_model": "depthcut.models",
     "calibration": "depthcut.data",
     "DepthcutError": "depthcut.errors",
+    "RecoverConfig": "depthcut.recover.config",
+    "QuantizeConfig": "depthcut.quantize",
+    "Recipe": "depthcut.recipe",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -150,15 +150,14 @@ def read_meta(path: str | Path) -> dict:
 def _write_weights(model: nn.Module, tmp: Path, meta: dict) -> None:
     """Float models via ``save_pretrained``; int8 models as ``quantized.safetensors`` (no
     ``model.safetensors``, so plain ``from_pretrained`` cannot misread them)."""
-    from depthcut.quantize import is_quantized, quantized_state
+    from depthcut.quantize import QuantizeConfig, is_quantized, quantized_state
 
     if not is_quantized(model):
         model.save_pretrained(tmp)
         return
     from safetensors.torch import save_file
 
-    if "quantization" not in meta:
-        raise ModelLoadError("a quantized model needs meta['quantization'] to be saved")
+    meta.setdefault("quantization", QuantizeConfig("dynamic_int8").to_dict())
     model.config.save_pretrained(tmp)
     save_file(quantized_state(model), str(tmp / QUANTIZED_FILE))
 

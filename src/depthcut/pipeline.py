@@ -72,6 +72,7 @@ def _iterative(model, tok, recipe: Recipe, calib, args, settings) -> Path:
     from depthcut.eval.run import EvalSettings, perplexity_fn
     from depthcut.recover.loop import prune_recover_loop
     from depthcut.report.curves import plot_iterative
+    from depthcut.report.write import iterative_markdown
 
     if getattr(args, "encoder", False):
         raise DepthcutError("--steps/--recover train causal LMs; not for --encoder models")
@@ -83,5 +84,6 @@ def _iterative(model, tok, recipe: Recipe, calib, args, settings) -> Path:
     def extra(tmp: Path) -> None:
         (tmp / "history.json").write_text(json.dumps(history, indent=2) + "\n")
         plot_iterative(history, tmp / "history.png")
+        (tmp / "report.md").write_text(iterative_markdown(history, recipe.to_dict()))
 
     return _save(pruned, plans, args, tok, extra, recipe)

@@ -144,8 +144,11 @@ def quantized_state(model: nn.Module) -> dict[str, torch.Tensor]:
         if bias is not None:
             state[f"{name}.bias"] = bias.detach().clone()
     for key, tensor in model.state_dict().items():
-        if not any(key.startswith(f"{n}.") for n in quantized):
-            state[key] = tensor.detach().clone().contiguous()
+        if any(key.startswith(f"{n}.") for n in quantized):
+            continue
+        if type(tensor) not in (torch.Tensor, nn.Parameter):
+            raise DepthcutError(f"{key} is a {type(tensor).__name__}: only {SAVED_METHODS} saves")
+        state[key] = tensor.detach().clone().contiguous()
     return _dedupe_shared(state)
 
 
@@ -171,7 +174,11 @@ def load_quantized_state(model: nn.Module, cfg: QuantizeConfig, state: dict) -> 
     unfilled = [k for k in missing if k.rsplit(".", 1)[0] not in stored]
     if unexpected or unfilled:
         raise DepthcutError(f"quantized weights do not fit: {unexpected[:3] or unfilled[:3]}")
-    qmodel = quantize(model, cfg)
+    if cfg.method not in SAVED_METHODS:
+        raise DepthcutError(f"{cfg.method} models are not saved; only {SAVED_METHODS}")
+    qmodel = copy.deepcopy(model).eval()
+    untie_lm_head(qmodel)
+    qmodel = _quantize_dynamic(qmodel, set(qnames))  # exactly the modules that were saved
     for name, (ints, scales, zeros) in stored.items():
         weight = torch._make_per_channel_quantized_tensor(ints, scales, zeros, 0)
         qmodel.get_submodule(name).set_weight_bias(weight, biases[name])

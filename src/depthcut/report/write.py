@@ -91,3 +91,26 @@ def markdown(plan: Plan, scores, before, after) -> str:
                 f"{scores.cost.get('seconds', 0):.1f} s.",
             ]
     return "\n".join(parts) + "\n"
+
+
+def iterative_markdown(history: list[dict], recipe: dict) -> str:
+    """report.md of an iterative prune → recover run: one row per round, and the curve."""
+    rec = recipe.get("recover") or {}
+    lines = [
+        "# depthcut report: iterative prune → recover",
+        "",
+        f"{recipe['steps']} rounds; units `{recipe['prune']['units']}`, metric "
+        f"`{recipe['prune']['importance']}`, budget `{recipe['prune']['budget']}`; recovery "
+        f"`{rec.get('method', 'none')}` / `{rec.get('loss', '-')}`.",
+        "",
+        "| round | params (all) | removed | ppl after pruning | ppl after recovery |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    base = history[0]["params_all"]
+    for h in history:
+        rec_ppl = "" if h.get("ppl_recovered") is None else f"{h['ppl_recovered']:.3f}"
+        lines.append(
+            f"| {h['step']} | {h['params_all']:,} | {1 - h['params_all'] / base:.1%} "
+            f"| {h['ppl_pruned']:.3f} | {rec_ppl} |"
+        )
+    return "\n".join(lines + ["", "![history](history.png)", ""])
