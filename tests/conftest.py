@@ -17,3 +17,13 @@ quiet_torchao()
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny Llama saved as a local model directory (with its tokenizer)."""
+    from tiny import save_tiny
+
+    path = tmp_path_factory.mktemp("m") / "tiny"
+    save_tiny(path)
+    return path

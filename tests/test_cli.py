@@ -8,13 +8,6 @@ from tiny import save_tiny, words
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("m") / "tiny"
-    save_tiny(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("t") / "text.txt"
     path.write_text("\n\n".join(words(200, seed=s) for s in range(10)))

@@ -7,8 +7,8 @@ import depthcut as dc
 import depthcut.cli
 import depthcut.quantize
 from depthcut.io import logits_on_probe
-from test_cli import run
-from tiny import pattern_text, save_tiny
+from test_cli import prune_args, run
+from tiny import pattern_text
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SMALL = ["--window", "32", "--max-windows", "2"]
@@ -25,13 +25,6 @@ TRAIN = [
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("m") / "tiny"
-    save_tiny(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def text(tmp_path_factory):
     path = tmp_path_factory.mktemp("t") / "pattern.txt"
     path.write_text(pattern_text(articles=40, length=120))
@@ -41,16 +34,15 @@ def text(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_dir, text):
     out = tmp_path_factory.mktemp("r") / "pruned"
-    argv = ["prune", tiny_dir, "--out", out, "--calib", text, "--n-samples", "4"]
-    code = dc.cli.main([str(a) for a in argv + ["--seq-len", "32", "--budget", "params=0.3"]])
+    code = dc.cli.main([str(a) for a in prune_args(tiny_dir, out, text, "--budget", "params=0.3")])
     assert code == 0
     return out
 
 
 def test_iterative_prune_recover_loop(capsys, tmp_path, tiny_dir, text):
     out = tmp_path / "iter"
-    argv = ["prune", tiny_dir, "--out", out, "--calib", text, "--n-samples", "4", "--seq-len", "32"]
-    argv += ["--budget", "params=0.4", "--steps", "3", "--recover", "full", "--lr", "1e-3"]
+    argv = prune_args(tiny_dir, out, text, "--budget", "params=0.4", "--steps", "3")
+    argv += ["--recover", "full", "--lr", "1e-3"]
     code, stdout, err = run(capsys, *argv, *TRAIN, *SMALL, "--eval-text", text)
     assert code == 0, err
     history = json.loads((out / "history.json").read_text())
@@ -146,20 +138,8 @@ def test_recipe_replays_prune_recover_quantize(capsys, tmp_path, tiny_dir, text)
     )
     recipe.save(tmp_path / "recipe.json")
     out = tmp_path / "r"
-    argv = ["prune", tiny_dir, "--recipe", tmp_path / "recipe.json", "--out", out]
-    code, _, err = run(
-        capsys,
-        *argv,
-        "--calib",
-        text,
-        "--n-samples",
-        "4",
-        "--seq-len",
-        "32",
-        "--eval-text",
-        text,
-        *SMALL,
-    )
+    argv = prune_args(tiny_dir, out, text, "--recipe", tmp_path / "recipe.json")
+    code, _, err = run(capsys, *argv, "--eval-text", text, *SMALL)
     assert code == 0, err
     assert Recipe.load(out / "recipe.json") == recipe
     model, _ = dc.load(out)
