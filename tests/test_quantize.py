@@ -28,7 +28,12 @@ def test_dynamic_int8_is_close_smaller_and_reloads_identically(tmp_path):
     assert is_quantized(q) and not is_quantized(pruned)
     ref, out = logits_on_probe(pruned), logits_on_probe(q)
     assert (out - ref).abs().max() < 0.05 * ref.abs().max()
-    assert size_mb(q) < 0.5 * size_mb(pruned)
+    assert size_mb(q) < 0.7 * size_mb(pruned)
+    assert type(q.model.layers[0].mlp.down_proj) is torch.nn.Linear  # keep_mlp_out
+    assert is_quantized(q.model.layers[0].mlp.up_proj)
+    every = quantize(pruned, QuantizeConfig(keep_mlp_out=False))
+    assert is_quantized(every.model.layers[0].mlp.down_proj)
+    assert size_mb(every) < 0.5 * size_mb(pruned)
     saved = dc.save(q, plan, tmp_path / "q", tiny_tokenizer())
     names = {p.name for p in saved.iterdir()}
     assert "quantized.safetensors" in names and "model.safetensors" not in names

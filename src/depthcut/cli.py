@@ -289,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--skip", nargs="*", default=[], help="module path suffixes kept float")
     p.add_argument("--group-size", type=int, default=128, help="gptq/awq input-width group")
+    p.add_argument(
+        "--quantize-mlp-out",
+        action="store_true",
+        help="int8 the MLP output projections too (kept fp32 by default: activation outliers)",
+    )
     p.add_argument("--out", default=None, help="output directory (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _eval_args(p)

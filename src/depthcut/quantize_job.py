@@ -25,7 +25,7 @@ def _int8_dir(args, settings) -> Path | None:
     from depthcut.planning.plan import Plan
     from depthcut.quantize import SAVED_METHODS, QuantizeConfig, quantize, size_mb
 
-    cfg = QuantizeConfig(args.method, tuple(args.skip))
+    cfg = QuantizeConfig(args.method, tuple(args.skip), keep_mlp_out=not args.quantize_mlp_out)
     if args.out and cfg.method not in SAVED_METHODS:
         raise DepthcutError(
             f"{cfg.method} is for measurement only (slower than dynamic_int8 on CPU here); "
