@@ -1,6 +1,7 @@
 """Prune, then quantize: the real packaged SmolLM2-135M, 25% of params removed by BI blocks,
-then int8 on CPU (MLP output projections kept fp32 unless said). Sizes, prefill/decode speed (all models interleaved in one run, 2 threads,
-medians) and held-out perplexity, relative to the dense fp32 model."""
+then int8 on CPU (MLP output projections kept fp32 unless said). Sizes, prefill/decode speed
+(all models interleaved in one run, 2 threads, medians) and held-out perplexity, relative to
+the dense fp32 model."""
 
 from __future__ import annotations
 
