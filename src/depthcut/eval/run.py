@@ -28,6 +28,8 @@ class EvalSettings:
     new_tokens: int = 32
     repeats: int = 3
     threads: int = 2
+    tasks: tuple[str, ...] = ()  # zero-shot tasks through lm-eval (depthcut.eval.zeroshot)
+    task_limit: int | None = None
 
 
 def param_counts(model: nn.Module) -> dict[str, int]:
@@ -52,6 +54,13 @@ def evaluate_models(
                 model, ids, settings.window, settings.stride, bos, settings.max_windows, progress
             )
             results[name]["perplexity"] = res.to_dict()
+    if settings.tasks:
+        from depthcut.eval.zeroshot import zeroshot
+
+        for name, model in models.items():
+            results[name]["zeroshot"] = zeroshot(
+                model, tokenizer, list(settings.tasks), settings.task_limit
+            )
     if settings.latency:
         lat = measure_many(
             models,

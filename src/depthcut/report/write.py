@@ -25,6 +25,13 @@ def comparison_rows(before: dict[str, Any], after: dict[str, Any]) -> list[tuple
         b, a = before["perplexity"], after["perplexity"]
         proto = f" (window {b['window']}, stride {b['stride']}, bos {b['bos']})"
         rows.append(("perplexity" + proto, f"{b['perplexity']:.3f}", f"{a['perplexity']:.3f}"))
+    for task, b in before.get("zeroshot", {}).items():
+        a = after.get("zeroshot", {}).get(task)
+        if a is not None:
+            for metric in ("acc", "acc_norm"):
+                rows.append(
+                    (f"{task} {metric} (n={b['n']})", f"{b[metric]:.3f}", f"{a[metric]:.3f}")
+                )
     if "latency" in before and "latency" in after:
         b, a = before["latency"], after["latency"]
         for length, ms in b["prefill_ms"].items():

@@ -1,0 +1,84 @@
+import json
+import socket
+
+import pytest
+import torch
+
+from depthcut.eval.zeroshot import TASKS, evaluate_tasks, write_task_yaml
+from tiny import tiny_llama, tiny_tokenizer, words
+
+pytest.importorskip("lm_eval")
+
+
+def hand_made_task(folder, n=6):
+    rows = []
+    for i in range(n):
+        choices = [words(1 + (i + k) % 3, seed=10 * i + k) for k in range(3)]
+        rows.append({"query": words(4, seed=100 + i), "choices": choices, "gold": i % 3})
+    (folder / "hand.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    write_task_yaml("hand_task", folder / "hand.jsonl", folder)
+    return rows
+
+
+def direct_loglikelihood(model, tok, query: str, choice: str) -> float:
+    ctx = tok(query, add_special_tokens=False)["input_ids"]
+    cont = tok(" " + choice, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
+    targets = ids[0, 1:]
+    return float(logp[len(ctx) - 1 :].gather(-1, targets[len(ctx) - 1 :, None]).sum())
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_lm_eval_wrapper_matches_direct_loglikelihoods_offline(tmp_path, no_network):
+    model, tok = tiny_llama(layers=2), tiny_tokenizer()
+    rows = hand_made_task(tmp_path)
+    res = evaluate_tasks(model, tok, ["hand_task"], tmp_path, batch_size=4, log_samples=True)
+    samples = sorted(res["hand_task"]["samples"], key=lambda s: s["doc_id"])
+    correct = correct_norm = 0
+    for row, sample in zip(rows, samples):
+        got = [r[0] for r in sample["filtered_resps"]]
+        want = [direct_loglikelihood(model, tok, row["query"], c) for c in row["choices"]]
+        assert got == pytest.approx(want, abs=1e-4)
+        correct += max(range(3), key=lambda k: want[k]) == row["gold"]
+        norm = [w / len(" " + c) for w, c in zip(want, row["choices"])]
+        correct_norm += max(range(3), key=lambda k: norm[k]) == row["gold"]
+    assert res["hand_task"]["n"] == len(rows)
+    assert res["hand_task"]["acc"] == pytest.approx(correct / len(rows))
+    assert res["hand_task"]["acc_norm"] == pytest.approx(correct_norm / len(rows))
+
+
+def test_known_answers_give_expected_accuracy(tmp_path, no_network):
+    """A model that always prefers one token: accuracy is the share of golds holding it."""
+    model, tok = tiny_llama(layers=2), tiny_tokenizer()
+    favourite = torch.zeros(97)
+    favourite[50] = 20.0
+
+    class Always(torch.nn.Module):
+        def forward(self, x):
+            return favourite.expand(*x.shape[:-1], 97)
+
+    model.lm_head = Always()
+    rows = [
+        {"query": "w3 w4", "choices": ["w50", "w60"], "gold": 0},
+        {"query": "w5 w6", "choices": ["w70", "w50"], "gold": 1},
+        {"query": "w7 w8", "choices": ["w50", "w80"], "gold": 1},
+        {"query": "w9 w9", "choices": ["w90", "w50"], "gold": 0},
+    ]
+    (tmp_path / "k.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    write_task_yaml("known_task", tmp_path / "k.jsonl", tmp_path)
+    res = evaluate_tasks(model, tok, ["known_task"], tmp_path, batch_size=2)
+    assert res["known_task"] == {"acc": 0.5, "acc_norm": 0.5, "n": 4}
+
+
+def test_task_table_is_offline_only():
+    assert set(TASKS) == {"piqa", "arc_easy", "arc_challenge", "hellaswag", "sciq", "openbookqa"}
