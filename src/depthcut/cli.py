@@ -221,6 +221,13 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         print(f"quantized model -> {out}")
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from depthcut.sweep_job import sweep_dir
+
+    out = sweep_dir(args, eval_settings(args, default_ppl=True))
+    print(f"sweep -> {out}/sweep.json (+ sweep.md, curves)")
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from depthcut.eval.run import evaluate_models
     from depthcut.report.write import comparison_rows, table
@@ -307,6 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _eval_args(p)
     p.set_defaults(func=cmd_quantize)
+    p = sub.add_parser("sweep", help="methods × budgets trade-off curves (resumable)")
+    p.add_argument("model")
+    p.add_argument("--methods", default="random,bi,gromov,iterative,sublayer")
+    p.add_argument("--budgets", default="0.1,0.2,0.3,0.4", help="fractions of params")
+    p.add_argument("--count", default="all", help="budgets of all or non_embedding params")
+    p.add_argument("--protect-first", type=int, default=1)
+    p.add_argument("--protect-last", type=int, default=1)
+    p.add_argument("--out", required=True, help="sweep directory (resumed if it exists)")
+    p.add_argument("--overwrite", action="store_true", help="restart a sweep with new settings")
+    _calib_args(p), _eval_args(p)
+    p.set_defaults(func=cmd_sweep)
     for verb, func, text in (
         ("eval", cmd_eval, "perplexity / latency"),
         ("bench", cmd_bench, "latency, interleaved with --base"),

@@ -16,6 +16,8 @@ Averages run over real (non-padding) tokens, or over each row's last real token 
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from depthcut.calibrate import BlockCache  # noqa: TC001
@@ -81,3 +83,12 @@ class Gromov(Angular):
                     total, count = total + s, count + c
                 out[f"{start}:{n}"] = total / max(count, 1)
         return out
+
+
+@register_importance("random")
+class RandomBaseline(LocalMetric):
+    """The baseline every metric must beat: a fixed pseudo-random number per unit (seeded by
+    the unit id, so the same units are chosen on every run); no block is re-run."""
+
+    def score(self, cache: BlockCache, unit: Unit) -> float:
+        return random.Random(f"depthcut:{unit.id}").random()

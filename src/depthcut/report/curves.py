@@ -59,3 +59,48 @@ def plot_iterative(history: list[dict], path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def _sweep_series(state: dict, key) -> dict[str, list[tuple[float, float]]]:
+    """{method: [(params removed %, value)]} with the dense point at 0 in every series."""
+    dense = next(p for p in state["points"] if p["method"] == "dense")
+    series: dict[str, list[tuple[float, float]]] = {}
+    for method in state["config"]["methods"]:
+        pts = [p for p in state["points"] if p["method"] == method and key(p) is not None]
+        if pts and key(dense) is not None:
+            pts = [dense | {"removed_fraction": 0.0}] + pts
+        series[method] = sorted((100 * p["removed_fraction"], key(p)) for p in pts)
+    return {m: s for m, s in series.items() if s}
+
+
+def plot_sweep(state: dict, out: str | Path) -> dict[str, int]:
+    """Trade-off curves of a sweep: {png name: number of method series drawn}."""
+    plots = {
+        "sweep_ppl.png": ("perplexity", lambda p: p.get("perplexity"), "log"),
+        "sweep_latency.png": (
+            "decode speedup at batch 1 (× dense)",
+            lambda p: p.get("decode_speedup"),
+            "linear",
+        ),
+    }
+    for task in state["config"]["tasks"]:
+        plots[f"sweep_{task}.png"] = (f"{task} acc", lambda p, t=task: p.get(t), "linear")
+    drawn = {}
+    for name, (label, key, scale) in plots.items():
+        series = _sweep_series(state, key)
+        if series:
+            _plot_series(series, label, scale, Path(out) / name)
+            drawn[name] = len(series)
+    return drawn
+
+
+def _plot_series(series: dict, label: str, scale: str, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for method, pts in series.items():
+        ax.plot(*zip(*pts), "o-", label=method)
+    ax.set(xlabel="parameters removed (%)", ylabel=label, yscale=scale)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
