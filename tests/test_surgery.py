@@ -3,7 +3,6 @@ import torch
 
 import depthcut as dc
 from depthcut.graph.structure import discover_structure, probe_inputs
-from depthcut.planning.plan import Action, Plan
 from depthcut.units.bypass import bypassed
 from depthcut.units.discover import count_params, discover_units
 from tiny import BUILDERS, tiny_llama
@@ -17,13 +16,12 @@ CASES = {
 
 
 def make_plan(model, picks):
-    from depthcut.api import describe
+    from depthcut.api import plan_units
 
     s = discover_structure(model)
     units = {u.id: u for u in discover_units(model, s, ("block", "attention", "mlp"))}
     chosen = [units[f"{k}:{b}"] for k, b in picks]
-    actions = [Action(u.kind, u.block, u.path, u.params) for u in chosen]
-    return Plan(actions, describe(model, s)), chosen, s
+    return plan_units(model, [u.id for u in chosen]), chosen, s
 
 
 @pytest.mark.parametrize("arch", sorted(BUILDERS))

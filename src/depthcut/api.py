@@ -103,6 +103,22 @@ def plan(scores: Scores, cfg: PruneConfig) -> Plan:
     return make_plan(scores, cfg)
 
 
+def plan_units(model: nn.Module, unit_ids: list[str]) -> Plan:
+    """A hand-made plan removing exactly these depth units, e.g. ``["block:3", "mlp:7"]``."""
+    from depthcut.errors import ConfigError
+    from depthcut.planning.plan import Action
+
+    structure = discover_structure(model)
+    kinds = tuple(sorted({uid.split(":")[0] for uid in unit_ids}))
+    units = {u.id: u for u in discover_units(model, structure, kinds)} if kinds else {}
+    missing = [uid for uid in unit_ids if uid not in units]
+    if missing:
+        raise ConfigError(f"no such units {missing}; ids look like block:3, attention:0, mlp:7")
+    chosen = [units[uid] for uid in unit_ids]
+    actions = [Action(u.kind, u.block, u.path, u.params) for u in chosen]
+    return Plan(actions, describe(model, structure), {"strategy": "manual"})
+
+
 def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
     """A copy of ``model`` (or ``model`` itself) with the plan's units physically removed."""
     refuse_quantized(model, "prune")

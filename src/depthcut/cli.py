@@ -228,6 +228,13 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(f"sweep -> {out}/sweep.json (+ sweep.md, curves)")
 
 
+def cmd_explain(args: argparse.Namespace) -> None:
+    from depthcut.explain import explain_dir
+
+    out = explain_dir(args, eval_settings(args, default_ppl=True))
+    print(f"explanation -> {out}")
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from depthcut.eval.run import evaluate_models
     from depthcut.report.write import comparison_rows, table
@@ -325,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="restart a sweep with new settings")
     _calib_args(p), _eval_args(p)
     p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("explain", help="leave-one-out perplexity per unit; pair dependency")
+    p.add_argument("model")
+    p.add_argument("--units", default="attention,mlp", help="unit kinds to remove one by one")
+    p.add_argument("--pairs", default="", help="e.g. mlp:21+mlp:22,attention:3+attention:4")
+    _eval_args(p), _out_args(p)
+    p.set_defaults(func=cmd_explain)
     for verb, func, text in (
         ("eval", cmd_eval, "perplexity / latency"),
         ("bench", cmd_bench, "latency, interleaved with --base"),
