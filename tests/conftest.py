@@ -27,3 +27,13 @@ def tiny_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("m") / "tiny"
     save_tiny(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def pattern_file(tmp_path_factory):
+    """Learnable tiny-vocabulary text (tiny.pattern_text) as a local text source."""
+    from tiny import pattern_text
+
+    path = tmp_path_factory.mktemp("t") / "pattern.txt"
+    path.write_text(pattern_text(articles=40, length=120))
+    return path

@@ -63,14 +63,12 @@ def test_bad_unit_ids_are_named():
         removed(tiny_llama(layers=4), ["mlp:9"])
 
 
-def test_explain_cli(capsys, tmp_path, tiny_dir):
+def test_explain_cli(capsys, tmp_path, tiny_dir, pattern_file):
     import json
 
     from test_cli import run
-    from tiny import pattern_text
 
-    text = tmp_path / "t.txt"
-    text.write_text(pattern_text(articles=20, length=120))
+    text = pattern_file
     argv = [
         "explain",
         tiny_dir,

@@ -8,7 +8,6 @@ import depthcut.cli
 import depthcut.quantize
 from depthcut.io import logits_on_probe
 from test_cli import prune_args, run
-from tiny import pattern_text
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SMALL = ["--window", "32", "--max-windows", "2"]
@@ -25,10 +24,8 @@ TRAIN = [
 
 
 @pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    path = tmp_path_factory.mktemp("t") / "pattern.txt"
-    path.write_text(pattern_text(articles=40, length=120))
-    return path
+def text(pattern_file):
+    return pattern_file
 
 
 @pytest.fixture(scope="module")

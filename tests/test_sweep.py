@@ -65,11 +65,8 @@ def test_sweep_refuses_other_settings_and_draws_curves(tmp_path):
     assert table.count("\n") == 4 and "| bi | 20% |" in table
 
 
-def test_sweep_cli(capsys, tmp_path, tiny_dir):
-    text = tmp_path / "t.txt"
-    from tiny import pattern_text
-
-    text.write_text(pattern_text(articles=20, length=120))
+def test_sweep_cli(capsys, tmp_path, tiny_dir, pattern_file):
+    text = pattern_file
     argv = [
         "sweep",
         tiny_dir,
