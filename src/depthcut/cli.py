@@ -81,11 +81,16 @@ def _out_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
+def comma_list(text: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` → ``("a", "b", "c")``: the CLI's comma-separated options."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def make_config(args: argparse.Namespace):
     from depthcut.config import Budget, PruneConfig
 
     return PruneConfig(
-        units=tuple(u.strip() for u in args.units.split(",") if u.strip()),
+        units=comma_list(args.units),
         importance=args.importance,
         budget=Budget.parse(args.budget),
         strategy=args.strategy,
@@ -110,7 +115,7 @@ def eval_settings(args: argparse.Namespace, default_ppl: bool = False):
     return EvalSettings(
         perplexity=want_ppl,
         source=args.eval_text,
-        tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
+        tasks=comma_list(args.tasks),
         task_limit=args.task_limit,
         latency=args.latency,
         window=args.window,

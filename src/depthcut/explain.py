@@ -77,6 +77,7 @@ def explain_dir(args, settings):
     import json
     from pathlib import Path
 
+    from depthcut.cli import comma_list
     from depthcut.eval.run import perplexity_fn
     from depthcut.graph.structure import discover_structure
     from depthcut.io import atomic_dir, prepare_output
@@ -85,11 +86,11 @@ def explain_dir(args, settings):
 
     out = prepare_output(args.out, args.overwrite)
     model, tok = load_model(args.model)
-    kinds = tuple(k.strip() for k in args.units.split(",") if k.strip())
+    kinds = comma_list(args.units)
     units = [u.id for u in discover_units(model, discover_structure(model), kinds)]
     ppl = perplexity_fn(tok, settings)
     result = leave_one_out(model, units, ppl)
-    pairs = [tuple(p.split("+")) for p in args.pairs.split(",") if p.strip()]
+    pairs = [tuple(p.split("+")) for p in comma_list(args.pairs)]
     result["pairs"] = pair_dependency(model, pairs, ppl) if pairs else []
 
     def write(tmp: Path) -> None:

@@ -55,6 +55,11 @@ def quiet_torchao() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _is_subclass_tensor(t: torch.Tensor) -> bool:
+    """A tensor subclass (e.g. torchao's quantized weights), not a plain tensor/parameter."""
+    return type(t) not in (torch.Tensor, nn.Parameter)
+
+
 def _dynamic_linear_type():
     from torch.ao.nn.quantized.dynamic import Linear
 
@@ -71,7 +76,7 @@ def is_quantized(model: nn.Module) -> bool:
         if isinstance(module, dynamic):
             return True
         weight = getattr(module, "weight", None)
-        if isinstance(weight, torch.Tensor) and type(weight) not in (torch.Tensor, nn.Parameter):
+        if isinstance(weight, torch.Tensor) and _is_subclass_tensor(weight):
             return True
         if isinstance(weight, torch.Tensor) and not weight.is_floating_point():
             return True
@@ -165,7 +170,7 @@ def quantized_state(model: nn.Module) -> dict[str, torch.Tensor]:
     for key, tensor in model.state_dict().items():
         if any(key.startswith(f"{n}.") for n in quantized):
             continue
-        if type(tensor) not in (torch.Tensor, nn.Parameter):
+        if _is_subclass_tensor(tensor):
             raise DepthcutError(f"{key} is a {type(tensor).__name__}: only {SAVED_METHODS} saves")
         state[key] = tensor.detach().clone().contiguous()
     return _dedupe_shared(state)
@@ -183,8 +188,9 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_quantized_state(model: nn.Module, cfg: QuantizeConfig, state: dict) -> nn.Module:
-    """Fill a float ``model`` of the right shapes from ``state``, quantize it, then put the
-    stored int8 weights into its quantized modules (so the result is bit-identical)."""
+    """Fill a float ``model`` of the right shapes (built for this load; changed in place) from
+    ``state``, quantize it, then put the stored int8 weights into its quantized modules (so
+    the result is bit-identical)."""
     rest = dict(state)
     qnames = [k.removesuffix(".qweight") for k in state if k.endswith(".qweight")]
     stored = {n: [rest.pop(f"{n}.{k}") for k in ("qweight", "qscale", "qzero")] for n in qnames}
@@ -195,9 +201,8 @@ def load_quantized_state(model: nn.Module, cfg: QuantizeConfig, state: dict) -> 
         raise DepthcutError(f"quantized weights do not fit: {unexpected[:3] or unfilled[:3]}")
     if cfg.method not in SAVED_METHODS:
         raise DepthcutError(f"{cfg.method} models are not saved; only {SAVED_METHODS}")
-    qmodel = copy.deepcopy(model).eval()
-    untie_lm_head(qmodel)
-    qmodel = _quantize_dynamic(qmodel, set(qnames))  # exactly the modules that were saved
+    untie_lm_head(model)  # ``model`` was built for this load: quantize it in place
+    qmodel = _quantize_dynamic(model.eval(), set(qnames))  # exactly the modules saved
     for name, (ints, scales, zeros) in stored.items():
         weight = torch._make_per_channel_quantized_tensor(ints, scales, zeros, 0)
         qmodel.get_submodule(name).set_weight_bias(weight, biases[name])
@@ -205,7 +210,7 @@ def load_quantized_state(model: nn.Module, cfg: QuantizeConfig, state: dict) -> 
 
 
 def _tensor_bytes(t: torch.Tensor) -> int:
-    if type(t) not in (torch.Tensor, nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+    if _is_subclass_tensor(t) and hasattr(t, "__tensor_flatten__"):
         names, _ = t.__tensor_flatten__()
         return sum(_tensor_bytes(getattr(t, n)) for n in names)
     return t.numel() * t.element_size()

@@ -9,8 +9,7 @@ from depthcut.sweep import SweepConfig, run_sweep
 
 
 def sweep_config(args) -> SweepConfig:
-    def split(text: str) -> tuple[str, ...]:
-        return tuple(t.strip() for t in text.split(",") if t.strip())
+    from depthcut.cli import comma_list as split
 
     extra = {
         "calib": args.calib,

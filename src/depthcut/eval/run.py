@@ -46,14 +46,9 @@ def evaluate_models(
     """{name: {params_*, perplexity?, latency?}} for every model, measured the same way."""
     results = {name: param_counts(model) for name, model in models.items()}
     if settings.perplexity:
-        need = settings.window * settings.max_windows + 1
-        ids = evaluation_tokens(tokenizer, settings.source, need)
-        bos = tokenizer.bos_token_id if settings.bos else None
+        measure = perplexity_result_fn(tokenizer, settings, progress)
         for name, model in models.items():
-            res = perplexity(
-                model, ids, settings.window, settings.stride, bos, settings.max_windows, progress
-            )
-            results[name]["perplexity"] = res.to_dict()
+            results[name]["perplexity"] = measure(model).to_dict()
     if settings.tasks:
         from depthcut.eval.zeroshot import zeroshot
 
@@ -75,14 +70,20 @@ def evaluate_models(
     return results
 
 
-def perplexity_fn(tokenizer, settings: EvalSettings, progress: bool = False):
-    """model -> perplexity under ``settings`` (held-out tokens prepared once)."""
+def perplexity_result_fn(tokenizer, settings: EvalSettings, progress: bool = False):
+    """model -> PerplexityResult under ``settings`` (held-out tokens prepared once)."""
     ids = evaluation_tokens(tokenizer, settings.source, settings.window * settings.max_windows + 1)
     bos = tokenizer.bos_token_id if settings.bos else None
 
-    def measure(model) -> float:
+    def measure(model):
         return perplexity(
             model, ids, settings.window, settings.stride, bos, settings.max_windows, progress
-        ).perplexity
+        )
 
     return measure
+
+
+def perplexity_fn(tokenizer, settings: EvalSettings, progress: bool = False):
+    """model -> perplexity (a float) under ``settings``."""
+    measure = perplexity_result_fn(tokenizer, settings, progress)
+    return lambda model: measure(model).perplexity

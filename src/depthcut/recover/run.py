@@ -14,13 +14,13 @@ from depthcut.quantize import refuse_quantized
 from depthcut.recover.config import RecoverConfig
 from depthcut.recover.lora import add_lora, merge_lora
 from depthcut.recover.losses import kd_loss, lm_loss
-from depthcut.recover.train import total_steps, train
+from depthcut.recover.train import train
 
 
 def recovery_data(tokenizer, cfg: RecoverConfig) -> tuple[CalibData, CalibData]:
     """(training, held-out) windows of ``seq_len`` tokens from the calibration articles."""
     train_text, val_text = recovery_texts(cfg.source)
-    n_train = total_steps(cfg, 10**9) * cfg.batch_size  # enough windows for every step
+    n_train = cfg.max_steps * cfg.batch_size  # enough windows for every step
     train_ids = tokenize_until(tokenizer, train_text, n_train * cfg.seq_len)
     val_ids = tokenize_until(tokenizer, val_text, cfg.val_samples * cfg.seq_len)
     train_data = pack_tokens(train_ids, n_train, cfg.seq_len, cfg.batch_size)
