@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+import torch
 from torch import nn
 
 from depthcut.calibrate import BlockCache
@@ -53,6 +54,8 @@ def score(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool =
     structure = discover_structure(model)
     info = describe(model, structure)
     scores = Scores(cfg.importance, [], {}, info, cfg.to_dict())
+    if cfg.fine:
+        _score_fine(model, cfg, calib, scores, progress)
     if cfg.depth_units:
         _score_depth(model, structure, cfg, calib, scores, progress)
     if cfg.width_units:
@@ -78,6 +81,26 @@ def _score_depth(model, structure, cfg: PruneConfig, calib, scores: Scores, prog
     scores.cost["forward_equivalents"] = cache.forward_equivalents
 
 
+def _score_fine(model, cfg: PruneConfig, calib, scores: Scores, progress) -> None:
+    from depthcut.importance.fine import FineScorer, iterative_fine
+    from depthcut.units.fine_model import FineModel
+
+    fm = FineModel(model)
+    scores.units = fm.units()
+    cache = BlockCache(model, fm.structure, calib, progress, backward=True)
+    try:
+        scorer = FineScorer(fm, cache, cfg.importance, cfg.tokens)
+        fine: dict = {"channel": scorer.channel_json()}
+        if cfg.strategy == "iterative":
+            target = budget_target(scores.model, cfg)
+            fine["sequence"] = iterative_fine(scorer, cfg, target, progress)
+        scores.unit_scores, fine["alone"], fine["refused"] = scorer.score_all(progress)
+    finally:
+        model.zero_grad(set_to_none=True)
+    scores.fine = fine
+    scores.cost["forward_equivalents"] = cache.forward_equivalents
+
+
 def score_width(model, structure, cfg: PruneConfig, calib, progress: bool = True) -> dict:
     """Per-unit head / neuron scores of every block, with the layer facts planning needs."""
     out = {}
@@ -98,16 +121,42 @@ def score_width(model, structure, cfg: PruneConfig, calib, progress: bool = True
     return out
 
 
-def plan(scores: Scores, cfg: PruneConfig) -> Plan:
-    """Cheap and pure: which units go under ``cfg``'s budget and strategy."""
+def plan(scores: Scores, cfg: PruneConfig, model: nn.Module | None = None) -> Plan:
+    """Cheap and pure: which units go under ``cfg``'s budget and strategy.
+
+    Fine-grained plans simulate Prune(f) on the model's graph: ``model`` (any weights; a
+    CNN must be given) or, for LLMs, a skeleton built from the config in ``scores``."""
+    if cfg.fine:
+        return _fine_plan(scores, cfg, model)
     return make_plan(scores, cfg)
 
 
-def plan_units(model: nn.Module, unit_ids: list[str]) -> Plan:
-    """A hand-made plan removing exactly these depth units, e.g. ``["block:3", "mlp:7"]``."""
+def _fine_plan(scores: Scores, cfg: PruneConfig, model: nn.Module | None) -> Plan:
+    from depthcut.io import build_from_config
+    from depthcut.planning.fine import select_fine
+    from depthcut.units.fine_model import FineModel
+
+    shape = scores.model.get("example_shape")
+    if model is None and shape is not None:
+        from depthcut.errors import ConfigError
+
+        raise ConfigError("planning fine-grained units of a CNN needs the model: plan(..., model=)")
+    model = model if model is not None else build_from_config(scores.model["config"])
+    example = None if shape is None else torch.zeros(shape)
+    target = budget_target(scores.model, cfg)
+    actions = select_fine(FineModel(model, example), scores, cfg, target)
+    run = {"config": cfg.to_dict(), "metric": scores.metric, "target_params": target}
+    return Plan(actions, scores.model, run)
+
+
+def plan_units(model: nn.Module, unit_ids: list[str], example: torch.Tensor | None = None) -> Plan:
+    """A hand-made plan removing exactly these depth units, e.g. ``["block:3", "mlp:7"]``, or
+    these fine-grained units by module path (CNNs: with an ``example`` input)."""
     from depthcut.errors import ConfigError
     from depthcut.planning.plan import Action
 
+    if unit_ids and all(":" not in uid for uid in unit_ids):
+        return _plan_fine_paths(model, unit_ids, example)
     structure = discover_structure(model)
     kinds = tuple(sorted({uid.split(":")[0] for uid in unit_ids}))
     units = {u.id: u for u in discover_units(model, structure, kinds)} if kinds else {}
@@ -117,6 +166,42 @@ def plan_units(model: nn.Module, unit_ids: list[str]) -> Plan:
     chosen = [units[uid] for uid in unit_ids]
     actions = [Action(u.kind, u.block, u.path, u.params) for u in chosen]
     return Plan(actions, describe(model, structure), {"strategy": "manual"})
+
+
+def _plan_fine_paths(model: nn.Module, paths: list[str], example=None) -> Plan:
+    """A hand-made fine-grained plan: Prune(f) of these module paths, in order (channels for
+    reconciliation by weight magnitude of their group, no calibration data)."""
+    from depthcut.planning.plan import Action
+    from depthcut.units.fine import UnitRefused
+    from depthcut.units.fine_model import FineModel, magnitude_channels
+
+    fm = FineModel(model, example)
+    by_path = {u.path: u for u in fm.units()}
+    for root in fm.roots:
+        for u in fm.local_units(include_excluded=True):
+            if u.reason and root.full(u.module) in paths:
+                raise UnitRefused(f"{root.full(u.module)}: cannot be pruned: it {u.reason}")
+    missing = [p for p in paths if p not in by_path]
+    if missing:
+        from depthcut.errors import ConfigError
+
+        raise ConfigError(f"no such fine units {missing}; e.g. {next(iter(by_path))}")
+    states, actions = {}, []
+    for path in paths:
+        root, local = fm.local(by_path[path])
+        state = states.setdefault(root.index, fm.new_state())
+        before = fm.params(root, state)
+        channel = magnitude_channels(fm.graph, fm.module(root))
+        labels = state.prune(local.node, scores=channel)
+        delta = before - fm.params(root, state)
+        actions.append(Action("fine", root.index, path, delta, None, tuple(labels)))
+    if example is not None:
+        from depthcut.units.fine_model import describe_cnn
+
+        info = describe_cnn(model, example)
+    else:
+        info = describe(model, discover_structure(model))
+    return Plan(actions, info, {"strategy": "manual"})
 
 
 def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
@@ -130,5 +215,13 @@ def prune(
 ) -> tuple[nn.Module, Plan, Scores]:
     """score, plan and apply in one call."""
     scores = score(model, cfg, calib, progress)
-    the_plan = make_plan(scores, cfg)
+    the_plan = plan(scores, cfg, model)
     return apply_plan(model, the_plan), the_plan, scores
+
+
+def fine_units(model: nn.Module, example: torch.Tensor | None = None) -> list:
+    """Every fine-grained unit (attention regions, single Linear/Conv layers) of ``model``;
+    CNNs need an ``example`` input."""
+    from depthcut.units.fine_model import FineModel
+
+    return FineModel(model, example).units()

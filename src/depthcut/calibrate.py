@@ -9,8 +9,8 @@ reported in full-forward equivalents.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from contextlib import nullcontext
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,8 +58,10 @@ class BlockCache:
         structure: ModelStructure,
         calib: CalibData,
         progress: bool = True,
+        backward: bool = False,
     ):
         self.model = model
+        self.backward = backward  # also accumulate LM-loss gradients (Taylor) in the pass
         self.structure = structure
         modules = dict(model.named_modules())
         self.blocks = [modules[b.path] for b in structure.blocks]
@@ -68,8 +70,9 @@ class BlockCache:
         self.tail_cost = unique_params(self.tail)
         self.batches = calib.batches()
         self.removed: list[Unit] = []
-        self.block_runs = 0
+        self.block_runs = 0.0
         self.tail_runs = 0
+        self.scale: dict[int, float] = {}  # cost of a swapped-in (pruned) block, as a fraction
         self.progress = progress
         # inputs[i][b]: input of block i for batch b; inputs[L][b]: output of the last block
         self.inputs: list[list[torch.Tensor]] = [[] for _ in range(len(self.blocks) + 1)]
@@ -112,19 +115,42 @@ class BlockCache:
             for i, block in enumerate(self.blocks):
                 handles.append(block.register_forward_pre_hook(pre(i), with_kwargs=True))
             handles.append(self.blocks[-1].register_forward_hook(post, with_kwargs=True))
-            with torch.no_grad():
-                for batch in tqdm(self.batches, desc="calibrate", disable=not self.progress):
-                    self.model(**batch, use_cache=False)
+            for batch in tqdm(self.batches, desc="calibrate", disable=not self.progress):
+                self._forward(batch)
         finally:
             for handle in handles:
                 handle.remove()
-        self.block_runs += self.num_blocks * len(self.batches)
-        self.tail_runs += len(self.batches)
+        passes = 3 if self.backward else 1  # a backward pass costs about two forwards
+        self.block_runs += passes * self.num_blocks * len(self.batches)
+        self.tail_runs += passes * len(self.batches)
+
+    def _forward(self, batch: dict) -> None:
+        if not self.backward:
+            with torch.no_grad():
+                self.model(**batch, use_cache=False)
+            return
+        from depthcut.recover.losses import lm_loss
+
+        with torch.enable_grad():
+            logits = self.model(**batch, use_cache=False).logits
+            lm_loss(logits, batch["input_ids"], batch["attention_mask"]).backward()
+
+    @contextmanager
+    def swapped(self, i: int, block: nn.Module, scale: float = 1.0) -> Iterator[None]:
+        """Within the context, block ``i`` runs as ``block`` (costing ``scale`` of a block);
+        the model itself is not changed."""
+        original = self.blocks[i]
+        self.blocks[i], self.scale[i] = block, scale
+        try:
+            yield
+        finally:
+            self.blocks[i] = original
+            self.scale.pop(i, None)
 
     def run_block(self, i: int, b: int, hidden: torch.Tensor | None = None) -> torch.Tensor:
         """Output hidden state of block ``i`` on batch ``b`` (cached input unless given)."""
         hidden = self.inputs[i][b] if hidden is None else hidden
-        self.block_runs += 1
+        self.block_runs += self.scale.get(i, 1.0)
         with torch.no_grad():
             return output_tensor(self.calls[i][b].run(self.blocks[i], hidden))
 

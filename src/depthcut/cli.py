@@ -11,9 +11,26 @@ from depthcut.errors import DepthcutError
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--units", default="block", help="comma list of block,attention,mlp,head,neuron")
-    p.add_argument("--importance", default="bi", help="bi, angular, gromov, kl, ce, ppl")
-    p.add_argument("--strategy", default="ranked", help="ranked, contiguous, iterative")
+    p.add_argument(
+        "--units",
+        default="block",
+        help="comma list of block,attention,mlp,head,neuron; or 'fine' (attention regions and "
+        "single Linear layers, thesis Chapter 3)",
+    )
+    p.add_argument(
+        "--importance",
+        default="bi",
+        help="bi, angular, gromov, kl, ce, ppl; fine: angular, bi, taylor, kl",
+    )
+    p.add_argument(
+        "--strategy",
+        default=None,
+        help="ranked (default), contiguous, iterative; fine: interleave (default, Algorithm 8), "
+        "unified, ranked, iterative",
+    )
+    p.add_argument(
+        "--order", default="ascending", help="fine: ascending, descending or random (ablation)"
+    )
     p.add_argument("--budget", default="params=0.25", help="params=F[:non_embedding] or count=N")
     p.add_argument("--protect-first", type=int, default=1)
     p.add_argument("--protect-last", type=int, default=1)
@@ -89,11 +106,13 @@ def comma_list(text: str) -> tuple[str, ...]:
 def make_config(args: argparse.Namespace):
     from depthcut.config import Budget, PruneConfig
 
+    units = comma_list(args.units)
     return PruneConfig(
-        units=comma_list(args.units),
+        units=units,
         importance=args.importance,
         budget=Budget.parse(args.budget),
-        strategy=args.strategy,
+        strategy=args.strategy or ("interleave" if "fine" in units else "ranked"),
+        order=args.order,
         protect_first=args.protect_first,
         protect_last=args.protect_last,
         tokens=args.tokens,

@@ -12,8 +12,10 @@ from depthcut.errors import ConfigError
 CONFIG_VERSION = 1
 DEPTH_KINDS = ("block", "attention", "mlp")
 WIDTH_KINDS = ("head", "neuron")
-UNIT_KINDS = DEPTH_KINDS + WIDTH_KINDS
-STRATEGIES = ("ranked", "contiguous", "iterative")
+UNIT_KINDS = DEPTH_KINDS + WIDTH_KINDS + ("fine",)
+STRATEGIES = ("ranked", "contiguous", "iterative", "interleave", "unified")
+FINE_METRICS = ("angular", "bi", "taylor", "kl", "ce")
+ORDERS = ("ascending", "descending", "random")
 TOKEN_SETS = ("all", "last")
 PARAM_COUNTS = ("all", "non_embedding")
 
@@ -97,6 +99,12 @@ class PruneConfig:
     tau: float = 0.01
     width_steps: int = 1
     width_scope: str = "global"
+    order: str = "ascending"
+
+    @property
+    def fine(self) -> bool:
+        """Fine-grained depth units (thesis Chapter 3): attention regions and single layers."""
+        return "fine" in self.units
 
     @property
     def depth_units(self) -> tuple[str, ...]:
@@ -118,6 +126,11 @@ class PruneConfig:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy {self.strategy!r} unknown; choose from {STRATEGIES}")
         self._check_width()
+        if self.fine:
+            self._check_fine()
+            return
+        if self.strategy in ("interleave", "unified"):
+            raise ConfigError(f"strategy {self.strategy!r} is for units='fine'")
         if self.strategy == "contiguous" and self.depth_units not in ((), ("block",)):
             raise ConfigError("strategy 'contiguous' removes block spans: use units=('block',)")
         if self.tokens not in TOKEN_SETS:
@@ -127,6 +140,22 @@ class PruneConfig:
         from depthcut.importance.registry import get_importance
 
         get_importance(self.importance)  # raises with the list of known names
+
+    def _check_fine(self) -> None:
+        if self.units != ("fine",):
+            raise ConfigError("units 'fine' cannot be mixed with other unit kinds")
+        if self.importance not in FINE_METRICS:
+            raise ConfigError(
+                f"fine units: importance {self.importance!r}; use one of {FINE_METRICS}"
+            )
+        if self.strategy == "contiguous":
+            raise ConfigError("fine units: use strategy interleave, unified, ranked or iterative")
+        if self.tokens not in TOKEN_SETS:
+            raise ConfigError(f"tokens {self.tokens!r}; choose one of {TOKEN_SETS}")
+        if self.order not in ORDERS:
+            raise ConfigError(f"order {self.order!r}; choose one of {ORDERS}")
+        if self.protect_first < 0 or self.protect_last < 0:
+            raise ConfigError("protect_first/protect_last must be >= 0")
 
     def _check_width(self) -> None:
         from depthcut.width.importance import WIDTH_METRICS

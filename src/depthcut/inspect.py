@@ -30,7 +30,16 @@ def inspect_text(model: nn.Module) -> str:
         f"{'unit':<14} {'module':<36} {'params':>12}",
     ]
     lines += [f"{u.id:<14} {u.path:<36} {u.params:>12,}" for u in units if u.block == 0]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n" + _fine_text(model)
+
+
+def _fine_text(model: nn.Module) -> str:
+    from depthcut.errors import DepthcutError
+
+    try:
+        return search_space_text(model)
+    except DepthcutError as err:
+        return f"fine-grained: not available ({err})"
 
 
 def _has(structure, kind: str) -> bool:
@@ -51,3 +60,40 @@ def _width_line(model, structure) -> str:
             continue
         parts.append(f"{sum(w.size for w in layers)} {label}")
     return "width: " + ", ".join(parts)
+
+
+def search_space_text(model: nn.Module, example=None) -> str:
+    """The fine-grained search space vs coarse ones (thesis Tables 4.2 / 4.4)."""
+    from depthcut.units.fine_model import FineModel
+
+    fm = FineModel(model, example)
+    local = fm.local_units(include_excluded=True)
+    kept = [u for u in local if u.reason is None]
+    n = len(fm.roots)
+    g = fm.graph
+    same = [u for u in kept if _widths(g, u)[0] == _widths(g, u)[1]]
+    counts = Counter(u.kind for u in kept)
+    lines = ["fine-grained search space:"]
+    if example is None:
+        lines.append(
+            f"  blocks {n} | sublayers {2 * n} | fine units {n * len(kept)} "
+            f"({', '.join(f'{n * c} {k}' for k, c in sorted(counts.items()))})"
+        )
+        lines.append("  per block: " + ", ".join(f"{u.module} ({u.kind})" for u in kept))
+    else:
+        gain = (len(kept) - len(same)) / max(len(same), 1)
+        lines.append(
+            f"  layers {len(local)} | width-preserving (coarse-prunable) {len(same)} | "
+            f"fine units {len(kept)} (+{gain:.0%}: channel-changing layers made prunable)"
+        )
+    for u in local:
+        if u.reason:
+            lines.append(f"  excluded {u.module}: {u.reason}")
+    return "\n".join(lines)
+
+
+def _widths(graph, unit) -> tuple[int, int]:
+    node = graph.nodes[unit.node]
+    return graph.sizes[graph.spaces.find(node.extra["in"])], graph.sizes[
+        graph.spaces.find(node.extra["out"])
+    ]

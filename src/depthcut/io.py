@@ -112,18 +112,14 @@ def save(
 
 def load(path: str | Path, with_tokenizer: bool = True):
     """(model, tokenizer or None) from a directory written by :func:`save`."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from depthcut.surgery.actions import apply_plan
 
     path = Path(path)
     meta = read_meta(path)
     plans = [Plan.from_dict(p) for p in meta["plans"]]
-    base = dict(plans[0].model["config"])
-    config = AutoConfig.for_model(base.pop("model_type"), **base)
-    cls = _model_class(config, AutoModelForCausalLM)
-    build = getattr(cls, "from_config", None) or cls._from_config
-    model = build(config, dtype=torch.float32)
+    model = build_from_config(plans[0].model["config"])
     for plan in plans:
         apply_plan(model, plan, inplace=True)
     if meta.get("quantization"):
@@ -134,6 +130,17 @@ def load(path: str | Path, with_tokenizer: bool = True):
     has_tok = with_tokenizer and (path / "tokenizer_config.json").exists()
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True) if has_tok else None
     return model, tok
+
+
+def build_from_config(config_dict: dict) -> nn.Module:
+    """A randomly initialised model of the architecture a plan was made for."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    base = dict(config_dict)
+    config = AutoConfig.for_model(base.pop("model_type"), **base)
+    cls = _model_class(config, AutoModelForCausalLM)
+    build = getattr(cls, "from_config", None) or cls._from_config
+    return build(config, dtype=torch.float32)
 
 
 def read_meta(path: str | Path) -> dict:

@@ -31,7 +31,7 @@ def prune_to_dir(model_name: str, recipe: Recipe, args, settings=None) -> Path:
     if recipe.steps > 1 or recipe.recover is not None:
         return _iterative(model, tok, recipe, calib, args, settings)
     scores = score(model, cfg, calib)
-    the_plan = plan(scores, cfg)
+    the_plan = plan(scores, cfg, model)
     print(the_plan.summary())
     pruned = apply(model, the_plan)
     if settings is not None:

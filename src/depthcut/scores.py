@@ -27,6 +27,7 @@ class Scores:
     cost: dict[str, float] = field(default_factory=dict)
     version: int = SCORES_VERSION
     width: dict[str, Any] | None = None  # kind -> {"layers": {id: info}, "scores": {id: [..]}}
+    fine: dict[str, Any] | None = None  # channel Taylor scores, params removed alone, sequence
 
     def unit(self, unit_id: str) -> Unit:
         return next(u for u in self.units if u.id == unit_id)
@@ -43,6 +44,7 @@ class Scores:
             "config": self.config,
             "cost": self.cost,
             "width": self.width,
+            "fine": self.fine,
         }
 
     def save(self, path: str | Path) -> None:
@@ -64,6 +66,7 @@ class Scores:
             data.get("cost", {}),
             data["version"],
             data.get("width"),
+            data.get("fine"),
         )
 
     @classmethod

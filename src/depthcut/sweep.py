@@ -22,6 +22,9 @@ METHODS: dict[str, dict] = {
     "gromov": {"units": ("block",), "importance": "gromov", "strategy": "contiguous"},
     "iterative": {"units": ("block",), "importance": "bi", "strategy": "iterative"},
     "sublayer": {"units": ("attention", "mlp"), "importance": "angular", "strategy": "ranked"},
+    "fine": {"units": ("fine",), "importance": "angular", "strategy": "interleave"},
+    "fine_unified": {"units": ("fine",), "importance": "angular", "strategy": "unified"},
+    "fine_iterative": {"units": ("fine",), "importance": "angular", "strategy": "iterative"},
 }
 SWEEP_VERSION = 1
 
@@ -125,7 +128,7 @@ def run_sweep(
             continue
         scores = _method_scores(model, calib, cfg, method, out)
         for budget in pending:
-            the_plan = plan(scores, cfg.prune_config(method, budget))
+            the_plan = plan(scores, cfg.prune_config(method, budget), model)
             pruned = apply(model, the_plan)
             counts = param_counts(pruned)
             point = {

@@ -13,7 +13,9 @@ PLAN_VERSION = 1
 @dataclass(frozen=True)
 class Action:
     """Remove ``kind`` at original block index ``block``: a whole "block", "attention" or
-    "mlp" sublayer, or the units ``indices`` of a "head" (KV-group) or "neuron" width layer."""
+    "mlp" sublayer, or the units ``indices`` of a "head" (KV-group) or "neuron" width layer.
+    A "fine" action is Prune(f) of the module at ``path``; ``indices`` are then the channels
+    its dimension reconciliation removed (replayed exactly on load)."""
 
     kind: str
     block: int
@@ -24,7 +26,7 @@ class Action:
 
     @property
     def unit_id(self) -> str:
-        return f"{self.kind}:{self.block}"
+        return self.path if self.kind == "fine" else f"{self.kind}:{self.block}"
 
 
 @dataclass
@@ -82,8 +84,12 @@ class Plan:
         lines = [f"{'#':>3}  {'unit':<14} {'module':<34} {'params':>12}  {'score':>10}"]
         for n, a in enumerate(self.actions):
             score = "" if a.score is None else f"{a.score:.5f}"
-            unit = a.unit_id if a.indices is None else f"{a.unit_id} ×{len(a.indices)}"
-            lines.append(f"{n:>3}  {unit:<14} {a.path:<34} {a.params:>12,}  {score:>10}")
+            if a.kind == "fine":  # Prune(f): R = channels removed to reconcile dimensions
+                unit, what = "fine", a.path + (f" (R={len(a.indices)})" if a.indices else "")
+            else:
+                unit = a.unit_id if a.indices is None else f"{a.unit_id} ×{len(a.indices)}"
+                what = a.path
+            lines.append(f"{n:>3}  {unit:<14} {what:<34} {a.params:>12,}  {score:>10}")
         total, non_emb = self.model["params_all"], self.model["params_non_embedding"]
         lines.append(
             f"removed {self.removed_params:,} params = {self.fraction('all'):.1%} of all "

@@ -23,7 +23,7 @@ def step_config(cfg: PruneConfig, base: dict, model: nn.Module, step: int, steps
     missing to ``step/steps`` of the budget (of the original model); width fractions are the
     per-step share ``1 - (1 - f)^(1/steps)`` of what is left, so k steps reach ``f``."""
     changes = {}
-    if cfg.depth_units:
+    if cfg.depth_units or cfg.fine:
         goal = round(cfg.budget.target(base["all"], base["non_embedding"]) * step / steps)
         missing = goal - (base["all"] - count_params(model))
         if missing <= 0:
@@ -57,6 +57,11 @@ def prune_recover_loop(
 
     if steps < 1:
         raise ConfigError(f"steps={steps} must be >= 1")
+    if cfg.fine and steps > 1:
+        raise ConfigError(
+            "units 'fine' with steps > 1: after one round the blocks are no longer uniform, "
+            "so the shared block graph does not apply; use steps=1 (with recovery)"
+        )
     counts = param_counts(model)
     base = {"all": counts["params_all"], "non_embedding": counts["params_non_embedding"]}
     history = [{"step": 0, **counts, "ppl_pruned": evaluate(model), "ppl_recovered": None}]
@@ -65,7 +70,7 @@ def prune_recover_loop(
         step_cfg = step_config(cfg, base, current, step, steps)
         if step_cfg is None:
             continue
-        the_plan = plan(score(current, step_cfg, calib, progress), step_cfg)
+        the_plan = plan(score(current, step_cfg, calib, progress), step_cfg, current)
         current = apply(current, the_plan)
         plans.append(the_plan)
         row = {"step": step, **param_counts(current), "ppl_pruned": evaluate(current)}

@@ -11,15 +11,25 @@ from depthcut.scores import Scores
 from depthcut.units.discover import KIND_ORDER
 
 
+def row_of(kind: str, block: int, path: str) -> str:
+    """Heatmap row: the unit kind, or for fine-grained units the module inside the block."""
+    if not kind.startswith("fine"):
+        return kind
+    return path.split(f".{block}.", 1)[-1] if block >= 0 else path
+
+
 def score_grid(scores: Scores) -> tuple[list[str], np.ndarray]:
-    """(row kinds, [kinds, blocks] array with NaN where a unit was not scored)."""
-    kinds = sorted({u.kind for u in scores.units}, key=KIND_ORDER.get)
-    grid = np.full((len(kinds), scores.model["num_blocks"]), np.nan)
+    """(row labels, [rows, blocks] array with NaN where a unit was not scored)."""
+    rows: list[str] = []
+    for u in sorted(scores.units, key=lambda u: (KIND_ORDER.get(u.kind, 9), u.path)):
+        if row_of(u.kind, u.block, u.path) not in rows:
+            rows.append(row_of(u.kind, u.block, u.path))
+    grid = np.full((len(rows), max(scores.model["num_blocks"], 1)), np.nan)
     for unit in scores.units:
         value = scores.unit_scores.get(unit.id)
         if value is not None:
-            grid[kinds.index(unit.kind), unit.block] = value
-    return kinds, grid
+            grid[rows.index(row_of(unit.kind, unit.block, unit.path)), max(unit.block, 0)] = value
+    return rows, grid
 
 
 def plot_heatmap(scores: Scores, plan: Plan | None, path: str | Path) -> Path:
@@ -40,9 +50,10 @@ def plot_heatmap(scores: Scores, plan: Plan | None, path: str | Path) -> Path:
     ax.set_title(f"{scores.metric} importance (low = pruned first); x = removed")
     fig.colorbar(image, ax=ax, fraction=0.03)
     for action in plan.actions if plan else []:
-        if action.kind not in kinds and action.kind != "block":
+        label = row_of(action.kind, action.block, action.path)
+        if label not in kinds and action.kind != "block":
             continue  # width actions are listed in report.md
-        rows = range(len(kinds)) if action.kind == "block" else [kinds.index(action.kind)]
+        rows = range(len(kinds)) if action.kind == "block" else [kinds.index(label)]
         for row in rows:
             ax.text(action.block, row, "x", ha="center", va="center", color="red", fontsize=12)
     fig.tight_layout()

@@ -8,6 +8,7 @@ from typing import Any
 
 from depthcut.planning.plan import Plan
 from depthcut.report.heatmap import plot_heatmap
+from depthcut.report.structure import fine_structure, plot_structure, structure_markdown
 from depthcut.scores import Scores
 
 
@@ -57,6 +58,7 @@ def write_report(
     scores: Scores | None = None,
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
+    model=None,
 ) -> dict[str, Path]:
     out = Path(out_dir)
     paths = {"json": out / "report.json", "md": out / "report.md"}
@@ -68,9 +70,30 @@ def write_report(
             "cost": scores.cost,
         }
         paths["png"] = plot_heatmap(scores, plan, out / "importance.png")
+    structure = _structure(plan, model)
+    if structure is not None:
+        data["structure"] = structure
+        paths["structure"] = plot_structure(structure, out / "structure.png")
     paths["json"].write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    paths["md"].write_text(markdown(plan, scores, before, after))
+    text = markdown(plan, scores, before, after)
+    if structure is not None:
+        text += "\n## Pruned structure\n\n" + structure_markdown(structure)
+        text += "\n\n![structure](structure.png)\n"
+    paths["md"].write_text(text)
     return paths
+
+
+def _structure(plan: Plan, model) -> dict | None:
+    """Per-block unit status of a fine-grained plan (LLMs: on a skeleton from the config)."""
+    if not any(a.kind == "fine" for a in plan.actions):
+        return None
+    if model is None:
+        if plan.model.get("example_shape") is not None:
+            return None
+        from depthcut.io import build_from_config
+
+        model = build_from_config(plan.model["config"])
+    return fine_structure(model, plan)
 
 
 def markdown(plan: Plan, scores, before, after) -> str:

@@ -79,6 +79,8 @@ def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module
     """The model with the plan's units physically removed and its config synced."""
     if not inplace:
         model = copy.deepcopy(model)
+    if any(a.kind == "fine" for a in plan.actions):
+        return _apply_fine(model, plan)
     structure = discover_structure(model)
     check_plan_fits(model, structure, plan)
     drop = set(plan.removed_blocks)
@@ -91,3 +93,16 @@ def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module
         sync_config(model.config, kept, structure.num_blocks)
     renumber_layer_idx(model.get_submodule(structure.blocks_path))
     return model
+
+
+def _apply_fine(model: nn.Module, plan: Plan) -> nn.Module:
+    from depthcut.units.fine_model import apply_fine_actions
+
+    if any(a.kind != "fine" for a in plan.actions):
+        raise UnsupportedModelError("a plan cannot mix fine-grained and other actions")
+    shape = plan.model.get("example_shape")
+    if shape is None:
+        check_plan_fits(model, discover_structure(model), plan)
+    elif count_params(model) != plan.model["params_all"]:
+        raise UnsupportedModelError("plan was made for a model with a different parameter count")
+    return apply_fine_actions(model, plan.actions, shape)

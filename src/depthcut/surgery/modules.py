@@ -44,3 +44,30 @@ def set_module(root: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     parent = root.get_submodule(parent_path) if parent_path else root
     setattr(parent, name, new)
+
+
+class PatchBranch(ZeroBranch):
+    """A fine-grained stand-in: ``fill`` is "zero" (x + x → x + 0), "one" (x ⊙ x → x ⊙ 1),
+    "pass" (a pruned attention region is identity) or "empty" (a dropped concat copy: a
+    zero-width tensor along ``dim``)."""
+
+    def __init__(self, kind, arity=None, layer_idx=None, fill: str = "zero", dim: int = -1):
+        super().__init__(kind, arity, layer_idx)
+        self.fill = fill
+        self.dim = dim
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)  # keeps the KV-cache bookkeeping
+        hidden = first_tensor(args, kwargs)
+        if self.fill == "one":
+            value = torch.ones_like(hidden)
+        elif self.fill == "pass":
+            value = hidden
+        elif self.fill == "empty":
+            value = hidden.narrow(self.dim, 0, 0)
+        else:
+            return out
+        return value if self.arity is None else (value, *out[1:])
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}: {self.fill}"

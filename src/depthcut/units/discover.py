@@ -9,6 +9,7 @@ from torch import nn
 from depthcut.graph.structure import ModelStructure, require_sublayer
 
 KIND_ORDER = {"block": 0, "attention": 1, "mlp": 2}
+KIND_ORDER |= {"fine.attention": 1, "fine.linear": 2, "fine.conv": 2}
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,11 @@ class Unit:
 
     @property
     def id(self) -> str:
-        return f"{self.kind}:{self.block}"
+        """``block:3``, ``mlp:7``; fine-grained units by module path."""
+        return self.path if self.kind.startswith("fine.") else f"{self.kind}:{self.block}"
 
-    def sort_key(self) -> tuple[int, int]:
-        return (self.block, KIND_ORDER[self.kind])
+    def sort_key(self) -> tuple[int, int, str]:
+        return (self.block, KIND_ORDER[self.kind], self.path)
 
 
 def unique_params(modules: list[nn.Module]) -> int:

@@ -1,0 +1,124 @@
+"""Selecting fine-grained units under a parameter target (thesis §3.4 and beyond).
+
+* ``interleave`` (Algorithm 8): non-attention and attention units ranked separately, taken in
+  the pattern non-attention, attention, non-attention (2:1) until the target.
+* ``unified``: one ranking of every unit by importance per parameter it removes (depthcut's
+  answer to mixing unit kinds whose scores are not comparable per unit).
+* ``ranked``: one ranking by raw importance.
+* ``iterative``: the greedy sequence recorded while scoring (re-scored after every cut).
+* ``order``: ascending (least important first, the method), descending or random — the
+  thesis' ordering ablation (Table 4.5).
+
+Each pick is Prune(f) on the block's current state: the parameters it removes (reconciliation
+included) are measured on that state, and a refused unit (frozen space) is skipped.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+from depthcut.errors import ConfigError
+from depthcut.importance.fine import channel_from_json
+from depthcut.planning.plan import Action
+from depthcut.units.discover import Unit
+from depthcut.units.fine import UnitRefused
+from depthcut.units.fine_model import FineModel
+
+ORDERS = ("ascending", "descending", "random")
+FINE_STRATEGIES = ("interleave", "unified", "ranked", "iterative")
+
+
+def ordered(units: list[Unit], key, order: str, seed: int = 0) -> list[Unit]:
+    if order == "random":
+        out = sorted(units, key=Unit.sort_key)
+        random.Random(seed).shuffle(out)
+        return out
+    return sorted(units, key=lambda u: (key(u), u.sort_key()), reverse=order == "descending")
+
+
+def interleave(non_attention: list[Unit], attention: list[Unit]) -> Iterator[Unit]:
+    """Algorithm 8's 2:1 pattern; when one list runs out the other continues."""
+    a, b, k = list(non_attention), list(attention), 0
+    while a or b:
+        want_b = k % 3 == 1
+        source = (b if b else a) if want_b else (a if a else b)
+        k += 1
+        yield source.pop(0)
+
+
+def candidates(units: list[Unit], scores, cfg) -> Iterator[Unit]:
+    fine = scores.fine or {}
+    value = scores.unit_scores
+    if cfg.strategy == "iterative":
+        by_id = {u.id: u for u in units}
+        yield from (by_id[s["unit"]] for s in fine.get("sequence", []) if s["unit"] in by_id)
+        return
+    if cfg.strategy == "unified":
+        alone = fine.get("alone", {})
+        yield from ordered(
+            units, lambda u: value[u.id] / max(alone.get(u.id, 1), 1), cfg.order, cfg.seed
+        )
+        return
+    if cfg.strategy == "ranked":
+        yield from ordered(units, lambda u: value[u.id], cfg.order, cfg.seed)
+        return
+    attn = [u for u in units if u.kind == "fine.attention"]
+    rest = [u for u in units if u.kind != "fine.attention"]
+    key = lambda u: value[u.id]  # noqa: E731
+    yield from interleave(
+        ordered(rest, key, cfg.order, cfg.seed), ordered(attn, key, cfg.order, cfg.seed)
+    )
+
+
+def allowed(units: list[Unit], scores, cfg, num_blocks: int) -> list[Unit]:
+    last = num_blocks - cfg.protect_last
+    out = [u for u in units if u.id in scores.unit_scores]
+    if num_blocks > 1:
+        out = [u for u in out if cfg.protect_first <= u.block < last]
+    return out
+
+
+def select_fine(fm: FineModel, scores, cfg, target: int) -> list[Action]:
+    """Actions (in pruning order) that remove at least ``target`` parameters."""
+    if not scores.fine:
+        raise ConfigError("these scores have no fine-grained data; score with units='fine'")
+    channel = channel_from_json(scores.fine["channel"], fm.graph)
+    states = {r.index: fm.new_state() for r in fm.roots}
+    pool = allowed(scores.units, scores, cfg, len(fm.roots))
+    actions, removed = [], 0
+    for unit in candidates(pool, scores, cfg):
+        if removed >= target:
+            break
+        root, local = fm.local(unit)
+        state = states[root.index].copy()
+        before = fm.params(root, state)
+        try:
+            labels = state.prune(local.node, scores=channel.get(root.index))
+        except UnitRefused:
+            continue
+        delta = before - fm.params(root, state)
+        states[root.index] = state
+        removed += delta
+        score = scores.unit_scores.get(unit.id)
+        actions.append(Action("fine", root.index, unit.path, delta, score, tuple(labels)))
+    return actions
+
+
+def ordering_ablation(model, scores, cfg, evaluate) -> dict[str, dict]:
+    """Thesis Table 4.5: the same scores and budget, units taken least important first
+    (ascending, the method), most important first or in random order; ``evaluate(pruned)``
+    (e.g. perplexity) for each order."""
+    import dataclasses
+
+    from depthcut.api import apply, plan
+
+    out = {}
+    for order in ORDERS:
+        the_plan = plan(scores, dataclasses.replace(cfg, order=order), model)
+        out[order] = {
+            "fraction": the_plan.fraction(),
+            "value": evaluate(apply(model, the_plan)),
+            "units": [a.path for a in the_plan.actions],
+        }
+    return out

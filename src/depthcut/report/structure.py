@@ -1,0 +1,97 @@
+"""The pruned structure per block (thesis Figure 4.3): each unit kept, narrowed, identity,
+or patched to 0 / 1 / an empty concat copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from depthcut.planning.plan import Plan
+
+STATUS = ("kept", "narrowed", "identity", "patched 0", "patched 1", "dropped copy")
+COLORS = ("#2e7d32", "#9ccc65", "#fbc02d", "#c62828", "#6a1b9a", "#1565c0")
+FILLS = {"zero": "patched 0", "one": "patched 1", "empty": "dropped copy"}
+
+
+def fine_structure(model: nn.Module, plan: Plan) -> dict:
+    """{"rows": unit modules, "blocks": indices, "status": [row][block] labels}."""
+    import torch
+
+    from depthcut.units.fine_model import FineModel, Unit
+    from depthcut.units.fine_patch import patches_of
+
+    shape = plan.model.get("example_shape")
+    fm = FineModel(model, torch.zeros(shape) if shape else None)
+    local = fm.local_units()
+    states = {r.index: fm.new_state() for r in fm.roots}
+    for a in plan.actions:
+        root, unit = fm.local(Unit("fine.linear", a.block, a.path, (a.path,), a.params))
+        states[root.index].prune(unit.node, labels=list(a.indices) if a.indices else None)
+    status = [
+        [_status(fm, r, states[r.index], u, patches_of(states[r.index])) for r in fm.roots]
+        for u in local
+    ]
+    return {
+        "rows": [u.module for u in local],
+        "blocks": [r.index for r in fm.roots],
+        "status": status,
+    }
+
+
+def _status(fm, root, state, unit, patches) -> str:
+    for patch in patches:
+        if unit.module == patch.module or unit.module.startswith(patch.module + "."):
+            return FILLS[patch.fill]
+    if unit.node in state.pruned:
+        return "identity"
+    full = sum(p.numel() for p in fm.module(root).get_submodule(unit.module).parameters())
+    dims = _kept_params(fm, root, state, unit)
+    return "narrowed" if dims < full else "kept"
+
+
+def _kept_params(fm, root, state, unit) -> int:
+    from depthcut.surgery.fine import _sliced_numel
+    from depthcut.units.fine import param_dims
+
+    node = fm.graph.nodes[unit.node]
+    module = fm.module(root).get_submodule(unit.module)
+    return sum(
+        _sliced_numel(p, param_dims(fm.graph, node, n, p, module), state, set(), node)
+        for n, p in module.named_parameters()
+    )
+
+
+def structure_markdown(data: dict) -> str:
+    short = {"kept": "·", "narrowed": "n", "identity": "I", "patched 0": "0", "patched 1": "1"}
+    short["dropped copy"] = "∅"
+    head = "| unit | " + " | ".join(str(b) for b in data["blocks"]) + " |"
+    lines = [head, "|---|" + "---|" * len(data["blocks"])]
+    for row, values in zip(data["rows"], data["status"]):
+        lines.append(f"| {row} | " + " | ".join(short[v] for v in values) + " |")
+    legend = ", ".join(f"{v} {k}" for k, v in short.items())
+    return "\n".join(lines + ["", f"Legend: {legend}."])
+
+
+def plot_structure(data: dict, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    grid = [[STATUS.index(v) for v in row] for row in data["status"]]
+    cols = len(data["blocks"])
+    fig, ax = plt.subplots(figsize=(max(6, cols * 0.35 + 2), 1.4 + 0.45 * len(grid)))
+    ax.imshow(grid, aspect="auto", cmap=ListedColormap(COLORS), vmin=0, vmax=len(STATUS) - 1)
+    ax.set_yticks(range(len(data["rows"])), data["rows"])
+    ax.set_xticks(range(cols), [str(b) for b in data["blocks"]])
+    ax.set_xlabel("block")
+    ax.set_title("pruned structure (thesis Fig. 4.3)")
+    handles = [Patch(color=c, label=s) for s, c in zip(STATUS, COLORS)]
+    ax.legend(handles=handles, bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

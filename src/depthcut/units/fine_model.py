@@ -1,0 +1,177 @@
+"""Fine-grained units of a whole model: one graph per repeated block (LLMs) or one graph of
+the whole network (CNNs), and the per-root states that plans replay.
+
+LLMs: the first block is exported on the arguments the model really passes it (probe forward),
+and its graph is reused for every block of the same class and parameter shapes — the thesis'
+per-layer search space (Llama: attention, gate, up, down = 4 units per block). CNNs (no
+repeated block stack, or ``example`` given): the whole model is one graph.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from depthcut.errors import UnsupportedModelError
+from depthcut.graph.export import record_call
+from depthcut.graph.groups import build_graph
+from depthcut.graph.nodes import FineGraph
+from depthcut.graph.structure import discover_structure, probe_inputs
+from depthcut.surgery.fine import materialize, state_params
+from depthcut.units.discover import Unit
+from depthcut.units.fine import FineState, FineUnit, fine_units, param_dims
+
+
+@dataclass(frozen=True)
+class Root:
+    """One graph instance: block ``index`` at ``path`` (index -1, path "" for a whole CNN)."""
+
+    index: int
+    path: str
+
+    def full(self, rel: str) -> str:
+        return f"{self.path}.{rel}" if self.path else rel
+
+
+def _signature(module: nn.Module) -> tuple:
+    return (type(module).__name__, tuple((n, tuple(p.shape)) for n, p in module.named_parameters()))
+
+
+class FineModel:
+    """The graph(s) of ``model`` and its fine-grained units."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor | None = None):
+        self.model = model
+        was_training = model.training
+        model.eval()
+        try:
+            if example is None:
+                self._init_blocks(model)
+            else:
+                self.roots = [Root(-1, "")]
+                self.graph = build_graph(model, (example,))
+        finally:
+            model.train(was_training)
+        self.example_shape = None if example is None else list(example.shape)
+
+    def _init_blocks(self, model: nn.Module) -> None:
+        structure = discover_structure(model)
+        self.structure = structure
+        self.roots = [Root(b.index, b.path) for b in structure.blocks]
+        first = model.get_submodule(self.roots[0].path)
+        sig = _signature(first)
+        for root in self.roots[1:]:
+            if _signature(model.get_submodule(root.path)) != sig:
+                raise UnsupportedModelError(
+                    f"{root.path}: blocks differ in class or parameter shapes from "
+                    f"{self.roots[0].path}; fine-grained pruning shares one block graph "
+                    "(prune a model whose blocks are uniform)"
+                )
+        inputs = probe_inputs(model)
+        args, kwargs = record_call(model, first, lambda: model(**inputs, use_cache=False))
+        self.graph: FineGraph = build_graph(first, args, kwargs)
+
+    def module(self, root: Root) -> nn.Module:
+        return self.model.get_submodule(root.path) if root.path else self.model
+
+    def local_units(self, include_excluded: bool = False) -> list[FineUnit]:
+        return fine_units(self.graph, self.module(self.roots[0]), include_excluded)
+
+    def units(self) -> list[Unit]:
+        """Every unit of every root, as depthcut Units (id = full module path)."""
+        out = []
+        for root in self.roots:
+            for u in self.local_units():
+                out.append(
+                    Unit(
+                        f"fine.{u.kind}",
+                        root.index,
+                        root.full(u.module),
+                        (root.full(u.module),),
+                        u.params,
+                    )
+                )
+        return out
+
+    def local(self, unit: Unit) -> tuple[Root, FineUnit]:
+        root = self.root_of(unit.block)
+        rel = unit.path[len(root.path) + 1 :] if root.path else unit.path
+        local = next((u for u in self.local_units() if u.module == rel), None)
+        if local is None:
+            raise UnsupportedModelError(f"{unit.path}: not a fine-grained unit of this model")
+        return root, local
+
+    def root_of(self, index: int) -> Root:
+        return next(r for r in self.roots if r.index == index)
+
+    def new_state(self) -> FineState:
+        return FineState(self.graph)
+
+    def params(self, root: Root, state: FineState) -> int:
+        return state_params(state, self.module(root))
+
+    def pruned_copy(self, root: Root, state: FineState) -> nn.Module:
+        """A deep copy of the root module with ``state`` realised (the model is untouched)."""
+        return materialize(state, copy.deepcopy(self.module(root)))
+
+    def apply(self, states: dict[int, FineState]) -> nn.Module:
+        """Realise the states on the model in place (each root from its current weights)."""
+        for root in self.roots:
+            state = states.get(root.index)
+            if state is not None and state.pruned:
+                materialize(state, self.module(root))
+        return self.model
+
+
+def describe_cnn(model: nn.Module, example: torch.Tensor) -> dict:
+    """The ``plan.model`` facts of a CNN (no config; the example shape rebuilds its graph)."""
+    total = sum(p.numel() for p in model.parameters())
+    return {
+        "model_type": type(model).__name__,
+        "num_blocks": 1,
+        "params_all": total,
+        "params_non_embedding": total,
+        "config": {},
+        "example_shape": list(example.shape),
+    }
+
+
+def apply_fine_actions(model: nn.Module, actions: list, example_shape: list | None = None):
+    """Replay fine actions (Prune(f) with their recorded channels) and realise them."""
+    example = torch.zeros(example_shape) if example_shape else None
+    fm = FineModel(model, example)
+    states: dict[int, FineState] = {}
+    for action in actions:
+        unit = Unit("fine.linear", action.block, action.path, (action.path,), action.params)
+        root, local = fm.local(unit)
+        state = states.setdefault(root.index, fm.new_state())
+        state.prune(local.node, labels=list(action.indices) if action.indices else None)
+    return fm.apply(states)
+
+
+def channel_sums(graph: FineGraph, root: nn.Module, value) -> dict[tuple, torch.Tensor]:
+    """Per space, per channel label: Σ ``value(p)`` over every parameter slice of that
+    channel (producer rows, consumer columns, norm entries); ``value`` may return None."""
+    out: dict[tuple, torch.Tensor] = {}
+    for node in graph.module_nodes(("transform", "norm")):
+        try:
+            module = root.get_submodule(node.module)
+        except AttributeError:  # inside a patched stand-in
+            continue
+        for name, p in module.named_parameters(recurse=False):
+            t = value(p)
+            if t is None:
+                continue
+            for axis, space in enumerate(param_dims(graph, node, name, p, module)):
+                if space is not None:
+                    other = [d for d in range(t.dim()) if d != axis]
+                    out[space] = out.get(space, 0) + (t.sum(dim=other) if other else t)
+    return out
+
+
+def magnitude_channels(graph: FineGraph, root: nn.Module) -> dict[tuple, torch.Tensor]:
+    """Σ w² per channel: data-free reconciliation for hand-made plans."""
+    return channel_sums(graph, root, lambda p: p.detach().double() ** 2)
