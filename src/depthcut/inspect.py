@@ -81,10 +81,11 @@ def search_space_text(model: nn.Module, example=None) -> str:
         )
         lines.append("  per block: " + ", ".join(f"{u.module} ({u.kind})" for u in kept))
     else:
-        gain = (len(kept) - len(same)) / max(len(same), 1)
+        extra = len(kept) - len(same)
+        gain = f"+{extra / len(same):.0%}" if same else f"+{extra}, coarse finds none"
         lines.append(
             f"  layers {len(local)} | width-preserving (coarse-prunable) {len(same)} | "
-            f"fine units {len(kept)} (+{gain:.0%}: channel-changing layers made prunable)"
+            f"fine units {len(kept)} ({gain}: channel-changing layers made prunable)"
         )
     for u in local:
         if u.reason:

@@ -9,8 +9,37 @@ from torch import nn
 
 from depthcut.planning.plan import Plan
 
-STATUS = ("kept", "narrowed", "identity", "patched 0", "patched 1", "dropped copy")
-COLORS = ("#2e7d32", "#9ccc65", "#fbc02d", "#c62828", "#6a1b9a", "#1565c0")
+STATUS = ("kept", "narrowed", "identity", "patched 0", "patched 1", "dropped copy", "removed")
+COLORS = ("#2e7d32", "#9ccc65", "#fbc02d", "#c62828", "#6a1b9a", "#1565c0", "#424242")
+SUBLAYER_OF = {"head": "attention", "neuron": "mlp"}
+
+
+def plan_structure(plan: Plan, model: nn.Module | None = None) -> dict | None:
+    """Per-block status of every unit: fine-grained plans through their graph (LLMs on a
+    skeleton built from the config when no model is given; None for a CNN without its
+    model), coarse plans as attention / mlp rows."""
+    if not any(a.kind == "fine" for a in plan.actions):
+        return coarse_structure(plan)
+    if model is None:
+        if plan.model.get("example_shape") is not None:
+            return None
+        from depthcut.io import build_from_config
+
+        model = build_from_config(plan.model["config"])
+    return fine_structure(model, plan)
+
+
+def coarse_structure(plan: Plan) -> dict:
+    n = plan.model["num_blocks"]
+    status = {"attention": ["kept"] * n, "mlp": ["kept"] * n}
+    for a in plan.actions:
+        rows = ["attention", "mlp"] if a.kind == "block" else [SUBLAYER_OF.get(a.kind, a.kind)]
+        for row in rows:
+            if row in status and status[row][a.block] != "removed":
+                status[row][a.block] = "narrowed" if a.kind in SUBLAYER_OF else "removed"
+    return {"rows": list(status), "blocks": list(range(n)), "status": list(status.values())}
+
+
 FILLS = {"zero": "patched 0", "one": "patched 1", "empty": "dropped copy"}
 
 
@@ -64,7 +93,7 @@ def _kept_params(fm, root, state, unit) -> int:
 
 def structure_markdown(data: dict) -> str:
     short = {"kept": "·", "narrowed": "n", "identity": "I", "patched 0": "0", "patched 1": "1"}
-    short["dropped copy"] = "∅"
+    short |= {"dropped copy": "∅", "removed": "x"}
     head = "| unit | " + " | ".join(str(b) for b in data["blocks"]) + " |"
     lines = [head, "|---|" + "---|" * len(data["blocks"])]
     for row, values in zip(data["rows"], data["status"]):

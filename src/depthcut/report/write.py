@@ -8,7 +8,7 @@ from typing import Any
 
 from depthcut.planning.plan import Plan
 from depthcut.report.heatmap import plot_heatmap
-from depthcut.report.structure import fine_structure, plot_structure, structure_markdown
+from depthcut.report.structure import plan_structure, plot_structure, structure_markdown
 from depthcut.scores import Scores
 
 
@@ -70,7 +70,7 @@ def write_report(
             "cost": scores.cost,
         }
         paths["png"] = plot_heatmap(scores, plan, out / "importance.png")
-    structure = _structure(plan, model)
+    structure = plan_structure(plan, model) if _is_fine(plan) else None
     if structure is not None:
         data["structure"] = structure
         paths["structure"] = plot_structure(structure, out / "structure.png")
@@ -83,17 +83,8 @@ def write_report(
     return paths
 
 
-def _structure(plan: Plan, model) -> dict | None:
-    """Per-block unit status of a fine-grained plan (LLMs: on a skeleton from the config)."""
-    if not any(a.kind == "fine" for a in plan.actions):
-        return None
-    if model is None:
-        if plan.model.get("example_shape") is not None:
-            return None
-        from depthcut.io import build_from_config
-
-        model = build_from_config(plan.model["config"])
-    return fine_structure(model, plan)
+def _is_fine(plan: Plan) -> bool:
+    return any(a.kind == "fine" for a in plan.actions)
 
 
 def markdown(plan: Plan, scores, before, after) -> str:
