@@ -98,3 +98,16 @@ def test_sweep_cli(capsys, tmp_path, tiny_dir, pattern_file):
     assert code == 0 and "depthcut: sweep" not in err
     code, _, err = run(capsys, *argv[:-8], "--budgets", "0.7,1.5")
     assert code == 2 and "budgets" in err
+
+
+def test_sweep_with_fine_grained_methods(tmp_path):
+    model, calib = tiny_llama(layers=6), tiny_calib()
+    cfg = SweepConfig(methods=("fine", "fine_unified", "fine_iterative"), budgets=(0.1, 0.2))
+    state = run_sweep(model, None, calib, cfg, tmp_path, measure)
+    points = {(p["method"], p["budget"]): p for p in state["points"][1:]}
+    assert len(points) == 6
+    for (method, budget), p in points.items():
+        assert p["removed_fraction"] >= budget
+        assert all(".mlp." in u or ".self_attn" in u for u in p["removed"])
+    small, large = points[("fine", 0.1)]["removed"], points[("fine", 0.2)]["removed"]
+    assert large[: len(small)] == small  # same scores, the larger budget extends the order

@@ -61,10 +61,9 @@ def block_distance(cache: BlockCache, i: int, pruned: nn.Module, scale: float, m
     return total / max(count, 1)
 
 
-def final_logits_metric(cache: BlockCache, i: int, pruned, scale: float, tokens: str, kind: str):
+def final_logits_metric(cache: BlockCache, i: int, pruned, scale: float, tokens: str, kind, ref):
     """``kl``: mean KL(dense ‖ pruned) of the next-token distribution; ``ce``: increase of the
-    mean next-token cross-entropy (nats), both over real tokens."""
-    ref = [cache.logits(h) for h in cache.inputs[-1]]
+    mean next-token cross-entropy (nats), both over real tokens; ``ref``: the dense logits."""
     total, count = 0.0, 0
     with cache.swapped(i, pruned, scale):
         for b, batch in enumerate(cache.batches):
@@ -91,6 +90,13 @@ class FineScorer:
         self.local = get_importance(metric)(tokens=tokens) if metric in ("angular", "bi") else None
         self.channel = {r.index: channel_taylor(fm.graph, fm.module(r)) for r in fm.roots}
         self.base = {r.index: fm.params(r, fm.new_state()) for r in fm.roots}
+        self._ref: list[torch.Tensor] | None = None
+
+    def ref(self) -> list[torch.Tensor]:
+        """The dense model's logits per calibration batch (computed once)."""
+        if self._ref is None:
+            self._ref = [self.cache.logits(h) for h in self.cache.inputs[-1]]
+        return self._ref
 
     def score(self, root: Root, unit: FineUnit, state: FineState | None = None):
         """(score, params removed, labels) of Prune(unit) on top of ``state`` (not changed)."""
@@ -106,7 +112,7 @@ class FineScorer:
         scale = sum(p.numel() for p in pruned.parameters()) / max(self.base[root.index], 1)
         if self.metric in ("kl", "ce"):
             value = final_logits_metric(
-                self.cache, root.index, pruned, scale, self.tokens, self.metric
+                self.cache, root.index, pruned, scale, self.tokens, self.metric, self.ref()
             )
             return value, removed, labels
         value = block_distance(self.cache, root.index, pruned, scale, self.local)
@@ -150,7 +156,7 @@ def _state_distance(scorer: FineScorer, root: Root, state: FineState) -> float:
     scale = sum(p.numel() for p in pruned.parameters()) / max(scorer.base[root.index], 1)
     if scorer.metric in ("kl", "ce"):
         return final_logits_metric(
-            scorer.cache, root.index, pruned, scale, scorer.tokens, scorer.metric
+            scorer.cache, root.index, pruned, scale, scorer.tokens, scorer.metric, scorer.ref()
         )
     return block_distance(scorer.cache, root.index, pruned, scale, scorer.local)
 
