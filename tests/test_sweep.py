@@ -106,7 +106,7 @@ def test_sweep_with_fine_grained_methods(tmp_path):
     state = run_sweep(model, None, calib, cfg, tmp_path, measure)
     points = {(p["method"], p["budget"]): p for p in state["points"][1:]}
     assert len(points) == 6
-    for (method, budget), p in points.items():
+    for (_method, budget), p in points.items():
         assert p["removed_fraction"] >= budget
         assert all(".mlp." in u or ".self_attn" in u for u in p["removed"])
     small, large = points[("fine", 0.1)]["removed"], points[("fine", 0.2)]["removed"]
