@@ -281,3 +281,18 @@ def test_frozen_space_refuses_reconciliation():
     graph = build_graph(Sliced(), (x,))
     with pytest.raises(UnitRefused, match="slice"):
         FineState(graph).prune(graph.by_module("up").name)
+
+
+def test_a_module_called_twice_is_refused_by_name():
+    class SharedRelu(nn.Module):  # torchvision's BasicBlock reuses self.relu like this
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = nn.Linear(4, 4)
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.b(self.relu(self.a(x))))
+
+    with pytest.raises(UnsupportedModelError, match="relu: this module is called more than once"):
+        build_graph(SharedRelu(), (torch.randn(2, 4),))

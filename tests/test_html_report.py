@@ -99,3 +99,21 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
 
     colors = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
     assert colors is not None and len(colors) > 50  # text and plots, not a blank page
+
+
+def test_coarse_plan_structure_marks_removed_and_narrowed():
+    from depthcut.planning.plan import Action, Plan
+    from depthcut.report.structure import coarse_structure, structure_markdown
+
+    actions = [
+        Action("block", 1, "model.layers.1", 10),
+        Action("mlp", 3, "model.layers.3.mlp", 5),
+        Action("head", 2, "model.layers.2.self_attn", 2, None, (0,)),
+    ]
+    data = coarse_structure(Plan(actions, {"num_blocks": 4, "params_all": 100}))
+    assert data["rows"] == ["attention", "mlp"]
+    assert data["status"] == [
+        ["kept", "removed", "narrowed", "kept"],
+        ["kept", "removed", "kept", "removed"],
+    ]
+    assert "| attention | · | x | n | · |" in structure_markdown(data)
