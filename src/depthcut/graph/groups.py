@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
 from depthcut.errors import UnsupportedModelError
@@ -192,13 +191,3 @@ def _sizes(rel: _Relater, nodes: dict[str, FNode]) -> dict[tuple, int]:
                     f"{size}; the graph engine cannot prune this model"
                 )
     return sizes
-
-
-def example_call(model: nn.Module, target: nn.Module, inputs: dict) -> tuple[tuple, dict]:
-    """Arguments ``target`` receives when ``model(**inputs)`` runs."""
-    from depthcut.graph.export import record_call
-
-    return record_call(model, target, lambda: model(**inputs))
-
-
-__all__ = ["build_graph", "channel_dim", "example_call", "torch"]
