@@ -13,7 +13,7 @@ from depthcut.errors import ConfigError
 from depthcut.planning.cnn import cnn_plan
 from depthcut.planning.fine import interleave
 from depthcut.units.discover import count_params
-from tiny import tiny_calib, tiny_gpt2, tiny_llama, tiny_neox
+from tiny import tiny_calib, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_neox
 from tiny_cnn import image_batch, tiny_resnet, tiny_yolo
 
 
@@ -30,7 +30,7 @@ def logits(model, ids):
 IDS = torch.tensor([[5, 9, 3, 17, 30, 2, 8, 11, 40, 6], [7, 7, 21, 4, 50, 60, 3, 9, 12, 1]])
 
 
-@pytest.mark.parametrize("builder", [tiny_llama, tiny_gpt2, tiny_neox])
+@pytest.mark.parametrize("builder", [tiny_llama, tiny_gpt2, tiny_neox, tiny_gemma3])
 def test_fine_mlp_units_of_a_block_equal_mlp_sublayer_removal(builder):
     model = builder()
     fm_units = [u for u in fine_units(model) if u.block == 2]
@@ -41,7 +41,7 @@ def test_fine_mlp_units_of_a_block_equal_mlp_sublayer_removal(builder):
     assert count_params(fine) == count_params(coarse)
 
 
-@pytest.mark.parametrize("builder", [tiny_llama, tiny_gpt2, tiny_neox])
+@pytest.mark.parametrize("builder", [tiny_llama, tiny_gpt2, tiny_neox, tiny_gemma3])
 def test_fine_attention_unit_equals_attention_sublayer_removal(builder):
     model = builder()
     (attn,) = [u.path for u in fine_units(model) if u.block == 3 and u.kind == "fine.attention"]
@@ -122,7 +122,7 @@ def test_fine_plan_saves_and_reloads_with_identical_logits(tmp_path):
     assert count_params(reloaded) == count_params(pruned)
 
 
-@pytest.mark.parametrize("builder", [tiny_llama, tiny_gpt2])
+@pytest.mark.parametrize("builder", [tiny_llama, tiny_gpt2, tiny_gemma3])
 def test_generate_with_cache_after_fine_attention_removal(builder):
     model = builder()
     units = fine_units(model)

@@ -14,10 +14,10 @@ from depthcut.units.fine import FineState, UnitRefused, fine_units
 from depthcut.units.fine_model import FineModel
 from depthcut.units.fine_patch import patches_of
 from depthcut.units.fine_reference import fine_reference
-from tiny import tiny_gpt2, tiny_llama, tiny_neox
+from tiny import tiny_gemma3, tiny_gpt2, tiny_llama, tiny_neox
 from tiny_cnn import image_batch, tiny_resnet, tiny_yolo
 
-LLMS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "neox": tiny_neox}
+LLMS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "neox": tiny_neox, "gemma3": tiny_gemma3}
 
 
 def _bert():
@@ -31,6 +31,7 @@ CNNS = {"resnet": tiny_resnet, "yolo": tiny_yolo}
 # units per block (LLMs) / per model (CNNs), and the units excluded with their reason
 EXPECTED_UNITS = {
     "llama": {"attention": 1, "linear": 3},
+    "gemma3": {"attention": 1, "linear": 3},
     "gpt2": {"attention": 1, "linear": 2},
     "neox": {"attention": 1, "linear": 2},
     "bert": {"attention": 1, "linear": 3},
