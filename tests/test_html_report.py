@@ -62,7 +62,21 @@ def test_report_of_a_sweep_includes_its_curves(run_dir, tmp_path):
 
 def test_report_refuses_a_directory_without_a_run(capsys, tmp_path):
     code, _, err = run(capsys, "report", tmp_path)
-    assert code == 2 and "no report.json" in err
+    assert code == 2 and "no report.json or history.json" in err
+
+
+def test_report_of_an_iterative_run_uses_its_history(tmp_path):
+    from depthcut.report.html import load_report
+
+    plan = {"actions": [], "model": {"model_type": "llama", "params_all": 100}}
+    (tmp_path / "depthcut.json").write_text(json.dumps({"format": 2, "plans": [plan]}))
+    rows = [
+        {"params_all": 100, "params_non_embedding": 80},
+        {"params_all": 70, "params_non_embedding": 50},
+    ]
+    (tmp_path / "history.json").write_text(json.dumps(rows))
+    report = load_report(tmp_path)
+    assert report["before"]["params_all"] == 100 and report["after"]["params_all"] == 70
 
 
 def test_report_renders_in_headless_chromium(run_dir, tmp_path):

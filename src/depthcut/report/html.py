@@ -124,11 +124,29 @@ def _generations(run: Path) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def load_report(run: Path) -> dict:
+    """report.json of a one-shot run; for an iterative prune → recover run, the last plan and
+    the first/last rows of history.json (its curve is history.png)."""
+    if (run / "report.json").exists():
+        return json.loads((run / "report.json").read_text())
+    if (run / "history.json").exists():
+        from depthcut.io import read_meta
+
+        rows = json.loads((run / "history.json").read_text())
+        keys = ("params_all", "params_non_embedding")
+        before, after = ({k: r[k] for k in keys} for r in (rows[0], rows[-1]))
+        return {"plan": read_meta(run)["plans"][-1], "before": before, "after": after}
+    from depthcut.errors import DepthcutError
+
+    raise DepthcutError(f"{run}: no report.json or history.json (not a depthcut prune output)")
+
+
 def render(run: Path, sweep: Path | None, tmp: Path) -> str:
-    report = json.loads((run / "report.json").read_text())
+    report = load_report(run)
     plan = report["plan"]
     title = f"depthcut report: {plan['model']['model_type']}"
-    removed = plan["removed_params"] / plan["model"]["params_all"]
+    before, after = report.get("before") or {}, report.get("after") or {}
+    removed = 1 - after.get("params_all", 0) / before["params_all"] if after else 0.0
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
@@ -148,10 +166,7 @@ def write_html(run_dir: str | Path, sweep: str | Path | None = None) -> Path:
     import tempfile
 
     run = Path(run_dir)
-    if not (run / "report.json").exists():
-        from depthcut.errors import DepthcutError
-
-        raise DepthcutError(f"{run}: no report.json (not a depthcut prune output)")
+    load_report(run)  # refuse before writing anything
     with tempfile.TemporaryDirectory() as tmp:
         text = render(run, Path(sweep) if sweep else None, Path(tmp))
     out = run / "report.html"
