@@ -186,14 +186,14 @@ def _plan_fine_paths(model: nn.Module, paths: list[str], example=None) -> Plan:
         from depthcut.errors import ConfigError
 
         raise ConfigError(f"no such fine units {missing}; e.g. {next(iter(by_path))}")
-    states, actions = {}, []
+    states, channels, actions = {}, {}, []
     for path in paths:
         root, local = fm.local(by_path[path])
-        state = states.setdefault(root.index, fm.new_state())
-        before = fm.params(root, state)
-        channel = magnitude_channels(fm.graph, fm.module(root))
-        labels = state.prune(local.node, scores=channel)
-        delta = before - fm.params(root, state)
+        if root.index not in channels:
+            channels[root.index] = magnitude_channels(fm.graph, fm.module(root))
+        state = states.get(root.index) or fm.new_state()
+        state, labels, delta = fm.try_prune(root, state, local.node, channels[root.index])
+        states[root.index] = state
         actions.append(Action("fine", root.index, path, delta, None, tuple(labels)))
     if example is not None:
         from depthcut.units.fine_model import describe_cnn

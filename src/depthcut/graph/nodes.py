@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -135,8 +136,17 @@ class FineGraph:
         ndim = len(self.nodes[value].shape)
         return self.spaces.find((value, dim % ndim))
 
+    @cached_property
+    def _users(self) -> dict[str, list[FNode]]:
+        users: dict[str, list[FNode]] = {}
+        for name in self.order:
+            node = self.nodes[name]
+            for value in dict.fromkeys(node.inputs):  # once per consumer, in graph order
+                users.setdefault(value, []).append(node)
+        return users
+
     def consumers(self, value: str) -> list[FNode]:
-        return [self.nodes[n] for n in self.order if value in self.nodes[n].inputs]
+        return list(self._users.get(value, ()))
 
     def module_nodes(self, kinds: tuple[str, ...]) -> list[FNode]:
         return [self.nodes[n] for n in self.order if self.nodes[n].kind in kinds]

@@ -101,22 +101,24 @@ class FineScorer:
     def score(self, root: Root, unit: FineUnit, state: FineState | None = None):
         """(score, params removed, labels) of Prune(unit) on top of ``state`` (not changed)."""
         prior = state or self.fm.new_state()
-        state = prior.copy()
-        before = self.fm.params(root, state)
-        labels = state.prune(unit.node, scores=self.channel[root.index])
-        removed = before - self.fm.params(root, state)
+        state, labels, removed = self.fm.try_prune(root, prior, unit.node, self.channel[root.index])
         if self.metric == "taylor":
             own = own_taylor(self.fm.module(root), unit)
             return eq310(prior, unit, labels, self.channel[root.index], own), removed, labels
+        return self.distance(root, state), removed, labels
+
+    def distance(self, root: Root, state: FineState) -> float:
+        """Block-local (or final-logit) distance of ``state`` realised on block ``root``
+        from the dense model; 0 for an unpruned state or the data-free Taylor metric."""
+        if not state.pruned or self.metric == "taylor":
+            return 0.0
         pruned = self.fm.pruned_copy(root, state)
         scale = sum(p.numel() for p in pruned.parameters()) / max(self.base[root.index], 1)
         if self.metric in ("kl", "ce"):
-            value = final_logits_metric(
+            return final_logits_metric(
                 self.cache, root.index, pruned, scale, self.tokens, self.metric, self.ref()
             )
-            return value, removed, labels
-        value = block_distance(self.cache, root.index, pruned, scale, self.local)
-        return value, removed, labels
+        return block_distance(self.cache, root.index, pruned, scale, self.local)
 
     def score_all(self, progress: bool = True) -> tuple[dict, dict, dict]:
         """{unit id: score}, {unit id: params removed alone}, {unit id: refusal reason}."""
@@ -149,18 +151,6 @@ def channel_from_json(data: dict, graph: FineGraph) -> dict[int, dict[tuple, tor
     return out
 
 
-def _state_distance(scorer: FineScorer, root: Root, state: FineState) -> float:
-    if not state.pruned or scorer.metric == "taylor":
-        return 0.0
-    pruned = scorer.fm.pruned_copy(root, state)
-    scale = sum(p.numel() for p in pruned.parameters()) / max(scorer.base[root.index], 1)
-    if scorer.metric in ("kl", "ce"):
-        return final_logits_metric(
-            scorer.cache, root.index, pruned, scale, scorer.tokens, scorer.metric, scorer.ref()
-        )
-    return block_distance(scorer.cache, root.index, pruned, scale, scorer.local)
-
-
 def iterative_fine(scorer: FineScorer, cfg, target: int, progress: bool = True) -> list[dict]:
     """Greedy selection with cheap re-scoring (beyond the thesis, which could not afford it).
 
@@ -169,8 +159,8 @@ def iterative_fine(scorer: FineScorer, cfg, target: int, progress: bool = True) 
     distance given the units already cut there — on T's cached input (≤ 4 block runs per cut,
     where a full re-score would re-run the whole model per unit).
     """
-    fm, n = scorer.fm, len(scorer.fm.roots)
-    pool = [u for u in fm.units() if cfg.protect_first <= u.block < n - cfg.protect_last or n == 1]
+    fm = scorer.fm
+    pool = fm.unprotected(fm.units(), cfg.protect_first, cfg.protect_last)
     current: dict[str, tuple[float, int]] = {}
     for unit in tqdm(pool, desc="score fine (iterative)", disable=not progress):
         try:
@@ -186,13 +176,12 @@ def iterative_fine(scorer: FineScorer, cfg, target: int, progress: bool = True) 
         uid = min(current, key=lambda k: (current[k][0] / max(current[k][1], 1), k))
         value, _ = current.pop(uid)
         root, local = fm.local(by_id[uid])
-        state = states.setdefault(root.index, fm.new_state())
-        before = fm.params(root, state)
+        state = states.get(root.index) or fm.new_state()
         try:
-            labels = state.prune(local.node, scores=scorer.channel[root.index])
+            state, labels, delta = fm.try_prune(root, state, local.node, scorer.channel[root.index])
         except UnitRefused:
             continue
-        delta = before - fm.params(root, state)
+        states[root.index] = state
         total += delta
         bar.update(delta)
         sequence.append({"unit": uid, "score": value, "params": delta, "labels": labels})
@@ -202,7 +191,7 @@ def iterative_fine(scorer: FineScorer, cfg, target: int, progress: bool = True) 
 
 
 def _rescore_block(scorer, root: Root, state: FineState, current: dict, by_id: dict) -> None:
-    base = _state_distance(scorer, root, state)
+    base = scorer.distance(root, state)
     for uid in [k for k in current if by_id[k].block == root.index]:
         _, local = scorer.fm.local(by_id[uid])
         try:

@@ -71,12 +71,9 @@ def candidates(units: list[Unit], scores, cfg) -> Iterator[Unit]:
     )
 
 
-def allowed(units: list[Unit], scores, cfg, num_blocks: int) -> list[Unit]:
-    last = num_blocks - cfg.protect_last
-    out = [u for u in units if u.id in scores.unit_scores]
-    if num_blocks > 1:
-        out = [u for u in out if cfg.protect_first <= u.block < last]
-    return out
+def allowed(fm: FineModel, scores, cfg) -> list[Unit]:
+    scored = [u for u in scores.units if u.id in scores.unit_scores]
+    return fm.unprotected(scored, cfg.protect_first, cfg.protect_last)
 
 
 def select_fine(fm: FineModel, scores, cfg, target: int) -> list[Action]:
@@ -85,19 +82,18 @@ def select_fine(fm: FineModel, scores, cfg, target: int) -> list[Action]:
         raise ConfigError("these scores have no fine-grained data; score with units='fine'")
     channel = channel_from_json(scores.fine["channel"], fm.graph)
     states = {r.index: fm.new_state() for r in fm.roots}
-    pool = allowed(scores.units, scores, cfg, len(fm.roots))
+    pool = allowed(fm, scores, cfg)
     actions, removed = [], 0
     for unit in candidates(pool, scores, cfg):
         if removed >= target:
             break
         root, local = fm.local(unit)
-        state = states[root.index].copy()
-        before = fm.params(root, state)
         try:
-            labels = state.prune(local.node, scores=channel.get(root.index))
+            state, labels, delta = fm.try_prune(
+                root, states[root.index], local.node, channel.get(root.index)
+            )
         except UnitRefused:
             continue
-        delta = before - fm.params(root, state)
         states[root.index] = state
         removed += delta
         score = scores.unit_scores.get(unit.id)

@@ -47,19 +47,17 @@ def fine_structure(model: nn.Module, plan: Plan) -> dict:
     """{"rows": unit modules, "blocks": indices, "status": [row][block] labels}."""
     import torch
 
-    from depthcut.units.fine_model import FineModel, Unit
+    from depthcut.units.fine_model import FineModel
     from depthcut.units.fine_patch import patches_of
 
     shape = plan.model.get("example_shape")
     fm = FineModel(model, torch.zeros(shape) if shape else None)
     local = fm.local_units()
-    states = {r.index: fm.new_state() for r in fm.roots}
-    for a in plan.actions:
-        root, unit = fm.local(Unit("fine.linear", a.block, a.path, (a.path,), a.params))
-        states[root.index].prune(unit.node, labels=list(a.indices) if a.indices else None)
+    states = fm.replay(plan.actions)
+    states = {r.index: states.get(r.index) or fm.new_state() for r in fm.roots}
+    patches = {i: patches_of(state) for i, state in states.items()}
     status = [
-        [_status(fm, r, states[r.index], u, patches_of(states[r.index])) for r in fm.roots]
-        for u in local
+        [_status(fm, r, states[r.index], u, patches[r.index]) for r in fm.roots] for u in local
     ]
     return {
         "rows": [u.module for u in local],
@@ -74,21 +72,12 @@ def _status(fm, root, state, unit, patches) -> str:
             return FILLS[patch.fill]
     if unit.node in state.pruned:
         return "identity"
-    full = sum(p.numel() for p in fm.module(root).get_submodule(unit.module).parameters())
-    dims = _kept_params(fm, root, state, unit)
-    return "narrowed" if dims < full else "kept"
+    from depthcut.surgery.fine import kept_numel
 
-
-def _kept_params(fm, root, state, unit) -> int:
-    from depthcut.surgery.fine import _sliced_numel
-    from depthcut.units.fine import param_dims
-
-    node = fm.graph.nodes[unit.node]
     module = fm.module(root).get_submodule(unit.module)
-    return sum(
-        _sliced_numel(p, param_dims(fm.graph, node, n, p, module), state, set(), node)
-        for n, p in module.named_parameters()
-    )
+    full = sum(p.numel() for p in module.parameters())
+    kept = kept_numel(state, fm.graph.nodes[unit.node], module)
+    return "narrowed" if kept < full else "kept"
 
 
 def structure_markdown(data: dict) -> str:

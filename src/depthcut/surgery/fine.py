@@ -8,6 +8,9 @@ patched modules become constant stand-ins. No masks are left: tensors really shr
 
 from __future__ import annotations
 
+import math
+from collections.abc import Set as AbstractSet
+
 import torch
 from torch import nn
 
@@ -29,10 +32,15 @@ def _kept(state: FineState, root: tuple | None, drop: set[int]) -> list[int] | N
     return None if len(labels) == state.g.sizes[root] else labels
 
 
+def _axis_labels(dims: list, state: FineState, drop: set[int], node: FNode) -> list:
+    """Per tensor axis: the labels it keeps, or None when it keeps them all. ``drop`` (the
+    concat-folded copies) applies to a transform's input axis only."""
+    in_root = state.root(node.extra["in"]) if node.kind == "transform" else None
+    return [_kept(state, root, drop if root == in_root else set()) for root in dims]
+
+
 def _slice_tensor(t: torch.Tensor, dims: list, state: FineState, drop: set[int], node: FNode):
-    for axis, root in enumerate(dims):
-        in_root = state.root(node.extra["in"]) if node.kind == "transform" else None
-        labels = _kept(state, root, drop if root == in_root else set())
+    for axis, labels in enumerate(_axis_labels(dims, state, drop, node)):
         if labels is not None:
             t = t.index_select(axis, torch.tensor(labels, dtype=torch.long, device=t.device))
     return t
@@ -138,16 +146,17 @@ def state_params(state: FineState, root: nn.Module) -> int:
         ):
             total -= full
             continue
-        for name, p in module.named_parameters(recurse=False):
-            dims = param_dims(state.g, node, name, p, module)
-            total -= p.numel() - _sliced_numel(p, dims, state, drops.get(node.module, set()), node)
+        total -= full - kept_numel(state, node, module, drops.get(node.module, set()))
     return total
 
 
-def _sliced_numel(p: torch.Tensor, dims: list, state: FineState, drop: set[int], node) -> int:
-    n = 1
-    in_root = state.root(node.extra["in"]) if node.kind == "transform" else None
-    for axis, root in enumerate(dims):
-        labels = _kept(state, root, drop if root == in_root else set())
-        n *= p.shape[axis] if labels is None else len(labels)
+def kept_numel(
+    state: FineState, node: FNode, module: nn.Module, drop: AbstractSet[int] = frozenset()
+) -> int:
+    """Parameters a kept module node has after slicing to its alive labels."""
+    n = 0
+    for name, p in module.named_parameters():
+        dims = param_dims(state.g, node, name, p, module)
+        labels = _axis_labels(dims, state, drop, node)
+        n += math.prod(s if k is None else len(k) for s, k in zip(p.shape, labels))
     return n

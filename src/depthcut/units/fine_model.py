@@ -113,6 +113,29 @@ class FineModel:
     def params(self, root: Root, state: FineState) -> int:
         return state_params(state, self.module(root))
 
+    def try_prune(self, root: Root, state: FineState, node: str, channel=None, labels=None):
+        """(new state, labels, params removed) of Prune(node) on a copy of ``state``; raises
+        UnitRefused and leaves ``state`` untouched when the unit cannot be pruned."""
+        new = state.copy()
+        before = self.params(root, new)
+        labels = new.prune(node, labels=labels, scores=channel)
+        return new, labels, before - self.params(root, new)
+
+    def unprotected(self, units: list[Unit], first: int, last: int) -> list[Unit]:
+        """``units`` outside the first/last protected blocks (a whole CNN is never protected)."""
+        n = len(self.roots)
+        return [u for u in units if n == 1 or first <= u.block < n - last]
+
+    def replay(self, actions: list) -> dict[int, FineState]:
+        """The per-root states of fine plan actions, with their recorded channels."""
+        states: dict[int, FineState] = {}
+        for action in actions:
+            unit = Unit("fine.linear", action.block, action.path, (action.path,), action.params)
+            root, local = self.local(unit)
+            state = states.setdefault(root.index, self.new_state())
+            state.prune(local.node, labels=list(action.indices) if action.indices else None)
+        return states
+
     def pruned_copy(self, root: Root, state: FineState) -> nn.Module:
         """A deep copy of the root module with ``state`` realised (the model is untouched)."""
         return materialize(state, copy.deepcopy(self.module(root)))
@@ -143,13 +166,7 @@ def apply_fine_actions(model: nn.Module, actions: list, example_shape: list | No
     """Replay fine actions (Prune(f) with their recorded channels) and realise them."""
     example = torch.zeros(example_shape) if example_shape else None
     fm = FineModel(model, example)
-    states: dict[int, FineState] = {}
-    for action in actions:
-        unit = Unit("fine.linear", action.block, action.path, (action.path,), action.params)
-        root, local = fm.local(unit)
-        state = states.setdefault(root.index, fm.new_state())
-        state.prune(local.node, labels=list(action.indices) if action.indices else None)
-    return fm.apply(states)
+    return fm.apply(fm.replay(actions))
 
 
 def channel_sums(graph: FineGraph, root: nn.Module, value) -> dict[tuple, torch.Tensor]:
