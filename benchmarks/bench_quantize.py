@@ -5,6 +5,8 @@ the dense fp32 model."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 import depthcut as dc
@@ -25,10 +27,10 @@ def main() -> None:
         "pruned fp32": pruned,
         "pruned + dynamic int8": quantize(pruned),
         "pruned + dynamic int8 incl. MLP out": quantize(pruned, QuantizeConfig(keep_mlp_out=False)),
-        "pruned + torchao int8 weight-only": quantize(
-            pruned, QuantizeConfig("torchao_int8_weight_only")
-        ),
     }
+    if importlib.util.find_spec("torchao"):  # the optional extra: pip install 'depthcut[torchao]'
+        ao = quantize(pruned, QuantizeConfig("torchao_int8_weight_only"))
+        models["pruned + torchao int8 weight-only"] = ao
     ppl = perplexity_fn(tok, EvalSettings())
     lat = measure_many(models, lengths=(128,), batches=(1, 8), new_tokens=32, repeats=3)
     base = models["dense fp32"]

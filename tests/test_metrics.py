@@ -94,30 +94,3 @@ def test_scoring_cost_is_counted_in_forward_equivalents():
     scores = dc.score(model, cfg, tiny_calib(), progress=False)
     # one capture forward; block units reuse cached inputs/outputs: no extra block runs
     assert scores.cost["forward_equivalents"] == pytest.approx(1.0)
-
-
-def test_detection_map_on_hand_made_boxes():
-    import torch
-
-    from depthcut.vision import detection_map
-
-    targets = [
-        {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([1])},
-        {"boxes": torch.tensor([[5.0, 5.0, 25.0, 25.0]]), "labels": torch.tensor([1])},
-    ]
-    perfect = [dict(t, scores=torch.tensor([0.9])) for t in targets]
-    assert detection_map(perfect, targets) == {"map": 1.0, "map_50": 1.0, "map_75": 1.0}
-    # the second image's box is found at IoU 0.5625 (a 15×15 box inside the 20×20 one):
-    # recall 1 at IoU .5 and .55, 0.5 above, with the first image always right
-    half = [
-        perfect[0],
-        {
-            "boxes": torch.tensor([[5.0, 5.0, 20.0, 20.0]]),
-            "labels": torch.tensor([1]),
-            "scores": torch.tensor([0.8]),
-        },
-    ]
-    result = detection_map(half, targets)
-    assert result["map_50"] == 1.0
-    assert result["map_75"] == pytest.approx(0.5, abs=0.01)
-    assert result["map"] == pytest.approx((2 * 1.0 + 8 * 0.5) / 10, abs=0.01)

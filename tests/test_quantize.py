@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import depthcut as dc
-from depthcut.errors import DepthcutError
+from depthcut.errors import ConfigError, DepthcutError
 from depthcut.int4 import AlignmentError, check_alignment, misaligned, recipe_yaml
 from depthcut.io import logits_on_probe
 from depthcut.quantize import (
@@ -45,14 +45,24 @@ def test_dynamic_int8_is_close_smaller_and_reloads_identically(tmp_path):
     torch.testing.assert_close(reloaded.generate(ids, **kw), q.generate(ids, **kw))
 
 
-def test_torchao_weight_only_runs_and_skip_keeps_float(tmp_path):
+def test_torchao_is_an_optional_extra(tmp_path):
+    """Without the extra: one line naming it; with it: close logits and no saving."""
+    import importlib.util
+
     model = tiny_gpt2(layers=2)
+    if importlib.util.find_spec("torchao") is None:
+        with pytest.raises(ConfigError, match=r"pip install 'depthcut\[torchao\]'"):
+            quantize(model, QuantizeConfig("torchao_int8_weight_only"))
+        return
     q = quantize(model, QuantizeConfig("torchao_int8_weight_only"))
     ref = logits_on_probe(model)
     assert (logits_on_probe(q) - ref).abs().max() < 0.05 * ref.abs().max()
     with pytest.raises(DepthcutError, match="only"):
         dc.save(q, dc.Plan([], {}), tmp_path / "ao")
     assert not (tmp_path / "ao").exists()
+
+
+def test_skip_keeps_float(tmp_path):
     model = tiny_llama(layers=2)
     d = quantize(model, QuantizeConfig(skip=("lm_head",)))
     assert type(d.lm_head) is torch.nn.Linear and is_quantized(d)

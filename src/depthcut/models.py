@@ -131,7 +131,7 @@ def packaged_path(name: str) -> Path:
     return target
 
 
-def resolve(name_or_path: str) -> Path:
+def resolve(name_or_path: str, need_config: bool = True) -> Path:
     """A model directory for a packaged short name or a local path."""
     if name_or_path in PACKAGED:
         return packaged_path(name_or_path)
@@ -141,15 +141,48 @@ def resolve(name_or_path: str) -> Path:
     if not path.is_dir():
         known = ", ".join(PACKAGED)
         raise ModelLoadError(f"{name_or_path}: no such directory (packaged models: {known})")
-    if not (path / "config.json").exists():
+    if need_config and not (path / "config.json").exists():
         raise ModelLoadError(f"{path}: not a model directory (no config.json)")
     return path
 
 
-def load_model(name_or_path: str, dtype=None):
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
+
+
+def load_tokenizer(model_dir: Path, tokenizer: str | None = None):
+    """The tokenizer of ``model_dir``, or of ``tokenizer`` (a packaged name or a directory)."""
+    from transformers import AutoTokenizer
+
+    source = resolve(tokenizer, need_config=False) if tokenizer else model_dir
+    if not any((source / name).exists() for name in TOKENIZER_FILES):
+        hint = "pass a directory with tokenizer files" if tokenizer else "pass --tokenizer PATH"
+        raise ModelLoadError(f"no tokenizer in {source}; {hint}")
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"{source}: cannot load its tokenizer ({str(err).splitlines()[0]})"
+        ) from None
+
+
+def load_model(
+    name_or_path: str,
+    dtype=None,
+    tokenizer: str | None = None,
+    need_tokenizer: bool = True,
+):
     """(model, tokenizer) from a packaged name or a local directory, offline.
 
-    Directories written by ``depthcut.save`` are rebuilt from their plan.
+    Directories written by ``depthcut.save`` are rebuilt from their plan. ``tokenizer``
+    (a directory or packaged name) replaces the model directory's own; without one, a
+    directory with no tokenizer files is refused when ``need_tokenizer`` (else tok is None).
 
     >>> model, tok = load_model("smollm2-135m")  # doctest: +SKIP
     """
@@ -158,13 +191,18 @@ def load_model(name_or_path: str, dtype=None):
     if (path / "depthcut.json").exists():
         from depthcut.io import load
 
-        return load(path)
-    return _load_hf(path, dtype)
+        model = load(path, with_tokenizer=False)[0]
+    else:
+        model = _load_hf(path, dtype)
+    if not need_tokenizer and tokenizer is None:
+        has_tok = any((path / name).exists() for name in TOKENIZER_FILES)
+        return model, load_tokenizer(path) if has_tok else None
+    return model, load_tokenizer(path, tokenizer)
 
 
 def _load_hf(path: Path, dtype=None):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     try:
@@ -179,8 +217,6 @@ def _load_hf(path: Path, dtype=None):
         model = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, dtype=dtype or torch.float32
         )
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"{path}: cannot load ({str(err).splitlines()[0]})") from None
-    model.eval()
-    return model, tok
+    return model.eval()

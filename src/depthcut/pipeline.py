@@ -25,7 +25,10 @@ def prune_to_dir(model_name: str, recipe: Recipe, args, settings=None) -> Path:
     encoder = getattr(args, "encoder", False)
     if encoder and settings is not None:
         raise DepthcutError("--perplexity/--latency are for causal LMs, not --encoder models")
-    model, tok = (load_encoder if encoder else load_model)(model_name)
+    if encoder:
+        model, tok = load_encoder(model_name)
+    else:
+        model, tok = load_model(model_name, tokenizer=getattr(args, "tokenizer", None))
     calib = calibration(tok, args.calib, args.n_samples, args.seq_len, args.batch_size)
     cfg = recipe.prune
     if recipe.steps > 1 or recipe.recover is not None:

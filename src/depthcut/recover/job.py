@@ -52,8 +52,8 @@ def recover_dir(args, settings) -> Path:
     teacher_name = args.teacher or meta.get("source")
     if cfg.loss == "kd" and not teacher_name:
         raise DepthcutError("--loss kd needs --teacher MODEL (the run does not record its source)")
-    model, tok = load_model(args.run)
-    teacher = load_model(teacher_name)[0] if teacher_name else None
+    model, tok = load_model(args.run, tokenizer=args.tokenizer)
+    teacher = load_model(teacher_name, need_tokenizer=False)[0] if teacher_name else None
     ppl = perplexity_fn(tok, settings)
     before = {"pruned": ppl(model), "dense": ppl(teacher) if teacher is not None else None}
     recovered, history = recover(model, tok, cfg, teacher if cfg.loss == "kd" else None)

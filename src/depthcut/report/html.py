@@ -176,17 +176,20 @@ def write_html(run_dir: str | Path, sweep: str | Path | None = None) -> Path:
     return out
 
 
-def write_generations(run_dir: str | Path, base=None, new_tokens: int = 48) -> Path:
+def write_generations(
+    run_dir: str | Path, base=None, new_tokens: int = 48, tokenizer: str | None = None
+) -> Path:
     """Greedy samples of the pruned run and (if given or recorded) its source model."""
     from depthcut.eval.generation import generate_samples
-    from depthcut.io import load, read_meta
+    from depthcut.io import read_meta
     from depthcut.models import load_model
 
     run = Path(run_dir)
-    model, tok = load(run)
+    model, tok = load_model(str(run), tokenizer=tokenizer)
     source = base or read_meta(run).get("source")
     after = generate_samples(model, tok, new_tokens=new_tokens)
-    before = generate_samples(load_model(source)[0], tok, new_tokens=new_tokens) if source else None
+    dense = load_model(source, need_tokenizer=False)[0] if source else None
+    before = generate_samples(dense, tok, new_tokens=new_tokens) if dense is not None else None
     items = [
         {
             "prompt": a.prompt,
