@@ -5,11 +5,14 @@ import re
 import subprocess
 import sys
 
+from depthcut.verbosity import QUIET_ENV
+
 BAR = re.compile(r"\d+%\|.*\|")
 
 
 def _stderr(*args: str, tmp_path) -> str:
-    env = dict(os.environ, DEPTHCUT_CACHE=str(tmp_path / "cache"))
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_ENV}
+    env["DEPTHCUT_CACHE"] = str(tmp_path / "cache")
     cmd = [sys.executable, "-m", "depthcut.cli", *args]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr

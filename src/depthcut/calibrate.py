@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from depthcut.data import CalibData
+from depthcut.errors import UnsupportedModelError
 from depthcut.graph.capture import first_tensor, output_tensor
 from depthcut.graph.structure import ModelStructure
 from depthcut.units.bypass import bypassed
@@ -132,7 +133,12 @@ class BlockCache:
         from depthcut.recover.losses import lm_loss
 
         with torch.enable_grad():
-            logits = self.model(**batch, use_cache=False).logits
+            logits = getattr(self.model(**batch, use_cache=False), "logits", None)
+            if logits is None:
+                raise UnsupportedModelError(
+                    f"{type(self.model).__name__} has no language-model head: gradient scores "
+                    "(fine units' channel Taylor) need next-token logits"
+                )
             lm_loss(logits, batch["input_ids"], batch["attention_mask"]).backward()
 
     @contextmanager

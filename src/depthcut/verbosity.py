@@ -23,6 +23,8 @@ QUIET_ENV = {
 def configure(verbose: bool = False) -> None:
     """Quiet libraries (the default) or let every library log and warning through."""
     if verbose:
+        for key in QUIET_ENV:
+            os.environ.pop(key, None)
         os.environ["TRANSFORMERS_VERBOSITY"] = "info"
         logging.basicConfig(level=logging.INFO)
         warnings.resetwarnings()

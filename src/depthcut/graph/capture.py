@@ -36,6 +36,57 @@ class Call:
     out_id: tuple | None = None
     out_arity: int | None = None  # None: a tensor; n: a tuple/list of n items
     ops: set[str] = field(default_factory=set)
+    views: list[tuple[int, ...]] = field(default_factory=list)  # see view_channels
+
+
+def view_channels(view: torch.Tensor, base: torch.Tensor) -> tuple[int, ...] | None:
+    """The channels (last-dim indices) of contiguous ``base`` that a view of it holds, in the
+    view's own order, or None when it is not a per-row channel selection.
+
+    Dimensions whose stride is a multiple of the row width are positions (batch, sequence);
+    the others walk channels: ``qkv[..., :q]``, ``.split``/``.chunk`` on the last dim,
+    ``.view(b, s, heads, 3 * d).chunk(3, -1)`` (per-head interleaving) and ``x[..., ::2]``
+    are all read the same way."""
+    if base.dim() == 0 or not base.is_contiguous() or view.dtype != base.dtype:
+        return None
+    width = int(base.shape[-1])
+    start = view.storage_offset() - base.storage_offset()
+    if start < 0 or start >= base.numel():
+        return None
+    channels = [start % width]
+    for size, stride in zip(view.shape, view.stride()):
+        if size > 1 and stride % width:
+            channels = [c + i * stride for c in channels for i in range(size)]
+    if channels[-1] >= width or min(channels) < 0:
+        return None
+    return tuple(channels)
+
+
+def whole_runs(view: tuple[int, ...], run: int) -> bool:
+    """Every ``run`` consecutive channels of the view are one contiguous ascending range."""
+    if len(view) % run:
+        return False
+    return all(view[i + run - 1] - view[i] == run - 1 for i in range(0, len(view), run))
+
+
+def channel_segments(
+    views: list[tuple[int, ...]], width: int, run: int = 1
+) -> list[tuple[int, ...]] | None:
+    """How a transform's ``width`` output channels are split among its readers: the maximal
+    proper channel sets its views select (ordered by first channel), one segment when no view
+    selects a part, None when the views do not partition the channels. Only views made of
+    whole ``run``-channel ranges count (``run`` = the head size: RoPE's half-head slices are
+    not a q / k / v split)."""
+    sets: dict[frozenset, tuple[int, ...]] = {}
+    for view in views:
+        if len(view) < width and whole_runs(view, run):
+            sets.setdefault(frozenset(view), view)
+    maximal = [order for key, order in sets.items() if not any(key < other for other in sets)]
+    if not maximal:
+        return [tuple(range(width))]
+    if sorted(c for seg in maximal for c in seg) != list(range(width)):
+        return None
+    return sorted(maximal, key=min)
 
 
 def first_tensor(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -62,15 +113,18 @@ def output_tensor(output: Any) -> torch.Tensor | None:
 
 
 class _OpRecorder(TorchFunctionMode):
-    def __init__(self, on_op: Callable[[str], None]):
+    def __init__(self, on_op: Callable[[str], None], on_result: Callable[[Any], None]):
         super().__init__()
         self.on_op = on_op
+        self.on_result = on_result
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
         if name in WATCHED_OPS:
             self.on_op(name)
-        return func(*args, **(kwargs or {}))
+        result = func(*args, **(kwargs or {}))
+        self.on_result(result)
+        return result
 
 
 class _Tracer:
@@ -80,6 +134,7 @@ class _Tracer:
         self.stack: list[Call] = []
         self.keep: list[torch.Tensor] = []  # keeps data pointers unique while tracing
         self.clock = 0
+        self.outputs: dict[int, list[tuple[Call, torch.Tensor]]] = {}  # storage → producers
 
     def pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         parent = self.stack[-1].path if self.stack else None
@@ -100,12 +155,25 @@ class _Tracer:
         if tensor is not None:
             call.out_id = tensor_key(tensor)
             self.keep.append(tensor)
+            storage = tensor.untyped_storage().data_ptr()
+            self.outputs.setdefault(storage, []).append((call, tensor))
         if isinstance(output, (tuple, list)):
             call.out_arity = len(output)
 
     def op(self, name: str) -> None:
         for call in self.stack:
             call.ops.add(name)
+
+    def result(self, value: Any) -> None:
+        """Record which channels of a module output a view of it selects."""
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        for item in items:
+            if not isinstance(item, torch.Tensor) or item.device.type == "meta":
+                continue
+            for call, base in self.outputs.get(item.untyped_storage().data_ptr(), ()):
+                channels = view_channels(item, base)
+                if channels is not None and len(channels) < base.shape[-1]:
+                    call.views.append(channels)
 
 
 def trace_calls(model: nn.Module, run: Callable[[], Any]) -> list[Call]:
@@ -116,7 +184,7 @@ def trace_calls(model: nn.Module, run: Callable[[], Any]) -> list[Call]:
         for module in model.modules():
             handles.append(module.register_forward_pre_hook(tracer.pre, with_kwargs=True))
             handles.append(module.register_forward_hook(tracer.post, with_kwargs=True))
-        with torch.no_grad(), _OpRecorder(tracer.op):
+        with torch.no_grad(), _OpRecorder(tracer.op, tracer.result):
             run()
     finally:
         for handle in handles:

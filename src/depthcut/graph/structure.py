@@ -8,7 +8,12 @@ import torch
 from torch import nn
 
 from depthcut.errors import UnsupportedModelError
-from depthcut.graph.capture import ATTENTION_OPS, TRANSFORM_OPS, Call, trace_calls
+from depthcut.graph.capture import (
+    ATTENTION_OPS,
+    TRANSFORM_OPS,
+    Call,
+    trace_calls,
+)
 from depthcut.surgery.slice import is_transform
 
 
@@ -24,6 +29,9 @@ class Sublayer:
     inputs: list[str] = field(default_factory=list)  # transforms reading the sublayer input
     output: str | None = None  # the transform whose output is the sublayer output
     residual: bool = True  # False: its output comes out of a norm inside it (post-norm)
+    # per input transform: the channel lists of the views taken of its output (capture.py),
+    # which say how a fused projection splits into q/k/v or gate/up (capture.channel_segments)
+    views: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
 
     @property
     def modules(self) -> list[str]:
@@ -131,12 +139,14 @@ def _sublayer(
     pre = [n.path for n in norms if n.out_id == call.in_id]
     post = [n.path for n in norms if n.in_id == call.out_id]
     inside = [t for t in transforms if t.path.startswith(call.path + ".")]
-    inputs = [t.path for t in inside if t.in_id == call.in_id]
+    readers = [t for t in inside if t.in_id == call.in_id]
+    inputs = [t.path for t in readers]
     output = next((t.path for t in inside if t.out_id == call.out_id), None)
     if output is None:  # post-norm: the first other transform consumes the context
         output = next((t.path for t in inside if t.path not in inputs), None)
     residual = not any(n.out_id == call.out_id for n in inner_norms)
-    return Sublayer(kind, call.path, pre, post, call.out_arity, inputs, output, residual)
+    views = {t.path: t.views for t in readers}
+    return Sublayer(kind, call.path, pre, post, call.out_arity, inputs, output, residual, views)
 
 
 def _split_mlp(mlps: list[Call], transforms: list[Call]) -> Sublayer | None:

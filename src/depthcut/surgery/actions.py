@@ -40,7 +40,10 @@ def remove_blocks(model: nn.Module, structure: ModelStructure, drop: set[int]) -
     return kept
 
 
-def apply_width_actions(model: nn.Module, structure: ModelStructure, actions: list) -> None:
+def apply_width_actions(
+    model: nn.Module, structure: ModelStructure, actions: list, drop: frozenset = frozenset()
+) -> None:
+    """Slice the width actions' units out; ``drop``: blocks the plan removes whole."""
     from depthcut.width.apply import prune_width
     from depthcut.width.layers import width_layers
 
@@ -50,14 +53,14 @@ def apply_width_actions(model: nn.Module, structure: ModelStructure, actions: li
     for action in actions:
         prune_width(model, layers[f"{action.kind}:{action.block}"], list(action.indices))
     if actions and hasattr(model, "config"):
-        sync_uniform_width(model.config, layers, actions)
+        sync_uniform_width(model.config, layers, actions, drop)
 
 
-def sync_uniform_width(config, layers: dict, actions: list) -> None:
-    """When every layer of a kind keeps the same width, say so in the config too (so that
+def sync_uniform_width(config, layers: dict, actions: list, drop: frozenset = frozenset()) -> None:
+    """When every kept layer of a kind keeps the same width, say so in the config too (so that
     plain ``from_pretrained`` rebuilds it); heterogeneous sizes live in the plan."""
     for kind, keys in (("neuron", NEURON_KEYS), ("head", ())):
-        kept = {lid: w.size for lid, w in layers.items() if w.kind == kind}
+        kept = {lid: w.size for lid, w in layers.items() if w.kind == kind and w.block not in drop}
         for a in actions:
             if a.kind == kind:
                 kept[f"{kind}:{a.block}"] -= len(a.indices)
@@ -65,8 +68,8 @@ def sync_uniform_width(config, layers: dict, actions: list) -> None:
             continue
         (value,) = set(kept.values())
         if kind == "neuron":
-            for key in keys:
-                if getattr(config, key, None) is not None:
+            for key in keys:  # GPT-2's n_inner is None (4 × n_embd) until set
+                if hasattr(config, key):
                     setattr(config, key, value)
         elif getattr(config, "num_key_value_heads", None) is not None:
             w = next(w for w in layers.values() if w.kind == "head")
@@ -84,7 +87,8 @@ def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module
     structure = discover_structure(model)
     check_plan_fits(model, structure, plan)
     drop = set(plan.removed_blocks)
-    apply_width_actions(model, structure, [a for a in plan.actions if a.indices is not None])
+    width = [a for a in plan.actions if a.indices is not None]
+    apply_width_actions(model, structure, width, frozenset(drop))
     for action in plan.actions:
         if action.kind in ("attention", "mlp") and action.block not in drop:
             remove_sublayer(model, structure, action.block, action.kind)

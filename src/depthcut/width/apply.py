@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from torch import nn
 
 from depthcut.errors import UnsupportedModelError
@@ -23,6 +25,14 @@ def prune_width(model: nn.Module, layer: WidthLayer, remove: list[int]) -> None:
 
 
 def _sync_head_attrs(model: nn.Module, attention: nn.Module, heads: int, layer) -> None:
-    values = {"heads": heads, "q_width": heads * layer.head_dim}
+    """Write this layer's head counts where its attention reads them (``HEAD_ATTRS``); a
+    ``config.X`` entry gives the attention its own copy of the config first."""
+    kv = heads // layer.q_heads_per_unit
+    values = {"heads": heads, "kv_heads": kv, "q_width": heads * layer.head_dim}
     for attr, what in HEAD_ATTRS.get(model.config.model_type, {}).items():
-        setattr(attention, attr, values[what])
+        target = attention
+        if attr.startswith("config."):
+            if attention.config is model.config:
+                attention.config = copy.copy(model.config)
+            target, attr = attention.config, attr.removeprefix("config.")
+        setattr(target, attr, values[what])

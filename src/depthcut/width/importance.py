@@ -40,7 +40,7 @@ def _per_unit(modules: dict, layer: WidthLayer, value) -> torch.Tensor:
     total = torch.zeros(layer.size, dtype=torch.float64)
     for part in layer.parts:
         rows = value(modules[part.path], part).double()
-        total += part.by_unit(rows, layer.size).sum(-1)
+        total += part.by_unit(rows).sum(-1)
     return total
 
 
@@ -85,7 +85,7 @@ def consumer_stats(
         part = layer.parts[-1]
 
         def hook(module, args):
-            x = part.by_unit(args[0][state["mask"]].double(), layer.size)  # [tokens, units, k]
+            x = part.by_unit(args[0][state["mask"]].double())  # [tokens, units, k]
             if metric == "output_norm":
                 sums[layer.id] += x.norm(dim=-1).sum(0)
             else:

@@ -1,10 +1,14 @@
 """Width groups of each block: which channels of which modules one head or neuron owns.
 
-Discovered from the traced block (the transforms that read a sublayer's input produce the
-width; the transform that writes its output consumes it) plus small declarative data: head
-counts from the config, and the layout of fused QKV projections per ``model_type``.
-A head unit is a whole KV group (its KV head and the query heads that share it), so every
-kept query head keeps its KV head and shapes stay valid for GQA/MQA.
+Discovered from the traced block: the transforms that read a sublayer's input produce the
+width, the transform that writes its output consumes it, and the views taken of each
+producer's output (``split`` / ``chunk`` / slicing / per-head ``view``) say how a fused
+projection's rows divide into q / k / v or gate / up (``graph.capture.channel_segments``), so
+GPT-2's stacked ``c_attn``, GPT-NeoX's per-head interleaved ``query_key_value`` and Phi-3's
+GQA ``qkv_proj`` / ``gate_up_proj`` need no table. The config gives the head size. A head unit
+is a whole KV group (its KV head and the query heads that share it), so every kept query head
+keeps its KV head and shapes stay valid for GQA/MQA. What the graph cannot show is where an
+attention keeps its head counts: ``HEAD_ATTRS`` names those attributes per model type.
 """
 
 from __future__ import annotations
@@ -15,38 +19,36 @@ import torch
 from torch import nn
 
 from depthcut.errors import UnsupportedModelError
-from depthcut.graph.structure import ModelStructure
+from depthcut.graph.capture import channel_segments
+from depthcut.graph.structure import ModelStructure, Sublayer
 from depthcut.surgery.slice import in_features, out_features
 
-# fused QKV layouts: "stacked" = [q heads | k heads | v heads], "per_head" = [q k v] per head
-FUSED_QKV = {"gpt2": "stacked", "gpt_neox": "per_head"}
-# attention attributes that hold a head count or the q width, per model type
-HEAD_ATTRS = {"gpt2": {"num_heads": "heads", "split_size": "q_width"}}
+# attention attributes that hold a head count ("config.X": the attention's own config copy)
+HEAD_ATTRS = {
+    "gpt2": {"num_heads": "heads", "split_size": "q_width"},
+    "phi3": {"num_key_value_heads": "kv_heads", "config.num_attention_heads": "heads"},
+}
 
 
 @dataclass(frozen=True)
 class Part:
-    """Channels of one module owned by unit u: ``off + u*per_unit + j`` for each offset."""
+    """Channels of one module that each unit owns: ``table[u]`` (same length for every u)."""
 
     path: str
     side: str  # "out" (producer rows) or "in" (consumer columns)
-    offsets: tuple[int, ...]
-    per_unit: int
+    table: tuple[tuple[int, ...], ...]
 
     def channels(self, units: list[int]) -> torch.Tensor:
-        idx = [
-            o + u * self.per_unit + j
-            for u in units
-            for o in self.offsets
-            for j in range(self.per_unit)
-        ]
+        idx = [c for u in units for c in self.table[u]]
         return torch.tensor(sorted(idx), dtype=torch.long)
 
-    def by_unit(self, x: torch.Tensor, size: int) -> torch.Tensor:
-        """The last axis of ``x`` (this part's channels) regrouped as [..., size, owned]."""
-        per = self.per_unit
-        blocks = [x[..., o : o + size * per].unflatten(-1, (size, per)) for o in self.offsets]
-        return torch.cat(blocks, dim=-1)
+    def by_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """The last axis of ``x`` (this part's channels) regrouped as [..., units, owned]."""
+        return x[..., torch.tensor(self.table, dtype=torch.long)]
+
+    @property
+    def owned(self) -> int:
+        return len(self.table[0])
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def _unit_params(modules: dict, parts: tuple[Part, ...]) -> int:
         m = modules[part.path]
         other = in_features(m) if part.side == "out" else out_features(m)
         bias = 1 if part.side == "out" and getattr(m, "bias", None) is not None else 0
-        total += len(part.offsets) * part.per_unit * (other + bias)
+        total += part.owned * (other + bias)
     return total
 
 
@@ -82,37 +84,75 @@ def head_counts(config) -> tuple[int, int, int]:
     return heads, kv, head_dim
 
 
-def _head_parts(model: nn.Module, sub, block: int) -> tuple[tuple[Part, ...], int, int, int]:
-    heads, kv, hd = head_counts(model.config)
-    qpg = heads // kv
-    layout = FUSED_QKV.get(model.config.model_type, "separate")
-    if sub.output is None or (layout == "separate") != (len(sub.inputs) == 3):
-        raise UnsupportedModelError(f"{sub.path}: cannot map attention heads to its projections")
-    # this layer's own counts (earlier width pruning may have left fewer heads than the config)
+def _segments(modules: dict, sub: Sublayer, run: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(producer path, its channels for one reader) for every producer of the sublayer."""
+    out = []
+    for path in sub.inputs:
+        layout = channel_segments(sub.views.get(path, []), out_features(modules[path]), run)
+        if layout is None:
+            raise UnsupportedModelError(
+                f"{path}: the views taken of its output do not split its channels into parts"
+            )
+        out += [(path, seg) for seg in layout]
+    return out
+
+
+def _tables(segments, per_unit: list[int]) -> dict[str, list[list[int]]]:
+    """{path: table}: unit u owns channels ``seg[u*k:(u+1)*k]`` of each segment (k given)."""
+    tables: dict[str, list[list[int]]] = {}
+    for (path, seg), k in zip(segments, per_unit):
+        units = [list(seg[u * k : (u + 1) * k]) for u in range(len(seg) // k)]
+        if path in tables:
+            tables[path] = [a + b for a, b in zip(tables[path], units)]
+        else:
+            tables[path] = units
+    return tables
+
+
+def _head_parts(model: nn.Module, sub: Sublayer) -> tuple[tuple[Part, ...], int, int, int]:
+    hd = head_counts(model.config)[2]
     modules = dict(model.named_modules())
-    if layout == "separate":
-        kv = out_features(modules[sub.inputs[1]]) // hd
-    else:
-        kv = out_features(modules[sub.inputs[0]]) // (3 * hd)
-    heads = kv * qpg
-    if layout == "separate":
-        q, k, v = sub.inputs
-        parts = (Part(q, "out", (0,), qpg * hd), Part(k, "out", (0,), hd), Part(v, "out", (0,), hd))
-    elif layout == "stacked":
-        parts = (Part(sub.inputs[0], "out", (0, heads * hd, 2 * heads * hd), hd),)
-    else:
-        parts = (Part(sub.inputs[0], "out", (0,), 3 * hd),)
-    return (*parts, Part(sub.output, "in", (0,), qpg * hd)), kv, qpg, hd
+    segments = _segments(modules, sub, hd)
+    counts = [len(seg) // hd for _, seg in segments]
+    q, kv = max(counts, default=0), min(counts, default=0)
+    if (
+        sub.output is None
+        or len(segments) != 3
+        or any(len(seg) % hd for _, seg in segments)
+        or sorted(counts) != [kv, kv, q]
+        or kv == 0
+        or q % kv
+    ):
+        shapes = ", ".join(f"{p}[{len(seg)}]" for p, seg in segments)
+        raise UnsupportedModelError(
+            f"{sub.path}: cannot map attention heads to its projections (q/k/v parts seen: "
+            f"{shapes or 'none'}; head size {hd})"
+        )
+    qpg = q // kv
+    per_unit = [qpg * hd if c == q else hd for c in counts]
+    if q == kv:  # one head per group: q, k and v parts alike
+        per_unit = [hd] * 3
+    tables = _tables(segments, per_unit)
+    parts = tuple(Part(path, "out", tuple(map(tuple, t))) for path, t in tables.items())
+    cols = tuple(tuple(range(g * qpg * hd, (g + 1) * qpg * hd)) for g in range(kv))
+    return (*parts, Part(sub.output, "in", cols)), kv, qpg, hd
 
 
-def _neuron_parts(modules: dict, sub) -> tuple[tuple[Part, ...], int]:
+def _neuron_parts(modules: dict, sub: Sublayer) -> tuple[tuple[Part, ...], int]:
     if not sub.inputs or sub.output is None:
         raise UnsupportedModelError(f"{sub.path}: cannot find the MLP's in/out projections")
     width = in_features(modules[sub.output])
-    if any(out_features(modules[p]) != width for p in sub.inputs):
-        raise UnsupportedModelError(f"{sub.path}: MLP projections disagree on the hidden width")
-    parts = tuple(Part(p, "out", (0,), 1) for p in sub.inputs)
-    return (*parts, Part(sub.output, "in", (0,), 1)), width
+    segments = _segments(modules, sub, 1)
+    if any(len(seg) != width for _, seg in segments):
+        sizes = ", ".join(f"{p}[{len(seg)}]" for p, seg in segments)
+        raise UnsupportedModelError(
+            f"{sub.path}: MLP projections disagree on the hidden width ({sizes} vs "
+            f"{sub.output} input {width})"
+        )
+    tables = _tables(segments, [1] * len(segments))
+    parts = tuple(Part(path, "out", tuple(map(tuple, t))) for path, t in tables.items())
+    cols = tuple((j,) for j in range(width))
+    return (*parts, Part(sub.output, "in", cols)), width
 
 
 def width_layers(model: nn.Module, structure: ModelStructure, kind: str) -> list[WidthLayer]:
@@ -124,7 +164,7 @@ def width_layers(model: nn.Module, structure: ModelStructure, kind: str) -> list
         if sub is None:
             raise UnsupportedModelError(f"{b.path}: no {kind} sublayer found")
         if kind == "head":
-            parts, size, qpg, hd = _head_parts(model, sub, b.index)
+            parts, size, qpg, hd = _head_parts(model, sub)
         else:
             (parts, size), qpg, hd = _neuron_parts(modules, sub), 1, 1
         out.append(
