@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from depthcut.cli import main
+from depthcut.cli import build_parser, main
 from tiny import save_tiny, words
 
 
@@ -174,7 +174,32 @@ def test_input_model_directory_is_never_modified(capsys, tmp_path, tiny_dir, tex
     assert {p.name: p.read_bytes() for p in tiny_dir.iterdir()} == before
 
 
-@pytest.mark.parametrize("verb", ["inspect", "score", "plan", "apply", "prune", "eval", "bench"])
+VERBS = sorted(build_parser()._subparsers._group_actions[0].choices)
+
+
+def test_the_twelve_verbs():
+    assert (
+        sorted(
+            [
+                "inspect",
+                "score",
+                "plan",
+                "apply",
+                "prune",
+                "recover",
+                "quantize",
+                "sweep",
+                "explain",
+                "report",
+                "eval",
+                "bench",
+            ]
+        )
+        == VERBS
+    )
+
+
+@pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_has_help(capsys, verb):
     with pytest.raises(SystemExit) as exc:
         main([verb, "--help"])

@@ -10,6 +10,7 @@ EXPECTED = {
     "llama": ("model.layers", "self_attn", "input_layernorm", "mlp", "post_attention_layernorm"),
     "gpt2": ("transformer.h", "attn", "ln_1", "mlp", "ln_2"),
     "neox": ("gpt_neox.layers", "attention", "input_layernorm", "mlp", "post_attention_layernorm"),
+    "phi3": ("model.layers", "self_attn", "input_layernorm", "mlp", "post_attention_layernorm"),
 }
 
 

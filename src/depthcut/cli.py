@@ -129,7 +129,11 @@ def make_config(args: argparse.Namespace):
 
 def eval_settings(args: argparse.Namespace, default_ppl: bool = False):
     from depthcut.eval.run import EvalSettings
+    from depthcut.eval.zeroshot import TASKS
 
+    unknown = [t for t in comma_list(args.tasks) if t not in TASKS]
+    if unknown:
+        raise DepthcutError(f"unknown task {unknown[0]!r}; offline tasks: {', '.join(TASKS)}")
     want_ppl = args.perplexity or (default_ppl and not args.latency and not args.tasks)
     return EvalSettings(
         perplexity=want_ppl,

@@ -27,3 +27,7 @@ class CalibrationError(DepthcutError):
 
 class OutputExistsError(DepthcutError):
     """The output directory exists and overwrite was not requested."""
+
+
+class OutputWriteError(DepthcutError):
+    """The output could not be written (read-only or full disk); nothing partial was kept."""

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from depthcut.errors import ConfigError
+
 Measure = Callable[[nn.Module], float]
 
 
@@ -71,6 +73,20 @@ def plot_leave_one_out(result: dict, path) -> None:
     plt.close(fig)
 
 
+def parse_pairs(items: tuple[str, ...], known: list[str]) -> list[tuple[str, str]]:
+    """``("mlp:2+mlp:3", …)`` → unit id pairs; each side must be a unit of ``--units``."""
+    pairs = []
+    for item in items:
+        sides = tuple(item.split("+"))
+        if len(sides) != 2 or any(side not in known for side in sides):
+            raise ConfigError(
+                f"--pairs {item!r}: give a pair of two units of --units as KIND:BLOCK+KIND:BLOCK "
+                f"(e.g. {known[0]}+{known[-1]})"
+            )
+        pairs.append(sides)
+    return pairs
+
+
 def explain_dir(args, settings):
     """``depthcut explain MODEL``: leave-one-out of every unit of ``--units`` and the
     ``--pairs`` check; writes explain.json and explain.png into ``--out``."""
@@ -88,9 +104,9 @@ def explain_dir(args, settings):
     model, tok = load_model(args.model, tokenizer=args.tokenizer)
     kinds = comma_list(args.units)
     units = [u.id for u in discover_units(model, discover_structure(model), kinds)]
+    pairs = parse_pairs(comma_list(args.pairs), units)
     ppl = perplexity_fn(tok, settings)
     result = leave_one_out(model, units, ppl)
-    pairs = [tuple(p.split("+")) for p in comma_list(args.pairs)]
     result["pairs"] = pair_dependency(model, pairs, ppl) if pairs else []
 
     def write(tmp: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from depthcut.errors import ModelLoadError, OutputExistsError
+from depthcut.errors import ModelLoadError, OutputExistsError, OutputWriteError
 from depthcut.graph.structure import probe_inputs
 from depthcut.planning.plan import Plan
 
@@ -46,12 +46,20 @@ def prepare_output(out_dir: str | Path, overwrite: bool) -> Path:
 
 def atomic_dir(out: Path, write, overwrite: bool = False) -> Path:
     """Run ``write(tmp_dir)`` and rename the temp dir to ``out`` only when it succeeded."""
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    except OSError as err:
+        raise OutputWriteError(f"{out}: cannot write there ({err.strerror})") from None
     try:
         write(tmp)
         if out.exists() and overwrite:
             shutil.rmtree(out)
         tmp.rename(out)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputWriteError(
+            f"{out}: writing failed ({err.strerror or err}); nothing was kept"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -217,6 +217,20 @@ def _load_hf(path: Path, dtype=None):
         model = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, dtype=dtype or torch.float32
         )
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{path}: cannot load ({str(err).splitlines()[0]})") from None
+    except Exception as err:  # noqa: BLE001 - missing shards, truncated files: many types
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ModelLoadError(f"{path}: cannot load its weights ({first})") from None
+    check_finite(model, path)
     return model.eval()
+
+
+def check_finite(model, path: Path) -> None:
+    """Refuse weights holding NaN or inf: every score and plan made from them is meaningless."""
+    import torch
+
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ModelLoadError(
+                f"{path}: weight {name} has {bad} NaN or inf values; the checkpoint is corrupt"
+            )

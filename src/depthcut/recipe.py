@@ -45,8 +45,9 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
-        if data.get("version") != RECIPE_VERSION:
-            raise ConfigError(f"recipe version {data.get('version')} unsupported")
+        from depthcut.files import check_version
+
+        check_version(data.get("version"), RECIPE_VERSION, "recipe")
         unknown = set(data) - {"version", "prune", "steps", "recover", "quantize"}
         if unknown:
             raise ConfigError(f"recipe has unknown sections {sorted(unknown)}")
@@ -63,10 +64,12 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such recipe file")
+        from depthcut.files import read_json
+
+        data = read_json(path, "recipe")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            return cls.from_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+        except (KeyError, TypeError, AttributeError) as err:
             raise ConfigError(f"{path}: not a depthcut recipe ({err})") from None

@@ -71,4 +71,6 @@ class Scores:
 
     @classmethod
     def load(cls, path: str | Path) -> Scores:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        from depthcut.files import read_json
+
+        return cls.from_dict(read_json(path, "scores"))

@@ -85,12 +85,24 @@ def open_state(out: Path, cfg: SweepConfig, overwrite: bool) -> dict:
         if state.get("config") == cfg.to_dict():
             return state
         if not overwrite:
-            raise OutputExistsError(
-                f"{path} holds a sweep with other settings (use --overwrite to start over)"
-            )
+            raise OutputExistsError(f"{path} holds a sweep {_difference(state.get('config'), cfg)}")
     state = {"version": SWEEP_VERSION, "config": cfg.to_dict(), "points": []}
     _write_json(path, state)
     return state
+
+
+def _difference(saved: dict | None, cfg: SweepConfig) -> str:
+    """Which setting of a stored sweep differs from this run's (e.g. its calibration text)."""
+    new = cfg.to_dict()
+    flat_old = (saved or {}) | (saved or {}).get("extra", {})
+    flat_new = new | new.get("extra", {})
+    for key, value in flat_new.items():
+        if key != "extra" and flat_old.get(key) != value:
+            return (
+                f"made with {key}={flat_old.get(key)!r}, not {value!r}: its scores and points "
+                "would mix settings (use --overwrite to start over)"
+            )
+    return "with other settings (use --overwrite to start over)"
 
 
 def _done(state: dict, method: str, budget: float | None) -> bool:

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from depthcut.errors import ConfigError
+
 PLAN_VERSION = 1
 
 
@@ -64,8 +66,11 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
-        if data.get("version") != PLAN_VERSION:
-            raise ValueError(f"plan version {data.get('version')} unsupported ({PLAN_VERSION})")
+        from depthcut.files import check_version
+
+        if not isinstance(data, dict) or "actions" not in data or "model" not in data:
+            raise ConfigError("not a depthcut plan (no actions / model)")
+        check_version(data.get("version"), PLAN_VERSION, "plan")
         actions = [
             Action(**(a | {"indices": tuple(a["indices"]) if a.get("indices") else None}))
             for a in data["actions"]
@@ -77,7 +82,9 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        from depthcut.files import read_json
+
+        return cls.from_dict(read_json(path, "plan"))
 
     def summary(self) -> str:
         """A table of the actions and the totals."""

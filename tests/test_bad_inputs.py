@@ -1,0 +1,369 @@
+"""The bad-input catalogue: every case gives one line `depthcut: error: …`, exit 2, writes
+nothing (no --out, no temporary sibling) and leaves its input directories byte-identical.
+README's "Bad input" table lists the same cases with the same messages (tested)."""
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from depthcut.cli import main
+from tiny import save_tiny, tiny_llama, tiny_tokenizer, words
+
+# (case, the message's fixed part); the README's table quotes each message
+CATALOGUE = {
+    "nan_weights": "has 1 NaN or inf values; the checkpoint is corrupt",
+    "missing_shard": "cannot load its weights",
+    "truncated_safetensors": "cannot load its weights",
+    "read_only_out": "cannot write there (Read-only file system)",
+    "full_disk": "writing failed (No space left on device); nothing was kept",
+    "plan_other_model": "plan was made for a model with 6 blocks",
+    "scores_other_calibration": "made with calib=",
+    "recipe_newer": "recipe format version 99 is newer than this depthcut reads (1)",
+    "plan_newer": "plan format version 7 is newer than this depthcut reads (1)",
+    "plan_corrupt": "not a valid plan file (JSONDecodeError)",
+    "scores_missing": "nope.json: no such file",
+    "unknown_units": "units ['foo'] unknown",
+    "budget_out_of_range": "budget params=1.5 must be a fraction in (0, 1)",
+    "out_exists": "exists (use --overwrite to replace it)",
+    "no_such_model": "no such directory",
+    "no_config": "not a model directory (no config.json)",
+    "no_tokenizer": "no tokenizer in",
+    "unknown_importance": "unknown importance",
+    "width_without_fraction": "units include head: give heads=FRACTION in (0, 1)",
+    "empty_calibration": "has fewer than 2 articles to split",
+    "unknown_task": "unknown task 'nosuchtask'",
+    "prune_quantized": "quantize last",
+    "recover_bad_method": "recover method 'magic'; choose one of ('lora', 'full')",
+    "report_not_a_run": "no report.json or history.json (not a depthcut prune output)",
+    "explain_bad_pair": "--pairs 'mlp1': give a pair of two units of --units",
+    "quantize_bad_method": "quantize method 'int3'",
+}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Inputs shared by the cases: a model, a calibration text, a pruned and a quantized run."""
+    root = tmp_path_factory.mktemp("bad")
+    save_tiny(root / "model")
+    (root / "text.txt").write_text("\n\n".join(words(200, seed=s) for s in range(10)))
+    small = ["--calib", root / "text.txt", "--n-samples", "4", "--seq-len", "32"]
+    assert main([str(a) for a in ["prune", root / "model", "--out", root / "run", *small]]) == 0
+    q = ["quantize", root / "run", "--out", root / "q", "--eval-text", root / "text.txt"]
+    assert main([str(a) for a in [*q, "--max-windows", "1", "--window", "32"]]) == 0
+    return root, small
+
+
+def _snapshot(*dirs: Path) -> dict:
+    return {
+        str(p): p.read_bytes()
+        for d in dirs
+        if d.exists()
+        for p in sorted(d.rglob("*"))
+        if p.is_file()
+    }
+
+
+def expect_error(capsys, argv, message, inputs, out=None):
+    """Run the CLI; one-line error with ``message``, exit 2, no output, inputs unchanged."""
+    before = _snapshot(*inputs)
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("depthcut: error:")]
+    assert code == 2 and len(errors) == 1, err
+    assert message in errors[0], errors[0]
+    assert _snapshot(*inputs) == before
+    if out is not None:
+        assert not out.exists()
+        assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp")]
+    return errors[0]
+
+
+def _copy_model(env, name):
+    root, _ = env
+    target = root / name
+    if not target.exists():
+        shutil.copytree(root / "model", target)
+    return target
+
+
+def test_nan_weights(capsys, env, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    bad = _copy_model(env, "nan")
+    state = load_file(bad / "model.safetensors")
+    state["model.layers.1.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(state, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "o"
+    expect_error(
+        capsys,
+        ["prune", bad, "--out", out, *env[1]],
+        CATALOGUE["nan_weights"],
+        [bad],
+        out,
+    )
+
+
+def test_missing_shard(capsys, env, tmp_path):
+    root, small = env
+    bad = root / "sharded"
+    if not bad.exists():
+        tiny_llama().save_pretrained(bad, max_shard_size="20KB")
+        tiny_tokenizer().save_pretrained(bad)
+        sorted(bad.glob("model-*.safetensors"))[1].unlink()
+    out = tmp_path / "o"
+    line = expect_error(
+        capsys, ["prune", bad, "--out", out, *small], CATALOGUE["missing_shard"], [bad], out
+    )
+    assert "model-00002" in line
+
+
+def test_truncated_safetensors(capsys, env, tmp_path):
+    bad = _copy_model(env, "truncated")
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "o"
+    expect_error(
+        capsys,
+        ["prune", bad, "--out", out, *env[1]],
+        CATALOGUE["truncated_safetensors"],
+        [bad],
+        out,
+    )
+
+
+def test_read_only_output_disk(capsys, env, tmp_path, monkeypatch):
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    root, small = env
+    out = tmp_path / "o"
+    expect_error(
+        capsys,
+        ["prune", root / "model", "--out", out, *small],
+        CATALOGUE["read_only_out"],
+        [root / "model"],
+        out,
+    )
+
+
+def test_full_output_disk(capsys, env, tmp_path, monkeypatch):
+    import transformers.modeling_utils as hf
+
+    def full(state, filename, **kwargs):  # half a file written, then the disk is full
+        Path(filename).write_bytes(b"\0" * 1024)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(hf, "safe_save_file", full)
+    root, small = env
+    out = tmp_path / "o"
+    expect_error(
+        capsys,
+        ["prune", root / "model", "--out", out, *small],
+        CATALOGUE["full_disk"],
+        [root / "model"],
+        out,
+    )
+
+
+def test_ctrl_c_during_save_keeps_nothing(env, tmp_path):
+    """SIGINT while the output is being written: exit 130, no --out, no temporary sibling."""
+    root, small = env
+    out = tmp_path / "o"
+    script = (
+        "import sys, time, transformers.modeling_utils as hf\n"
+        "orig = hf.safe_save_file\n"
+        "def slow(*a, **k):\n"
+        "    orig(*a, **k); print('SAVING', flush=True); time.sleep(60)\n"
+        "hf.safe_save_file = slow\n"
+        "from depthcut.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    argv = ["prune", str(root / "model"), "--out", str(out), *map(str, small)]
+    before = _snapshot(root / "model")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and "SAVING" not in proc.stdout.readline():
+        pass
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; no partial output was kept" in err
+    assert not out.exists() and not list(tmp_path.glob(".o.tmp*"))
+    assert _snapshot(root / "model") == before
+
+
+def test_plan_for_another_model(capsys, env, tmp_path):
+    root, _ = env
+    other = root / "four"
+    if not other.exists():
+        tiny_llama(layers=4).save_pretrained(other)
+        tiny_tokenizer().save_pretrained(other)
+    out = tmp_path / "o"
+    argv = ["apply", other, root / "run" / "plan.json", "--out", out]
+    expect_error(capsys, argv, CATALOGUE["plan_other_model"], [other, root / "run"], out)
+
+
+def test_scores_from_another_calibration_set(capsys, env, tmp_path):
+    root, _ = env
+    other_text = tmp_path / "other.txt"
+    other_text.write_text("\n\n".join(words(200, seed=s) for s in range(20, 30)))
+    sweep = ["sweep", root / "model", "--methods", "bi", "--budgets", "0.2", "--out"]
+    small = ["--n-samples", "2", "--seq-len", "32", "--max-windows", "1", "--window", "32"]
+    out = tmp_path / "sw"
+    args = [*sweep, out, *small, "--eval-text", root / "text.txt"]
+    assert main([str(a) for a in [*args, "--calib", root / "text.txt"]]) == 0
+    capsys.readouterr()
+    expect_error(
+        capsys,
+        [*args, "--calib", other_text],
+        CATALOGUE["scores_other_calibration"],
+        [root / "model", out],
+    )
+
+
+def test_recipe_of_a_newer_format(capsys, env, tmp_path):
+    root, small = env
+    recipe = json.loads((root / "run" / "recipe.json").read_text()) | {"version": 99}
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe))
+    out = tmp_path / "o"
+    argv = ["prune", root / "model", "--recipe", path, "--out", out, *small]
+    expect_error(capsys, argv, CATALOGUE["recipe_newer"], [root / "model"], out)
+
+
+def test_plan_of_a_newer_format(capsys, env, tmp_path):
+    root, _ = env
+    plan = json.loads((root / "run" / "plan.json").read_text()) | {"version": 7}
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    out = tmp_path / "o"
+    argv = ["apply", root / "model", path, "--out", out]
+    expect_error(capsys, argv, CATALOGUE["plan_newer"], [root / "model"], out)
+
+
+def test_corrupt_plan(capsys, env, tmp_path):
+    root, _ = env
+    path = tmp_path / "plan.json"
+    path.write_text('{"actions": [')
+    out = tmp_path / "o"
+    argv = ["apply", root / "model", path, "--out", out]
+    expect_error(capsys, argv, CATALOGUE["plan_corrupt"], [root / "model"], out)
+
+
+def test_missing_scores(capsys, env, tmp_path):
+    out = tmp_path / "plan.json"
+    argv = ["plan", tmp_path / "nope.json", "--out", out]
+    expect_error(capsys, argv, CATALOGUE["scores_missing"], [env[0] / "run"], out)
+
+
+CONFIG_CASES = {
+    "unknown_units": ["--units", "foo"],
+    "budget_out_of_range": ["--budget", "params=1.5"],
+    "unknown_importance": ["--importance", "foo"],
+    "width_without_fraction": ["--units", "head"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_bad_prune_config(capsys, env, tmp_path, case):
+    root, small = env
+    out = tmp_path / "o"
+    argv = ["prune", root / "model", "--out", out, *small, *CONFIG_CASES[case]]
+    expect_error(capsys, argv, CATALOGUE[case], [root / "model"], out)
+
+
+def test_existing_out(capsys, env):
+    root, small = env
+    before = _snapshot(root / "run")
+    argv = ["prune", root / "model", "--out", root / "run", *small]
+    expect_error(capsys, argv, CATALOGUE["out_exists"], [root / "model", root / "run"])
+    assert _snapshot(root / "run") == before
+
+
+def test_model_paths(capsys, env, tmp_path):
+    root, _ = env
+    expect_error(capsys, ["inspect", tmp_path / "nope"], CATALOGUE["no_such_model"], [])
+    (tmp_path / "empty").mkdir()
+    expect_error(capsys, ["inspect", tmp_path / "empty"], CATALOGUE["no_config"], [])
+    notok = root / "notok"
+    if not notok.exists():
+        tiny_llama().save_pretrained(notok)
+    out = tmp_path / "s.json"
+    argv = ["score", notok, "--out", out, "--calib", root / "text.txt"]
+    line = expect_error(capsys, argv, CATALOGUE["no_tokenizer"], [notok], out)
+    assert line.endswith("pass --tokenizer PATH")
+
+
+def test_empty_calibration_text(capsys, env, tmp_path):
+    root, _ = env
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    out = tmp_path / "o"
+    argv = ["prune", root / "model", "--out", out, "--calib", empty]
+    expect_error(capsys, argv, CATALOGUE["empty_calibration"], [root / "model"], out)
+
+
+def test_unknown_task(capsys, env, tmp_path):
+    root, _ = env
+    out = tmp_path / "r.json"
+    argv = ["eval", root / "run", "--tasks", "nosuchtask", "--json", out]
+    expect_error(capsys, argv, CATALOGUE["unknown_task"], [root / "run"], out)
+
+
+def test_pruning_a_quantized_run(capsys, env, tmp_path):
+    root, small = env
+    out = tmp_path / "o"
+    argv = ["prune", root / "q", "--out", out, *small]
+    expect_error(capsys, argv, CATALOGUE["prune_quantized"], [root / "q"], out)
+
+
+def test_recover_with_an_unknown_method(capsys, env, tmp_path):
+    root, _ = env
+    out = tmp_path / "o"
+    argv = ["recover", root / "run", "--method", "magic", "--out", out]
+    expect_error(capsys, argv, CATALOGUE["recover_bad_method"], [root / "run"], out)
+
+
+def test_report_of_a_model_directory(capsys, env):
+    root, _ = env
+    before = _snapshot(root / "model")
+    expect_error(capsys, ["report", root / "model"], CATALOGUE["report_not_a_run"], [])
+    assert _snapshot(root / "model") == before
+
+
+def test_explain_with_a_malformed_pair(capsys, env, tmp_path):
+    root, _ = env
+    out = tmp_path / "o"
+    argv = ["explain", root / "model", "--pairs", "mlp1", "--out", out]
+    expect_error(capsys, argv, CATALOGUE["explain_bad_pair"], [root / "model"], out)
+
+
+def test_quantize_with_an_unknown_method(capsys, env, tmp_path):
+    root, _ = env
+    out = tmp_path / "o"
+    argv = ["quantize", root / "run", "--method", "int3", "--out", out]
+    expect_error(capsys, argv, CATALOGUE["quantize_bad_method"], [root / "run"], out)
+
+
+def test_catalogue_is_in_the_readme():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [case for case, msg in CATALOGUE.items() if f"`{case}`" not in readme]
+    assert len(CATALOGUE) >= 20 and not missing, missing
+    quoted = [case for case, msg in CATALOGUE.items() if msg not in readme]
+    assert not quoted, quoted
