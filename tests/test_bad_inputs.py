@@ -86,6 +86,14 @@ def expect_error(capsys, argv, message, inputs, out=None):
     return errors[0]
 
 
+def expect_prune_error(capsys, env, tmp_path, case, *extra):
+    """``prune`` of the shared model with ``extra`` flags fails as ``CATALOGUE[case]`` says."""
+    root, small = env
+    out = tmp_path / "o"
+    argv = ["prune", root / "model", "--out", out, *small, *extra]
+    return expect_error(capsys, argv, CATALOGUE[case], [root / "model"], out)
+
+
 def _copy_model(env, name):
     root, _ = env
     target = root / name
@@ -146,15 +154,7 @@ def test_read_only_output_disk(capsys, env, tmp_path, monkeypatch):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     monkeypatch.setattr(tempfile, "mkdtemp", read_only)
-    root, small = env
-    out = tmp_path / "o"
-    expect_error(
-        capsys,
-        ["prune", root / "model", "--out", out, *small],
-        CATALOGUE["read_only_out"],
-        [root / "model"],
-        out,
-    )
+    expect_prune_error(capsys, env, tmp_path, "read_only_out")
 
 
 def test_full_output_disk(capsys, env, tmp_path, monkeypatch):
@@ -165,15 +165,7 @@ def test_full_output_disk(capsys, env, tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(hf, "safe_save_file", full)
-    root, small = env
-    out = tmp_path / "o"
-    expect_error(
-        capsys,
-        ["prune", root / "model", "--out", out, *small],
-        CATALOGUE["full_disk"],
-        [root / "model"],
-        out,
-    )
+    expect_prune_error(capsys, env, tmp_path, "full_disk")
 
 
 def test_ctrl_c_during_save_keeps_nothing(env, tmp_path):
@@ -238,13 +230,10 @@ def test_scores_from_another_calibration_set(capsys, env, tmp_path):
 
 
 def test_recipe_of_a_newer_format(capsys, env, tmp_path):
-    root, small = env
-    recipe = json.loads((root / "run" / "recipe.json").read_text()) | {"version": 99}
+    recipe = json.loads((env[0] / "run" / "recipe.json").read_text()) | {"version": 99}
     path = tmp_path / "recipe.json"
     path.write_text(json.dumps(recipe))
-    out = tmp_path / "o"
-    argv = ["prune", root / "model", "--recipe", path, "--out", out, *small]
-    expect_error(capsys, argv, CATALOGUE["recipe_newer"], [root / "model"], out)
+    expect_prune_error(capsys, env, tmp_path, "recipe_newer", "--recipe", path)
 
 
 def test_plan_of_a_newer_format(capsys, env, tmp_path):
@@ -282,10 +271,7 @@ CONFIG_CASES = {
 
 @pytest.mark.parametrize("case", sorted(CONFIG_CASES))
 def test_bad_prune_config(capsys, env, tmp_path, case):
-    root, small = env
-    out = tmp_path / "o"
-    argv = ["prune", root / "model", "--out", out, *small, *CONFIG_CASES[case]]
-    expect_error(capsys, argv, CATALOGUE[case], [root / "model"], out)
+    expect_prune_error(capsys, env, tmp_path, case, *CONFIG_CASES[case])
 
 
 def test_existing_out(capsys, env):

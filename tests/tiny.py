@@ -64,24 +64,29 @@ def tiny_neox(layers: int = 6, seed: int = 0, parallel: bool = True):
     return GPTNeoXForCausalLM(cfg).eval()
 
 
+GQA_DECODER = {
+    "vocab_size": VOCAB,
+    "hidden_size": 32,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "tie_word_embeddings": False,
+}
+
+
 def tiny_phi3(layers: int = 6, seed: int = 0):
     """Phi-3: fused ``qkv_proj`` (GQA: 4 q / 2 kv heads) and fused ``gate_up_proj``."""
     from transformers import Phi3Config, Phi3ForCausalLM
 
     torch.manual_seed(seed)
     cfg = Phi3Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
+        **GQA_DECODER,
         intermediate_size=48,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
         original_max_position_embeddings=128,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
     )
     return Phi3ForCausalLM(cfg).eval()
 
@@ -92,20 +97,12 @@ def tiny_qwen2(layers: int = 6, seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
+        **GQA_DECODER,
         intermediate_size=64,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
         use_sliding_window=True,
         sliding_window=4,
         max_window_layers=layers // 2,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
     )
     return Qwen2ForCausalLM(cfg).eval()
 
