@@ -54,7 +54,8 @@ def test_sweep_refuses_other_settings_and_draws_curves(tmp_path):
     model, calib = tiny_llama(layers=6), tiny_calib()
     cfg = SweepConfig(methods=("random", "bi"), budgets=(0.2,))
     state = run_sweep(model, None, calib, cfg, tmp_path, measure)
-    with pytest.raises(OutputExistsError, match="other settings"):
+    named = r"made with methods=\['random', 'bi'\], not \['bi'\]: its scores and points would mix"
+    with pytest.raises(OutputExistsError, match=named):
         run_sweep(
             model, None, calib, SweepConfig(methods=("bi",), budgets=(0.2,)), tmp_path, measure
         )

@@ -267,3 +267,18 @@ def test_width_scores_round_trip_through_json(tmp_path):
     again = Scores.load(tmp_path / "s.json")
     assert again.width == scores.width
     assert dc.plan(again, cfg).to_json() == dc.plan(scores, cfg).to_json()
+
+
+def test_missing_head_attribute_table_entry_is_named(monkeypatch):
+    """Phi-3 keeps its query-head count in its config: without HEAD_ATTRS' entry the pruned
+    attention cannot run, and the error names the table instead of a shape mismatch."""
+    from depthcut.errors import UnsupportedModelError
+    from depthcut.width import layers
+    from tiny import tiny_phi3
+
+    model = tiny_phi3(layers=4)
+    cfg = width_cfg("head", 0.5, protect_first=0, protect_last=0, width_scope="per_layer")
+    plan = dc.plan(dc.score(model, cfg, tiny_calib(), progress=False), cfg)
+    monkeypatch.delitem(layers.HEAD_ATTRS, "phi3")
+    with pytest.raises(UnsupportedModelError, match=r"phi3: attention fails after head pruning"):
+        dc.apply(model, plan)

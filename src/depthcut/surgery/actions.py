@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from depthcut.errors import UnsupportedModelError
-from depthcut.graph.structure import ModelStructure, discover_structure, require_sublayer
+from depthcut.graph.structure import (
+    ModelStructure,
+    discover_structure,
+    probe_inputs,
+    require_sublayer,
+)
 from depthcut.planning.plan import Plan
 from depthcut.surgery.hf import renumber_layer_idx, sync_config
 from depthcut.surgery.modules import ZeroBranch, set_module
@@ -52,8 +58,27 @@ def apply_width_actions(
         layers.update({w.id: w for w in width_layers(model, structure, kind)})
     for action in actions:
         prune_width(model, layers[f"{action.kind}:{action.block}"], list(action.indices))
+    if any(a.kind == "head" for a in actions):
+        check_heads_run(model)
     if actions and hasattr(model, "config"):
         sync_uniform_width(model.config, layers, actions, drop)
+
+
+def check_heads_run(model: nn.Module) -> None:
+    """After head pruning the attentions must still run: the graph shows the sliced rows but
+    not where an attention keeps its head counts (``width.layers.HEAD_ATTRS``)."""
+    from depthcut.width.layers import HEAD_ATTRS
+
+    try:
+        with torch.no_grad():
+            model(**probe_inputs(model))
+    except (RuntimeError, ValueError) as err:
+        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise UnsupportedModelError(
+            f"{model_type}: attention fails after head pruning ({str(err).splitlines()[0][:120]});"
+            f" its head-count attributes are not in depthcut.width.layers.HEAD_ATTRS "
+            f"(known: {', '.join(HEAD_ATTRS)})"
+        ) from None
 
 
 def sync_uniform_width(config, layers: dict, actions: list, drop: frozenset = frozenset()) -> None:
