@@ -18,9 +18,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-ATTENTION_OPS = {"scaled_dot_product_attention", "softmax", "_softmax"}
-NORM_OPS = {"layer_norm", "rms_norm", "rsqrt", "group_norm"}
-TRANSFORM_OPS = {"linear", "conv1d", "conv2d", "addmm", "matmul"}
+from depthcut.ops import ATTENTION_OPS, NORM_OPS, TRANSFORM_OPS
+
 WATCHED_OPS = ATTENTION_OPS | NORM_OPS | TRANSFORM_OPS
 
 

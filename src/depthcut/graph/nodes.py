@@ -25,7 +25,7 @@ from torch import nn
 
 from depthcut.errors import UnsupportedModelError
 from depthcut.graph.structure import is_norm
-from depthcut.surgery.slice import is_transform
+from depthcut.ops import ATTENTION_OPS, is_transform
 
 TRANSPARENT = {"to", "_to_copy", "clone", "contiguous", "alias", "detach", "dropout"}
 TRANSPARENT |= {"lift_fresh_copy", "type_as", "feature_dropout", "native_dropout"}
@@ -43,8 +43,6 @@ SLICE_OPS = {"slice", "split", "split_with_sizes", "chunk", "narrow", "select", 
 SLICE_OPS |= {"unbind", "getitem"}
 REDUCE_OPS = {"mean", "sum", "amax", "max", "min", "std", "var", "softmax", "_softmax"}
 CONCAT_OPS = {"cat", "concat", "concatenate"}
-ATTENTION_OPS = {"scaled_dot_product_attention", "softmax", "_softmax"}
-TRANSFORM_OPS = {"linear", "conv1d", "conv2d", "conv3d", "addmm", "matmul", "mm", "convolution"}
 ELEMENTWISE = ACT_OPS | UNARY_OPS | ARITH_OPS | TRANSPARENT | SILENT
 
 

@@ -8,13 +8,8 @@ import torch
 from torch import nn
 
 from depthcut.errors import UnsupportedModelError
-from depthcut.graph.capture import (
-    ATTENTION_OPS,
-    TRANSFORM_OPS,
-    Call,
-    trace_calls,
-)
-from depthcut.surgery.slice import is_transform
+from depthcut.graph.capture import Call, trace_calls
+from depthcut.ops import ATTENTION_OPS, TRANSFORM_OPS, is_transform
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from depthcut.graph.nodes import FNode
+from depthcut.ops import is_conv1d
 from depthcut.surgery.modules import PatchBranch, set_module
 from depthcut.units.fine import UNIT_KINDS, FineState, param_dims
 from depthcut.units.fine_patch import Patch, dropped_labels, patches_of
@@ -66,7 +67,7 @@ def _sync_sizes(module: nn.Module, node: FNode) -> None:
     if w is None:
         return
     if node.kind == "transform":
-        conv1d = hasattr(module, "nf")
+        conv1d = is_conv1d(module)
         sizes = {
             "out": w.shape[1] if conv1d else w.shape[0],
             "in": w.shape[0] if conv1d else w.shape[1],
@@ -90,7 +91,7 @@ def fold(root: nn.Module, patches: list[Patch]) -> None:
         for patch in patches:
             for consumer, keep, drop in patch.folds:
                 module = root.get_submodule(consumer)
-                axis = 0 if hasattr(module, "nf") else 1
+                axis = 0 if is_conv1d(module) else 1
                 w = module.weight
                 w.index_add_(axis, torch.tensor([keep]), w.index_select(axis, torch.tensor([drop])))
 

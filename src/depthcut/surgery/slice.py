@@ -5,25 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def is_transform(module: nn.Module) -> bool:
-    """A 2-D weight matmul: ``nn.Linear`` ([out, in]) or a ``Conv1D`` ([in, out], has ``nf``)."""
-    weight = getattr(module, "weight", None)
-    if isinstance(module, nn.Linear):
-        return True
-    return hasattr(module, "nf") and isinstance(weight, torch.Tensor) and weight.dim() == 2
-
-
-def out_axis(module: nn.Module) -> int:
-    return 0 if isinstance(module, nn.Linear) else 1
-
-
-def out_features(module: nn.Module) -> int:
-    return module.weight.shape[out_axis(module)]
-
-
-def in_features(module: nn.Module) -> int:
-    return module.weight.shape[1 - out_axis(module)]
+from depthcut.ops import out_axis
 
 
 def _set(module: nn.Module, name: str, tensor: torch.Tensor) -> None:

@@ -21,6 +21,7 @@ from torch import nn
 
 from depthcut.errors import UnsupportedModelError
 from depthcut.graph.nodes import FineGraph, FNode
+from depthcut.ops import is_conv1d
 
 UNIT_KINDS = ("transform", "attention")
 
@@ -245,7 +246,7 @@ def param_dims(graph: FineGraph, node: FNode, name: str, p: torch.Tensor, module
         i, o = graph.spaces.find(node.extra["in"]), graph.spaces.find(node.extra["out"])
         if p.dim() == 1:
             return [o]
-        first, second = (i, o) if hasattr(module, "nf") else (o, i)
+        first, second = (i, o) if is_conv1d(module) else (o, i)
         return [first, second] + [None] * (p.dim() - 2)
     if p.dim() == 1:
         return [graph.space(node.name, node.extra.get("cdim", -1))]

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from depthcut.data import CalibData
 from depthcut.errors import ConfigError
+from depthcut.ops import out_axis
 from depthcut.width.layers import WidthLayer
 
 WIDTH_METRICS = ("magnitude", "taylor", "output_norm", "activation_frequency")
@@ -25,7 +26,6 @@ WIDTH_METRICS = ("magnitude", "taylor", "output_norm", "activation_frequency")
 
 def _part_axis(module: nn.Module, part) -> int:
     """The weight axis that indexes the part's channels."""
-    from depthcut.surgery.slice import out_axis
 
     return out_axis(module) if part.side == "out" else 1 - out_axis(module)
 

@@ -21,7 +21,7 @@ from torch import nn
 from depthcut.errors import UnsupportedModelError
 from depthcut.graph.capture import channel_segments
 from depthcut.graph.structure import ModelStructure, Sublayer
-from depthcut.surgery.slice import in_features, out_features
+from depthcut.ops import in_features, out_features
 
 # attention attributes that hold a head count ("config.X": the attention's own config copy)
 HEAD_ATTRS = {
