@@ -3,9 +3,9 @@ import json
 import pytest
 
 from depthcut.errors import OutputExistsError
+from depthcut.jobs.sweep import sweep_table
 from depthcut.report.curves import plot_sweep
 from depthcut.sweep import SweepConfig, run_sweep
-from depthcut.sweep_job import sweep_table
 from test_cli import run
 from tiny import tiny_calib, tiny_llama
 

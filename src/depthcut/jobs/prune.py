@@ -1,38 +1,51 @@
-"""The pipeline behind ``depthcut prune``: score → plan → apply → (eval) → save, one shot or
-as ``--steps k`` rounds of prune → recover → re-score."""
+"""``depthcut prune``: score → plan → apply → (eval) → save, one shot or as ``steps`` rounds
+of prune → recover → re-score, quantized last if the recipe says so."""
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from depthcut.errors import DepthcutError
+from depthcut.eval.run import EvalSettings
+from depthcut.jobs.common import CalibSpec, ModelRef, Output
 from depthcut.recipe import Recipe
 
 
-def prune_to_dir(model_name: str, recipe: Recipe, args, settings=None) -> Path:
-    """Prune ``model_name`` into ``args.out`` with scores, plan, report and recipe beside the
-    model: one shot, or ``recipe.steps`` rounds with recovery; quantized last if asked."""
+@dataclass(frozen=True)
+class PruneJob:
+    """Prune ``model`` by ``recipe`` into ``out``; ``evaluation`` measures before/after;
+    ``eval_text`` is the held-out text of iterative runs measured without ``evaluation``."""
+
+    model: ModelRef
+    recipe: Recipe
+    out: Output
+    calib: CalibSpec = field(default_factory=CalibSpec)
+    evaluation: EvalSettings | None = None
+    eval_text: str = "wiki"
+
+
+def run_prune(job: PruneJob) -> Path:
+    """The pruned model with scores, plan, report and recipe beside it; returns ``out``.
+
+    >>> job = PruneJob(ModelRef("smollm2-135m"), Recipe(cfg), Output(Path("out/x")))
+    >>> run_prune(job)  # doctest: +SKIP
+    """
     from depthcut.api import apply, plan, score
-    from depthcut.data import calibration
     from depthcut.eval.run import evaluate_models, param_counts
-    from depthcut.io import prepare_output
-    from depthcut.models import load_encoder, load_model
     from depthcut.report.write import comparison_rows, table, write_report
 
-    prepare_output(args.out, args.overwrite)  # refuse before any expensive work
-    encoder = getattr(args, "encoder", False)
-    if encoder and settings is not None:
+    job.out.prepare()  # refuse before any expensive work
+    settings, recipe = job.evaluation, job.recipe
+    if job.model.encoder and settings is not None:
         raise DepthcutError("--perplexity/--latency are for causal LMs, not --encoder models")
-    if encoder:
-        model, tok = load_encoder(model_name)
-    else:
-        model, tok = load_model(model_name, tokenizer=getattr(args, "tokenizer", None))
-    calib = calibration(tok, args.calib, args.n_samples, args.seq_len, args.batch_size)
+    model, tok = job.model.load()
+    calib = job.calib.data(tok)
     cfg = recipe.prune
     if recipe.steps > 1 or recipe.recover is not None:
-        return _iterative(model, tok, recipe, calib, args, settings)
+        return _iterative(model, tok, calib, job)
     scores = score(model, cfg, calib)
     the_plan = plan(scores, cfg, model)
     print(the_plan.summary())
@@ -47,15 +60,15 @@ def prune_to_dir(model_name: str, recipe: Recipe, args, settings=None) -> Path:
         scores.save(tmp / "scores.json")
         write_report(tmp, the_plan, scores, results["before"], results["after"])
 
-    return _save(pruned, the_plan, args, tok, extra, recipe)
+    return _save(pruned, the_plan, job, tok, extra)
 
 
-def _save(model, plans, args, tok, extra, recipe: Recipe) -> Path:
+def _save(model, plans, job: PruneJob, tok, extra) -> Path:
     from depthcut.io import save
     from depthcut.quantize import quantize
 
-    source = args.model
-    meta = {"source": str(Path(source).resolve()) if Path(source).exists() else source}
+    recipe = job.recipe
+    meta = {"source": job.model.source}
     if recipe.quantize is not None:
         model = quantize(model, recipe.quantize)
         meta["quantization"] = recipe.quantize.to_dict()
@@ -64,22 +77,25 @@ def _save(model, plans, args, tok, extra, recipe: Recipe) -> Path:
         extra(tmp)
         recipe.save(tmp / "recipe.json")
 
-    out = save(model, plans, args.out, tok, overwrite=args.overwrite, extra=write_extra, meta=meta)
+    out = save(
+        model, plans, job.out.path, tok, overwrite=job.out.overwrite, extra=write_extra, meta=meta
+    )
     extras = sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".md", ".png"))
     print(f"depthcut: wrote {out} (model, {', '.join(extras)})", file=sys.stderr)
     return out
 
 
-def _iterative(model, tok, recipe: Recipe, calib, args, settings) -> Path:
+def _iterative(model, tok, calib, job: PruneJob) -> Path:
     """k rounds of prune → (recover) → re-score; history.json and history.png beside."""
-    from depthcut.eval.run import EvalSettings, perplexity_fn
+    from depthcut.eval.run import perplexity_fn
     from depthcut.recover.loop import prune_recover_loop
     from depthcut.report.curves import plot_iterative
     from depthcut.report.write import iterative_markdown
 
-    if getattr(args, "encoder", False):
+    recipe = job.recipe
+    if job.model.encoder:
         raise DepthcutError("--steps/--recover train causal LMs; not for --encoder models")
-    ppl = perplexity_fn(tok, settings or EvalSettings(source=args.eval_text))
+    ppl = perplexity_fn(tok, job.evaluation or EvalSettings(source=job.eval_text))
     pruned, plans, history = prune_recover_loop(
         model, tok, recipe.prune, calib, recipe.steps, recipe.recover, ppl
     )
@@ -89,4 +105,4 @@ def _iterative(model, tok, recipe: Recipe, calib, args, settings) -> Path:
         plot_iterative(history, tmp / "history.png")
         (tmp / "report.md").write_text(iterative_markdown(history, recipe.to_dict()))
 
-    return _save(pruned, plans, args, tok, extra, recipe)
+    return _save(pruned, plans, job, tok, extra)

@@ -4,29 +4,25 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from depthcut.errors import DepthcutError
+from depthcut.eval.run import EvalSettings
+from depthcut.jobs.common import ModelRef, Output
 from depthcut.recover.config import RecoverConfig
 
 
-def recover_config(args) -> RecoverConfig:
-    return RecoverConfig(
-        method=getattr(args, "recover", None) or args.method,
-        loss=args.loss,
-        lr=args.lr,
-        max_steps=args.max_steps,
-        epochs=args.epochs,
-        max_minutes=args.max_minutes,
-        batch_size=args.train_batch_size,
-        seq_len=args.train_seq_len,
-        eval_every=args.eval_every,
-        patience=args.patience,
-        lora_r=args.lora_r,
-        temperature=args.temperature,
-        lm_weight=args.lm_weight,
-        source=args.calib,
-    )
+@dataclass(frozen=True)
+class RecoverJob:
+    """Recover the pruned ``run`` by ``recover`` into ``out``; ``teacher`` (default: the
+    run's recorded source) is the dense model for distillation and the perplexity reference."""
+
+    run: ModelRef
+    recover: RecoverConfig
+    out: Output
+    teacher: str | None = None
+    evaluation: EvalSettings = field(default_factory=lambda: EvalSettings(perplexity=True))
 
 
 def gap_closed(dense: float | None, pruned: float, recovered: float) -> float | None:
@@ -36,25 +32,25 @@ def gap_closed(dense: float | None, pruned: float, recovered: float) -> float | 
     return (pruned - recovered) / (pruned - dense)
 
 
-def recover_dir(args, settings) -> Path:
-    """Load RUN_DIR, recover it, measure perplexity before/after (and of the dense teacher
-    when known), save into ``args.out`` with recovery.json and recovery.png."""
+def run_recover(job: RecoverJob) -> Path:
+    """Load the run, recover it, measure perplexity before/after (and of the dense teacher
+    when known), save into ``out`` with recovery.json and recovery.png; returns ``out``."""
     from depthcut.eval.run import perplexity_fn
-    from depthcut.io import prepare_output, read_meta, save
+    from depthcut.io import read_meta, save
     from depthcut.models import load_model
     from depthcut.planning.plan import Plan
     from depthcut.recover.run import recover
     from depthcut.report.curves import plot_recovery
 
-    cfg = recover_config(args)
-    meta = read_meta(args.run)
-    prepare_output(args.out, args.overwrite)
-    teacher_name = args.teacher or meta.get("source")
+    cfg = job.recover
+    meta = read_meta(job.run.name)
+    job.out.prepare()
+    teacher_name = job.teacher or meta.get("source")
     if cfg.loss == "kd" and not teacher_name:
         raise DepthcutError("--loss kd needs --teacher MODEL (the run does not record its source)")
-    model, tok = load_model(args.run, tokenizer=args.tokenizer)
+    model, tok = job.run.load()
     teacher = load_model(teacher_name, need_tokenizer=False)[0] if teacher_name else None
-    ppl = perplexity_fn(tok, settings)
+    ppl = perplexity_fn(tok, job.evaluation)
     before = {"pruned": ppl(model), "dense": ppl(teacher) if teacher is not None else None}
     recovered, history = recover(model, tok, cfg, teacher if cfg.loss == "kd" else None)
     history["perplexity"] = before | {"recovered": ppl(recovered)}
@@ -69,7 +65,7 @@ def recover_dir(args, settings) -> Path:
 
     plans = [Plan.from_dict(p) for p in meta["plans"]]
     info = {"source": meta.get("source"), "recovery": meta.get("recovery", []) + [cfg.to_dict()]}
-    return save(recovered, plans, args.out, tok, args.overwrite, extra=extra, meta=info)
+    return save(recovered, plans, job.out.path, tok, job.out.overwrite, extra=extra, meta=info)
 
 
 def _summary(history: dict) -> str:

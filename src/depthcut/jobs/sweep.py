@@ -3,34 +3,38 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from depthcut.eval.run import EvalSettings
+from depthcut.jobs.common import CalibSpec, ModelRef, Output
 from depthcut.sweep import SweepConfig, run_sweep
 
 
-def sweep_config(args) -> SweepConfig:
-    from depthcut.cli import comma_list as split
+@dataclass(frozen=True)
+class SweepJob:
+    """Methods × budgets of ``sweep`` on ``model``, resumable in ``out``."""
 
+    model: ModelRef
+    sweep: SweepConfig
+    out: Output
+    calib: CalibSpec = field(default_factory=CalibSpec)
+    evaluation: EvalSettings = field(default_factory=EvalSettings)
+
+
+def recorded(job: SweepJob) -> SweepConfig:
+    """The sweep config with the calibration and perplexity settings it is resumed on."""
+    ev = job.evaluation
     extra = {
-        "calib": args.calib,
-        "n_samples": args.n_samples,
-        "seq_len": args.seq_len,
-        "window": args.window,
-        "max_windows": args.max_windows,
-        "bos": args.bos,
-        "eval_text": args.eval_text,
+        "calib": job.calib.source,
+        "n_samples": job.calib.n_samples,
+        "seq_len": job.calib.seq_len,
+        "window": ev.window,
+        "max_windows": ev.max_windows,
+        "bos": ev.bos,
+        "eval_text": ev.source,
     }
-    return SweepConfig(
-        methods=split(args.methods),
-        budgets=tuple(float(b) for b in split(args.budgets)),
-        count=args.count,
-        protect_first=args.protect_first,
-        protect_last=args.protect_last,
-        latency=args.latency,
-        tasks=split(args.tasks),
-        task_limit=args.task_limit,
-        extra=extra,
-    )
+    return replace(job.sweep, extra=extra)
 
 
 def make_measure(tok, cfg: SweepConfig, settings):
@@ -60,15 +64,13 @@ def make_measure(tok, cfg: SweepConfig, settings):
     return measure
 
 
-def sweep_dir(args, settings) -> Path:
-    from depthcut.data import calibration
-    from depthcut.models import load_model
+def run_sweep_job(job: SweepJob) -> Path:
+    """Run (or resume) the sweep; sweep.json, sweep.md and the curves in ``out``."""
     from depthcut.report.curves import plot_sweep
 
-    cfg = sweep_config(args)
-    out = Path(args.out)
-    model, tok = load_model(args.model, tokenizer=args.tokenizer)
-    calib = calibration(tok, args.calib, args.n_samples, args.seq_len, args.batch_size)
+    cfg, out = recorded(job), Path(job.out.path)
+    model, tok = job.model.load()
+    calib = job.calib.data(tok)
 
     def progress(point: dict) -> None:
         print(
@@ -77,9 +79,8 @@ def sweep_dir(args, settings) -> Path:
             flush=True,
         )
 
-    state = run_sweep(
-        model, tok, calib, cfg, out, make_measure(tok, cfg, settings), args.overwrite, progress
-    )
+    measure = make_measure(tok, cfg, job.evaluation)
+    state = run_sweep(model, tok, calib, cfg, out, measure, job.out.overwrite, progress)
     plot_sweep(state, out)
     (out / "sweep.md").write_text(sweep_table(state) + "\n")
     print(sweep_table(state))

@@ -5,42 +5,59 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from depthcut.errors import DepthcutError
+from depthcut.eval.run import EvalSettings
+from depthcut.jobs.common import ModelRef, Output
 
 
-def quantize_dir(args, settings) -> Path | None:
+@dataclass(frozen=True)
+class QuantizeJob:
+    """Quantize ``run`` with ``method`` (int8 on the CPU, or the AWQ/GPTQ recipe for a GPU);
+    ``skip``: module path suffixes kept float; without ``out`` only the measurement runs."""
+
+    run: ModelRef
+    method: str = "dynamic_int8"
+    out: Output | None = None
+    skip: tuple[str, ...] = ()
+    keep_mlp_out: bool = True
+    group_size: int = 128
+    evaluation: EvalSettings = field(default_factory=lambda: EvalSettings(perplexity=True))
+
+
+def run_quantize(job: QuantizeJob) -> Path | None:
+    """The quantized run (or the 4-bit recipe) in ``out``; None when only measured."""
     from depthcut.int4 import INT4_METHODS
 
-    if args.method in INT4_METHODS:
-        return _int4_dir(args)
-    return _int8_dir(args, settings)
+    if job.method in INT4_METHODS:
+        return _int4_dir(job)
+    return _int8_dir(job)
 
 
-def _int8_dir(args, settings) -> Path | None:
+def _int8_dir(job: QuantizeJob) -> Path | None:
     from depthcut.eval.run import evaluate_models
-    from depthcut.io import prepare_output, read_meta, save
-    from depthcut.models import load_model
+    from depthcut.io import read_meta, save
     from depthcut.planning.plan import Plan
     from depthcut.quantize import SAVED_METHODS, QuantizeConfig, quantize, size_mb
 
-    cfg = QuantizeConfig(args.method, tuple(args.skip), keep_mlp_out=not args.quantize_mlp_out)
-    if args.out and cfg.method not in SAVED_METHODS:
+    cfg = QuantizeConfig(job.method, job.skip, keep_mlp_out=job.keep_mlp_out)
+    if job.out and cfg.method not in SAVED_METHODS:
         raise DepthcutError(
             f"{cfg.method} is for measurement only (slower than dynamic_int8 on CPU here); "
             "drop --out, or use --method dynamic_int8"
         )
-    if args.out:
-        prepare_output(args.out, args.overwrite)
-    meta = read_meta(args.run)
-    model, tok = load_model(args.run, tokenizer=args.tokenizer)
+    if job.out:
+        job.out.prepare()
+    meta = read_meta(job.run.name)
+    model, tok = job.run.load()
     qmodel = quantize(model, cfg)
-    results = evaluate_models({"float": model, "quantized": qmodel}, tok, settings)
+    results = evaluate_models({"float": model, "quantized": qmodel}, tok, job.evaluation)
     for name, m in (("float", model), ("quantized", qmodel)):
         results[name]["size_mb"] = size_mb(m)
     print(_table(results))
-    if not args.out:
+    if not job.out:
         return None
     plans = [Plan.from_dict(p) for p in meta["plans"]]
     info = {k: meta[k] for k in ("source", "recovery") if k in meta}
@@ -49,7 +66,7 @@ def _int8_dir(args, settings) -> Path | None:
     def extra(tmp: Path) -> None:
         (tmp / "quantize.json").write_text(json.dumps(results, indent=2) + "\n")
 
-    return save(qmodel, plans, args.out, tok, args.overwrite, extra=extra, meta=info)
+    return save(qmodel, plans, job.out.path, tok, job.out.overwrite, extra=extra, meta=info)
 
 
 def _table(results: dict) -> str:
@@ -76,25 +93,24 @@ def _table(results: dict) -> str:
     return "\n".join(lines + [f"| {m} | {a} | {b} |" for m, a, b in rows])
 
 
-def _int4_dir(args) -> Path:
+def _int4_dir(job: QuantizeJob) -> Path:
     from depthcut.int4 import GPU_STEPS, check_alignment, recipe_yaml
-    from depthcut.io import atomic_dir, prepare_output
-    from depthcut.models import load_model
+    from depthcut.io import atomic_dir
 
-    if not args.out:
-        raise DepthcutError(f"--method {args.method} writes a GPU recipe: give --out")
-    out = prepare_output(args.out, args.overwrite)
-    model, _ = load_model(args.run, need_tokenizer=False)
-    check_alignment(model, args.group_size)
-    recipe = recipe_yaml(args.method, args.group_size, tuple(args.skip) or ("lm_head",))
+    if not job.out:
+        raise DepthcutError(f"--method {job.method} writes a GPU recipe: give --out")
+    out = job.out.prepare()
+    model, _ = job.run.load(need_tokenizer=False)
+    check_alignment(model, job.group_size)
+    recipe = recipe_yaml(job.method, job.group_size, job.skip or ("lm_head",))
 
     def write(tmp: Path) -> None:
         (tmp / "int4_recipe.yaml").write_text(recipe)
         text = GPU_STEPS.format(
-            method=args.method, group_size=args.group_size, model_dir=Path(args.run).resolve()
+            method=job.method, group_size=job.group_size, model_dir=Path(job.run.name).resolve()
         )
         (tmp / "INT4.md").write_text(text)
 
-    atomic_dir(out, write, args.overwrite)
-    print(f"depthcut: widths fit group size {args.group_size}; recipe -> {out}", file=sys.stderr)
+    atomic_dir(out, write, job.out.overwrite)
+    print(f"depthcut: widths fit group size {job.group_size}; recipe -> {out}", file=sys.stderr)
     return out

@@ -1,0 +1,27 @@
+"""Command line: ``depthcut VERB …``. Bad input → one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+
+from depthcut.cli.commands import comma_list
+from depthcut.cli.parser import build_parser
+from depthcut.errors import DepthcutError
+
+__all__ = ["build_parser", "comma_list", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from depthcut.verbosity import configure
+
+    args = build_parser().parse_args(argv)
+    configure(args.verbose)
+    try:
+        args.func(args)
+    except DepthcutError as err:
+        print(f"depthcut: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("depthcut: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+    return 0

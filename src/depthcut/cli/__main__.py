@@ -1,0 +1,5 @@
+import sys
+
+from depthcut.cli import main
+
+sys.exit(main())

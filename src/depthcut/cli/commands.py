@@ -1,0 +1,287 @@
+"""Command line: one function per verb. Each turns its parsed options into a typed job config
+(``depthcut.jobs``) or an API call; bad input → one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from depthcut.errors import DepthcutError
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` → ``("a", "b", "c")``: the CLI's comma-separated options."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def make_config(args: argparse.Namespace):
+    from depthcut.config import Budget, PruneConfig
+
+    units = comma_list(args.units)
+    return PruneConfig(
+        units=units,
+        importance=args.importance,
+        budget=Budget.parse(args.budget),
+        strategy=args.strategy or ("interleave" if "fine" in units else "ranked"),
+        order=args.order,
+        protect_first=args.protect_first,
+        protect_last=args.protect_last,
+        tokens=args.tokens,
+        heads=args.heads,
+        neurons=args.neurons,
+        width_importance=args.width_importance,
+        min_heads=args.min_heads,
+        round_to=args.round_to,
+        tau=args.tau,
+        width_steps=args.width_steps,
+        width_scope=args.width_scope,
+    )
+
+
+def eval_settings(args: argparse.Namespace, default_ppl: bool = False):
+    from depthcut.eval.run import EvalSettings
+    from depthcut.eval.zeroshot import TASKS
+
+    unknown = [t for t in comma_list(args.tasks) if t not in TASKS]
+    if unknown:
+        raise DepthcutError(f"unknown task {unknown[0]!r}; offline tasks: {', '.join(TASKS)}")
+    want_ppl = args.perplexity or (default_ppl and not args.latency and not args.tasks)
+    return EvalSettings(
+        perplexity=want_ppl,
+        source=args.eval_text,
+        tasks=comma_list(args.tasks),
+        task_limit=args.task_limit,
+        latency=args.latency,
+        window=args.window,
+        stride=args.stride or args.window,
+        bos=args.bos,
+        max_windows=args.max_windows,
+        repeats=args.repeats,
+        threads=args.threads,
+    )
+
+
+def _load(args: argparse.Namespace, name: str, need_tokenizer: bool = True):
+    """(model, tokenizer): an encoder with ``--encoder``, else a causal LM (``--tokenizer``)."""
+    from depthcut.models import load_encoder, load_model
+
+    if getattr(args, "encoder", False):
+        return load_encoder(name)
+    return load_model(name, tokenizer=args.tokenizer, need_tokenizer=need_tokenizer)
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from depthcut.inspect import inspect_text
+
+    model, _ = _load(args, args.model, need_tokenizer=False)
+    print(inspect_text(model))
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from depthcut.api import score
+
+    cfg = make_config(args)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise DepthcutError(f"{out} exists (use --overwrite to replace it)")
+    model, tok = _load(args, args.model)
+    scores = score(model, cfg, calib_spec(args).data(tok))
+    scores.save(out)
+    width = {
+        k: sum(i["size"] for i in v["layers"].values()) for k, v in (scores.width or {}).items()
+    }
+    what = ", ".join(
+        [f"{len(scores.units)} depth units"] + [f"{n} {k} units" for k, n in width.items()]
+    )
+    print(f"scores of {what} -> {out} ({scores.cost['seconds']:.1f} s)")
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from depthcut.api import plan
+    from depthcut.scores import Scores
+
+    scores = Scores.load(_existing(args.scores))
+    the_plan = plan(scores, make_config(args))
+    print(the_plan.summary())
+    if args.out:
+        the_plan.save(args.out)
+
+
+def cmd_apply(args: argparse.Namespace) -> None:
+    from depthcut.api import apply
+    from depthcut.io import prepare_output, save
+    from depthcut.planning.plan import Plan
+
+    the_plan = Plan.load(_existing(args.plan))
+    prepare_output(args.out, args.overwrite)
+    model, tok = _load(args, args.model)
+    pruned = apply(model, the_plan, inplace=True)
+    save(pruned, the_plan, args.out, tok, overwrite=args.overwrite)
+    print(f"pruned model -> {args.out}")
+
+
+def recover_config(args: argparse.Namespace):
+    from depthcut.recover.config import RecoverConfig
+
+    return RecoverConfig(
+        method=getattr(args, "recover", None) or args.method,
+        loss=args.loss,
+        lr=args.lr,
+        max_steps=args.max_steps,
+        epochs=args.epochs,
+        max_minutes=args.max_minutes,
+        batch_size=args.train_batch_size,
+        seq_len=args.train_seq_len,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        lora_r=args.lora_r,
+        temperature=args.temperature,
+        lm_weight=args.lm_weight,
+        source=args.calib,
+    )
+
+
+def make_recipe(args: argparse.Namespace):
+    """The recipe of a prune run: from ``--recipe FILE``, else from the flags."""
+    from depthcut.quantize import QuantizeConfig
+    from depthcut.recipe import Recipe
+
+    if args.recipe:
+        return Recipe.load(args.recipe)
+    recover = recover_config(args) if args.recover else None
+    quant = QuantizeConfig(args.quantize) if args.quantize else None
+    return Recipe(make_config(args), args.steps, recover, quant)
+
+
+def model_ref(args: argparse.Namespace, name: str):
+    from depthcut.jobs import ModelRef
+
+    return ModelRef(name, args.tokenizer, getattr(args, "encoder", False))
+
+
+def calib_spec(args: argparse.Namespace):
+    from depthcut.jobs import CalibSpec
+
+    return CalibSpec(args.calib, args.n_samples, args.seq_len, args.batch_size)
+
+
+def output(args: argparse.Namespace):
+    from depthcut.jobs import Output
+
+    return Output(Path(args.out), args.overwrite) if args.out else None
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from depthcut.jobs import PruneJob, run_prune
+
+    wanted = args.perplexity or args.latency or args.tasks
+    job = PruneJob(
+        model_ref(args, args.model),
+        make_recipe(args),
+        output(args),
+        calib_spec(args),
+        eval_settings(args) if wanted else None,
+        args.eval_text,
+    )
+    run_prune(job)
+
+
+def cmd_recover(args: argparse.Namespace) -> None:
+    from depthcut.jobs import RecoverJob, run_recover
+
+    job = RecoverJob(
+        model_ref(args, args.run),
+        recover_config(args),
+        output(args),
+        args.teacher,
+        eval_settings(args, default_ppl=True),
+    )
+    print(f"recovered model -> {run_recover(job)}")
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from depthcut.jobs import QuantizeJob, run_quantize
+
+    job = QuantizeJob(
+        model_ref(args, args.run),
+        args.method,
+        output(args),
+        tuple(args.skip),
+        not args.quantize_mlp_out,
+        args.group_size,
+        eval_settings(args, default_ppl=True),
+    )
+    out = run_quantize(job)
+    if out is not None:
+        print(f"quantized model -> {out}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from depthcut.jobs import SweepJob, run_sweep_job
+    from depthcut.sweep import SweepConfig
+
+    sweep = SweepConfig(
+        methods=comma_list(args.methods),
+        budgets=tuple(float(b) for b in comma_list(args.budgets)),
+        count=args.count,
+        protect_first=args.protect_first,
+        protect_last=args.protect_last,
+        latency=args.latency,
+        tasks=comma_list(args.tasks),
+        task_limit=args.task_limit,
+    )
+    settings = eval_settings(args, default_ppl=True)
+    job = SweepJob(model_ref(args, args.model), sweep, output(args), calib_spec(args), settings)
+    out = run_sweep_job(job)
+    print(f"sweep -> {out}/sweep.json (+ sweep.md, curves)")
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from depthcut.jobs import ExplainJob, run_explain
+
+    job = ExplainJob(
+        model_ref(args, args.model),
+        output(args),
+        comma_list(args.units),
+        comma_list(args.pairs),
+        eval_settings(args, default_ppl=True),
+    )
+    print(f"explanation -> {run_explain(job)}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from depthcut.report.html import write_generations, write_html
+
+    if args.generate:
+        write_generations(args.run, args.base, tokenizer=args.tokenizer)
+    print(f"report -> {write_html(args.run, args.sweep)}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from depthcut.eval.run import evaluate_models
+    from depthcut.report.write import comparison_rows, table
+
+    model, tok = _load(args, args.model)
+    models = {"after": model}
+    if args.base:
+        models = {"before": _load(args, args.base, need_tokenizer=False)[0], "after": model}
+    results = evaluate_models(models, tok, eval_settings(args, default_ppl=True))
+    if args.base:
+        print(table(comparison_rows(results["before"], results["after"])))
+    else:
+        print(json.dumps(results["after"], indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    args.perplexity = False
+    args.latency = True
+    cmd_eval(args)
+
+
+def _existing(path: str) -> Path:
+    if not Path(path).is_file():
+        raise DepthcutError(f"{path}: no such file")
+    return Path(path)

@@ -1,0 +1,57 @@
+"""What every job is given: the model to load, the calibration text, the output directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A packaged name or a local directory; ``tokenizer`` replaces a missing tokenizer;
+    ``encoder`` loads an encoder (BERT-style) instead of a causal LM."""
+
+    name: str
+    tokenizer: str | None = None
+    encoder: bool = False
+
+    def load(self, need_tokenizer: bool = True):
+        """(model, tokenizer)."""
+        from depthcut.models import load_encoder, load_model
+
+        if self.encoder:
+            return load_encoder(self.name)
+        return load_model(self.name, tokenizer=self.tokenizer, need_tokenizer=need_tokenizer)
+
+    @property
+    def source(self) -> str:
+        """The name as recorded in a run: an absolute path for a directory."""
+        return str(Path(self.name).resolve()) if Path(self.name).exists() else self.name
+
+
+@dataclass(frozen=True)
+class CalibSpec:
+    """``n_samples`` windows of ``seq_len`` tokens of a packaged text or a text file."""
+
+    source: str = "wiki"
+    n_samples: int = 16
+    seq_len: int = 256
+    batch_size: int = 4
+
+    def data(self, tokenizer):
+        from depthcut.data import calibration
+
+        return calibration(tokenizer, self.source, self.n_samples, self.seq_len, self.batch_size)
+
+
+@dataclass(frozen=True)
+class Output:
+    """The output directory (written atomically); an existing one only with ``overwrite``."""
+
+    path: Path
+    overwrite: bool = False
+
+    def prepare(self) -> Path:
+        from depthcut.io import prepare_output
+
+        return prepare_output(self.path, self.overwrite)
