@@ -242,3 +242,35 @@ def test_ordering_ablation_runs_each_order_on_the_same_scores():
     assert all(r["fraction"] >= 0.2 for r in result.values())
     assert result["ascending"]["units"] != result["descending"]["units"]
     assert result["ascending"]["units"][0] == plan(scores, cfg, model).actions[0].path
+
+
+def test_one_prune_run_exports_the_block_graph_once(capsys, tmp_path, tiny_dir):
+    """score, plan, apply, the structure report and save-verify share one torch.export."""
+    from depthcut.cli import main
+    from depthcut.units import fine_model
+    from tiny import words
+
+    fine_model._GRAPHS.clear()
+    before = fine_model.graph_builds
+    text = tmp_path / "t.txt"
+    text.write_text("\n\n".join(words(200, seed=s) for s in range(6)))
+    argv = ["prune", tiny_dir, "--units", "fine", "--importance", "angular", "--budget"]
+    argv += ["params=0.15", "--out", tmp_path / "o", "--calib", text, "--n-samples", "2"]
+    assert main([str(a) for a in [*argv, "--seq-len", "32"]]) == 0
+    assert fine_model.graph_builds - before == 1
+    assert (tmp_path / "o" / "structure.png").exists()
+
+
+def test_fine_plan_is_refused_on_another_block_graph():
+    """Same parameters, other attention implementation (eager softmax vs SDPA): the plan's
+    graph fingerprint names the difference instead of replaying channels on another graph."""
+    from depthcut.errors import UnsupportedModelError
+
+    model = tiny_llama(layers=4)
+    paths = [u.path for u in dc.fine_units(model) if u.block == 1][:2]
+    the_plan = plan_units(model, paths)
+    assert the_plan.model["fine_graph"]["units"][0] == "self_attn"
+    other = tiny_llama(layers=4)
+    other.config._attn_implementation = "eager"
+    with pytest.raises(UnsupportedModelError, match=r"fine plan was made on another block graph"):
+        apply(other, the_plan)

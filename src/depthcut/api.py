@@ -134,7 +134,7 @@ def plan(scores: Scores, cfg: PruneConfig, model: nn.Module | None = None) -> Pl
 def _fine_plan(scores: Scores, cfg: PruneConfig, model: nn.Module | None) -> Plan:
     from depthcut.io import build_from_config
     from depthcut.planning.fine import select_fine
-    from depthcut.units.fine_model import FineModel
+    from depthcut.units.fine_model import FineModel, fine_plan_info
 
     shape = scores.model.get("example_shape")
     if model is None and shape is not None:
@@ -144,9 +144,10 @@ def _fine_plan(scores: Scores, cfg: PruneConfig, model: nn.Module | None) -> Pla
     model = model if model is not None else build_from_config(scores.model["config"])
     example = None if shape is None else torch.zeros(shape)
     target = budget_target(scores.model, cfg)
-    actions = select_fine(FineModel(model, example), scores, cfg, target)
+    fm = FineModel(model, example)
+    actions = select_fine(fm, scores, cfg, target)
     run = {"config": cfg.to_dict(), "metric": scores.metric, "target_params": target}
-    return Plan(actions, scores.model, run)
+    return Plan(actions, fine_plan_info(fm, scores.model), run)
 
 
 def plan_units(model: nn.Module, unit_ids: list[str], example: torch.Tensor | None = None) -> Plan:
@@ -173,7 +174,7 @@ def _plan_fine_paths(model: nn.Module, paths: list[str], example=None) -> Plan:
     reconciliation by weight magnitude of their group, no calibration data)."""
     from depthcut.planning.plan import Action
     from depthcut.units.fine import UnitRefused
-    from depthcut.units.fine_model import FineModel, magnitude_channels
+    from depthcut.units.fine_model import FineModel, fine_plan_info, magnitude_channels
 
     fm = FineModel(model, example)
     by_path = {u.path: u for u in fm.units()}
@@ -201,7 +202,7 @@ def _plan_fine_paths(model: nn.Module, paths: list[str], example=None) -> Plan:
         info = describe_cnn(model, example)
     else:
         info = describe(model, discover_structure(model))
-    return Plan(actions, info, {"strategy": "manual"})
+    return Plan(actions, fine_plan_info(fm, info), {"strategy": "manual"})
 
 
 def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:

@@ -19,7 +19,7 @@ from depthcut.importance.fine import channel_taylor, eq310, own_taylor
 from depthcut.planning.plan import Action, Plan
 from depthcut.units.discover import count_params
 from depthcut.units.fine import FineState, UnitRefused
-from depthcut.units.fine_model import FineModel, describe_cnn
+from depthcut.units.fine_model import FineModel, describe_cnn, fine_plan_info
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -97,6 +97,6 @@ def cnn_plan(
     bar.close()
     return Plan(
         actions,
-        describe_cnn(model, example),
+        fine_plan_info(fm, describe_cnn(model, example)),
         {"strategy": "alg9" if rescore else "taylor-once", "fraction": fraction},
     )

@@ -134,4 +134,4 @@ def _apply_fine(model: nn.Module, plan: Plan) -> nn.Module:
         check_plan_fits(model, discover_structure(model), plan)
     elif count_params(model) != plan.model["params_all"]:
         raise UnsupportedModelError("plan was made for a model with a different parameter count")
-    return apply_fine_actions(model, plan.actions, shape)
+    return apply_fine_actions(model, plan.actions, shape, plan.model.get("fine_graph"))

@@ -10,6 +10,8 @@ repeated block stack, or ``example`` given): the whole model is one graph.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +42,80 @@ def _signature(module: nn.Module) -> tuple:
     return (type(module).__name__, tuple((n, tuple(p.shape)) for n, p in module.named_parameters()))
 
 
+def _tensor_sig(value) -> object:
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), str(value.dtype))
+    if isinstance(value, (tuple, list)):
+        return tuple(_tensor_sig(v) for v in value)
+    return type(value).__name__
+
+
+def _graph_key(root: nn.Module, args: tuple, kwargs: dict, config) -> tuple:
+    """What an exported graph depends on: the module tree, parameter shapes, the call's
+    tensor shapes and the model config (attention implementation, sizes)."""
+    tree = tuple((n, type(m).__qualname__) for n, m in root.named_modules())
+    params = tuple((n, tuple(p.shape), str(p.dtype)) for n, p in root.named_parameters())
+    call = (_tensor_sig(args), tuple((k, _tensor_sig(v)) for k, v in sorted(kwargs.items())))
+    facts = config.to_dict() if hasattr(config, "to_dict") else {}
+    for where in ("_name_or_path", "transformers_version"):  # not what the graph depends on
+        facts.pop(where, None)
+    cfg = json.dumps(facts, sort_keys=True, default=str)
+    return (type(root).__qualname__, tree, params, call, cfg)
+
+
+_GRAPHS: dict[tuple, FineGraph] = {}
+GRAPH_CACHE_SIZE = 4
+graph_builds = 0  # torch.export runs in this process (tests check the graph is built once)
+
+
+def cached_graph(root: nn.Module, args: tuple, kwargs: dict, config=None) -> FineGraph:
+    """``build_graph`` once per (module tree, shapes, call, config): score, plan, apply, the
+    report and save-verify of one run share one ``torch.export`` (graphs are read-only)."""
+    global graph_builds
+    key = _graph_key(root, args, kwargs, config)
+    if key not in _GRAPHS:
+        graph_builds += 1
+        _GRAPHS[key] = build_graph(root, args, kwargs)
+        while len(_GRAPHS) > GRAPH_CACHE_SIZE:
+            _GRAPHS.pop(next(iter(_GRAPHS)))
+    return _GRAPHS[key]
+
+
+def graph_fingerprint(graph: FineGraph, units: list[FineUnit]) -> dict:
+    """A plan's record of the graph it was made on: a hash of every node (kind, op, module,
+    shape) in order, the node count and the unit modules (to name a difference)."""
+    digest = hashlib.sha256()
+    for name in graph.order:
+        node = graph.nodes[name]
+        digest.update(repr((node.kind, node.op, node.module, node.shape)).encode())
+    return {
+        "sha256": digest.hexdigest()[:16],
+        "nodes": len(graph.order),
+        "units": [u.module for u in units],
+    }
+
+
+def check_fingerprint(expected: dict | None, found: dict) -> None:
+    """Refuse a fine plan made on another traced graph, naming the first difference."""
+    if expected is None or expected["sha256"] == found["sha256"]:
+        return
+    if expected["units"] != found["units"]:
+        pairs = zip(expected["units"], found["units"])
+        a, b = next(
+            ((x, y) for x, y in pairs if x != y),
+            (len(expected["units"]), len(found["units"])),
+        )
+        what = f"unit {a!r} where this model has {b!r}"
+    elif expected["nodes"] != found["nodes"]:
+        what = f"{expected['nodes']} graph nodes where this model has {found['nodes']}"
+    else:
+        what = "the same units and node count but other ops or shapes"
+    raise UnsupportedModelError(
+        f"fine plan was made on another block graph ({what}; fingerprint "
+        f"{expected['sha256']} vs {found['sha256']})"
+    )
+
+
 class FineModel:
     """The graph(s) of ``model`` and its fine-grained units."""
 
@@ -52,7 +128,7 @@ class FineModel:
                 self._init_blocks(model)
             else:
                 self.roots = [Root(-1, "")]
-                self.graph = build_graph(model, (example,))
+                self.graph = cached_graph(model, (example,), {})
         finally:
             model.train(was_training)
         self.example_shape = None if example is None else list(example.shape)
@@ -72,7 +148,10 @@ class FineModel:
                 )
         inputs = probe_inputs(model)
         args, kwargs = record_call(model, first, lambda: model(**inputs, use_cache=False))
-        self.graph: FineGraph = build_graph(first, args, kwargs)
+        self.graph: FineGraph = cached_graph(first, args, kwargs, getattr(model, "config", None))
+
+    def fingerprint(self) -> dict:
+        return graph_fingerprint(self.graph, self.local_units())
 
     def module(self, root: Root) -> nn.Module:
         return self.model.get_submodule(root.path) if root.path else self.model
@@ -162,10 +241,19 @@ def describe_cnn(model: nn.Module, example: torch.Tensor) -> dict:
     }
 
 
-def apply_fine_actions(model: nn.Module, actions: list, example_shape: list | None = None):
-    """Replay fine actions (Prune(f) with their recorded channels) and realise them."""
+def fine_plan_info(fm: FineModel, info: dict) -> dict:
+    """``plan.model`` of a fine plan: the model facts plus the graph's fingerprint."""
+    return info | {"fine_graph": fm.fingerprint()}
+
+
+def apply_fine_actions(
+    model: nn.Module, actions: list, example_shape: list | None = None, graph: dict | None = None
+):
+    """Replay fine actions (Prune(f) with their recorded channels) and realise them;
+    ``graph``: the plan's fingerprint, checked against this model's graph first."""
     example = torch.zeros(example_shape) if example_shape else None
     fm = FineModel(model, example)
+    check_fingerprint(graph, fm.fingerprint())
     return fm.apply(fm.replay(actions))
 
 
