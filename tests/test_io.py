@@ -3,7 +3,7 @@ import torch
 
 import depthcut as dc
 from depthcut.io import logits_on_probe
-from test_surgery import make_plan
+from support import make_plan
 from tiny import BUILDERS, tiny_llama, tiny_tokenizer
 
 

@@ -12,7 +12,7 @@ from depthcut.quantize import (
     quantize,
     size_mb,
 )
-from test_surgery import make_plan
+from support import make_plan
 from tiny import tiny_calib, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 

@@ -7,7 +7,7 @@ import depthcut as dc
 import depthcut.cli
 import depthcut.quantize
 from depthcut.io import logits_on_probe
-from test_cli import prune_args, run
+from support import prune_args, run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SMALL = ["--window", "32", "--max-windows", "2"]

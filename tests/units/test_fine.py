@@ -183,7 +183,7 @@ def test_algorithm9_rescoring_changes_the_order_vs_one_shot():
 
 
 def test_cli_prune_units_fine_writes_structure_and_reloads(capsys, tmp_path, tiny_dir):
-    from test_cli import prune_args, run
+    from support import prune_args, run
     from tiny import words
 
     text = tmp_path / "t.txt"
@@ -203,7 +203,7 @@ def test_cli_prune_units_fine_writes_structure_and_reloads(capsys, tmp_path, tin
 
 
 def test_inspect_prints_the_fine_search_space(capsys, tiny_dir):
-    from test_cli import run
+    from support import run
 
     code, stdout, _ = run(capsys, "inspect", tiny_dir)
     assert code == 0

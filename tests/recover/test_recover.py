@@ -11,7 +11,7 @@ from depthcut.recover.lora import add_lora, lora_targets, merge_lora
 from depthcut.recover.losses import cosine_with_warmup, kd_loss, lm_loss
 from depthcut.recover.run import make_loss, recover, recovery_data
 from depthcut.recover.train import heldout_loss
-from test_surgery import make_plan
+from support import make_plan
 from tiny import VOCAB, pattern_text, tiny_calib, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 

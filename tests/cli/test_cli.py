@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from depthcut.cli import build_parser, main
+from support import prune_args, run
 from tiny import save_tiny, words
 
 
@@ -12,30 +13,6 @@ def text_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("t") / "text.txt"
     path.write_text("\n\n".join(words(200, seed=s) for s in range(10)))
     return path
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def prune_args(model, out, text, *extra):
-    return [
-        "prune",
-        model,
-        "--out",
-        out,
-        "--calib",
-        text,
-        "--n-samples",
-        "4",
-        "--seq-len",
-        "32",
-        "--budget",
-        "params=0.2",
-        *extra,
-    ]
 
 
 def test_prune_writes_complete_dir_and_eval_compares(capsys, tmp_path, tiny_dir, text_file):

@@ -2,9 +2,10 @@ import pytest
 import torch
 
 import depthcut as dc
-from depthcut.graph.structure import discover_structure, probe_inputs
+from depthcut.graph.structure import probe_inputs
 from depthcut.units.bypass import bypassed
-from depthcut.units.discover import count_params, discover_units
+from depthcut.units.discover import count_params
+from support import make_plan
 from tiny import BUILDERS, tiny_llama
 
 CASES = {
@@ -13,15 +14,6 @@ CASES = {
     "mlp": [("mlp", 0), ("mlp", 4)],
     "mixed": [("block", 1), ("attention", 3), ("mlp", 4), ("attention", 0)],
 }
-
-
-def make_plan(model, picks):
-    from depthcut.api import plan_units
-
-    s = discover_structure(model)
-    units = {u.id: u for u in discover_units(model, s, ("block", "attention", "mlp"))}
-    chosen = [units[f"{k}:{b}"] for k, b in picks]
-    return plan_units(model, [u.id for u in chosen]), chosen, s
 
 
 @pytest.mark.parametrize("arch", sorted(BUILDERS))

@@ -5,7 +5,7 @@ import torch
 import depthcut as dc
 from depthcut.graph.structure import discover_structure
 from depthcut.units.bypass import bypassed
-from test_surgery import make_plan
+from support import make_plan
 from tiny import tiny_gemma3
 
 

@@ -6,7 +6,7 @@ from depthcut.errors import OutputExistsError
 from depthcut.jobs.sweep import sweep_table
 from depthcut.report.curves import plot_sweep
 from depthcut.sweep import SweepConfig, run_sweep
-from test_cli import run
+from support import run
 from tiny import tiny_calib, tiny_llama
 
 PNG = b"\x89PNG\r\n\x1a\n"

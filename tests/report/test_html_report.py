@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from depthcut.report.html import SECTIONS, write_html
-from test_cli import prune_args, run
+from support import prune_args, run
 from tiny import words
 
 PNG = b"\x89PNG\r\n\x1a\n"

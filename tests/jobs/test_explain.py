@@ -66,7 +66,7 @@ def test_bad_unit_ids_are_named():
 def test_explain_cli(capsys, tmp_path, tiny_dir, pattern_file):
     import json
 
-    from test_cli import run
+    from support import run
 
     text = pattern_file
     argv = [
