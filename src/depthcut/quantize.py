@@ -138,13 +138,9 @@ def _quantize_dynamic(model: nn.Module, targets: set[str]) -> nn.Module:
 
 
 def _quantize_torchao(model: nn.Module, targets: set[str]) -> nn.Module:
-    import importlib.util
+    from depthcut.extras import require
 
-    if importlib.util.find_spec("torchao") is None:
-        raise ConfigError(
-            "torchao_int8_weight_only needs torchao, an optional extra: "
-            "pip install 'depthcut[torchao]'"
-        )
+    require("torchao")
     quiet_torchao()
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 

@@ -85,6 +85,9 @@ def _suffix(name: str) -> int:
 
 def load_cifar_cnn() -> nn.Sequential:
     """The packaged trained CIFAR-10 CNN as a torch module (eval mode)."""
+    from depthcut.extras import require
+
+    require("h5py")
     import h5py
 
     model = cifar_cnn()

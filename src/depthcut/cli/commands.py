@@ -46,6 +46,10 @@ def eval_settings(args: argparse.Namespace, default_ppl: bool = False):
     unknown = [t for t in comma_list(args.tasks) if t not in TASKS]
     if unknown:
         raise DepthcutError(f"unknown task {unknown[0]!r}; offline tasks: {', '.join(TASKS)}")
+    if args.tasks:
+        from depthcut.extras import require
+
+        require("lm_eval")  # before any expensive work
     want_ppl = args.perplexity or (default_ppl and not args.latency and not args.tasks)
     return EvalSettings(
         perplexity=want_ppl,

@@ -160,6 +160,9 @@ def evaluate_tasks(
     log_samples: bool = False,
 ) -> dict:
     """lm-eval on custom YAML tasks in ``task_dir``: {task: {acc, acc_norm, n, …}}."""
+    from depthcut.extras import require
+
+    require("lm_eval")
     offline_env()
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM

@@ -28,6 +28,9 @@ def lora_targets(model: nn.Module) -> list[str]:
 
 def add_lora(model: nn.Module, cfg: RecoverConfig) -> nn.Module:
     """``model`` wrapped by peft with trainable adapters; the base weights frozen."""
+    from depthcut.extras import require
+
+    require("peft")
     quiet_torchao()
     from peft import LoraConfig, get_peft_model
 

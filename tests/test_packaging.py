@@ -1,0 +1,66 @@
+"""depthcut installs next to a user's own torch: ranges in pyproject, exact pins only in
+constraints.txt, heavy parts optional and imported only where used."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+ROOT = Path(__file__).parent.parent
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+PINS = {
+    Requirement(line).name: Version(str(Requirement(line).specifier).removeprefix("=="))
+    for line in (ROOT / "constraints.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+}
+
+
+def _requirements():
+    extras = [
+        r for name, rs in PROJECT["optional-dependencies"].items() if name != "dev" for r in rs
+    ]
+    return [Requirement(r) for r in [*PROJECT["dependencies"], *extras] if "depthcut" not in r]
+
+
+def test_library_requirements_are_ranges_not_pins():
+    assert not [r for r in PROJECT["dependencies"] if "==" in r]
+    assert Requirement(next(r for r in PROJECT["dependencies"] if r.startswith("torch"))).specifier
+
+
+@pytest.mark.parametrize("req", _requirements(), ids=str)
+def test_each_requirement_is_pinned_in_constraints_within_its_range(req):
+    assert req.name in PINS, f"{req.name} is not pinned in constraints.txt"
+    assert req.specifier.contains(PINS[req.name]), f"{req.name}=={PINS[req.name]} vs {req}"
+
+
+def test_optional_parts_are_not_imported_by_the_core():
+    code = (
+        "import sys, depthcut, depthcut.api, depthcut.cli, depthcut.jobs, depthcut.io\n"
+        "print(sorted(m for m in ('lm_eval', 'peft', 'h5py', 'torchao', 'matplotlib', "
+        "'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout  # even transformers loads only when used
+
+
+def test_a_missing_extra_names_itself(monkeypatch):
+    import importlib.util
+
+    from depthcut.errors import ConfigError
+    from depthcut.extras import require
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n: None if n == "peft" else real(n))
+    with pytest.raises(ConfigError, match=re.escape("pip install 'depthcut[recover]'")):
+        require("peft")
+
+
+def test_import_depthcut_is_light():
+    code = "import sys, depthcut; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
