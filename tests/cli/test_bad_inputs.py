@@ -305,25 +305,26 @@ def test_empty_calibration_text(capsys, env, tmp_path):
     expect_error(capsys, argv, CATALOGUE["empty_calibration"], [root / "model"], out)
 
 
-def test_unknown_task(capsys, env, tmp_path):
-    root, _ = env
-    out = tmp_path / "r.json"
-    argv = ["eval", root / "run", "--tasks", "nosuchtask", "--json", out]
-    expect_error(capsys, argv, CATALOGUE["unknown_task"], [root / "run"], out)
+# case: (argv with {run} / {q} / {model} / {out} / {small}, the input directory it reads)
+SIMPLE = {
+    "unknown_task": (["eval", "{run}", "--tasks", "nosuchtask", "--json", "{out}"], "run"),
+    "prune_quantized": (["prune", "{q}", "--out", "{out}", "{small}"], "q"),
+    "recover_bad_method": (["recover", "{run}", "--method", "magic", "--out", "{out}"], "run"),
+    "explain_bad_pair": (["explain", "{model}", "--pairs", "mlp1", "--out", "{out}"], "model"),
+    "quantize_bad_method": (["quantize", "{run}", "--method", "int3", "--out", "{out}"], "run"),
+}
 
 
-def test_pruning_a_quantized_run(capsys, env, tmp_path):
+@pytest.mark.parametrize("case", sorted(SIMPLE))
+def test_simple_case(capsys, env, tmp_path, case):
     root, small = env
+    template, source = SIMPLE[case]
     out = tmp_path / "o"
-    argv = ["prune", root / "q", "--out", out, *small]
-    expect_error(capsys, argv, CATALOGUE["prune_quantized"], [root / "q"], out)
-
-
-def test_recover_with_an_unknown_method(capsys, env, tmp_path):
-    root, _ = env
-    out = tmp_path / "o"
-    argv = ["recover", root / "run", "--method", "magic", "--out", out]
-    expect_error(capsys, argv, CATALOGUE["recover_bad_method"], [root / "run"], out)
+    names = {"run": root / "run", "q": root / "q", "model": root / "model", "out": out}
+    argv = []
+    for item in template:
+        argv += list(small) if item == "{small}" else [str(item).format(**names)]
+    expect_error(capsys, argv, CATALOGUE[case], [root / source], out)
 
 
 def test_report_of_a_model_directory(capsys, env):
@@ -331,20 +332,6 @@ def test_report_of_a_model_directory(capsys, env):
     before = _snapshot(root / "model")
     expect_error(capsys, ["report", root / "model"], CATALOGUE["report_not_a_run"], [])
     assert _snapshot(root / "model") == before
-
-
-def test_explain_with_a_malformed_pair(capsys, env, tmp_path):
-    root, _ = env
-    out = tmp_path / "o"
-    argv = ["explain", root / "model", "--pairs", "mlp1", "--out", out]
-    expect_error(capsys, argv, CATALOGUE["explain_bad_pair"], [root / "model"], out)
-
-
-def test_quantize_with_an_unknown_method(capsys, env, tmp_path):
-    root, _ = env
-    out = tmp_path / "o"
-    argv = ["quantize", root / "run", "--method", "int3", "--out", out]
-    expect_error(capsys, argv, CATALOGUE["quantize_bad_method"], [root / "run"], out)
 
 
 def test_catalogue_is_in_the_readme():
