@@ -130,7 +130,7 @@ def tradeoff(model, calib, ids, fine_scores) -> None:
 
 
 def orders(model, ids, scores) -> None:
-    from depthcut.planning.fine import ordering_ablation
+    from depthcut.api import ordering_ablation
 
     print("\n## 4. Ordering ablation (Algorithm 8, angular, 20% of params)\n")
     print("| order | removed | perplexity |")

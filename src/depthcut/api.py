@@ -226,3 +226,22 @@ def fine_units(model: nn.Module, example: torch.Tensor | None = None) -> list:
     from depthcut.units.fine_model import FineModel
 
     return FineModel(model, example).units()
+
+
+def ordering_ablation(model, scores, cfg, evaluate) -> dict[str, dict]:
+    """Thesis Table 4.5: the same scores and budget, units taken least important first
+    (ascending, the method), most important first or in random order; ``evaluate(pruned)``
+    (e.g. perplexity) for each order."""
+    import dataclasses
+
+    from depthcut.config import ORDERS
+
+    out = {}
+    for order in ORDERS:
+        the_plan = plan(scores, dataclasses.replace(cfg, order=order), model)
+        out[order] = {
+            "fraction": the_plan.fraction(),
+            "value": evaluate(apply(model, the_plan)),
+            "units": [a.path for a in the_plan.actions],
+        }
+    return out

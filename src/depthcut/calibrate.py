@@ -130,7 +130,7 @@ class BlockCache:
             with torch.no_grad():
                 self.model(**batch, use_cache=False)
             return
-        from depthcut.recover.losses import lm_loss
+        from depthcut.losses import lm_loss
 
         with torch.enable_grad():
             logits = getattr(self.model(**batch, use_cache=False), "logits", None)

@@ -86,7 +86,7 @@ class PruneConfig:
     units: tuple[str, ...] = ("block",)
     importance: str = "bi"
     budget: Budget = field(default_factory=lambda: Budget(params=0.25))
-    strategy: str = "ranked"
+    strategy: str | None = None  # None: "interleave" for fine units, else "ranked"
     protect_first: int = 1
     protect_last: int = 1
     tokens: str = "all"
@@ -123,8 +123,14 @@ class PruneConfig:
         bad = [u for u in units if u not in UNIT_KINDS]
         if not units or bad:
             raise ConfigError(f"units {bad or units} unknown; choose from {UNIT_KINDS}")
+        if self.strategy is None:  # the same default in the API and the CLI
+            object.__setattr__(self, "strategy", "interleave" if self.fine else "ranked")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy {self.strategy!r} unknown; choose from {STRATEGIES}")
+        if self.tokens not in TOKEN_SETS:
+            raise ConfigError(f"tokens {self.tokens!r}; choose one of {TOKEN_SETS}")
+        if self.protect_first < 0 or self.protect_last < 0:
+            raise ConfigError("protect_first/protect_last must be >= 0")
         self._check_width()
         if self.fine:
             self._check_fine()
@@ -133,10 +139,6 @@ class PruneConfig:
             raise ConfigError(f"strategy {self.strategy!r} is for units='fine'")
         if self.strategy == "contiguous" and self.depth_units not in ((), ("block",)):
             raise ConfigError("strategy 'contiguous' removes block spans: use units=('block',)")
-        if self.tokens not in TOKEN_SETS:
-            raise ConfigError(f"tokens {self.tokens!r}; choose one of {TOKEN_SETS}")
-        if self.protect_first < 0 or self.protect_last < 0:
-            raise ConfigError("protect_first/protect_last must be >= 0")
         from depthcut.importance.registry import get_importance
 
         get_importance(self.importance)  # raises with the list of known names
@@ -150,12 +152,8 @@ class PruneConfig:
             )
         if self.strategy == "contiguous":
             raise ConfigError("fine units: use strategy interleave, unified, ranked or iterative")
-        if self.tokens not in TOKEN_SETS:
-            raise ConfigError(f"tokens {self.tokens!r}; choose one of {TOKEN_SETS}")
         if self.order not in ORDERS:
             raise ConfigError(f"order {self.order!r}; choose one of {ORDERS}")
-        if self.protect_first < 0 or self.protect_last < 0:
-            raise ConfigError("protect_first/protect_last must be >= 0")
 
     def _check_width(self) -> None:
         from depthcut.width.importance import WIDTH_METRICS

@@ -28,7 +28,7 @@ QUANTIZED_FILE = "quantized.safetensors"
 
 
 def _version() -> str:
-    from depthcut import __version__
+    from depthcut.version import __version__
 
     return __version__
 

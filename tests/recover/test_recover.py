@@ -6,9 +6,9 @@ import torch
 import depthcut as dc
 from depthcut.data import pack_tokens
 from depthcut.errors import ConfigError
+from depthcut.losses import cosine_with_warmup, kd_loss, lm_loss
 from depthcut.recover.config import RecoverConfig
 from depthcut.recover.lora import add_lora, lora_targets, merge_lora
-from depthcut.recover.losses import cosine_with_warmup, kd_loss, lm_loss
 from depthcut.recover.run import make_loss, recover, recovery_data
 from depthcut.recover.train import heldout_loss
 from support import make_plan

@@ -138,6 +138,8 @@ def test_generate_with_cache_after_fine_attention_removal(builder):
 
 
 def test_fine_config_validation():
+    assert PruneConfig(units=("fine",)).strategy == "interleave"  # the CLI's default too
+    assert PruneConfig(units=("block",)).strategy == "ranked"
     with pytest.raises(ConfigError, match="cannot be mixed"):
         PruneConfig(units=("fine", "block"))
     with pytest.raises(ConfigError, match="importance"):
@@ -226,7 +228,7 @@ def test_spatial_changing_unit_is_refused_with_the_reason():
 
 
 def test_ordering_ablation_runs_each_order_on_the_same_scores():
-    from depthcut.planning.fine import ordering_ablation
+    from depthcut.api import ordering_ablation
 
     model = tiny_llama()
     cfg = fine_cfg(params=0.2)

@@ -23,7 +23,7 @@ def make_config(args: argparse.Namespace):
         units=units,
         importance=args.importance,
         budget=Budget.parse(args.budget),
-        strategy=args.strategy or ("interleave" if "fine" in units else "ranked"),
+        strategy=args.strategy,
         order=args.order,
         protect_first=args.protect_first,
         protect_last=args.protect_last,

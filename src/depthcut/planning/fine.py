@@ -25,9 +25,6 @@ from depthcut.units.discover import Unit
 from depthcut.units.fine import UnitRefused
 from depthcut.units.fine_model import FineModel
 
-ORDERS = ("ascending", "descending", "random")
-FINE_STRATEGIES = ("interleave", "unified", "ranked", "iterative")
-
 
 def ordered(units: list[Unit], key, order: str, seed: int = 0) -> list[Unit]:
     if order == "random":
@@ -99,22 +96,3 @@ def select_fine(fm: FineModel, scores, cfg, target: int) -> list[Action]:
         score = scores.unit_scores.get(unit.id)
         actions.append(Action("fine", root.index, unit.path, delta, score, tuple(labels)))
     return actions
-
-
-def ordering_ablation(model, scores, cfg, evaluate) -> dict[str, dict]:
-    """Thesis Table 4.5: the same scores and budget, units taken least important first
-    (ascending, the method), most important first or in random order; ``evaluate(pruned)``
-    (e.g. perplexity) for each order."""
-    import dataclasses
-
-    from depthcut.api import apply, plan
-
-    out = {}
-    for order in ORDERS:
-        the_plan = plan(scores, dataclasses.replace(cfg, order=order), model)
-        out[order] = {
-            "fraction": the_plan.fraction(),
-            "value": evaluate(apply(model, the_plan)),
-            "units": [a.path for a in the_plan.actions],
-        }
-    return out

@@ -7,10 +7,9 @@ from torch import nn
 
 from depthcut.errors import UnsupportedModelError
 from depthcut.graph.structure import discover_structure
+from depthcut.ops import is_transform
 from depthcut.quantize import quiet_torchao
 from depthcut.recover.config import RecoverConfig
-
-TRANSFORM_CLASSES = ("Linear", "Conv1D")
 
 
 def lora_targets(model: nn.Module) -> list[str]:
@@ -19,7 +18,7 @@ def lora_targets(model: nn.Module) -> list[str]:
     names = [
         name
         for name, module in model.named_modules()
-        if name.startswith(prefix) and type(module).__name__ in TRANSFORM_CLASSES
+        if name.startswith(prefix) and is_transform(module)
     ]
     if not names:
         raise UnsupportedModelError(f"no Linear/Conv1D layers under {prefix[:-1]} for LoRA")

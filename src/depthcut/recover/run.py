@@ -10,10 +10,10 @@ from torch import nn
 
 from depthcut.data import CalibData, pack_tokens, recovery_texts, tokenize_until
 from depthcut.errors import ConfigError
+from depthcut.losses import kd_loss, lm_loss
 from depthcut.quantize import refuse_quantized
 from depthcut.recover.config import RecoverConfig
 from depthcut.recover.lora import add_lora, merge_lora
-from depthcut.recover.losses import kd_loss, lm_loss
 from depthcut.recover.train import train
 
 

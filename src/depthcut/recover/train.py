@@ -12,8 +12,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from depthcut.data import CalibData
+from depthcut.losses import cosine_with_warmup, lm_loss
 from depthcut.recover.config import RecoverConfig
-from depthcut.recover.losses import cosine_with_warmup, lm_loss
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]

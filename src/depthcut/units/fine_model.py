@@ -176,11 +176,15 @@ class FineModel:
         return out
 
     def local(self, unit: Unit) -> tuple[Root, FineUnit]:
-        root = self.root_of(unit.block)
-        rel = unit.path[len(root.path) + 1 :] if root.path else unit.path
+        return self.local_at(unit.block, unit.path)
+
+    def local_at(self, block: int, path: str) -> tuple[Root, FineUnit]:
+        """(root, graph-local unit) of the fine unit at module ``path`` in block ``block``."""
+        root = self.root_of(block)
+        rel = path[len(root.path) + 1 :] if root.path else path
         local = next((u for u in self.local_units() if u.module == rel), None)
         if local is None:
-            raise UnsupportedModelError(f"{unit.path}: not a fine-grained unit of this model")
+            raise UnsupportedModelError(f"{path}: not a fine-grained unit of this model")
         return root, local
 
     def root_of(self, index: int) -> Root:
@@ -209,8 +213,7 @@ class FineModel:
         """The per-root states of fine plan actions, with their recorded channels."""
         states: dict[int, FineState] = {}
         for action in actions:
-            unit = Unit("fine.linear", action.block, action.path, (action.path,), action.params)
-            root, local = self.local(unit)
+            root, local = self.local_at(action.block, action.path)
             state = states.setdefault(root.index, self.new_state())
             state.prune(local.node, labels=list(action.indices) if action.indices else None)
         return states
