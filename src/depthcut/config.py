@@ -14,6 +14,10 @@ DEPTH_KINDS = ("block", "attention", "mlp")
 WIDTH_KINDS = ("head", "neuron")
 UNIT_KINDS = DEPTH_KINDS + WIDTH_KINDS + ("fine",)
 STRATEGIES = ("ranked", "contiguous", "iterative", "interleave", "unified")
+# metric names, checked here so that a config is validated without loading the metric code
+# (the registry and the width metrics assert they implement exactly these)
+DEPTH_METRICS = ("angular", "bi", "ce", "gromov", "kl", "ppl", "random")
+WIDTH_METRICS = ("magnitude", "taylor", "output_norm", "activation_frequency")
 FINE_METRICS = ("angular", "bi", "taylor", "kl", "ce")
 ORDERS = ("ascending", "descending", "random")
 TOKEN_SETS = ("all", "last")
@@ -139,9 +143,9 @@ class PruneConfig:
             raise ConfigError(f"strategy {self.strategy!r} is for units='fine'")
         if self.strategy == "contiguous" and self.depth_units not in ((), ("block",)):
             raise ConfigError("strategy 'contiguous' removes block spans: use units=('block',)")
-        from depthcut.importance.registry import get_importance
-
-        get_importance(self.importance)  # raises with the list of known names
+        if self.importance not in DEPTH_METRICS:
+            known = ", ".join(DEPTH_METRICS)
+            raise ConfigError(f"unknown importance {self.importance!r}; known: {known}")
 
     def _check_fine(self) -> None:
         if self.units != ("fine",):
@@ -156,8 +160,6 @@ class PruneConfig:
             raise ConfigError(f"order {self.order!r}; choose one of {ORDERS}")
 
     def _check_width(self) -> None:
-        from depthcut.width.importance import WIDTH_METRICS
-
         for kind in self.width_units:
             if not 0.0 < self.width_fraction(kind) < 1.0:
                 flag = "heads" if kind == "head" else "neurons"

@@ -94,3 +94,10 @@ def test_scoring_cost_is_counted_in_forward_equivalents():
     scores = dc.score(model, cfg, tiny_calib(), progress=False)
     # one capture forward; block units reuse cached inputs/outputs: no extra block runs
     assert scores.cost["forward_equivalents"] == pytest.approx(1.0)
+
+
+def test_config_knows_exactly_the_registered_metrics():
+    from depthcut.config import DEPTH_METRICS
+    from depthcut.importance.registry import available
+
+    assert available() == sorted(DEPTH_METRICS)

@@ -16,12 +16,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from depthcut.config import WIDTH_METRICS
 from depthcut.data import CalibData
 from depthcut.errors import ConfigError
 from depthcut.ops import out_axis
 from depthcut.width.layers import WidthLayer
-
-WIDTH_METRICS = ("magnitude", "taylor", "output_norm", "activation_frequency")
 
 
 def _part_axis(module: nn.Module, part) -> int:
