@@ -22,6 +22,7 @@ from torch import nn
 from depthcut.errors import ModelLoadError, OutputExistsError, OutputWriteError
 from depthcut.graph.structure import probe_inputs
 from depthcut.planning.plan import Plan
+from depthcut.skeleton import build_from_config
 
 FORMAT_VERSION = 2
 QUANTIZED_FILE = "quantized.safetensors"
@@ -122,7 +123,7 @@ def load(path: str | Path, with_tokenizer: bool = True):
     """(model, tokenizer or None) from a directory written by :func:`save`."""
     from transformers import AutoTokenizer
 
-    from depthcut.surgery.actions import apply_plan
+    from depthcut.methods import apply_plan
 
     path = Path(path)
     meta = read_meta(path)
@@ -138,17 +139,6 @@ def load(path: str | Path, with_tokenizer: bool = True):
     has_tok = with_tokenizer and (path / "tokenizer_config.json").exists()
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True) if has_tok else None
     return model, tok
-
-
-def build_from_config(config_dict: dict) -> nn.Module:
-    """A randomly initialised model of the architecture a plan was made for."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    base = dict(config_dict)
-    config = AutoConfig.for_model(base.pop("model_type"), **base)
-    cls = _model_class(config, AutoModelForCausalLM)
-    build = getattr(cls, "from_config", None) or cls._from_config
-    return build(config, dtype=torch.float32)
 
 
 def read_meta(path: str | Path) -> dict:
@@ -184,14 +174,6 @@ def _load_quantized(model: nn.Module, path: Path, info: dict) -> nn.Module:
 
     cfg = QuantizeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info.items()})
     return load_quantized_state(model, cfg, load_file(path / QUANTIZED_FILE))
-
-
-def _model_class(config, default):
-    """The saved architecture class (e.g. ``BertModel`` for an encoder), else ``default``."""
-    import transformers
-
-    names = getattr(config, "architectures", None) or []
-    return getattr(transformers, names[0], default) if names else default
 
 
 def _load_weights(model: nn.Module, path: Path) -> None:

@@ -67,18 +67,8 @@ def _contiguous(scores: Scores, pool: list[Unit], target: int, cfg: PruneConfig)
     raise BudgetError("budget unreachable: no contiguous span outside the protected blocks")
 
 
-def make_plan(scores: Scores, cfg: PruneConfig) -> Plan:
-    """The plan for ``cfg``: depth units first (budget, strategy), then heads, then neurons
-    (the lesson's order) in the blocks that remain."""
-    run = {"config": cfg.to_dict(), "metric": scores.metric}
-    plan = _depth_plan(scores, cfg) if cfg.depth_units else Plan([], scores.model, run)
-    for kind in ("head", "neuron"):
-        if kind in cfg.width_units:
-            plan.actions += _width_actions(scores, cfg, kind, plan)
-    return plan
-
-
-def _width_actions(scores: Scores, cfg: PruneConfig, kind: str, plan: Plan) -> list[Action]:
+def width_actions(scores: Scores, cfg: PruneConfig, kind: str, plan: Plan) -> list[Action]:
+    """The ``kind`` (head / neuron) removals of ``cfg``, in the blocks ``plan`` keeps whole."""
     if not scores.width or kind not in scores.width:
         raise ConfigError(f"units include {kind} but the scores have no {kind} scores")
     data = scores.width[kind]
@@ -118,7 +108,8 @@ def _width_actions(scores: Scores, cfg: PruneConfig, kind: str, plan: Plan) -> l
     return actions
 
 
-def _depth_plan(scores: Scores, cfg: PruneConfig) -> Plan:
+def depth_actions(scores: Scores, cfg: PruneConfig) -> tuple[list[Action], int]:
+    """(block / sublayer removals under the budget and strategy of ``cfg``, the target)."""
     pool = unit_pool(scores, cfg)
     target = budget_target(scores.model, cfg)
     what = f"units {list(cfg.depth_units)} and protect_first={cfg.protect_first}, "
@@ -129,9 +120,7 @@ def _depth_plan(scores: Scores, cfg: PruneConfig) -> Plan:
         selection = _iterative(scores, pool, target)
     else:
         selection = _contiguous(scores, pool, target, cfg)
-    actions = [_action(u, scores) for u in selection.final_units()]
-    run = {"config": cfg.to_dict(), "metric": scores.metric, "target_params": target}
-    return Plan(actions, scores.model, run)
+    return [_action(u, scores) for u in selection.final_units()], target
 
 
 def _action(unit: Unit, scores: Scores) -> Action:

@@ -23,7 +23,7 @@ def plan_structure(plan: Plan, model: nn.Module | None = None) -> dict | None:
     if model is None:
         if plan.model.get("example_shape") is not None:
             return None
-        from depthcut.io import build_from_config
+        from depthcut.skeleton import build_from_config
 
         model = build_from_config(plan.model["config"])
     return fine_structure(model, plan)

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from depthcut.errors import UnsupportedModelError
 from depthcut.graph.structure import (
     ModelStructure,
-    discover_structure,
     probe_inputs,
     require_sublayer,
 )
 from depthcut.planning.plan import Plan
-from depthcut.surgery.hf import renumber_layer_idx, sync_config
 from depthcut.surgery.modules import ZeroBranch, set_module
 from depthcut.units.discover import count_params
 
@@ -101,37 +97,3 @@ def sync_uniform_width(config, layers: dict, actions: list, drop: frozenset = fr
             config.head_dim = w.head_dim
             config.num_key_value_heads = value
             config.num_attention_heads = value * w.q_heads_per_unit
-
-
-def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
-    """The model with the plan's units physically removed and its config synced."""
-    if not inplace:
-        model = copy.deepcopy(model)
-    if any(a.kind == "fine" for a in plan.actions):
-        return _apply_fine(model, plan)
-    structure = discover_structure(model)
-    check_plan_fits(model, structure, plan)
-    drop = set(plan.removed_blocks)
-    width = [a for a in plan.actions if a.indices is not None]
-    apply_width_actions(model, structure, width, frozenset(drop))
-    for action in plan.actions:
-        if action.kind in ("attention", "mlp") and action.block not in drop:
-            remove_sublayer(model, structure, action.block, action.kind)
-    kept = remove_blocks(model, structure, drop)
-    if hasattr(model, "config"):
-        sync_config(model.config, kept, structure.num_blocks)
-    renumber_layer_idx(model.get_submodule(structure.blocks_path))
-    return model
-
-
-def _apply_fine(model: nn.Module, plan: Plan) -> nn.Module:
-    from depthcut.units.fine_model import apply_fine_actions
-
-    if any(a.kind != "fine" for a in plan.actions):
-        raise UnsupportedModelError("a plan cannot mix fine-grained and other actions")
-    shape = plan.model.get("example_shape")
-    if shape is None:
-        check_plan_fits(model, discover_structure(model), plan)
-    elif count_params(model) != plan.model["params_all"]:
-        raise UnsupportedModelError("plan was made for a model with a different parameter count")
-    return apply_fine_actions(model, plan.actions, shape, plan.model.get("fine_graph"))

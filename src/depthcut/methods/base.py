@@ -1,0 +1,60 @@
+"""The one interface every pruning family implements, and what the families share."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from torch import nn
+
+from depthcut.config import PruneConfig
+from depthcut.data import CalibData
+from depthcut.graph.structure import ModelStructure
+from depthcut.planning.plan import Plan
+from depthcut.scores import Scores
+from depthcut.units.discover import count_params, embedding_params
+
+
+class Family(Protocol):
+    """A pruning family: the unit kinds it owns, and score → select → apply for them.
+
+    ``select`` adds the family's actions (and its run facts) to ``plan``, seeing the actions
+    earlier families chose (width pruning skips blocks that depth pruning removes)."""
+
+    name: str
+    kinds: tuple[str, ...]
+
+    def score(
+        self,
+        model: nn.Module,
+        structure: ModelStructure,
+        cfg: PruneConfig,
+        calib: CalibData,
+        scores: Scores,
+        progress: bool,
+    ) -> None: ...
+
+    def select(
+        self, scores: Scores, cfg: PruneConfig, model: nn.Module | None, plan: Plan
+    ) -> None: ...
+
+    def apply(
+        self, model: nn.Module, plan: Plan, structure: ModelStructure | None
+    ) -> nn.Module: ...
+
+    def owns(self, unit_id: str) -> bool: ...
+
+    def manual_plan(self, model: nn.Module, unit_ids: list[str], example=None) -> Plan: ...
+
+
+def describe(model: nn.Module, structure: ModelStructure) -> dict[str, Any]:
+    """What a plan needs to know about the model it was made for."""
+    total = count_params(model)
+    config = getattr(model, "config", None)
+    return {
+        "model_type": getattr(config, "model_type", type(model).__name__),
+        "num_blocks": structure.num_blocks,
+        "params_all": total,
+        "params_non_embedding": total - embedding_params(model, structure),
+        "config": json.loads(config.to_json_string()) if config is not None else {},
+    }

@@ -1,0 +1,74 @@
+"""Depth family: whole blocks and attention / MLP sublayers (ShortGPT, Gromov, BlockPruner-
+style units), scored on the block-input cache, removed by surgery on the block stack."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from depthcut.calibrate import BlockCache
+from depthcut.config import DEPTH_KINDS, PruneConfig
+from depthcut.errors import ConfigError
+from depthcut.graph.structure import ModelStructure, discover_structure
+from depthcut.importance.registry import get_importance
+from depthcut.importance.run import greedy_sequence, score_units
+from depthcut.methods.base import describe
+from depthcut.planning.plan import Action, Plan
+from depthcut.planning.planner import budget_target, depth_actions, unit_pool
+from depthcut.planning.select import check_reachable
+from depthcut.scores import Scores
+from depthcut.surgery.actions import remove_blocks, remove_sublayer
+from depthcut.surgery.hf import renumber_layer_idx, sync_config
+from depthcut.units.discover import discover_units
+
+
+class DepthFamily:
+    name = "depth"
+    kinds = DEPTH_KINDS
+
+    def score(self, model, structure, cfg: PruneConfig, calib, scores: Scores, progress) -> None:
+        kinds = tuple(k for k in cfg.units if k in self.kinds)
+        scores.units = discover_units(model, structure, kinds)
+        metric = get_importance(cfg.importance)(tokens=cfg.tokens)
+        pool, target = unit_pool(scores, cfg), budget_target(scores.model, cfg)
+        what = f"units {list(kinds)}, protect_first={cfg.protect_first}, "
+        check_reachable(pool, target, what + f"protect_last={cfg.protect_last}")  # fail fast
+        cache = BlockCache(model, structure, calib, progress)
+        if cfg.strategy == "iterative":
+            scores.sequence = greedy_sequence(cache, metric, pool, target, progress)
+            scores.unit_scores = dict(scores.sequence[0]["scores"]) if scores.sequence else {}
+        else:
+            scores.unit_scores = score_units(cache, metric, scores.units, progress)
+        if getattr(metric, "provides_spans", False):
+            scores.spans = metric.spans(cache)
+        scores.cost["forward_equivalents"] = cache.forward_equivalents
+
+    def select(self, scores: Scores, cfg: PruneConfig, model, plan: Plan) -> None:
+        actions, target = depth_actions(scores, cfg)
+        plan.actions += actions
+        plan.run["target_params"] = target
+
+    def apply(self, model: nn.Module, plan: Plan, structure: ModelStructure | None) -> nn.Module:
+        drop = set(plan.removed_blocks)
+        for action in plan.actions:
+            if action.kind in ("attention", "mlp") and action.block not in drop:
+                remove_sublayer(model, structure, action.block, action.kind)
+        kept = remove_blocks(model, structure, drop)
+        if hasattr(model, "config"):
+            sync_config(model.config, kept, structure.num_blocks)
+        renumber_layer_idx(model.get_submodule(structure.blocks_path))
+        return model
+
+    def owns(self, unit_id: str) -> bool:
+        return unit_id.split(":")[0] in self.kinds
+
+    def manual_plan(self, model: nn.Module, unit_ids: list[str], example=None) -> Plan:
+        """Exactly these units, e.g. ``["block:3", "mlp:7"]``."""
+        structure = discover_structure(model)
+        kinds = tuple(sorted({uid.split(":")[0] for uid in unit_ids}))
+        units = {u.id: u for u in discover_units(model, structure, kinds)} if kinds else {}
+        missing = [uid for uid in unit_ids if uid not in units]
+        if missing:
+            raise ConfigError(f"no such units {missing}; ids look like block:3, attention:0, mlp:7")
+        chosen = [units[uid] for uid in unit_ids]
+        actions = [Action(u.kind, u.block, u.path, u.params) for u in chosen]
+        return Plan(actions, describe(model, structure), {"strategy": "manual"})

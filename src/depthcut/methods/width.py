@@ -1,0 +1,61 @@
+"""Width family: attention heads (whole KV groups) and MLP neurons, found from the traced
+block, scored by magnitude / Taylor / activation statistics, sliced out of the projections."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from depthcut.config import WIDTH_KINDS, PruneConfig
+from depthcut.errors import ConfigError
+from depthcut.graph.structure import ModelStructure
+from depthcut.planning.plan import Plan
+from depthcut.planning.planner import width_actions
+from depthcut.scores import Scores
+from depthcut.surgery.actions import apply_width_actions
+from depthcut.width.importance import width_scores
+from depthcut.width.iterative import iterative_width
+from depthcut.width.layers import width_layers
+
+
+def score_width(model, structure, cfg: PruneConfig, calib, progress: bool = True) -> dict:
+    """Per-unit head / neuron scores of every block, with the layer facts planning needs."""
+    out = {}
+    for kind in cfg.width_units:
+        layers = width_layers(model, structure, kind)
+        values = width_scores(model, layers, calib, cfg.width_importance, cfg.tau, progress)
+        info = {
+            w.id: {"block": w.block, "size": w.size, "unit_params": w.unit_params, "path": w.module}
+            for w in layers
+        }
+        out[kind] = {"layers": info, "scores": values, "metric": cfg.width_importance}
+    if cfg.width_steps > 1:
+        infos = {kind: out[kind]["layers"] for kind in out}
+        removal, history = iterative_width(model, cfg, calib, infos, progress)
+        for kind in out:
+            out[kind]["removal"] = removal[kind]
+            out[kind]["steps"] = [h[kind] for h in history]
+    return out
+
+
+class WidthFamily:
+    name = "width"
+    kinds = WIDTH_KINDS
+
+    def score(self, model, structure, cfg: PruneConfig, calib, scores: Scores, progress) -> None:
+        scores.width = score_width(model, structure, cfg, calib, progress)
+
+    def select(self, scores: Scores, cfg: PruneConfig, model, plan: Plan) -> None:
+        for kind in self.kinds:  # heads, then neurons (the lesson's order)
+            if kind in cfg.width_units:
+                plan.actions += width_actions(scores, cfg, kind, plan)
+
+    def apply(self, model: nn.Module, plan: Plan, structure: ModelStructure | None) -> nn.Module:
+        actions = [a for a in plan.actions if a.kind in self.kinds]
+        apply_width_actions(model, structure, actions, frozenset(plan.removed_blocks))
+        return model
+
+    def owns(self, unit_id: str) -> bool:
+        return unit_id.split(":")[0] in self.kinds
+
+    def manual_plan(self, model: nn.Module, unit_ids: list[str], example=None) -> Plan:
+        raise ConfigError(f"hand-made plans take depth or fine units, not {unit_ids[0]!r}")
