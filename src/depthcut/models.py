@@ -156,12 +156,16 @@ TOKENIZER_FILES = (
 )
 
 
+def has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).exists() for name in TOKENIZER_FILES)
+
+
 def load_tokenizer(model_dir: Path, tokenizer: str | None = None):
     """The tokenizer of ``model_dir``, or of ``tokenizer`` (a packaged name or a directory)."""
     from transformers import AutoTokenizer
 
     source = resolve(tokenizer, need_config=False) if tokenizer else model_dir
-    if not any((source / name).exists() for name in TOKENIZER_FILES):
+    if not has_tokenizer(source):
         hint = "pass a directory with tokenizer files" if tokenizer else "pass --tokenizer PATH"
         raise ModelLoadError(f"no tokenizer in {source}; {hint}")
     try:
@@ -195,8 +199,7 @@ def load_model(
     else:
         model = _load_hf(path, dtype)
     if not need_tokenizer and tokenizer is None:
-        has_tok = any((path / name).exists() for name in TOKENIZER_FILES)
-        return model, load_tokenizer(path) if has_tok else None
+        return model, load_tokenizer(path) if has_tokenizer(path) else None
     return model, load_tokenizer(path, tokenizer)
 
 

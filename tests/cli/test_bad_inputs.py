@@ -29,7 +29,7 @@ CATALOGUE = {
     "recipe_newer": "recipe format version 99 is newer than this depthcut reads (1)",
     "plan_newer": "plan format version 7 is newer than this depthcut reads (1)",
     "plan_corrupt": "not a valid plan file (JSONDecodeError)",
-    "scores_missing": "nope.json: no such file",
+    "scores_missing": "nope.json: no such scores file",
     "unknown_units": "units ['foo'] unknown",
     "budget_out_of_range": "budget params=1.5 must be a fraction in (0, 1)",
     "out_exists": "exists (use --overwrite to replace it)",
@@ -86,12 +86,14 @@ def expect_error(capsys, argv, message, inputs, out=None):
     return errors[0]
 
 
-def expect_prune_error(capsys, env, tmp_path, case, *extra):
-    """``prune`` of the shared model with ``extra`` flags fails as ``CATALOGUE[case]`` says."""
+def expect_prune_error(capsys, env, tmp_path, case, *extra, model=None):
+    """``prune`` of ``model`` (default: the shared one) with ``extra`` flags fails as
+    ``CATALOGUE[case]`` says, leaving that model directory untouched."""
     root, small = env
+    model = model or root / "model"
     out = tmp_path / "o"
-    argv = ["prune", root / "model", "--out", out, *small, *extra]
-    return expect_error(capsys, argv, CATALOGUE[case], [root / "model"], out)
+    argv = ["prune", model, "--out", out, *small, *extra]
+    return expect_error(capsys, argv, CATALOGUE[case], [model], out)
 
 
 def _copy_model(env, name):
@@ -109,27 +111,17 @@ def test_nan_weights(capsys, env, tmp_path):
     state = load_file(bad / "model.safetensors")
     state["model.layers.1.mlp.up_proj.weight"][0, 0] = float("nan")
     save_file(state, str(bad / "model.safetensors"), metadata={"format": "pt"})
-    out = tmp_path / "o"
-    expect_error(
-        capsys,
-        ["prune", bad, "--out", out, *env[1]],
-        CATALOGUE["nan_weights"],
-        [bad],
-        out,
-    )
+    expect_prune_error(capsys, env, tmp_path, "nan_weights", model=bad)
 
 
 def test_missing_shard(capsys, env, tmp_path):
-    root, small = env
+    root, _ = env
     bad = root / "sharded"
     if not bad.exists():
         tiny_llama().save_pretrained(bad, max_shard_size="20KB")
         tiny_tokenizer().save_pretrained(bad)
         sorted(bad.glob("model-*.safetensors"))[1].unlink()
-    out = tmp_path / "o"
-    line = expect_error(
-        capsys, ["prune", bad, "--out", out, *small], CATALOGUE["missing_shard"], [bad], out
-    )
+    line = expect_prune_error(capsys, env, tmp_path, "missing_shard", model=bad)
     assert "model-00002" in line
 
 
@@ -137,14 +129,7 @@ def test_truncated_safetensors(capsys, env, tmp_path):
     bad = _copy_model(env, "truncated")
     data = (bad / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
-    out = tmp_path / "o"
-    expect_error(
-        capsys,
-        ["prune", bad, "--out", out, *env[1]],
-        CATALOGUE["truncated_safetensors"],
-        [bad],
-        out,
-    )
+    expect_prune_error(capsys, env, tmp_path, "truncated_safetensors", model=bad)
 
 
 def test_read_only_output_disk(capsys, env, tmp_path, monkeypatch):

@@ -66,19 +66,10 @@ def eval_settings(args: argparse.Namespace, default_ppl: bool = False):
     )
 
 
-def _load(args: argparse.Namespace, name: str, need_tokenizer: bool = True):
-    """(model, tokenizer): an encoder with ``--encoder``, else a causal LM (``--tokenizer``)."""
-    from depthcut.models import load_encoder, load_model
-
-    if getattr(args, "encoder", False):
-        return load_encoder(name)
-    return load_model(name, tokenizer=args.tokenizer, need_tokenizer=need_tokenizer)
-
-
 def cmd_inspect(args: argparse.Namespace) -> None:
     from depthcut.inspect import inspect_text
 
-    model, _ = _load(args, args.model, need_tokenizer=False)
+    model, _ = model_ref(args, args.model).load(need_tokenizer=False)
     print(inspect_text(model))
 
 
@@ -89,7 +80,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise DepthcutError(f"{out} exists (use --overwrite to replace it)")
-    model, tok = _load(args, args.model)
+    model, tok = model_ref(args, args.model).load()
     scores = score(model, cfg, calib_spec(args).data(tok))
     scores.save(out)
     width = {
@@ -105,7 +96,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from depthcut.api import plan
     from depthcut.scores import Scores
 
-    scores = Scores.load(_existing(args.scores))
+    scores = Scores.load(args.scores)
     the_plan = plan(scores, make_config(args))
     print(the_plan.summary())
     if args.out:
@@ -117,9 +108,9 @@ def cmd_apply(args: argparse.Namespace) -> None:
     from depthcut.io import prepare_output, save
     from depthcut.planning.plan import Plan
 
-    the_plan = Plan.load(_existing(args.plan))
+    the_plan = Plan.load(args.plan)
     prepare_output(args.out, args.overwrite)
-    model, tok = _load(args, args.model)
+    model, tok = model_ref(args, args.model).load()
     pruned = apply(model, the_plan, inplace=True)
     save(pruned, the_plan, args.out, tok, overwrite=args.overwrite)
     print(f"pruned model -> {args.out}")
@@ -266,10 +257,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from depthcut.eval.run import evaluate_models
     from depthcut.report.write import comparison_rows, table
 
-    model, tok = _load(args, args.model)
+    model, tok = model_ref(args, args.model).load()
     models = {"after": model}
     if args.base:
-        models = {"before": _load(args, args.base, need_tokenizer=False)[0], "after": model}
+        models = {"before": model_ref(args, args.base).load(False)[0], "after": model}
     results = evaluate_models(models, tok, eval_settings(args, default_ppl=True))
     if args.base:
         print(table(comparison_rows(results["before"], results["after"])))
@@ -283,9 +274,3 @@ def cmd_bench(args: argparse.Namespace) -> None:
     args.perplexity = False
     args.latency = True
     cmd_eval(args)
-
-
-def _existing(path: str) -> Path:
-    if not Path(path).is_file():
-        raise DepthcutError(f"{path}: no such file")
-    return Path(path)

@@ -13,8 +13,7 @@ from depthcut.importance.registry import get_importance
 from depthcut.importance.run import greedy_sequence, score_units
 from depthcut.methods.base import describe
 from depthcut.planning.plan import Action, Plan
-from depthcut.planning.planner import budget_target, depth_actions, unit_pool
-from depthcut.planning.select import check_reachable
+from depthcut.planning.planner import depth_actions, reachable_pool
 from depthcut.scores import Scores
 from depthcut.surgery.actions import remove_blocks, remove_sublayer
 from depthcut.surgery.hf import renumber_layer_idx, sync_config
@@ -26,12 +25,9 @@ class DepthFamily:
     kinds = DEPTH_KINDS
 
     def score(self, model, structure, cfg: PruneConfig, calib, scores: Scores, progress) -> None:
-        kinds = tuple(k for k in cfg.units if k in self.kinds)
-        scores.units = discover_units(model, structure, kinds)
+        scores.units = discover_units(model, structure, cfg.depth_units)
         metric = get_importance(cfg.importance)(tokens=cfg.tokens)
-        pool, target = unit_pool(scores, cfg), budget_target(scores.model, cfg)
-        what = f"units {list(kinds)}, protect_first={cfg.protect_first}, "
-        check_reachable(pool, target, what + f"protect_last={cfg.protect_last}")  # fail fast
+        pool, target = reachable_pool(scores, cfg)  # fail fast, before the calibration pass
         cache = BlockCache(model, structure, calib, progress)
         if cfg.strategy == "iterative":
             scores.sequence = greedy_sequence(cache, metric, pool, target, progress)

@@ -108,12 +108,19 @@ def width_actions(scores: Scores, cfg: PruneConfig, kind: str, plan: Plan) -> li
     return actions
 
 
-def depth_actions(scores: Scores, cfg: PruneConfig) -> tuple[list[Action], int]:
-    """(block / sublayer removals under the budget and strategy of ``cfg``, the target)."""
+def reachable_pool(scores: Scores, cfg: PruneConfig) -> tuple[list[Unit], int]:
+    """(the unprotected depth units, the parameter target); raises when removing all of
+    them cannot reach the target (checked before scoring and again when planning)."""
     pool = unit_pool(scores, cfg)
     target = budget_target(scores.model, cfg)
     what = f"units {list(cfg.depth_units)} and protect_first={cfg.protect_first}, "
     check_reachable(pool, target, what + f"protect_last={cfg.protect_last}")
+    return pool, target
+
+
+def depth_actions(scores: Scores, cfg: PruneConfig) -> tuple[list[Action], int]:
+    """(block / sublayer removals under the budget and strategy of ``cfg``, the target)."""
+    pool, target = reachable_pool(scores, cfg)
     if cfg.strategy == "ranked":
         selection = _ranked(scores, pool, target)
     elif cfg.strategy == "iterative":

@@ -25,7 +25,6 @@ from depthcut.width.layers import WidthLayer
 
 def _part_axis(module: nn.Module, part) -> int:
     """The weight axis that indexes the part's channels."""
-
     return out_axis(module) if part.side == "out" else 1 - out_axis(module)
 
 
