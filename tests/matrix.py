@@ -119,7 +119,7 @@ def _zero_width(stack: ExitStack, model, structure, actions) -> None:
         layers.update({w.id: w for w in width_layers(model, structure, kind)})
     for a in actions:
         part = layers[a.unit_id].parts[-1]
-        channels = part.channels(list(a.indices))
+        channels = part.channels(list(a.members))
 
         def hook(module, args, channels=channels):
             x = args[0].clone()

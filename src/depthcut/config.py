@@ -8,11 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from depthcut.errors import ConfigError
+from depthcut.kinds import DEPTH_KINDS, UNIT_KINDS, WIDTH_KINDS
 
 CONFIG_VERSION = 1
-DEPTH_KINDS = ("block", "attention", "mlp")
-WIDTH_KINDS = ("head", "neuron")
-UNIT_KINDS = DEPTH_KINDS + WIDTH_KINDS + ("fine",)
 STRATEGIES = ("ranked", "contiguous", "iterative", "interleave", "unified")
 # metric names, checked here so that a config is validated without loading the metric code
 # (the registry and the width metrics assert they implement exactly these)

@@ -6,8 +6,8 @@ from collections import Counter
 
 from torch import nn
 
-from depthcut.config import DEPTH_KINDS
 from depthcut.graph.structure import discover_structure
+from depthcut.kinds import DEPTH_KINDS
 from depthcut.units.discover import count_params, discover_units, embedding_params
 
 
@@ -72,14 +72,14 @@ def search_space_text(model: nn.Module, example=None) -> str:
     n = len(fm.roots)
     g = fm.graph
     same = [u for u in kept if _widths(g, u)[0] == _widths(g, u)[1]]
-    counts = Counter(u.kind for u in kept)
+    counts = Counter(str(u.op) for u in kept)
     lines = ["fine-grained search space:"]
     if example is None:
         lines.append(
             f"  blocks {n} | sublayers {2 * n} | fine units {n * len(kept)} "
             f"({', '.join(f'{n * c} {k}' for k, c in sorted(counts.items()))})"
         )
-        lines.append("  per block: " + ", ".join(f"{u.module} ({u.kind})" for u in kept))
+        lines.append("  per block: " + ", ".join(f"{u.module} ({u.op})" for u in kept))
     else:
         extra = len(kept) - len(same)
         gain = f"+{extra / len(same):.0%}" if same else f"+{extra}, coarse finds none"

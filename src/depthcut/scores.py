@@ -36,7 +36,7 @@ class Scores:
         return {
             "version": self.version,
             "metric": self.metric,
-            "units": [u.__dict__ | {"modules": list(u.modules)} for u in self.units],
+            "units": [u.to_dict() for u in self.units],
             "unit_scores": self.unit_scores,
             "spans": self.spans,
             "sequence": self.sequence,
@@ -54,7 +54,7 @@ class Scores:
     def from_dict(cls, data: dict[str, Any]) -> Scores:
         if data.get("version") != SCORES_VERSION:
             raise ValueError(f"scores version {data.get('version')} unsupported")
-        units = [Unit(**(u | {"modules": tuple(u["modules"])})) for u in data["units"]]
+        units = [Unit.from_dict(u) for u in data["units"]]
         return cls(
             data["metric"],
             units,

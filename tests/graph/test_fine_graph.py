@@ -91,7 +91,7 @@ def test_unit_counts_and_exclusions(arch):
     graph, root, _ = case(arch)
     units = fine_units(graph, root, include_excluded=True)
     kept = [u for u in units if u.reason is None]
-    counts = {k: sum(1 for u in kept if u.kind == k) for k in {u.kind for u in kept}}
+    counts = {k: sum(1 for u in kept if u.op == k) for k in {u.op for u in kept}}
     assert counts == EXPECTED_UNITS[arch]
     excluded = [u for u in units if u.reason]
     assert len(excluded) == EXCLUDED.get(arch, 0)

@@ -34,7 +34,7 @@ IDS = torch.tensor([[5, 9, 3, 17, 30, 2, 8, 11, 40, 6], [7, 7, 21, 4, 50, 60, 3,
 def test_fine_mlp_units_of_a_block_equal_mlp_sublayer_removal(builder):
     model = builder()
     fm_units = [u for u in fine_units(model) if u.block == 2]
-    mlp = [u.path for u in fm_units if u.kind != "fine.attention"]
+    mlp = [u.path for u in fm_units if u.label != "fine.attention"]
     fine = apply(model, plan_units(model, mlp))
     coarse = apply(model, plan_units(model, ["mlp:2"]))
     torch.testing.assert_close(logits(fine, IDS), logits(coarse, IDS))
@@ -44,7 +44,7 @@ def test_fine_mlp_units_of_a_block_equal_mlp_sublayer_removal(builder):
 @pytest.mark.parametrize("builder", [tiny_llama, tiny_gpt2, tiny_neox, tiny_gemma3])
 def test_fine_attention_unit_equals_attention_sublayer_removal(builder):
     model = builder()
-    (attn,) = [u.path for u in fine_units(model) if u.block == 3 and u.kind == "fine.attention"]
+    (attn,) = [u.path for u in fine_units(model) if u.block == 3 and u.label == "fine.attention"]
     fine = apply(model, plan_units(model, [attn]))
     coarse = apply(model, plan_units(model, ["attention:3"]))
     torch.testing.assert_close(logits(fine, IDS), logits(coarse, IDS))
@@ -97,7 +97,7 @@ def test_iterative_rescoring_records_a_sequence_and_replays_it():
     assert sum(s["params"] for s in seq) >= 0.15 * count_params(model)
     the_plan = plan(scores, cfg, model)
     assert [a.path for a in the_plan.actions] == [s["unit"] for s in seq]
-    assert [list(a.indices or ()) for a in the_plan.actions] == [s["labels"] for s in seq]
+    assert [list(a.channels or ()) for a in the_plan.actions] == [s["labels"] for s in seq]
 
 
 def test_taylor_and_kl_importance_give_finite_scores_for_every_unit():
@@ -126,8 +126,8 @@ def test_fine_plan_saves_and_reloads_with_identical_logits(tmp_path):
 def test_generate_with_cache_after_fine_attention_removal(builder):
     model = builder()
     units = fine_units(model)
-    paths = [u.path for u in units if u.kind == "fine.attention" and u.block in (1, 4)]
-    paths += [u.path for u in units if u.block == 2 and u.kind != "fine.attention"][:1]
+    paths = [u.path for u in units if u.label == "fine.attention" and u.block in (1, 4)]
+    paths += [u.path for u in units if u.block == 2 and u.label != "fine.attention"][:1]
     pruned = apply(model, plan_units(model, paths))
     kw = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False}
     with torch.no_grad():

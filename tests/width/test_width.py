@@ -50,7 +50,7 @@ def test_sliced_equals_zeroed(arch, kind):
     scores = dc.score(model, cfg, tiny_calib(), progress=False)
     plan = dc.plan(scores, cfg)
     assert plan.actions and all(a.kind == kind for a in plan.actions)
-    removal = {f"{kind}:{a.block}": list(a.indices) for a in plan.actions}
+    removal = {f"{kind}:{a.block}": list(a.members) for a in plan.actions}
     ids = torch.randint(3, 97, (2, 9))
     expected = zeroed_reference(model, kind, removal, ids)
     pruned = dc.apply(model, plan)
@@ -183,7 +183,7 @@ def test_iterative_width_steps():
     plan3 = dc.plan(scores3, three)
     # magnitude does not change for units that stay: iterative equals one-shot exactly
     plan1 = dc.plan(dc.score(model, one, calib, progress=False), one)
-    assert [a.indices for a in plan3.actions] == [a.indices for a in plan1.actions]
+    assert [a.members for a in plan3.actions] == [a.members for a in plan1.actions]
     with pytest.raises(dc.DepthcutError, match="re-score"):
         dc.plan(scores3, width_cfg("neuron", 0.2, width_steps=3))
 
@@ -194,7 +194,7 @@ def test_iterative_taylor_is_valid_and_reloads(tmp_path):
         units=("head", "neuron"), heads=0.2, neurons=0.25, width_importance="taylor", width_steps=2
     )
     plan = dc.plan(dc.score(model, cfg, tiny_calib(), progress=False), cfg)
-    removal = {f"{a.kind}:{a.block}": list(a.indices) for a in plan.actions}
+    removal = {a.unit_id: list(a.members) for a in plan.actions}
     assert sum(len(u) for k, u in removal.items() if k.startswith("neuron")) == round(0.25 * 384)
     pruned = dc.apply(model, plan)
     out = dc.save(pruned, plan, tmp_path / "o")
@@ -210,7 +210,7 @@ def test_bert_encoder_width_sliced_equals_zeroed_and_reloads(tmp_path, kind):
     model = tiny_bert()
     cfg = width_cfg(kind, 0.25, metric="output_norm")
     plan = dc.plan(dc.score(model, cfg, tiny_calib(), progress=False), cfg)
-    removal = {f"{kind}:{a.block}": list(a.indices) for a in plan.actions}
+    removal = {f"{kind}:{a.block}": list(a.members) for a in plan.actions}
     ids = torch.randint(3, 97, (2, 9))
     expected = zeroed_reference(model, kind, removal, ids, "last_hidden_state")
     pruned = dc.apply(model, plan)

@@ -10,6 +10,7 @@ from torch import nn
 
 from depthcut.errors import ConfigError, UnsupportedModelError
 from depthcut.graph.structure import discover_structure
+from depthcut.kinds import Kind, UnitRef
 from depthcut.methods.base import Family, describe
 from depthcut.methods.depth import DepthFamily
 from depthcut.methods.fine import FineFamily
@@ -27,8 +28,8 @@ __all__ = ["FAMILIES", "Family", "apply_plan", "describe", "families", "plan_uni
 
 def families(kinds) -> list[Family]:
     """The families owning any of ``kinds`` (config unit kinds or plan action kinds)."""
-    wanted = set(kinds)
-    return [f for f in FAMILIES if wanted.intersection(f.kinds)]
+    wanted = {Kind(k).family for k in kinds}
+    return [f for f in FAMILIES if f.name in wanted]
 
 
 def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
@@ -50,8 +51,8 @@ def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module
 def plan_units(model: nn.Module, unit_ids: list[str], example=None) -> Plan:
     """A hand-made plan removing exactly these units: depth ids (``block:3``, ``mlp:7``) or
     fine units by module path (CNNs: with an ``example`` input)."""
-    owners = {f.name: f for uid in unit_ids for f in FAMILIES if f.owns(uid)}
+    owners = {UnitRef.parse(uid).kind.family for uid in unit_ids} or {"depth"}
     if len(owners) > 1:
         raise ConfigError(f"a hand-made plan takes units of one family, not {sorted(owners)}")
-    family = next(iter(owners.values()), None) or next(f for f in FAMILIES if f.name == "depth")
+    family = next(f for f in FAMILIES if f.name in owners)
     return family.manual_plan(model, list(unit_ids), example)

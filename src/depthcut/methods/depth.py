@@ -6,11 +6,12 @@ from __future__ import annotations
 from torch import nn
 
 from depthcut.calibrate import BlockCache
-from depthcut.config import DEPTH_KINDS, PruneConfig
+from depthcut.config import PruneConfig
 from depthcut.errors import ConfigError
 from depthcut.graph.structure import ModelStructure, discover_structure
 from depthcut.importance.registry import get_importance
 from depthcut.importance.run import greedy_sequence, score_units
+from depthcut.kinds import DEPTH_KINDS, Kind, UnitRef
 from depthcut.methods.base import describe
 from depthcut.planning.plan import Action, Plan
 from depthcut.planning.planner import depth_actions, reachable_pool
@@ -46,7 +47,7 @@ class DepthFamily:
     def apply(self, model: nn.Module, plan: Plan, structure: ModelStructure | None) -> nn.Module:
         drop = set(plan.removed_blocks)
         for action in plan.actions:
-            if action.kind in ("attention", "mlp") and action.block not in drop:
+            if action.kind in (Kind.ATTENTION, Kind.MLP) and action.block not in drop:
                 remove_sublayer(model, structure, action.block, action.kind)
         kept = remove_blocks(model, structure, drop)
         if hasattr(model, "config"):
@@ -54,13 +55,10 @@ class DepthFamily:
         renumber_layer_idx(model.get_submodule(structure.blocks_path))
         return model
 
-    def owns(self, unit_id: str) -> bool:
-        return unit_id.split(":")[0] in self.kinds
-
     def manual_plan(self, model: nn.Module, unit_ids: list[str], example=None) -> Plan:
         """Exactly these units, e.g. ``["block:3", "mlp:7"]``."""
         structure = discover_structure(model)
-        kinds = tuple(sorted({uid.split(":")[0] for uid in unit_ids}))
+        kinds = tuple(sorted({UnitRef.parse(uid).kind for uid in unit_ids}))
         units = {u.id: u for u in discover_units(model, structure, kinds)} if kinds else {}
         missing = [uid for uid in unit_ids if uid not in units]
         if missing:

@@ -10,6 +10,7 @@ from depthcut.calibrate import BlockCache
 from depthcut.config import PruneConfig
 from depthcut.errors import ConfigError, UnsupportedModelError
 from depthcut.graph.structure import ModelStructure, discover_structure
+from depthcut.kinds import Kind
 from depthcut.methods.base import describe
 from depthcut.planning.plan import Action, Plan
 from depthcut.planning.planner import budget_target
@@ -76,9 +77,6 @@ class FineFamily:
             )
         return apply_fine_actions(model, plan.actions, shape, plan.model.get("fine_graph"))
 
-    def owns(self, unit_id: str) -> bool:
-        return ":" not in unit_id  # fine units are named by module path
-
     def manual_plan(self, model: nn.Module, paths: list[str], example=None) -> Plan:
         """Prune(f) of these module paths, in order (channels for reconciliation by weight
         magnitude of their group, no calibration data)."""
@@ -99,7 +97,7 @@ class FineFamily:
             state = states.get(root.index) or fm.new_state()
             state, labels, delta = fm.try_prune(root, state, local.node, channels[root.index])
             states[root.index] = state
-            actions.append(Action("fine", root.index, path, delta, None, tuple(labels)))
+            actions.append(Action(Kind.FINE, root.index, path, delta, channels=tuple(labels)))
         if example is not None:
             info = describe_cnn(model, example)
         else:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from depthcut.config import WIDTH_KINDS, PruneConfig
+from depthcut.config import PruneConfig
 from depthcut.errors import ConfigError
 from depthcut.graph.structure import ModelStructure
+from depthcut.kinds import WIDTH_KINDS, Kind
 from depthcut.planning.plan import Plan
 from depthcut.planning.planner import width_actions
 from depthcut.scores import Scores
@@ -47,15 +48,12 @@ class WidthFamily:
     def select(self, scores: Scores, cfg: PruneConfig, model, plan: Plan) -> None:
         for kind in self.kinds:  # heads, then neurons (the lesson's order)
             if kind in cfg.width_units:
-                plan.actions += width_actions(scores, cfg, kind, plan)
+                plan.actions += width_actions(scores, cfg, Kind(kind), plan)
 
     def apply(self, model: nn.Module, plan: Plan, structure: ModelStructure | None) -> nn.Module:
-        actions = [a for a in plan.actions if a.kind in self.kinds]
+        actions = [a for a in plan.actions if a.kind.family == self.name]
         apply_width_actions(model, structure, actions, frozenset(plan.removed_blocks))
         return model
-
-    def owns(self, unit_id: str) -> bool:
-        return unit_id.split(":")[0] in self.kinds
 
     def manual_plan(self, model: nn.Module, unit_ids: list[str], example=None) -> Plan:
         raise ConfigError(f"hand-made plans take depth or fine units, not {unit_ids[0]!r}")

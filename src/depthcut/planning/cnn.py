@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from depthcut.importance.fine import channel_taylor, eq310, own_taylor
+from depthcut.kinds import Kind
 from depthcut.planning.plan import Action, Plan
 from depthcut.units.discover import count_params
 from depthcut.units.fine import FineState, UnitRefused
@@ -89,7 +90,7 @@ def cnn_plan(
         delta = total - removed - fm.params(root, state)
         removed += delta
         bar.update(delta)
-        actions.append(Action("fine", -1, unit.module, delta, value, tuple(labels)))
+        actions.append(Action(Kind.FINE, -1, unit.module, delta, value, channels=tuple(labels)))
         if rescore:
             work = fm.pruned_copy(root, state)
             backward_pass(work, batches, loss_fn)

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 from depthcut.errors import ConfigError
 from depthcut.importance.fine import channel_from_json
+from depthcut.kinds import FineOp, Kind
 from depthcut.planning.plan import Action
 from depthcut.units.discover import Unit
 from depthcut.units.fine import UnitRefused
@@ -60,8 +61,8 @@ def candidates(units: list[Unit], scores, cfg) -> Iterator[Unit]:
     if cfg.strategy == "ranked":
         yield from ordered(units, lambda u: value[u.id], cfg.order, cfg.seed)
         return
-    attn = [u for u in units if u.kind == "fine.attention"]
-    rest = [u for u in units if u.kind != "fine.attention"]
+    attn = [u for u in units if u.op is FineOp.ATTENTION]
+    rest = [u for u in units if u.op is not FineOp.ATTENTION]
     key = lambda u: value[u.id]  # noqa: E731
     yield from interleave(
         ordered(rest, key, cfg.order, cfg.seed), ordered(attn, key, cfg.order, cfg.seed)
@@ -94,5 +95,7 @@ def select_fine(fm: FineModel, scores, cfg, target: int) -> list[Action]:
         states[root.index] = state
         removed += delta
         score = scores.unit_scores.get(unit.id)
-        actions.append(Action("fine", root.index, unit.path, delta, score, tuple(labels)))
+        actions.append(
+            Action(Kind.FINE, root.index, unit.path, delta, score, channels=tuple(labels))
+        )
     return actions

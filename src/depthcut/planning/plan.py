@@ -3,32 +3,62 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from depthcut.errors import ConfigError
+from depthcut.kinds import Kind, UnitRef
 
 PLAN_VERSION = 1
 
 
 @dataclass(frozen=True)
 class Action:
-    """Remove ``kind`` at original block index ``block``: a whole "block", "attention" or
-    "mlp" sublayer, or the units ``indices`` of a "head" (KV-group) or "neuron" width layer.
-    A "fine" action is Prune(f) of the module at ``path``; ``indices`` are then the channels
-    its dimension reconciliation removed (replayed exactly on load)."""
+    """Remove the unit ``kind`` at original block index ``block`` (module ``path``).
 
-    kind: str
+    A depth action removes a whole block or an attention / MLP sublayer. A width action
+    (``head`` / ``neuron``) removes the units ``members`` of that block's width layer (KV
+    groups or neurons, original numbering). A ``fine`` action is Prune(f) of the module at
+    ``path``; ``channels`` are the channels its dimension reconciliation removed (replayed
+    exactly on load). Both lists are saved under the plan's ``indices`` key."""
+
+    kind: Kind
     block: int
     path: str
     params: int
     score: float | None = None
-    indices: tuple[int, ...] | None = None
+    members: tuple[int, ...] | None = None
+    channels: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Kind(self.kind))
+
+    @property
+    def ref(self) -> UnitRef:
+        return UnitRef(self.kind, self.block, self.path)
 
     @property
     def unit_id(self) -> str:
-        return self.path if self.kind == "fine" else f"{self.kind}:{self.block}"
+        return self.ref.id
+
+    def to_dict(self) -> dict[str, Any]:
+        indices = self.channels if self.kind is Kind.FINE else self.members
+        return {
+            "kind": self.kind.value,
+            "block": self.block,
+            "path": self.path,
+            "params": self.params,
+            "score": self.score,
+            "indices": list(indices) if indices is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Action:
+        fields = {k: v for k, v in data.items() if k != "indices"}
+        indices = tuple(data["indices"]) if data.get("indices") else None
+        key = "channels" if data["kind"] == Kind.FINE else "members"
+        return cls(**fields, **{key: indices})
 
 
 @dataclass
@@ -46,7 +76,7 @@ class Plan:
 
     @property
     def removed_blocks(self) -> list[int]:
-        return sorted(a.block for a in self.actions if a.kind == "block")
+        return sorted(a.block for a in self.actions if a.kind is Kind.BLOCK)
 
     def fraction(self, count: str = "all") -> float:
         key = "params_all" if count == "all" else "params_non_embedding"
@@ -55,7 +85,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
-            "actions": [asdict(a) for a in self.actions],
+            "actions": [a.to_dict() for a in self.actions],
             "model": self.model,
             "run": self.run,
             "removed_params": self.removed_params,
@@ -71,10 +101,7 @@ class Plan:
         if not isinstance(data, dict) or "actions" not in data or "model" not in data:
             raise ConfigError("not a depthcut plan (no actions / model)")
         check_version(data.get("version"), PLAN_VERSION, "plan")
-        actions = [
-            Action(**(a | {"indices": tuple(a["indices"]) if a.get("indices") else None}))
-            for a in data["actions"]
-        ]
+        actions = [Action.from_dict(a) for a in data["actions"]]
         return cls(actions, data["model"], data.get("run", {}), data["version"])
 
     def save(self, path: str | Path) -> None:
@@ -91,10 +118,10 @@ class Plan:
         lines = [f"{'#':>3}  {'unit':<14} {'module':<34} {'params':>12}  {'score':>10}"]
         for n, a in enumerate(self.actions):
             score = "" if a.score is None else f"{a.score:.5f}"
-            if a.kind == "fine":  # Prune(f): R = channels removed to reconcile dimensions
-                unit, what = "fine", a.path + (f" (R={len(a.indices)})" if a.indices else "")
+            if a.kind is Kind.FINE:  # Prune(f): R = channels removed to reconcile dimensions
+                unit, what = "fine", a.path + (f" (R={len(a.channels)})" if a.channels else "")
             else:
-                unit = a.unit_id if a.indices is None else f"{a.unit_id} ×{len(a.indices)}"
+                unit = a.unit_id if a.members is None else f"{a.unit_id} ×{len(a.members)}"
                 what = a.path
             lines.append(f"{n:>3}  {unit:<14} {what:<34} {a.params:>12,}  {score:>10}")
         total, non_emb = self.model["params_all"], self.model["params_non_embedding"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from depthcut.config import PruneConfig
 from depthcut.errors import BudgetError, ConfigError
+from depthcut.kinds import Kind
 from depthcut.planning.plan import Action, Plan
 from depthcut.planning.select import Selection, candidates, check_reachable, protected_blocks
 from depthcut.scores import Scores
@@ -67,27 +68,26 @@ def _contiguous(scores: Scores, pool: list[Unit], target: int, cfg: PruneConfig)
     raise BudgetError("budget unreachable: no contiguous span outside the protected blocks")
 
 
-def width_actions(scores: Scores, cfg: PruneConfig, kind: str, plan: Plan) -> list[Action]:
+def width_actions(scores: Scores, cfg: PruneConfig, kind: Kind, plan: Plan) -> list[Action]:
     """The ``kind`` (head / neuron) removals of ``cfg``, in the blocks ``plan`` keeps whole."""
     if not scores.width or kind not in scores.width:
         raise ConfigError(f"units include {kind} but the scores have no {kind} scores")
     data = scores.width[kind]
-    key = "heads" if kind == "head" else "neurons"
+    key = "heads" if kind is Kind.HEAD else "neurons"
     if "removal" in data and scores.config.get(key) != cfg.width_fraction(kind):
         raise ConfigError(
             f"iterative {kind} scores were made for {key}={scores.config.get(key)}:"
             " re-score with this fraction"
         )
-    sublayer = "attention" if kind == "head" else "mlp"
-    skip = frozenset(a.block for a in plan.actions if a.kind in ("block", sublayer))
+    skip = frozenset(a.block for a in plan.actions if a.kind in (Kind.BLOCK, kind.sublayer))
     removed = data.get("removal") or select_width(
         data["layers"],
         data["scores"],
         cfg.width_fraction(kind),
         scores.model["num_blocks"],
         (cfg.protect_first, cfg.protect_last),
-        cfg.min_heads if kind == "head" else 1,
-        cfg.round_to if kind == "neuron" else 1,
+        cfg.min_heads if kind is Kind.HEAD else 1,
+        cfg.round_to if kind is Kind.NEURON else 1,
         skip,
         cfg.width_scope,
     )
@@ -102,7 +102,7 @@ def width_actions(scores: Scores, cfg: PruneConfig, kind: str, plan: Plan) -> li
                 info["path"],
                 len(units) * info["unit_params"],
                 mean,
-                tuple(units),
+                members=tuple(units),
             )
         )
     return actions

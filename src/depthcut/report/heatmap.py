@@ -6,22 +6,22 @@ from pathlib import Path
 
 import numpy as np
 
+from depthcut.kinds import Kind
 from depthcut.planning.plan import Plan
 from depthcut.scores import Scores
-from depthcut.units.discover import KIND_ORDER
 
 
-def row_of(kind: str, block: int, path: str) -> str:
+def row_of(kind: Kind, block: int, path: str) -> str:
     """Heatmap row: the unit kind, or for fine-grained units the module inside the block."""
-    if not kind.startswith("fine"):
-        return kind
+    if kind is not Kind.FINE:
+        return str(kind)
     return path.split(f".{block}.", 1)[-1] if block >= 0 else path
 
 
 def score_grid(scores: Scores) -> tuple[list[str], np.ndarray]:
     """(row labels, [rows, blocks] array with NaN where a unit was not scored)."""
     rows: list[str] = []
-    for u in sorted(scores.units, key=lambda u: (KIND_ORDER.get(u.kind, 9), u.path)):
+    for u in sorted(scores.units, key=lambda u: (u.sort_key()[1], u.path)):
         if row_of(u.kind, u.block, u.path) not in rows:
             rows.append(row_of(u.kind, u.block, u.path))
     grid = np.full((len(rows), max(scores.model["num_blocks"], 1)), np.nan)
@@ -51,9 +51,10 @@ def plot_heatmap(scores: Scores, plan: Plan | None, path: str | Path) -> Path:
     fig.colorbar(image, ax=ax, fraction=0.03)
     for action in plan.actions if plan else []:
         label = row_of(action.kind, action.block, action.path)
-        if label not in kinds and action.kind != "block":
+        whole = action.kind is Kind.BLOCK
+        if label not in kinds and not whole:
             continue  # width actions are listed in report.md
-        rows = range(len(kinds)) if action.kind == "block" else [kinds.index(label)]
+        rows = range(len(kinds)) if whole else [kinds.index(label)]
         for row in rows:
             ax.text(action.block, row, "x", ha="center", va="center", color="red", fontsize=12)
     fig.tight_layout()

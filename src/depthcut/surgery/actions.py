@@ -11,6 +11,7 @@ from depthcut.graph.structure import (
     probe_inputs,
     require_sublayer,
 )
+from depthcut.kinds import Kind
 from depthcut.planning.plan import Plan
 from depthcut.surgery.modules import ZeroBranch, set_module
 from depthcut.units.discover import count_params
@@ -53,8 +54,8 @@ def apply_width_actions(
     for kind in sorted({a.kind for a in actions}):
         layers.update({w.id: w for w in width_layers(model, structure, kind)})
     for action in actions:
-        prune_width(model, layers[f"{action.kind}:{action.block}"], list(action.indices))
-    if any(a.kind == "head" for a in actions):
+        prune_width(model, layers[action.unit_id], list(action.members))
+    if any(a.kind is Kind.HEAD for a in actions):
         check_heads_run(model)
     if actions and hasattr(model, "config"):
         sync_uniform_width(model.config, layers, actions, drop)
@@ -80,20 +81,20 @@ def check_heads_run(model: nn.Module) -> None:
 def sync_uniform_width(config, layers: dict, actions: list, drop: frozenset = frozenset()) -> None:
     """When every kept layer of a kind keeps the same width, say so in the config too (so that
     plain ``from_pretrained`` rebuilds it); heterogeneous sizes live in the plan."""
-    for kind, keys in (("neuron", NEURON_KEYS), ("head", ())):
-        kept = {lid: w.size for lid, w in layers.items() if w.kind == kind and w.block not in drop}
+    for kind, keys in ((Kind.NEURON, NEURON_KEYS), (Kind.HEAD, ())):
+        kept = {lid: w.size for lid, w in layers.items() if w.kind is kind and w.block not in drop}
         for a in actions:
-            if a.kind == kind:
-                kept[f"{kind}:{a.block}"] -= len(a.indices)
+            if a.kind is kind:
+                kept[a.unit_id] -= len(a.members)
         if len(set(kept.values())) != 1:
             continue
         (value,) = set(kept.values())
-        if kind == "neuron":
+        if kind is Kind.NEURON:
             for key in keys:  # GPT-2's n_inner is None (4 × n_embd) until set
                 if hasattr(config, key):
                     setattr(config, key, value)
         elif getattr(config, "num_key_value_heads", None) is not None:
-            w = next(w for w in layers.values() if w.kind == "head")
+            w = next(w for w in layers.values() if w.kind is Kind.HEAD)
             config.head_dim = w.head_dim
             config.num_key_value_heads = value
             config.num_attention_heads = value * w.q_heads_per_unit

@@ -17,7 +17,7 @@ from torch import nn
 from depthcut.graph.nodes import FNode
 from depthcut.ops import is_conv1d
 from depthcut.surgery.modules import PatchBranch, set_module
-from depthcut.units.fine import UNIT_KINDS, FineState, param_dims
+from depthcut.units.fine import PRUNABLE_NODES, FineState, param_dims
 from depthcut.units.fine_patch import Patch, dropped_labels, patches_of
 
 SIZE_ATTRS = {
@@ -110,7 +110,7 @@ def materialize(state: FineState, root: nn.Module) -> nn.Module:
     fold(root, patches)
     drops = dropped_labels(state.g, patches)
     gone = set(state.pruned) | state.removed
-    for node in state.g.module_nodes((*UNIT_KINDS, "norm", "act")):
+    for node in state.g.module_nodes((*PRUNABLE_NODES, "norm", "act")):
         if node.name not in gone:
             slice_module(
                 state, node, root.get_submodule(node.module), drops.get(node.module, set())
@@ -139,7 +139,7 @@ def state_params(state: FineState, root: nn.Module) -> int:
     gone = set(state.pruned) | state.removed
     const = {p.module for p in patches}
     total = sum(p.numel() for p in root.parameters())
-    for node in state.g.module_nodes((*UNIT_KINDS, "norm", "act")):
+    for node in state.g.module_nodes((*PRUNABLE_NODES, "norm", "act")):
         module = root.get_submodule(node.module)
         full = sum(p.numel() for p in module.parameters())
         if node.name in gone or any(

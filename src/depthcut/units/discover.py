@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from depthcut.graph.structure import ModelStructure, require_sublayer
-
-KIND_ORDER = {"block": 0, "attention": 1, "mlp": 2}
-KIND_ORDER |= {"fine.attention": 1, "fine.linear": 2, "fine.conv": 2}
+from depthcut.kinds import FineOp, Kind, UnitRef
 
 
 @dataclass(frozen=True)
@@ -17,22 +15,53 @@ class Unit:
     """One removable thing: ``kind`` at original block index ``block``.
 
     ``modules`` are the dotted paths of the modules that disappear with it (a sublayer takes
-    its coupled norms along); ``params`` counts their unique parameters.
+    its coupled norms along); ``params`` counts their unique parameters. A fine unit also says
+    what its module is (``op``); it is saved as ``fine.<op>``.
     """
 
-    kind: str
+    kind: Kind
     block: int
     path: str
     modules: tuple[str, ...]
     params: int
+    op: FineOp | None = None
+
+    @property
+    def ref(self) -> UnitRef:
+        return UnitRef(self.kind, self.block, self.path)
 
     @property
     def id(self) -> str:
         """``block:3``, ``mlp:7``; fine-grained units by module path."""
-        return self.path if self.kind.startswith("fine.") else f"{self.kind}:{self.block}"
+        return self.ref.id
+
+    @property
+    def label(self) -> str:
+        """``block``, ``mlp``…, ``fine.linear``: the kind as saved in scores.json."""
+        return f"{self.kind}.{self.op}" if self.kind is Kind.FINE else str(self.kind)
 
     def sort_key(self) -> tuple[int, int, str]:
-        return (self.block, KIND_ORDER[self.kind], self.path)
+        attention = self.op is FineOp.ATTENTION
+        order = Kind.ATTENTION.order if attention else self.kind.order
+        return (self.block, order, self.path)
+
+    def to_dict(self) -> dict:
+        fields = ("block", "path", "params")
+        return {"kind": self.label, "modules": list(self.modules)} | {
+            f: getattr(self, f) for f in fields
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Unit:
+        kind, _, op = data["kind"].partition(".")
+        return cls(
+            Kind(kind),
+            data["block"],
+            data["path"],
+            tuple(data["modules"]),
+            data["params"],
+            FineOp(op) if op else None,
+        )
 
 
 def unique_params(modules: list[nn.Module]) -> int:
@@ -66,8 +95,8 @@ def discover_units(
     modules = dict(model.named_modules())
     units: list[Unit] = []
     for block in structure.blocks:
-        for kind in sorted(kinds, key=KIND_ORDER.get):
-            if kind == "block":
+        for kind in sorted(map(Kind, kinds), key=lambda k: k.order):
+            if kind is Kind.BLOCK:
                 paths = (block.path,)
                 path = block.path
             else:

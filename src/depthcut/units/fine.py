@@ -21,9 +21,10 @@ from torch import nn
 
 from depthcut.errors import UnsupportedModelError
 from depthcut.graph.nodes import FineGraph, FNode
+from depthcut.kinds import FineOp
 from depthcut.ops import is_conv1d
 
-UNIT_KINDS = ("transform", "attention")
+PRUNABLE_NODES = ("transform", "attention")  # graph node kinds a fine unit can be
 
 
 class UnitRefused(UnsupportedModelError):
@@ -36,19 +37,19 @@ class FineUnit:
 
     node: str
     module: str  # path relative to the graph root
-    kind: str  # "attention" | "linear" | "conv"
+    op: FineOp
     params: int
     reason: str | None = None  # why it is excluded from the search space, if it is
 
     @property
     def is_attention(self) -> bool:
-        return self.kind == "attention"
+        return self.op is FineOp.ATTENTION
 
 
-def unit_kind(module: nn.Module, node: FNode) -> str:
+def unit_op(module: nn.Module, node: FNode) -> FineOp:
     if node.kind == "attention":
-        return "attention"
-    return "conv" if isinstance(module, nn.modules.conv._ConvNd) else "linear"
+        return FineOp.ATTENTION
+    return FineOp.CONV if isinstance(module, nn.modules.conv._ConvNd) else FineOp.LINEAR
 
 
 def exclusion(graph: FineGraph, node: FNode, module: nn.Module) -> str | None:
@@ -65,11 +66,11 @@ def exclusion(graph: FineGraph, node: FNode, module: nn.Module) -> str | None:
 def fine_units(graph: FineGraph, root: nn.Module, include_excluded: bool = False):
     """Units of G in graph order (excluded ones only with ``include_excluded``)."""
     out = []
-    for node in graph.module_nodes(UNIT_KINDS):
+    for node in graph.module_nodes(PRUNABLE_NODES):
         module = root.get_submodule(node.module)
         reason = exclusion(graph, node, module)
         params = sum(p.numel() for p in module.parameters())
-        unit = FineUnit(node.name, node.module, unit_kind(module, node), params, reason)
+        unit = FineUnit(node.name, node.module, unit_op(module, node), params, reason)
         if reason is None or include_excluded:
             out.append(unit)
     return out
@@ -233,7 +234,7 @@ def find_norms(graph: FineGraph, pruned: set[str], removed: set[str]) -> set[str
         if node.name in removed:
             continue
         users = graph.consumers(node.name)
-        if users and all(u.name in pruned and u.kind in UNIT_KINDS for u in users):
+        if users and all(u.name in pruned and u.kind in PRUNABLE_NODES for u in users):
             out.add(node.name)
     return out
 

@@ -22,6 +22,7 @@ from depthcut.graph.export import record_call
 from depthcut.graph.groups import build_graph
 from depthcut.graph.nodes import FineGraph
 from depthcut.graph.structure import discover_structure, probe_inputs
+from depthcut.kinds import Kind
 from depthcut.surgery.fine import materialize, state_params
 from depthcut.units.discover import Unit
 from depthcut.units.fine import FineState, FineUnit, fine_units, param_dims
@@ -166,11 +167,12 @@ class FineModel:
             for u in self.local_units():
                 out.append(
                     Unit(
-                        f"fine.{u.kind}",
+                        Kind.FINE,
                         root.index,
                         root.full(u.module),
                         (root.full(u.module),),
                         u.params,
+                        u.op,
                     )
                 )
         return out
@@ -215,7 +217,7 @@ class FineModel:
         for action in actions:
             root, local = self.local_at(action.block, action.path)
             state = states.setdefault(root.index, self.new_state())
-            state.prune(local.node, labels=list(action.indices) if action.indices else None)
+            state.prune(local.node, labels=list(action.channels) if action.channels else None)
         return states
 
     def pruned_copy(self, root: Root, state: FineState) -> nn.Module:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from depthcut.graph.nodes import FineGraph, FNode
-from depthcut.units.fine import UNIT_KINDS, FineState
+from depthcut.units.fine import PRUNABLE_NODES, FineState
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Patcher:
         node = self.g.nodes[value]
         if value in self.resolved:
             return self.source(self.resolved[value])
-        if node.name in self.s.removed or (node.kind in UNIT_KINDS and value in self.s.pruned):
+        if node.name in self.s.removed or (node.kind in PRUNABLE_NODES and value in self.s.pruned):
             return self.source(node.inputs[0])
         return value
 
@@ -159,7 +159,7 @@ class Patcher:
     def _is_identity(self, node: FNode) -> bool:
         if node.name in self.s.removed or node.name in self.resolved:
             return True
-        if node.kind in UNIT_KINDS and node.name in self.s.pruned:
+        if node.kind in PRUNABLE_NODES and node.name in self.s.pruned:
             return True
         return node.module is not None and node.module in self.const
 

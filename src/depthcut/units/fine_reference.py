@@ -16,7 +16,7 @@ from torch import nn
 
 from depthcut.graph.capture import first_tensor, output_tensor
 from depthcut.units.bypass import replace_output
-from depthcut.units.fine import UNIT_KINDS, FineState
+from depthcut.units.fine import PRUNABLE_NODES, FineState
 from depthcut.units.fine_patch import patches_of
 
 
@@ -66,7 +66,7 @@ def _const(fill: str):
 def _hooks(state: FineState) -> list[tuple[str, object]]:
     out = []
     gone = set(state.pruned) | state.removed
-    for node in state.g.module_nodes((*UNIT_KINDS, "norm", "act")):
+    for node in state.g.module_nodes((*PRUNABLE_NODES, "norm", "act")):
         if node.name in state.pruned and node.kind == "transform":
             out.append((node.module, _identity_map(state, node)))
         elif node.name in gone:
@@ -74,12 +74,12 @@ def _hooks(state: FineState) -> list[tuple[str, object]]:
         else:
             key = (
                 node.extra["out"]
-                if node.kind in UNIT_KINDS
+                if node.kind in PRUNABLE_NODES
                 else (node.name, node.extra.get("cdim", -1))
             )
             cdim = node.extra.get("cdim", -1)
             hook = _zero_removed(
-                state, state.root(key) if node.kind in UNIT_KINDS else state.g.space(*key), cdim
+                state, state.root(key) if node.kind in PRUNABLE_NODES else state.g.space(*key), cdim
             )
             if hook is not None:
                 out.append((node.module, hook))

@@ -7,6 +7,7 @@ import copy
 from torch import nn
 
 from depthcut.errors import UnsupportedModelError
+from depthcut.kinds import Kind
 from depthcut.surgery.slice import slice_in, slice_out
 from depthcut.width.layers import HEAD_ATTRS, WidthLayer
 
@@ -20,7 +21,7 @@ def prune_width(model: nn.Module, layer: WidthLayer, remove: list[int]) -> None:
     for part in layer.parts:
         channels = part.channels(keep)
         (slice_out if part.side == "out" else slice_in)(modules[part.path], channels)
-    if layer.kind == "head":
+    if layer.kind is Kind.HEAD:
         _sync_head_attrs(model, modules[layer.module], len(keep) * layer.q_heads_per_unit, layer)
 
 

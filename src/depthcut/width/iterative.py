@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from depthcut.config import PruneConfig
 from depthcut.graph.structure import discover_structure
+from depthcut.kinds import UnitRef
 from depthcut.planning.plan import Action
 from depthcut.width.importance import width_scores
 from depthcut.width.layers import width_layers
@@ -26,7 +27,7 @@ def _pruned_copy(model, removal: dict[str, dict[str, list[int]]]):
 
     current = copy.deepcopy(model)
     actions = [
-        Action(kind, int(lid.split(":")[1]), "", 0, None, tuple(units))
+        Action(kind, UnitRef.parse(lid).block, "", 0, members=tuple(units))
         for kind, layers in removal.items()
         for lid, units in layers.items()
     ]

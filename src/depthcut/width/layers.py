@@ -21,6 +21,7 @@ from torch import nn
 from depthcut.errors import UnsupportedModelError
 from depthcut.graph.capture import channel_segments
 from depthcut.graph.structure import ModelStructure, Sublayer
+from depthcut.kinds import Kind, UnitRef
 from depthcut.ops import in_features, out_features
 
 # attention attributes that hold a head count ("config.X": the attention's own config copy)
@@ -53,7 +54,9 @@ class Part:
 
 @dataclass(frozen=True)
 class WidthLayer:
-    kind: str  # "head" | "neuron"
+    """The ``size`` head (KV-group) or neuron units of one block's attention / MLP."""
+
+    kind: Kind  # Kind.HEAD | Kind.NEURON
     block: int
     module: str  # the attention or MLP module
     parts: tuple[Part, ...]
@@ -63,8 +66,12 @@ class WidthLayer:
     head_dim: int = 1
 
     @property
+    def ref(self) -> UnitRef:
+        return UnitRef(self.kind, self.block, self.module)
+
+    @property
     def id(self) -> str:
-        return f"{self.kind}:{self.block}"
+        return self.ref.id
 
 
 def _unit_params(modules: dict, parts: tuple[Part, ...]) -> int:
@@ -158,12 +165,13 @@ def _neuron_parts(modules: dict, sub: Sublayer) -> tuple[tuple[Part, ...], int]:
 def width_layers(model: nn.Module, structure: ModelStructure, kind: str) -> list[WidthLayer]:
     """One WidthLayer per block for ``kind`` ("head" or "neuron")."""
     modules = dict(model.named_modules())
+    kind = Kind(kind)
     out = []
     for b in structure.blocks:
-        sub = b.attention if kind == "head" else b.mlp
+        sub = b.sublayer(kind.sublayer)
         if sub is None:
             raise UnsupportedModelError(f"{b.path}: no {kind} sublayer found")
-        if kind == "head":
+        if kind is Kind.HEAD:
             parts, size, qpg, hd = _head_parts(model, sub)
         else:
             (parts, size), qpg, hd = _neuron_parts(modules, sub), 1, 1
