@@ -16,7 +16,8 @@ from depthcut.graph.structure import discover_structure
 from depthcut.importance.reference import NaiveScorer
 from depthcut.importance.registry import get_importance
 from depthcut.importance.run import greedy_sequence
-from depthcut.planning.planner import budget_target, unit_pool
+from depthcut.methods.depth.planner import unit_pool
+from depthcut.planning.select import budget_target
 from depthcut.scores import Scores
 from depthcut.units.discover import discover_units
 

@@ -52,7 +52,7 @@ def llm_case(name: str) -> dict:
 
 
 def cnn_case() -> dict:
-    from depthcut.planning.cnn import cnn_plan
+    from depthcut.methods.fine.cnn import cnn_plan
 
     torch.manual_seed(0)
     model, x = tiny_resnet(), image_batch()

@@ -111,7 +111,7 @@ def reference(model, plan: dc.Plan):
 
 
 def _zero_width(stack: ExitStack, model, structure, actions) -> None:
-    from depthcut.width.layers import width_layers
+    from depthcut.methods.width.layers import width_layers
 
     modules = dict(model.named_modules())
     layers = {}
@@ -130,8 +130,8 @@ def _zero_width(stack: ExitStack, model, structure, actions) -> None:
 
 
 def _fine_hooks(stack: ExitStack, model, actions) -> None:
-    from depthcut.units.fine_model import FineModel
-    from depthcut.units.fine_reference import fine_reference
+    from depthcut.methods.fine.model import FineModel
+    from depthcut.methods.fine.reference import fine_reference
 
     fm = FineModel(model)
     for block, state in fm.replay(actions).items():

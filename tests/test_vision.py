@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from depthcut.graph.groups import build_graph
-from depthcut.surgery.fine import materialize, state_params
-from depthcut.units.fine import FineState, fine_units
-from depthcut.units.fine_reference import fine_reference
+from depthcut.methods.fine.reference import fine_reference
+from depthcut.methods.fine.state import FineState, fine_units
+from depthcut.methods.fine.surgery import materialize, state_params
 from depthcut.vision import cifar_test_set, load_cifar_cnn, split_calibration, top1
 
 pytestmark = pytest.mark.slow

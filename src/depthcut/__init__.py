@@ -30,7 +30,7 @@ _EXPORTS = {
     "prune": "depthcut.api",
     "plan_units": "depthcut.api",
     "fine_units": "depthcut.api",
-    "cnn_plan": "depthcut.planning.cnn",
+    "cnn_plan": "depthcut.methods.fine.cnn",
     "save": "depthcut.io",
     "load": "depthcut.io",
     "load_model": "depthcut.models",

@@ -69,7 +69,7 @@ def prune(
 def fine_units(model: nn.Module, example: torch.Tensor | None = None) -> list:
     """Every fine-grained unit (attention regions, single Linear/Conv layers) of ``model``;
     CNNs need an ``example`` input."""
-    from depthcut.units.fine_model import FineModel
+    from depthcut.methods.fine.model import FineModel
 
     return FineModel(model, example).units()
 

@@ -22,6 +22,7 @@ from depthcut.data import CalibData
 from depthcut.errors import UnsupportedModelError
 from depthcut.graph.capture import first_tensor, output_tensor
 from depthcut.graph.structure import ModelStructure
+from depthcut.kinds import Kind
 from depthcut.units.bypass import bypassed
 from depthcut.units.discover import Unit, unique_params
 
@@ -177,7 +178,7 @@ class BlockCache:
         return hidden
 
     def _skipped_blocks(self, units: list[Unit]) -> set[int]:
-        return {u.block for u in [*self.removed, *units] if u.kind == "block"}
+        return {u.block for u in [*self.removed, *units] if u.kind is Kind.BLOCK}
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Apply the model tail (final norm, LM head) to a last-block output."""

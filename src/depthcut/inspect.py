@@ -49,7 +49,7 @@ def _has(structure, kind: str) -> bool:
 
 def _width_line(model, structure) -> str:
     from depthcut.errors import DepthcutError
-    from depthcut.width.layers import width_layers
+    from depthcut.methods.width.layers import width_layers
 
     parts = []
     for kind, label in (("head", "head units (KV groups)"), ("neuron", "MLP neurons")):
@@ -64,7 +64,7 @@ def _width_line(model, structure) -> str:
 
 def search_space_text(model: nn.Module, example=None) -> str:
     """The fine-grained search space vs coarse ones (thesis Tables 4.2 / 4.4)."""
-    from depthcut.units.fine_model import FineModel
+    from depthcut.methods.fine.model import FineModel
 
     fm = FineModel(model, example)
     local = fm.local_units(include_excluded=True)

@@ -103,7 +103,7 @@ def _targets(model: nn.Module, cfg: QuantizeConfig) -> set[str]:
 def mlp_output_paths(model: nn.Module) -> set[str]:
     """The transforms that consume the MLP width (down projections), from the traced blocks."""
     from depthcut.graph.structure import discover_structure
-    from depthcut.width.layers import width_layers
+    from depthcut.methods.width.layers import width_layers
 
     try:
         layers = width_layers(model, discover_structure(model), "neuron")

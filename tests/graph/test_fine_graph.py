@@ -9,11 +9,11 @@ from torch import nn
 
 from depthcut.errors import UnsupportedModelError
 from depthcut.graph.groups import build_graph
-from depthcut.surgery.fine import materialize, state_params
-from depthcut.units.fine import FineState, UnitRefused, fine_units
-from depthcut.units.fine_model import FineModel
-from depthcut.units.fine_patch import patches_of
-from depthcut.units.fine_reference import fine_reference
+from depthcut.methods.fine.model import FineModel
+from depthcut.methods.fine.patch import patches_of
+from depthcut.methods.fine.reference import fine_reference
+from depthcut.methods.fine.state import FineState, UnitRefused, fine_units
+from depthcut.methods.fine.surgery import materialize, state_params
 from tiny import tiny_gemma3, tiny_gpt2, tiny_llama, tiny_neox
 from tiny_cnn import image_batch, tiny_resnet, tiny_yolo
 

@@ -5,6 +5,7 @@ import torch
 
 import depthcut as dc
 from depthcut.calibrate import BlockCache
+from depthcut.errors import ConfigError
 from depthcut.graph.structure import discover_structure
 from depthcut.importance import functional as F
 from depthcut.importance.reference import NaiveScorer
@@ -97,7 +98,12 @@ def test_scoring_cost_is_counted_in_forward_equivalents():
 
 
 def test_config_knows_exactly_the_registered_metrics():
-    from depthcut.config import DEPTH_METRICS
-    from depthcut.importance.registry import available
+    import depthcut.methods  # noqa: F401  (the families register their metrics)
+    from depthcut.config import DEPTH_METRICS, FINE_METRICS, WIDTH_METRICS
+    from depthcut.importance.registry import available, get_importance
 
     assert available() == sorted(DEPTH_METRICS)
+    assert available("width") == sorted(WIDTH_METRICS)
+    assert available("fine") == sorted(FINE_METRICS)
+    with pytest.raises(ConfigError, match="unknown width importance 'l1'; known: activation_"):
+        get_importance("l1", family="width")

@@ -5,7 +5,8 @@ import pytest
 import depthcut as dc
 from depthcut.graph.structure import discover_structure
 from depthcut.importance.reference import NaiveScorer
-from depthcut.planning.planner import budget_target, unit_pool
+from depthcut.methods.depth.planner import unit_pool
+from depthcut.planning.select import budget_target
 from depthcut.scores import Scores
 from tiny import tiny_calib, tiny_llama
 

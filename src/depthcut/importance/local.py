@@ -23,6 +23,7 @@ import torch
 from depthcut.calibrate import BlockCache  # noqa: TC001
 from depthcut.importance import functional as F
 from depthcut.importance.registry import register_importance
+from depthcut.kinds import Kind
 from depthcut.units.discover import Unit
 
 
@@ -42,7 +43,7 @@ class LocalMetric:
         i = unit.block
         for b in range(len(cache.batches)):
             y = cache.inputs[i + 1][b]
-            if unit.kind == "block":
+            if unit.kind is Kind.BLOCK:
                 y_removed = cache.inputs[i][b]
             else:
                 with cache.with_bypass([unit]):

@@ -15,6 +15,7 @@ from depthcut.data import CalibData
 from depthcut.graph.capture import first_tensor, output_tensor
 from depthcut.graph.structure import ModelStructure
 from depthcut.importance import functional as F
+from depthcut.kinds import Kind
 from depthcut.planning.select import Selection
 from depthcut.units.bypass import bypassed
 from depthcut.units.discover import Unit
@@ -63,11 +64,11 @@ class NaiveScorer:
 
     def _local(self, metric: str, unit: Unit, removed: list[Unit]) -> float:
         ref = self._ref(removed, unit.block)
-        cut = ref if unit.kind == "block" else self._run([*removed, unit], unit.block)
+        cut = ref if unit.kind is Kind.BLOCK else self._run([*removed, unit], unit.block)
         total, count = 0.0, 0
         for b, batch in enumerate(self.batches):
             y = ref[b][2]
-            y_removed = ref[b][1] if unit.kind == "block" else cut[b][2]
+            y_removed = ref[b][1] if unit.kind is Kind.BLOCK else cut[b][2]
             values = 1 - F.cosine(y, y_removed) if metric == "bi" else F.angular(y, y_removed)
             s, n = F.masked_sum(values, F.token_mask(batch["attention_mask"], self.tokens))
             total, count = total + s, count + n

@@ -11,12 +11,11 @@ from torch import nn
 from depthcut.errors import ConfigError, UnsupportedModelError
 from depthcut.graph.structure import discover_structure
 from depthcut.kinds import Kind, UnitRef
-from depthcut.methods.base import Family, describe
+from depthcut.methods.base import Family, check_plan_fits, describe
 from depthcut.methods.depth import DepthFamily
 from depthcut.methods.fine import FineFamily
 from depthcut.methods.width import WidthFamily
 from depthcut.planning.plan import Plan
-from depthcut.surgery.actions import check_plan_fits
 
 # scoring and selection order: depth before width (width skips removed blocks)
 FAMILIES: tuple[Family, ...] = (FineFamily(), DepthFamily(), WidthFamily())

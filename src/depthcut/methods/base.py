@@ -9,6 +9,7 @@ from torch import nn
 
 from depthcut.config import PruneConfig
 from depthcut.data import CalibData
+from depthcut.errors import UnsupportedModelError
 from depthcut.graph.structure import ModelStructure
 from depthcut.planning.plan import Plan
 from depthcut.scores import Scores
@@ -56,3 +57,12 @@ def describe(model: nn.Module, structure: ModelStructure) -> dict[str, Any]:
         "params_non_embedding": total - embedding_params(model, structure),
         "config": json.loads(config.to_json_string()) if config is not None else {},
     }
+
+
+def check_plan_fits(model: nn.Module, structure: ModelStructure, plan: Plan) -> None:
+    n, total = structure.num_blocks, count_params(model)
+    if n != plan.model["num_blocks"] or total != plan.model["params_all"]:
+        raise UnsupportedModelError(
+            f"plan was made for a model with {plan.model['num_blocks']} blocks and "
+            f"{plan.model['params_all']:,} params; this one has {n} blocks and {total:,}"
+        )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from depthcut.config import PruneConfig
 from depthcut.errors import BudgetError
+from depthcut.kinds import Kind, UnitRef
 from depthcut.units.discover import Unit
 
 
@@ -26,19 +28,19 @@ class Selection:
         self.chosen: dict[str, Unit] = {}
 
     def covered(self, unit: Unit) -> bool:
-        return unit.id in self.chosen or f"block:{unit.block}" in self.chosen
+        return unit.id in self.chosen or UnitRef(Kind.BLOCK, unit.block).id in self.chosen
 
     def marginal(self, unit: Unit) -> int:
         """Parameters that choosing ``unit`` adds to the removed total."""
         if self.covered(unit):
             return 0
-        if unit.kind != "block":
+        if unit.kind is not Kind.BLOCK:
             return unit.params
         inside = [u for u in self.chosen.values() if u.block == unit.block]
         return unit.params - sum(u.params for u in inside)
 
     def add(self, unit: Unit) -> None:
-        if unit.kind == "block":
+        if unit.kind is Kind.BLOCK:
             for key in [k for k, u in self.chosen.items() if u.block == unit.block]:
                 del self.chosen[key]
         self.chosen[unit.id] = unit
@@ -52,8 +54,8 @@ class Selection:
         out: list[Unit] = []
         for unit in sorted(self.chosen.values(), key=Unit.sort_key):
             kinds = {u.kind for u in self.chosen.values() if u.block == unit.block}
-            block = self.by_id.get(f"block:{unit.block}")
-            if unit.kind != "block" and kinds == {"attention", "mlp"} and block is not None:
+            block = self.by_id.get(UnitRef(Kind.BLOCK, unit.block).id)
+            if unit.kind is not Kind.BLOCK and kinds == {"attention", "mlp"} and block is not None:
                 if block not in out:
                     out.append(block)
             else:
@@ -64,7 +66,7 @@ class Selection:
 def check_reachable(pool: list[Unit], target: int, what: str) -> None:
     """Raise if removing every candidate unit still cannot reach ``target`` parameters."""
     sel = Selection(pool)
-    for unit in sorted(pool, key=lambda u: (u.kind != "block", u.sort_key())):
+    for unit in sorted(pool, key=lambda u: (u.kind is not Kind.BLOCK, u.sort_key())):
         if sel.marginal(unit) > 0:
             sel.add(unit)
     if sel.removed_params < target:
@@ -72,3 +74,7 @@ def check_reachable(pool: list[Unit], target: int, what: str) -> None:
             f"budget unreachable: {target:,} parameters requested but only "
             f"{sel.removed_params:,} are removable with {what}"
         )
+
+
+def budget_target(model: dict, cfg: PruneConfig) -> int:
+    return cfg.budget.target(model["params_all"], model["params_non_embedding"])

@@ -7,18 +7,18 @@ from pathlib import Path
 
 from torch import nn
 
+from depthcut.kinds import Kind
 from depthcut.planning.plan import Plan
 
 STATUS = ("kept", "narrowed", "identity", "patched 0", "patched 1", "dropped copy", "removed")
 COLORS = ("#2e7d32", "#9ccc65", "#fbc02d", "#c62828", "#6a1b9a", "#1565c0", "#424242")
-SUBLAYER_OF = {"head": "attention", "neuron": "mlp"}
 
 
 def plan_structure(plan: Plan, model: nn.Module | None = None) -> dict | None:
     """Per-block status of every unit: fine-grained plans through their graph (LLMs on a
     skeleton built from the config when no model is given; None for a CNN without its
     model), coarse plans as attention / mlp rows."""
-    if not any(a.kind == "fine" for a in plan.actions):
+    if not any(a.kind is Kind.FINE for a in plan.actions):
         return coarse_structure(plan)
     if model is None:
         if plan.model.get("example_shape") is not None:
@@ -33,10 +33,10 @@ def coarse_structure(plan: Plan) -> dict:
     n = plan.model["num_blocks"]
     status = {"attention": ["kept"] * n, "mlp": ["kept"] * n}
     for a in plan.actions:
-        rows = ["attention", "mlp"] if a.kind == "block" else [SUBLAYER_OF.get(a.kind, a.kind)]
+        rows = ["attention", "mlp"] if a.kind is Kind.BLOCK else [a.kind.sublayer]
         for row in rows:
             if row in status and status[row][a.block] != "removed":
-                status[row][a.block] = "narrowed" if a.kind in SUBLAYER_OF else "removed"
+                status[row][a.block] = "narrowed" if a.kind.family == "width" else "removed"
     return {"rows": list(status), "blocks": list(range(n)), "status": list(status.values())}
 
 
@@ -47,8 +47,8 @@ def fine_structure(model: nn.Module, plan: Plan) -> dict:
     """{"rows": unit modules, "blocks": indices, "status": [row][block] labels}."""
     import torch
 
-    from depthcut.units.fine_model import FineModel
-    from depthcut.units.fine_patch import patches_of
+    from depthcut.methods.fine.model import FineModel
+    from depthcut.methods.fine.patch import patches_of
 
     shape = plan.model.get("example_shape")
     fm = FineModel(model, torch.zeros(shape) if shape else None)
@@ -72,7 +72,7 @@ def _status(fm, root, state, unit, patches) -> str:
             return FILLS[patch.fill]
     if unit.node in state.pruned:
         return "identity"
-    from depthcut.surgery.fine import kept_numel
+    from depthcut.methods.fine.surgery import kept_numel
 
     module = fm.module(root).get_submodule(unit.module)
     full = sum(p.numel() for p in module.parameters())

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from depthcut.kinds import Kind
 from depthcut.planning.plan import Plan
 from depthcut.report.heatmap import plot_heatmap
 from depthcut.report.structure import plan_structure, plot_structure, structure_markdown
@@ -84,7 +85,7 @@ def write_report(
 
 
 def _is_fine(plan: Plan) -> bool:
-    return any(a.kind == "fine" for a in plan.actions)
+    return any(a.kind is Kind.FINE for a in plan.actions)
 
 
 def markdown(plan: Plan, scores, before, after) -> str:

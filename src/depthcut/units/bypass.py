@@ -16,6 +16,7 @@ from torch import nn
 
 from depthcut.graph.capture import first_tensor, output_tensor
 from depthcut.graph.structure import ModelStructure, require_sublayer
+from depthcut.kinds import Kind
 from depthcut.units.discover import Unit
 
 
@@ -41,7 +42,7 @@ def _zero(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
 def hook_target(structure: ModelStructure, unit: Unit) -> tuple[str, str]:
     """(module path, "pass"|"zero") that realises the unit's removal."""
     block = structure.blocks[unit.block]
-    if unit.kind == "block":
+    if unit.kind is Kind.BLOCK:
         return block.path, "pass"
     sub = require_sublayer(block, unit.kind)
     return (sub.post_norms[-1] if sub.post_norms else sub.path), "zero"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from depthcut.graph.nodes import FineGraph, FNode
-from depthcut.units.fine import PRUNABLE_NODES, FineState
+from depthcut.methods.fine.state import PRUNABLE_NODES, FineState
 
 
 @dataclass

@@ -6,9 +6,9 @@ import torch
 import depthcut as dc
 from depthcut.graph.structure import discover_structure
 from depthcut.io import logits_on_probe
-from depthcut.width.importance import width_scores
-from depthcut.width.layers import width_layers
-from depthcut.width.select import select_width
+from depthcut.methods.width.importance import width_scores
+from depthcut.methods.width.layers import width_layers
+from depthcut.methods.width.select import select_width
 from tiny import BUILDERS, tiny_calib, tiny_llama, tiny_tokenizer
 
 
@@ -273,7 +273,7 @@ def test_missing_head_attribute_table_entry_is_named(monkeypatch):
     """Phi-3 keeps its query-head count in its config: without HEAD_ATTRS' entry the pruned
     attention cannot run, and the error names the table instead of a shape mismatch."""
     from depthcut.errors import UnsupportedModelError
-    from depthcut.width import layers
+    from depthcut.methods.width import layers
     from tiny import tiny_phi3
 
     model = tiny_phi3(layers=4)

@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 from depthcut.calibrate import BlockCache
 from depthcut.graph.nodes import FineGraph
 from depthcut.importance import functional as F
-from depthcut.units.fine import FineState, FineUnit, UnitRefused
-from depthcut.units.fine_model import FineModel, Root, channel_sums
+from depthcut.importance.registry import get_importance, register_importance
+from depthcut.methods.fine.model import FineModel, Root, channel_sums
+from depthcut.methods.fine.state import FineState, FineUnit, UnitRefused
 
 
 def taylor_value(p: torch.Tensor) -> torch.Tensor | None:
@@ -80,14 +81,51 @@ def final_logits_metric(cache: BlockCache, i: int, pruned, scale: float, tokens:
     return total / max(count, 1)
 
 
+class _FineRule:
+    """How a fine metric scores Prune(f) of a unit, for one ``FineScorer``."""
+
+    data_free = False  # True: Eq. 3.10 from weights and gradients, no block re-run
+
+    def __init__(self, scorer: FineScorer):
+        self.scorer = scorer
+
+
+@register_importance("taylor", family="fine")
+class _TaylorRule(_FineRule):
+    data_free = True
+
+
+class _LocalRule(_FineRule):
+    """Block-output distance (Eq. 3.11) with the depth registry's metric of the same name."""
+
+    def __init__(self, scorer: FineScorer):
+        super().__init__(scorer)
+        self.metric = get_importance(self.name)(tokens=scorer.tokens)
+
+    def distance(self, block: int, pruned: nn.Module, scale: float) -> float:
+        return block_distance(self.scorer.cache, block, pruned, scale, self.metric)
+
+
+class _LogitRule(_FineRule):
+    """KL / CE of the final next-token distribution against the dense model."""
+
+    def distance(self, block: int, pruned: nn.Module, scale: float) -> float:
+        sc = self.scorer
+        return final_logits_metric(sc.cache, block, pruned, scale, sc.tokens, self.name, sc.ref())
+
+
+for _name in ("angular", "bi"):
+    register_importance(_name, family="fine")(type(f"_{_name}_rule", (_LocalRule,), {}))
+for _name in ("kl", "ce"):
+    register_importance(_name, family="fine")(type(f"_{_name}_rule", (_LogitRule,), {}))
+
+
 class FineScorer:
     """Scores the units of every block of an LLM on a gradient-carrying block cache."""
 
     def __init__(self, fm: FineModel, cache: BlockCache, metric: str, tokens: str = "all"):
-        from depthcut.importance.registry import get_importance
-
         self.fm, self.cache, self.metric, self.tokens = fm, cache, metric, tokens
-        self.local = get_importance(metric)(tokens=tokens) if metric in ("angular", "bi") else None
+        self.rule = get_importance(metric, family="fine")(self)
         self.channel = {r.index: channel_taylor(fm.graph, fm.module(r)) for r in fm.roots}
         self.base = {r.index: fm.params(r, fm.new_state()) for r in fm.roots}
         self._ref: list[torch.Tensor] | None = None
@@ -102,7 +140,7 @@ class FineScorer:
         """(score, params removed, labels) of Prune(unit) on top of ``state`` (not changed)."""
         prior = state or self.fm.new_state()
         state, labels, removed = self.fm.try_prune(root, prior, unit.node, self.channel[root.index])
-        if self.metric == "taylor":
+        if self.rule.data_free:
             own = own_taylor(self.fm.module(root), unit)
             return eq310(prior, unit, labels, self.channel[root.index], own), removed, labels
         return self.distance(root, state), removed, labels
@@ -110,15 +148,11 @@ class FineScorer:
     def distance(self, root: Root, state: FineState) -> float:
         """Block-local (or final-logit) distance of ``state`` realised on block ``root``
         from the dense model; 0 for an unpruned state or the data-free Taylor metric."""
-        if not state.pruned or self.metric == "taylor":
+        if not state.pruned or self.rule.data_free:
             return 0.0
         pruned = self.fm.pruned_copy(root, state)
         scale = sum(p.numel() for p in pruned.parameters()) / max(self.base[root.index], 1)
-        if self.metric in ("kl", "ce"):
-            return final_logits_metric(
-                self.cache, root.index, pruned, scale, self.tokens, self.metric, self.ref()
-            )
-        return block_distance(self.cache, root.index, pruned, scale, self.local)
+        return self.rule.distance(root.index, pruned, scale)
 
     def score_all(self, progress: bool = True) -> tuple[dict, dict, dict]:
         """{unit id: score}, {unit id: params removed alone}, {unit id: refusal reason}."""

@@ -8,8 +8,8 @@ from torch import nn
 
 from depthcut.errors import UnsupportedModelError
 from depthcut.kinds import Kind
+from depthcut.methods.width.layers import HEAD_ATTRS, WidthLayer
 from depthcut.surgery.slice import slice_in, slice_out
-from depthcut.width.layers import HEAD_ATTRS, WidthLayer
 
 
 def prune_width(model: nn.Module, layer: WidthLayer, remove: list[int]) -> None:

@@ -14,16 +14,16 @@ from tqdm.auto import tqdm
 from depthcut.config import PruneConfig
 from depthcut.graph.structure import discover_structure
 from depthcut.kinds import UnitRef
+from depthcut.methods.width.importance import width_scores
+from depthcut.methods.width.layers import width_layers
+from depthcut.methods.width.select import select_width
 from depthcut.planning.plan import Action
-from depthcut.width.importance import width_scores
-from depthcut.width.layers import width_layers
-from depthcut.width.select import select_width
 
 REMOVED = float("-inf")  # already-removed units count toward the cumulative target first
 
 
 def _pruned_copy(model, removal: dict[str, dict[str, list[int]]]):
-    from depthcut.surgery.actions import apply_width_actions
+    from depthcut.methods.width.surgery import apply_width_actions
 
     current = copy.deepcopy(model)
     actions = [

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from depthcut.graph.nodes import FNode
+from depthcut.methods.fine.patch import Patch, dropped_labels, patches_of
+from depthcut.methods.fine.state import PRUNABLE_NODES, FineState, param_dims
 from depthcut.ops import is_conv1d
 from depthcut.surgery.modules import PatchBranch, set_module
-from depthcut.units.fine import PRUNABLE_NODES, FineState, param_dims
-from depthcut.units.fine_patch import Patch, dropped_labels, patches_of
 
 SIZE_ATTRS = {
     "in": ("in_features", "in_channels", "nx"),

@@ -10,8 +10,8 @@ import depthcut as dc
 from depthcut.api import apply, fine_units, plan, plan_units, score
 from depthcut.config import Budget, PruneConfig
 from depthcut.errors import ConfigError
-from depthcut.planning.cnn import cnn_plan
-from depthcut.planning.fine import interleave
+from depthcut.methods.fine.cnn import cnn_plan
+from depthcut.methods.fine.planner import interleave
 from depthcut.units.discover import count_params
 from tiny import tiny_calib, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_neox
 from tiny_cnn import image_batch, tiny_resnet, tiny_yolo
@@ -221,7 +221,7 @@ def test_cnn_search_space_counts_channel_changing_layers():
 
 
 def test_spatial_changing_unit_is_refused_with_the_reason():
-    from depthcut.units.fine import UnitRefused
+    from depthcut.methods.fine.state import UnitRefused
 
     with pytest.raises(UnitRefused, match=r"layer2.0.conv1: .*changes the spatial size"):
         plan_units(tiny_resnet(), ["layer2.0.conv1"], example=image_batch())
@@ -249,7 +249,7 @@ def test_ordering_ablation_runs_each_order_on_the_same_scores():
 def test_one_prune_run_exports_the_block_graph_once(capsys, tmp_path, tiny_dir):
     """score, plan, apply, the structure report and save-verify share one torch.export."""
     from depthcut.cli import main
-    from depthcut.units import fine_model
+    from depthcut.methods.fine import model as fine_model
     from tiny import words
 
     fine_model._GRAPHS.clear()

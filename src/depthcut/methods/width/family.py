@@ -9,13 +9,13 @@ from depthcut.config import PruneConfig
 from depthcut.errors import ConfigError
 from depthcut.graph.structure import ModelStructure
 from depthcut.kinds import WIDTH_KINDS, Kind
+from depthcut.methods.width.importance import width_scores
+from depthcut.methods.width.iterative import iterative_width
+from depthcut.methods.width.layers import width_layers
+from depthcut.methods.width.plan import width_actions
+from depthcut.methods.width.surgery import apply_width_actions
 from depthcut.planning.plan import Plan
-from depthcut.planning.planner import width_actions
 from depthcut.scores import Scores
-from depthcut.surgery.actions import apply_width_actions
-from depthcut.width.importance import width_scores
-from depthcut.width.iterative import iterative_width
-from depthcut.width.layers import width_layers
 
 
 def score_width(model, structure, cfg: PruneConfig, calib, progress: bool = True) -> dict:

@@ -1,19 +1,21 @@
-"""Strategies turning Scores into a Plan under a parameter budget. Pure: no model access."""
+"""Depth selection: blocks and sublayers under a parameter budget (ranked, iterative,
+contiguous span). Pure: no model access."""
 
 from __future__ import annotations
 
 from depthcut.config import PruneConfig
 from depthcut.errors import BudgetError, ConfigError
 from depthcut.kinds import Kind
-from depthcut.planning.plan import Action, Plan
-from depthcut.planning.select import Selection, candidates, check_reachable, protected_blocks
+from depthcut.planning.plan import Action
+from depthcut.planning.select import (
+    Selection,
+    budget_target,
+    candidates,
+    check_reachable,
+    protected_blocks,
+)
 from depthcut.scores import Scores
 from depthcut.units.discover import Unit
-from depthcut.width.select import select_width
-
-
-def budget_target(model: dict, cfg: PruneConfig) -> int:
-    return cfg.budget.target(model["params_all"], model["params_non_embedding"])
 
 
 def unit_pool(scores: Scores, cfg: PruneConfig) -> list[Unit]:
@@ -50,7 +52,7 @@ def _contiguous(scores: Scores, pool: list[Unit], target: int, cfg: PruneConfig)
         raise ConfigError("strategy 'contiguous' needs span scores: use importance='gromov'")
     n_blocks = scores.model["num_blocks"]
     banned = protected_blocks(n_blocks, cfg.protect_first, cfg.protect_last)
-    blocks = {u.block: u for u in pool if u.kind == "block"}
+    blocks = {u.block: u for u in pool if u.kind is Kind.BLOCK}
     for n in range(1, n_blocks + 1):
         spans = []
         for start in range(0, n_blocks - n + 1):
@@ -66,46 +68,6 @@ def _contiguous(scores: Scores, pool: list[Unit], target: int, cfg: PruneConfig)
                 selection.add(blocks[b])
             return selection
     raise BudgetError("budget unreachable: no contiguous span outside the protected blocks")
-
-
-def width_actions(scores: Scores, cfg: PruneConfig, kind: Kind, plan: Plan) -> list[Action]:
-    """The ``kind`` (head / neuron) removals of ``cfg``, in the blocks ``plan`` keeps whole."""
-    if not scores.width or kind not in scores.width:
-        raise ConfigError(f"units include {kind} but the scores have no {kind} scores")
-    data = scores.width[kind]
-    key = "heads" if kind is Kind.HEAD else "neurons"
-    if "removal" in data and scores.config.get(key) != cfg.width_fraction(kind):
-        raise ConfigError(
-            f"iterative {kind} scores were made for {key}={scores.config.get(key)}:"
-            " re-score with this fraction"
-        )
-    skip = frozenset(a.block for a in plan.actions if a.kind in (Kind.BLOCK, kind.sublayer))
-    removed = data.get("removal") or select_width(
-        data["layers"],
-        data["scores"],
-        cfg.width_fraction(kind),
-        scores.model["num_blocks"],
-        (cfg.protect_first, cfg.protect_last),
-        cfg.min_heads if kind is Kind.HEAD else 1,
-        cfg.round_to if kind is Kind.NEURON else 1,
-        skip,
-        cfg.width_scope,
-    )
-    actions = []
-    for lid, units in sorted(removed.items(), key=lambda kv: data["layers"][kv[0]]["block"]):
-        info = data["layers"][lid]
-        mean = sum(data["scores"][lid][u] for u in units) / len(units)
-        actions.append(
-            Action(
-                kind,
-                info["block"],
-                info["path"],
-                len(units) * info["unit_params"],
-                mean,
-                members=tuple(units),
-            )
-        )
-    return actions
 
 
 def reachable_pool(scores: Scores, cfg: PruneConfig) -> tuple[list[Unit], int]:

@@ -15,12 +15,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from depthcut.importance.fine import channel_taylor, eq310, own_taylor
 from depthcut.kinds import Kind
+from depthcut.methods.fine.importance import channel_taylor, eq310, own_taylor
+from depthcut.methods.fine.model import FineModel, describe_cnn, fine_plan_info
+from depthcut.methods.fine.state import FineState, UnitRefused
 from depthcut.planning.plan import Action, Plan
 from depthcut.units.discover import count_params
-from depthcut.units.fine import FineState, UnitRefused
-from depthcut.units.fine_model import FineModel, describe_cnn, fine_plan_info
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 

@@ -23,9 +23,9 @@ from depthcut.graph.groups import build_graph
 from depthcut.graph.nodes import FineGraph
 from depthcut.graph.structure import discover_structure, probe_inputs
 from depthcut.kinds import Kind
-from depthcut.surgery.fine import materialize, state_params
+from depthcut.methods.fine.state import FineState, FineUnit, fine_units, param_dims
+from depthcut.methods.fine.surgery import materialize, state_params
 from depthcut.units.discover import Unit
-from depthcut.units.fine import FineState, FineUnit, fine_units, param_dims
 
 
 @dataclass(frozen=True)

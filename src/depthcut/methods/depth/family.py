@@ -13,10 +13,10 @@ from depthcut.importance.registry import get_importance
 from depthcut.importance.run import greedy_sequence, score_units
 from depthcut.kinds import DEPTH_KINDS, Kind, UnitRef
 from depthcut.methods.base import describe
+from depthcut.methods.depth.planner import depth_actions, reachable_pool
+from depthcut.methods.depth.surgery import remove_blocks, remove_sublayer
 from depthcut.planning.plan import Action, Plan
-from depthcut.planning.planner import depth_actions, reachable_pool
 from depthcut.scores import Scores
-from depthcut.surgery.actions import remove_blocks, remove_sublayer
 from depthcut.surgery.hf import renumber_layer_idx, sync_config
 from depthcut.units.discover import discover_units
 

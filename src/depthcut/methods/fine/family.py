@@ -11,21 +11,20 @@ from depthcut.config import PruneConfig
 from depthcut.errors import ConfigError, UnsupportedModelError
 from depthcut.graph.structure import ModelStructure, discover_structure
 from depthcut.kinds import Kind
-from depthcut.methods.base import describe
-from depthcut.planning.plan import Action, Plan
-from depthcut.planning.planner import budget_target
-from depthcut.scores import Scores
-from depthcut.skeleton import build_from_config
-from depthcut.surgery.actions import check_plan_fits
-from depthcut.units.discover import count_params
-from depthcut.units.fine import UnitRefused
-from depthcut.units.fine_model import (
+from depthcut.methods.base import check_plan_fits, describe
+from depthcut.methods.fine.model import (
     FineModel,
     apply_fine_actions,
     describe_cnn,
     fine_plan_info,
     magnitude_channels,
 )
+from depthcut.methods.fine.state import UnitRefused
+from depthcut.planning.plan import Action, Plan
+from depthcut.planning.select import budget_target
+from depthcut.scores import Scores
+from depthcut.skeleton import build_from_config
+from depthcut.units.discover import count_params
 
 
 class FineFamily:
@@ -33,7 +32,7 @@ class FineFamily:
     kinds = ("fine",)
 
     def score(self, model, structure, cfg: PruneConfig, calib, scores: Scores, progress) -> None:
-        from depthcut.importance.fine import FineScorer, iterative_fine
+        from depthcut.methods.fine.importance import FineScorer, iterative_fine
 
         fm = FineModel(model)
         scores.units = fm.units()
@@ -53,7 +52,7 @@ class FineFamily:
     def select(self, scores: Scores, cfg: PruneConfig, model, plan: Plan) -> None:
         """Simulates Prune(f) on the model's graph: ``model`` (any weights; a CNN must be
         given) or, for LLMs, a skeleton built from the config in ``scores``."""
-        from depthcut.planning.fine import select_fine
+        from depthcut.methods.fine.planner import select_fine
 
         shape = scores.model.get("example_shape")
         if model is None and shape is not None:

@@ -3,7 +3,7 @@
 Nothing is sliced: removed channels are zeroed where they are produced, a pruned unit maps
 its input's alive channels onto its output's alive channels (zeros elsewhere), removed
 activations/norms pass their input, and patched modules output 0 or 1. Physical surgery
-(:func:`depthcut.surgery.fine.materialize`) must compute the same outputs; tests check it.
+(:func:`depthcut.methods.fine.surgery.materialize`) must compute the same outputs; tests check it.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from depthcut.graph.capture import first_tensor, output_tensor
+from depthcut.methods.fine.patch import patches_of
+from depthcut.methods.fine.state import PRUNABLE_NODES, FineState
 from depthcut.units.bypass import replace_output
-from depthcut.units.fine import PRUNABLE_NODES, FineState
-from depthcut.units.fine_patch import patches_of
 
 
 def _index(labels: list[int], device) -> torch.Tensor:

@@ -19,12 +19,12 @@ import random
 from collections.abc import Iterator
 
 from depthcut.errors import ConfigError
-from depthcut.importance.fine import channel_from_json
 from depthcut.kinds import FineOp, Kind
+from depthcut.methods.fine.importance import channel_from_json
+from depthcut.methods.fine.model import FineModel
+from depthcut.methods.fine.state import UnitRefused
 from depthcut.planning.plan import Action
 from depthcut.units.discover import Unit
-from depthcut.units.fine import UnitRefused
-from depthcut.units.fine_model import FineModel
 
 
 def ordered(units: list[Unit], key, order: str, seed: int = 0) -> list[Unit]:

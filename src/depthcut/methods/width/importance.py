@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from depthcut.config import WIDTH_METRICS
 from depthcut.data import CalibData
 from depthcut.errors import ConfigError
+from depthcut.importance.registry import get_importance, register_importance
+from depthcut.methods.width.layers import WidthLayer
 from depthcut.ops import out_axis
-from depthcut.width.layers import WidthLayer
 
 
 def _part_axis(module: nn.Module, part) -> int:
@@ -72,9 +72,10 @@ def taylor(model, layers, calib: CalibData, progress: bool = True) -> dict[str, 
 
 
 def consumer_stats(
-    model, layers, calib: CalibData, metric: str, tau: float, progress: bool = True
+    model, layers, calib: CalibData, metric: str, stat, progress: bool = True
 ) -> dict[str, list[float]]:
-    """output_norm / activation_frequency from forward hooks on each consumer's input."""
+    """Mean over real tokens of ``stat(x)`` ([tokens, units, owned] → [tokens, units]) of each
+    consumer's input, from forward pre-hooks."""
     modules = dict(model.named_modules())
     sums = {layer.id: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
     state = {"mask": None, "tokens": 0}
@@ -84,10 +85,7 @@ def consumer_stats(
 
         def hook(module, args):
             x = part.by_unit(args[0][state["mask"]].double())  # [tokens, units, k]
-            if metric == "output_norm":
-                sums[layer.id] += x.norm(dim=-1).sum(0)
-            else:
-                sums[layer.id] += (x.abs() > tau).double().mean(-1).sum(0)
+            sums[layer.id] += stat(x).sum(0)
 
         return hook
 
@@ -106,6 +104,33 @@ def consumer_stats(
     return {k: (v / state["tokens"]).tolist() for k, v in sums.items()}
 
 
+@register_importance("magnitude", family="width")
+def _magnitude(model, layers, calib, tau: float, progress: bool) -> dict[str, list[float]]:
+    modules = dict(model.named_modules())
+    return {layer.id: magnitude(modules, layer) for layer in layers}
+
+
+@register_importance("taylor", family="width")
+def _taylor(model, layers, calib, tau: float, progress: bool) -> dict[str, list[float]]:
+    return taylor(model, layers, calib, progress)
+
+
+@register_importance("output_norm", family="width")
+def _output_norm(model, layers, calib, tau: float, progress: bool) -> dict[str, list[float]]:
+    return consumer_stats(model, layers, calib, "output_norm", lambda x: x.norm(dim=-1), progress)
+
+
+@register_importance("activation_frequency", family="width")
+def _frequency(model, layers, calib, tau: float, progress: bool) -> dict[str, list[float]]:
+    def stat(x: torch.Tensor) -> torch.Tensor:
+        return (x.abs() > tau).double().mean(-1)
+
+    return consumer_stats(model, layers, calib, "activation_frequency", stat, progress)
+
+
+_magnitude.data_free = True
+
+
 def width_scores(
     model,
     layers: list[WidthLayer],
@@ -115,14 +140,8 @@ def width_scores(
     progress: bool = True,
 ) -> dict[str, list[float]]:
     """{layer id ("head:3"): [score per unit]}."""
-    if metric not in WIDTH_METRICS:
-        raise ConfigError(f"unknown width importance {metric!r}; known: {', '.join(WIDTH_METRICS)}")
+    score = get_importance(metric, family="width")
     model.eval()
-    if metric == "magnitude":
-        modules = dict(model.named_modules())
-        return {layer.id: magnitude(modules, layer) for layer in layers}
-    if calib is None:
+    if calib is None and not getattr(score, "data_free", False):
         raise ConfigError(f"width importance {metric!r} needs calibration data")
-    if metric == "taylor":
-        return taylor(model, layers, calib, progress)
-    return consumer_stats(model, layers, calib, metric, tau, progress)
+    return score(model, layers, calib, tau, progress)

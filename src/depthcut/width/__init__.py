@@ -1,1 +1,0 @@
-"""Width pruning: attention heads (GQA-aware: whole KV groups) and MLP neurons."""
