@@ -9,8 +9,10 @@ import time
 import torch
 from torch import nn
 
+from depthcut import parallel
 from depthcut.config import PruneConfig
 from depthcut.data import CalibData
+from depthcut.devices import device_of
 from depthcut.graph.structure import discover_structure
 from depthcut.methods import apply_plan, describe, families, plan_units
 from depthcut.planning.plan import Plan
@@ -32,10 +34,13 @@ def score(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool =
     refuse_quantized(model, "score")
     started = time.perf_counter()
     model.eval()
+    parallel.check_supported(cfg)  # under torch.distributed: this process scores its share
+    calib = parallel.shard(calib).to(device_of(model))
     structure = discover_structure(model)
     scores = Scores(cfg.importance, [], {}, describe(model, structure), cfg.to_dict())
     for family in families(cfg.units):
         family.score(model, structure, cfg, calib, scores, progress)
+    parallel.reduce_scores(scores, cfg, calib)
     scores.cost["seconds"] = time.perf_counter() - started
     return scores
 

@@ -43,6 +43,11 @@ class CalibData:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def to(self, device) -> CalibData:
+        """The same batches with their tensors on ``device``."""
+        ids, mask = self.input_ids.to(device), self.attention_mask.to(device)
+        return CalibData(ids, mask, self.batch_size)
+
     def batches(self) -> list[dict[str, torch.Tensor]]:
         out = []
         for start in range(0, len(self), self.batch_size):

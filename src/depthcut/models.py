@@ -181,26 +181,51 @@ def load_model(
     dtype=None,
     tokenizer: str | None = None,
     need_tokenizer: bool = True,
+    device: str = "cpu",
 ):
     """(model, tokenizer) from a packaged name or a local directory, offline.
 
     Directories written by ``depthcut.save`` are rebuilt from their plan. ``tokenizer``
     (a directory or packaged name) replaces the model directory's own; without one, a
     directory with no tokenizer files is refused when ``need_tokenizer`` (else tok is None).
+    ``device`` / ``dtype``: see ``depthcut.devices`` (``dtype`` also takes a torch dtype;
+    default: float32 on the CPU, the checkpoint's dtype on a GPU).
 
     >>> model, tok = load_model("smollm2-135m")  # doctest: +SKIP
     """
+    from depthcut.devices import resolve_device
+
     offline()
+    target = resolve_device(device)
     path = resolve(name_or_path)
+    torch_dtype = _torch_dtype(dtype, target, path)
     if (path / "depthcut.json").exists():
         from depthcut.io import load
 
-        model = load(path, with_tokenizer=False)[0]
+        model = load(path, with_tokenizer=False)[0].to(torch_dtype)
     else:
-        model = _load_hf(path, dtype)
+        model = _load_hf(path, torch_dtype)
+    model = model.to(target)
     if not need_tokenizer and tokenizer is None:
         return model, load_tokenizer(path) if has_tokenizer(path) else None
     return model, load_tokenizer(path, tokenizer)
+
+
+def _torch_dtype(dtype, device, path: Path):
+    """A torch dtype from a name, ``auto`` / None (see ``devices.resolve_dtype``) or itself."""
+    import torch
+
+    from depthcut.devices import resolve_dtype
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    checkpoint = None
+    if (path / "config.json").exists():
+        from depthcut.files import read_json
+
+        config = read_json(path / "config.json", "model config")
+        checkpoint = config.get("dtype") or config.get("torch_dtype")
+    return resolve_dtype(dtype, device, checkpoint)
 
 
 def _load_hf(path: Path, dtype=None):

@@ -45,6 +45,8 @@ CATALOGUE = {
     "report_not_a_run": "no report.json or history.json (not a depthcut prune output)",
     "explain_bad_pair": "--pairs 'mlp1': give a pair of two units of --units",
     "quantize_bad_method": "quantize method 'int3'",
+    "no_cuda": "--device cuda: no CUDA device on this machine; use --device cpu",
+    "unknown_dtype": "--dtype 'float8' unknown; use one of float32, bfloat16, float16, auto",
 }
 
 
@@ -251,6 +253,8 @@ CONFIG_CASES = {
     "budget_out_of_range": ["--budget", "params=1.5"],
     "unknown_importance": ["--importance", "foo"],
     "width_without_fraction": ["--units", "head"],
+    "no_cuda": ["--device", "cuda"],
+    "unknown_dtype": ["--dtype", "float8"],
 }
 
 

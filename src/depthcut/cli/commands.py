@@ -74,14 +74,18 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
+    from depthcut import parallel
     from depthcut.api import score
 
     cfg = make_config(args)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise DepthcutError(f"{out} exists (use --overwrite to replace it)")
+    parallel.init_from_env()  # under torchrun: each process scores a share of the rows
     model, tok = model_ref(args, args.model).load()
     scores = score(model, cfg, calib_spec(args).data(tok))
+    if parallel.world()[0] != 0:
+        return  # rank 0 writes the combined scores
     scores.save(out)
     width = {
         k: sum(i["size"] for i in v["layers"].values()) for k, v in (scores.width or {}).items()
@@ -152,7 +156,8 @@ def make_recipe(args: argparse.Namespace):
 def model_ref(args: argparse.Namespace, name: str):
     from depthcut.jobs import ModelRef
 
-    return ModelRef(name, args.tokenizer, getattr(args, "encoder", False))
+    encoder = getattr(args, "encoder", False)
+    return ModelRef(name, args.tokenizer, encoder, args.device, args.dtype)
 
 
 def calib_spec(args: argparse.Namespace):

@@ -244,12 +244,25 @@ NO_MODEL_VERBS = ("plan",)
 
 
 def _common_args(verbs: dict[str, argparse.ArgumentParser]) -> None:
-    """``--verbose`` on every verb; ``--tokenizer`` on every verb that loads a causal LM."""
+    """``--verbose`` on every verb; ``--tokenizer``, ``--device`` and ``--dtype`` on every
+    verb that loads a model."""
     for verb, p in verbs.items():
         p.add_argument("--verbose", action="store_true", help="show library logs and warnings")
         if verb not in NO_MODEL_VERBS:
+            _device_args(p)
             p.add_argument(
                 "--tokenizer",
                 default=None,
                 help="tokenizer directory or packaged name, for a model directory without one",
             )
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", default="cpu", help="cpu, cuda, cuda:N or auto (a GPU when there is one)"
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="float32, bfloat16, float16 or auto (checkpoint dtype on a GPU, float32 on the CPU)",
+    )

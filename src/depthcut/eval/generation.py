@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from depthcut.devices import device_of
+
 PROMPTS = (
     "The history of the city begins",
     "In mathematics, a prime number is",
@@ -55,7 +57,7 @@ def generate_samples(
     """Greedy continuations (KV cache on) of each prompt, with their repetition share."""
     out = []
     for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device_of(model))
         with torch.no_grad():
             gen = model.generate(
                 ids,

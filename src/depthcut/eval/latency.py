@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from depthcut.devices import device_of
+
 
 @dataclass
 class LatencyResult:
@@ -33,14 +35,23 @@ def peak_rss_mb() -> float:
 
 def _ids(model, batch: int, length: int) -> torch.Tensor:
     vocab = int(model.config.vocab_size)
-    return (torch.arange(batch * length).view(batch, length) * 31 + 7) % (vocab - 3) + 3
+    ids = (torch.arange(batch * length).view(batch, length) * 31 + 7) % (vocab - 3) + 3
+    return ids.to(device_of(model))
+
+
+def _sync(ids: torch.Tensor) -> None:
+    """GPU kernels run asynchronously: wait for them before reading the clock."""
+    if ids.is_cuda:
+        torch.cuda.synchronize(ids.device)
 
 
 def prefill_ms(model, length: int, batch: int = 1) -> float:
     ids = _ids(model, batch, length)
+    _sync(ids)
     start = time.perf_counter()
     with torch.no_grad():
         model(input_ids=ids, use_cache=False)
+    _sync(ids)
     return (time.perf_counter() - start) * 1000.0
 
 
@@ -53,10 +64,12 @@ def decode_tps(model, batch: int, new_tokens: int = 32, prompt: int = 16) -> flo
     with torch.no_grad():
         out = model(input_ids=ids, past_key_values=cache, use_cache=True)
         nxt = out.logits[:, -1:].argmax(-1)
+        _sync(ids)
         start = time.perf_counter()
         for _ in range(new_tokens):
             out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
             nxt = out.logits[:, -1:].argmax(-1)
+        _sync(ids)
     return batch * new_tokens / (time.perf_counter() - start)
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from depthcut.devices import device_of
 from depthcut.errors import CalibrationError
 
 
@@ -35,6 +36,9 @@ class PerplexityResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+ROWS = 64  # rows of the vocabulary-wide log-softmax held at once (memory, not speed)
 
 
 def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
@@ -82,8 +86,13 @@ def _window_nll(model, chunk: torch.Tensor, n_targets: int, bos_id: int | None) 
     """Summed NLL of the last ``n_targets`` tokens of ``chunk``."""
     if bos_id is not None:
         chunk = torch.cat([torch.tensor([bos_id]), chunk])
+    chunk = chunk.to(device_of(model))
     with torch.no_grad():
         logits = model(input_ids=chunk.unsqueeze(0), use_cache=False).logits[0, :-1]
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    nll = -logp.gather(-1, chunk[1:].unsqueeze(-1)).squeeze(-1)
-    return float(nll[-n_targets:].sum())
+    logits, targets = logits[-n_targets:], chunk[1:][-n_targets:]
+    total = 0.0
+    for rows in range(0, n_targets, ROWS):  # float64 log-softmax, a slice of rows at a time
+        logp = torch.log_softmax(logits[rows : rows + ROWS].double(), dim=-1)
+        picked = logp.gather(-1, targets[rows : rows + ROWS].unsqueeze(-1))
+        total -= float(picked.sum())
+    return total

@@ -14,14 +14,16 @@ class ModelRef:
     name: str
     tokenizer: str | None = None
     encoder: bool = False
+    device: str = "cpu"
+    dtype: str = "auto"
 
     def load(self, need_tokenizer: bool = True):
-        """(model, tokenizer)."""
+        """(model, tokenizer), on ``device`` in ``dtype`` (``depthcut.devices``)."""
         from depthcut.models import load_encoder, load_model
 
         if self.encoder:
             return load_encoder(self.name)
-        return load_model(self.name, tokenizer=self.tokenizer, need_tokenizer=need_tokenizer)
+        return load_model(self.name, self.dtype, self.tokenizer, need_tokenizer, device=self.device)
 
     @property
     def source(self) -> str:

@@ -33,8 +33,7 @@ def run_prune(job: PruneJob) -> Path:
     >>> job = PruneJob(ModelRef("smollm2-135m"), Recipe(cfg), Output(Path("out/x")))
     >>> run_prune(job)  # doctest: +SKIP
     """
-    from depthcut.api import apply, plan, score
-    from depthcut.eval.run import evaluate_models, param_counts
+    from depthcut.api import plan, score
     from depthcut.report.write import comparison_rows, table, write_report
 
     job.out.prepare()  # refuse before any expensive work
@@ -49,11 +48,7 @@ def run_prune(job: PruneJob) -> Path:
     scores = score(model, cfg, calib)
     the_plan = plan(scores, cfg, model)
     print(the_plan.summary())
-    pruned = apply(model, the_plan)
-    if settings is not None:
-        results = evaluate_models({"before": model, "after": pruned}, tok, settings)
-    else:
-        results = {"before": param_counts(model), "after": param_counts(pruned)}
+    pruned, results = _prune_and_measure(model, the_plan, tok, settings)
     print(table(comparison_rows(results["before"], results["after"])))
 
     def extra(tmp: Path) -> None:
@@ -61,6 +56,26 @@ def run_prune(job: PruneJob) -> Path:
         write_report(tmp, the_plan, scores, results["before"], results["after"])
 
     return _save(pruned, the_plan, job, tok, extra)
+
+
+def _prune_and_measure(model, the_plan, tok, settings) -> tuple:
+    """(pruned model, {"before": …, "after": …}) holding one model copy: the dense model is
+    measured first and then pruned in place. Latency compares the two interleaved in one run,
+    so only ``--latency`` keeps a dense copy beside the pruned one."""
+    from depthcut.api import apply
+    from depthcut.eval.run import evaluate_models, param_counts
+
+    if settings is not None and settings.latency:
+        pruned = apply(model, the_plan)
+        return pruned, evaluate_models({"before": model, "after": pruned}, tok, settings)
+    measure = (
+        param_counts
+        if settings is None
+        else (lambda m: evaluate_models({"m": m}, tok, settings)["m"])
+    )
+    before = measure(model)
+    pruned = apply(model, the_plan, inplace=True)
+    return pruned, {"before": before, "after": measure(pruned)}
 
 
 def _save(model, plans, job: PruneJob, tok, extra) -> Path:

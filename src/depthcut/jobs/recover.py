@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -37,7 +38,6 @@ def run_recover(job: RecoverJob) -> Path:
     when known), save into ``out`` with recovery.json and recovery.png; returns ``out``."""
     from depthcut.eval.run import perplexity_fn
     from depthcut.io import read_meta, save
-    from depthcut.models import load_model
     from depthcut.planning.plan import Plan
     from depthcut.recover.run import recover
     from depthcut.report.curves import plot_recovery
@@ -49,7 +49,9 @@ def run_recover(job: RecoverJob) -> Path:
     if cfg.loss == "kd" and not teacher_name:
         raise DepthcutError("--loss kd needs --teacher MODEL (the run does not record its source)")
     model, tok = job.run.load()
-    teacher = load_model(teacher_name, need_tokenizer=False)[0] if teacher_name else None
+    teacher = None
+    if teacher_name:
+        teacher = dataclasses.replace(job.run, name=teacher_name).load(need_tokenizer=False)[0]
     ppl = perplexity_fn(tok, job.evaluation)
     before = {"pruned": ppl(model), "dense": ppl(teacher) if teacher is not None else None}
     recovered, history = recover(model, tok, cfg, teacher if cfg.loss == "kd" else None)

@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from depthcut.data import CalibData
+from depthcut.devices import device_of
 from depthcut.losses import cosine_with_warmup, lm_loss
 from depthcut.recover.config import RecoverConfig
 
@@ -39,7 +40,7 @@ def heldout_loss(model: nn.Module, data: CalibData) -> float:
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for batch in data.batches():
+    for batch in data.to(device_of(model)).batches():
         logits = model(**batch, use_cache=False).logits
         n = int((batch["attention_mask"][:, :-1] * batch["attention_mask"][:, 1:]).sum())
         total += float(lm_loss(logits, batch["input_ids"], batch["attention_mask"])) * n
@@ -74,7 +75,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, steps, warmup))
     state = _State(heldout_loss(model, val_data), _snapshot(model), time.perf_counter())
     rows = [{"step": 0, "val_loss": state.best, "seconds": 0.0}]
-    batches = _batches(train_data, cfg.seed)
+    batches = _batches(train_data.to(device_of(model)), cfg.seed)
     model.train()
     bar = tqdm(range(steps), desc=f"recover ({cfg.method}, {cfg.loss})", disable=not progress)
     for step in bar:
