@@ -1,57 +1,144 @@
-"""Peak resident memory of `depthcut prune … --perplexity` as a multiple of the checkpoint's
-bytes, for the code in this tree and (optionally) another checkout, run one after the other.
+"""Peak resident memory of `depthcut prune` as a multiple of the checkpoint's bytes, in-memory
+and `--streaming`, each run in a fresh subprocess (its peak RSS comes from
+``getrusage(RUSAGE_CHILDREN)``: imports, model, activations and save verification all count).
 
-    python benchmarks/bench_memory.py [--model smollm2-135m] [--compare OTHER_SRC_DIR]
+    python benchmarks/bench_memory.py                 # packaged SmolLM2-135M
+    python benchmarks/bench_memory.py --llama-1b      # + a 1.1B Llama-shaped random checkpoint
+    python benchmarks/bench_memory.py --compare SRC   # + another checkout's src/ beside
 
-Each run is a fresh subprocess (``resource.getrusage(RUSAGE_CHILDREN)`` after it ends gives its
-peak RSS), so imports, the model, activations and the save-verify reload all count.
+The 1.1B checkpoint (22 blocks, hidden 2048, MLP 5632, 32 heads / 4 KV heads, SmolLM2's
+49,152-token vocabulary so its tokenizer fits) is written block by block, never whole.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 
 
-def checkpoint_bytes(model: str) -> int:
-    sys.path.insert(0, str(ROOT / "src"))
-    from depthcut.models import resolve
-
-    return sum(f.stat().st_size for f in resolve(model).glob("*.safetensors"))
+def checkpoint_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
-def peak_rss(src: Path, model: str, extra: list[str]) -> int:
-    """Peak RSS in bytes of one prune run with ``src`` first on the import path."""
+def write_llama(folder: Path, tokenizer_dir: Path) -> Path:
+    """A random Llama-shaped checkpoint, one safetensors shard per block."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    if (folder / "model.safetensors.index.json").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    config = LlamaConfig(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        vocab_size=49152,
+        tie_word_embeddings=False,
+    )
+    with torch.device("meta"):
+        shapes = {
+            n: p.shape for n, p in AutoModelForCausalLM.from_config(config).state_dict().items()
+        }
+    groups: dict[str, list[str]] = {}
+    for name in shapes:
+        parts = name.split(".")
+        key = f"block{int(parts[2]):02d}" if parts[1] == "layers" else "rest"
+        groups.setdefault(key, []).append(name)
+    gen, weight_map = torch.Generator().manual_seed(0), {}
+    for key, names in sorted(groups.items()):
+        file = f"model-{key}.safetensors"
+        tensors = {
+            n: (
+                torch.randn(shapes[n], generator=gen) * 0.02
+                if len(shapes[n]) > 1
+                else torch.ones(shapes[n])
+            )
+            for n in names
+        }
+        save_file(tensors, str(folder / file), metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(names, file)
+    index = {"metadata": {"total_size": checkpoint_bytes(folder)}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    config.save_pretrained(folder)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_dir / f, folder / f)
+    return folder
+
+
+def peak_rss(src: Path, model: str, extra: list[str]) -> tuple[int, float]:
+    """(peak RSS in bytes, seconds) of one prune run with ``src`` first on the import path."""
     out = Path(tempfile.mkdtemp()) / "run"
-    cmd = [sys.executable, "-m", "depthcut.cli", "prune", model, "--units", "block"]
-    cmd += ["--budget", "params=0.25", "--perplexity", "--out", str(out), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "depthcut.cli",
+        "prune",
+        model,
+        "--units",
+        "block",
+        "--budget",
+        "params=0.25",
+        "--n-samples",
+        "8",
+        "--seq-len",
+        "128",
+        "--out",
+        str(out),
+        *extra,
+    ]
     env = os.environ | {"PYTHONPATH": str(src), "OMP_NUM_THREADS": "2"}
     code = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
     code += "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", code, *cmd], env=env, capture_output=True, text=True, check=True
     )
-    return int(done.stdout.strip().splitlines()[-1]) * 1024
+    shutil.rmtree(out.parent, ignore_errors=True)
+    return int(done.stdout.strip().splitlines()[-1]) * 1024, time.perf_counter() - start
 
 
 def main() -> None:
+    from depthcut.models import resolve
+
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--llama-1b", action="store_true")
     ap.add_argument("--compare", type=Path, help="another checkout's src/ to measure beside")
     args = ap.parse_args()
-    size = checkpoint_bytes(args.model)
-    runs = {"this tree": ROOT / "src"} | ({"compare": args.compare} if args.compare else {})
-    print(f"{args.model}: checkpoint {size / 1e9:.2f} GB (float32)")
-    print(f"{'code':<12} {'peak RSS GB':>12} {'÷ checkpoint':>13}")
-    for name, src in runs.items():
-        rss = peak_rss(src, args.model, [])
-        print(f"{name:<12} {rss / 1e9:>12.2f} {rss / size:>12.2f}×")
+    smol = resolve("smollm2-135m")
+    models = {"smollm2-135m": smol}
+    if args.llama_1b:
+        cache = Path(os.environ.get("DEPTHCUT_CACHE", Path.home() / ".cache/depthcut"))
+        models["llama-1.1b (random)"] = write_llama(cache / "bench" / "llama-1.1b", smol)
+    rows = [
+        ("in-memory", ROOT / "src", []),
+        ("in-memory --perplexity", ROOT / "src", ["--perplexity", "--max-windows", "4"]),
+        ("--streaming", ROOT / "src", ["--streaming"]),
+    ]
+    if args.compare:
+        rows.append(("compare --perplexity", args.compare, ["--perplexity", "--max-windows", "4"]))
+    print(f"{'model':<22} {'GB':>6}  {'run':<24} {'peak RSS GB':>11} {'÷ ckpt':>7} {'s':>6}")
+    for name, folder in models.items():
+        size = checkpoint_bytes(folder)
+        for label, src, extra in rows:
+            rss, secs = peak_rss(src, str(folder), extra)
+            print(
+                f"{name:<22} {size / 1e9:>6.2f}  {label:<24} {rss / 1e9:>11.2f} "
+                f"{rss / size:>6.2f}× {secs:>6.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

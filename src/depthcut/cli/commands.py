@@ -183,6 +183,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         calib_spec(args),
         eval_settings(args) if wanted else None,
         args.eval_text,
+        args.streaming,
     )
     run_prune(job)
 

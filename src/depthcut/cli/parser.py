@@ -138,6 +138,11 @@ def add_prune(sub) -> None:
     p.add_argument("--recover", default=None, help="lora or full: recover after every round")
     p.add_argument("--quantize", default=None, help="quantize last: dynamic_int8")
     p.add_argument("--recipe", default=None, help="recipe.json (prune/steps/recover/quantize)")
+    p.add_argument(
+        "--streaming",
+        action="store_true",
+        help="one block in memory at a time: blocks / sublayers, bi|angular|gromov, on disk",
+    )
     _train_args(p)
     p.set_defaults(func=commands.cmd_prune)
 

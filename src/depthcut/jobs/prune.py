@@ -25,6 +25,7 @@ class PruneJob:
     calib: CalibSpec = field(default_factory=CalibSpec)
     evaluation: EvalSettings | None = None
     eval_text: str = "wiki"
+    streaming: bool = False  # one block in memory at a time (depth units; ``depthcut.stream``)
 
 
 def run_prune(job: PruneJob) -> Path:
@@ -37,6 +38,8 @@ def run_prune(job: PruneJob) -> Path:
     from depthcut.report.write import comparison_rows, table, write_report
 
     job.out.prepare()  # refuse before any expensive work
+    if job.streaming:
+        return _streamed(job)
     settings, recipe = job.evaluation, job.recipe
     if job.model.encoder and settings is not None:
         raise DepthcutError("--perplexity/--latency are for causal LMs, not --encoder models")
@@ -121,3 +124,42 @@ def _iterative(model, tok, calib, job: PruneJob) -> Path:
         (tmp / "report.md").write_text(iterative_markdown(history, recipe.to_dict()))
 
     return _save(pruned, plans, job, tok, extra)
+
+
+def _streamed(job: PruneJob) -> Path:
+    """Score, plan and apply on disk with one block in memory (``--streaming``)."""
+    from depthcut.api import plan
+    from depthcut.devices import resolve_device, resolve_dtype
+    from depthcut.io import atomic_dir
+    from depthcut.models import load_tokenizer, resolve
+    from depthcut.stream.apply import apply_on_disk
+    from depthcut.stream.score import check_streamable, stream_score
+    from depthcut.stream.source import BlockSource
+
+    recipe = job.recipe
+    check_streamable(recipe.prune)
+    if job.evaluation is not None or recipe.steps > 1 or recipe.recover or recipe.quantize:
+        raise DepthcutError(
+            "--streaming scores, plans and writes the pruned checkpoint; measure it afterwards "
+            "with `depthcut eval OUT` (no --perplexity/--latency/--steps/--recover/--quantize)"
+        )
+    path = resolve(job.model.name)
+    if (path / "depthcut.json").exists():
+        raise DepthcutError(f"{path}: --streaming reads a plain checkpoint, not a depthcut run")
+    tok = load_tokenizer(path, job.model.tokenizer)
+    device = resolve_device(job.model.device)
+    source = BlockSource(path, resolve_dtype(job.model.dtype, device), device)
+    scores = stream_score(source, recipe.prune, job.calib.data(tok))
+    the_plan = plan(scores, recipe.prune)
+    print(the_plan.summary())
+
+    def write(tmp: Path) -> None:
+        how = apply_on_disk(source, the_plan, tmp, {"source": job.model.source})
+        tok.save_pretrained(tmp)
+        scores.save(tmp / "scores.json")
+        recipe.save(tmp / "recipe.json")
+        print(f"depthcut: verified {job.out.path.name}: {how}", file=sys.stderr)
+
+    out = atomic_dir(job.out.prepare(), write, job.out.overwrite)
+    print(f"depthcut: wrote {out} (streamed: one block in memory at a time)", file=sys.stderr)
+    return out

@@ -1,0 +1,1 @@
+"""Streaming mode: score and prune a checkpoint one block at a time (``--streaming``)."""

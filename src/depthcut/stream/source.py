@@ -1,0 +1,181 @@
+"""A model read one block at a time from its safetensors shards (``--streaming``).
+
+The whole architecture is built on the ``meta`` device (no memory). What is not a block —
+embeddings, rotary tables, final norm, LM head — is materialised once from the shards; each
+block is materialised when it is needed (``loaded(i)``) and put back on ``meta`` afterwards,
+so at most one block's weights are in memory beside the small remainder. The structure
+(blocks, sublayers, their norms, the tail) is discovered on a two-block copy of the
+architecture with random weights and applied to every block, as the stack is homogeneous.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from depthcut.errors import ModelLoadError
+from depthcut.graph.structure import BlockInfo, ModelStructure, Sublayer, discover_structure
+from depthcut.surgery.hf import LAYER_COUNT_KEY, per_layer_keys
+
+
+def shard_index(folder: Path) -> dict[str, Path]:
+    """{tensor name: shard file} from ``model.safetensors.index.json`` or the single file."""
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        weights = json.loads(index.read_text())["weight_map"]
+        return {name: folder / file for name, file in weights.items()}
+    single = folder / "model.safetensors"
+    if not single.exists():
+        raise ModelLoadError(f"{folder}: no safetensors weights to stream")
+    from safetensors import safe_open
+
+    with safe_open(str(single), framework="pt") as handle:
+        return dict.fromkeys(handle.keys(), single)  # noqa: SIM118 (not a dict)
+
+
+def read_tensors(files: dict[str, Path], names: list[str]) -> dict[str, torch.Tensor]:
+    """The named tensors, each file opened once."""
+    from safetensors import safe_open
+
+    out: dict[str, torch.Tensor] = {}
+    for file in sorted({files[n] for n in names}):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in (n for n in names if files[n] == file):
+                out[name] = handle.get_tensor(name)
+    return out
+
+
+def small_config(config, blocks: int = 2):
+    """The config with ``blocks`` blocks (per-layer lists cut to match)."""
+    small = copy.deepcopy(config)
+    n = getattr(config, LAYER_COUNT_KEY)
+    for key in per_layer_keys(config, n):
+        setattr(small, key, getattr(config, key)[:blocks])
+    setattr(small, LAYER_COUNT_KEY, blocks)
+    return small
+
+
+def _block_like(template: BlockInfo, prefix: str, i: int) -> BlockInfo:
+    """``template`` (block 0) moved to block ``i``: every path under it renamed."""
+    old, new = f"{prefix}.0", f"{prefix}.{i}"
+
+    def move(path: str) -> str:
+        return new + path[len(old) :] if path == old or path.startswith(old + ".") else path
+
+    def sub(s: Sublayer | None) -> Sublayer | None:
+        if s is None:
+            return None
+        return replace(
+            s,
+            path=move(s.path),
+            pre_norms=[move(p) for p in s.pre_norms],
+            post_norms=[move(p) for p in s.post_norms],
+            inputs=[move(p) for p in s.inputs],
+            output=move(s.output) if s.output else None,
+            views={move(k): v for k, v in s.views.items()},
+        )
+
+    return replace(
+        template,
+        index=i,
+        path=move(template.path),
+        attention=sub(template.attention),
+        mlp=sub(template.mlp),
+    )
+
+
+def expand_structure(small: ModelStructure, config) -> ModelStructure:
+    """The structure of a two-block copy, extended to every block of ``config``."""
+    n = getattr(config, LAYER_COUNT_KEY)
+    blocks = [_block_like(small.blocks[0], small.blocks_path, i) for i in range(n)]
+    return replace(small, blocks=blocks)
+
+
+class BlockSource:
+    """The model of a checkpoint directory with its blocks on ``meta`` until loaded."""
+
+    def __init__(self, folder: str | Path, dtype: torch.dtype = torch.float32, device="cpu"):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.folder, self.dtype, self.device = Path(folder), dtype, torch.device(device)
+        self.config = AutoConfig.from_pretrained(self.folder, local_files_only=True)
+        self.files = shard_index(self.folder)
+        with torch.device("meta"):
+            self.model = AutoModelForCausalLM.from_config(self.config, dtype=dtype)
+        shell = AutoModelForCausalLM.from_config(small_config(self.config), dtype=dtype)
+        shell_structure = discover_structure(shell.eval())
+        self.structure = expand_structure(shell_structure, self.config)
+        self._materialize_rest(shell)
+        self.model.eval()
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.get_submodule(self.structure.blocks_path)
+
+    def _materialize_rest(self, shell: nn.Module) -> None:
+        """Everything outside the block stack, from the shards; buffers that are not saved
+        (rotary tables) from the two-block copy, which computed them from the same config."""
+        prefix = self.structure.blocks_path + "."
+        names = [n for n in self.model.state_dict() if not n.startswith(prefix)]
+        saved = [n for n in names if n in self.files]
+        state = read_tensors(self.files, saved)
+        state = {k: self._here(v) for k, v in state.items()}
+        self.model.load_state_dict(state, strict=False, assign=True)
+        shell_buffers = dict(shell.named_buffers())
+        for name, buf in list(self.model.named_buffers()):
+            if buf.is_meta and not name.startswith(prefix):
+                owner, _, leaf = name.rpartition(".")
+                module = self.model.get_submodule(owner) if owner else self.model
+                module._buffers[leaf] = shell_buffers[name].to(self.device)
+        if getattr(self.config, "tie_word_embeddings", False) and hasattr(
+            self.model, "tie_weights"
+        ):
+            self.model.tie_weights()
+        still = [
+            n for n, p in self.model.named_parameters() if p.is_meta and not n.startswith(prefix)
+        ]
+        if still:
+            raise ModelLoadError(f"{self.folder}: tensors {still[:3]} are not in the shards")
+        shell_blocks = shell.get_submodule(self.structure.blocks_path)
+        self._block_buffers = {
+            n.split(".", 1)[1]: b.to(self.device)
+            for n, b in shell_blocks.named_buffers()
+            if n.startswith("0.")
+        }
+
+    def _here(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` on this source's device, floating point in its dtype."""
+        dtype = self.dtype if tensor.is_floating_point() else tensor.dtype
+        return tensor.to(self.device, dtype)
+
+    def block_tensors(self, i: int) -> dict[str, torch.Tensor]:
+        prefix = f"{self.structure.blocks_path}.{i}."
+        names = [n for n in self.files if n.startswith(prefix)]
+        return {n[len(prefix) :]: t for n, t in read_tensors(self.files, names).items()}
+
+    @contextmanager
+    def loaded(self, i: int) -> Iterator[nn.Module]:
+        """Block ``i`` with its weights, in the model, for the duration of the context."""
+        shell = self.blocks[i]
+        block = copy.deepcopy(shell).to_empty(device=self.device)
+        own = {k: self._here(v) for k, v in self.block_tensors(i).items()}
+        block.load_state_dict(own, strict=False)
+        persistent = set(block.state_dict())
+        missing = [k for k in persistent if k not in own and k not in self._block_buffers]
+        if missing:
+            raise ModelLoadError(f"{self.folder}: block {i} lacks {missing[:3]}")
+        for name, buf in self._block_buffers.items():
+            if name not in own:
+                block.get_buffer(name).copy_(buf)
+        self.blocks[i] = block.eval()
+        try:
+            yield block
+        finally:
+            self.blocks[i] = shell

@@ -1,0 +1,114 @@
+"""Check a saved depth-pruned directory against the in-memory model, one block at a time.
+
+``depthcut.load`` rebuilds the base architecture from the plan's config, replays the plan and
+loads the weights. Here the same rebuild happens on the ``meta`` device (no memory; the block
+structure comes from a two-block copy, as in streaming): every saved tensor outside the blocks
+must equal the in-memory one, and every rebuilt block, filled from the saved files, must give
+exactly the in-memory block's output on the in-memory block's own probe input. Peak memory:
+the model plus one block. Width, fine, multi-plan and quantized results are checked by a full
+reload instead (their replay traces a forward, which ``meta`` tensors cannot run).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from depthcut.errors import OutputWriteError
+from depthcut.graph.structure import ModelStructure, discover_structure, probe_inputs
+from depthcut.planning.plan import Plan
+from depthcut.skeleton import build_from_config
+from depthcut.stream.source import expand_structure, read_tensors, shard_index, small_config
+
+
+def _rebuilt(plan: Plan) -> tuple[nn.Module, ModelStructure]:
+    """The architecture ``depthcut.load`` builds for ``plan``, on ``meta``, and its structure."""
+    from depthcut.methods.depth import DepthFamily
+
+    with torch.device("meta"):
+        model = build_from_config(plan.model["config"])
+    shell = build_from_config(small_config(model.config).to_dict())
+    structure = expand_structure(discover_structure(shell.eval()), model.config)
+    return DepthFamily().apply(model, plan, structure), structure
+
+
+def _saved(folder: Path, model: nn.Module) -> dict[str, tuple[Path, str]]:
+    """{model key: (file, saved key)} as ``load`` maps the saved names."""
+    from depthcut.io import _checkpoint_to_model_keys
+
+    files = shard_index(folder)
+    return {
+        name: (files[key], key)
+        for name, key in _checkpoint_to_model_keys(model, {k: k for k in files}).items()
+    }
+
+
+def _read(saved: dict, names: list[str]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name in names:
+        file, key = saved[name]
+        out[name] = read_tensors({key: file}, [key])[key]
+    return out
+
+
+def _check_rest(model: nn.Module, rebuilt: nn.Module, saved: dict, blocks_path: str) -> None:
+    from depthcut.io import _tied_keys
+
+    mine, tied = model.state_dict(), _tied_keys(rebuilt)
+    for name in rebuilt.state_dict():
+        if name.startswith(blocks_path + ".") or (name in tied and name not in saved):
+            continue
+        if name not in saved or name not in mine:
+            raise OutputWriteError(f"saved weights lack {name}")
+        if not torch.equal(_read(saved, [name])[name], mine[name].detach().cpu()):
+            raise OutputWriteError(f"saved tensor {name} differs from the model's")
+
+
+def _check_blocks(model: nn.Module, rebuilt: nn.Module, saved: dict) -> None:
+    from depthcut.calibrate import BlockCache
+    from depthcut.data import CalibData
+
+    structure = discover_structure(model)
+    cache = BlockCache(model, structure, CalibData(**probe_inputs(model, 16)), progress=False)
+    shells = rebuilt.get_submodule(structure.blocks_path)
+    if len(shells) != cache.num_blocks:
+        raise OutputWriteError(
+            f"the plan rebuilds {len(shells)} blocks, the model has {cache.num_blocks}"
+        )
+    for i, live in enumerate(cache.blocks):
+        prefix = f"{structure.blocks_path}.{i}."
+        names = [n for n in saved if n.startswith(prefix)]
+        twin = shells[i].to_empty(device=next(live.parameters()).device)
+        twin.load_state_dict({n[len(prefix) :]: t for n, t in _read(saved, names).items()})
+        for name, buf in live.named_buffers():
+            if name not in twin.state_dict():
+                twin.get_buffer(name).copy_(buf)  # not saved: derived from the config
+        with torch.no_grad():
+            out = cache.calls[i][0].run(twin.eval(), cache.inputs[i][0])
+        found = out[0] if isinstance(out, (tuple, list)) else out
+        torch.testing.assert_close(found, cache.inputs[i + 1][0], rtol=0, atol=0)
+        shells[i] = twin.to("meta")
+
+
+def blockwise_applies(model: nn.Module, plans: list[Plan]) -> bool:
+    from depthcut.quantize import is_quantized
+
+    depth = all(a.kind.family == "depth" for a in plans[0].actions)
+    return len(plans) == 1 and depth and not is_quantized(model)
+
+
+def verify_saved(model: nn.Module, plans: list[Plan], folder: Path) -> str:
+    """Raise unless ``folder`` reloads to ``model``; returns how it was checked."""
+    from depthcut.io import load, logits_on_probe
+
+    if not blockwise_applies(model, plans):
+        reloaded, _ = load(folder, with_tokenizer=False)
+        torch.testing.assert_close(logits_on_probe(reloaded), logits_on_probe(model))
+        return "reloaded logits match"
+    rebuilt, structure = _rebuilt(plans[0])
+    saved = _saved(folder, model)
+    _check_rest(model, rebuilt, saved, structure.blocks_path)
+    _check_blocks(model, rebuilt, saved)
+    return "saved tensors and every rebuilt block match, block by block"

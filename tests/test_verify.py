@@ -1,0 +1,71 @@
+"""Save verification block by block (depth plans): it accepts what `depthcut.load` rebuilds
+identically and catches a changed tensor, a changed plan and a changed block."""
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import depthcut as dc
+from depthcut.errors import OutputWriteError
+from depthcut.verify import blockwise_applies, verify_saved
+from tiny import tiny_calib, tiny_llama
+
+
+@pytest.fixture(scope="module", params=[("block",), ("attention", "mlp")], ids=["block", "sub"])
+def saved(request, tmp_path_factory):
+    torch.manual_seed(0)
+    model = tiny_llama(layers=6)
+    cfg = dc.PruneConfig(units=request.param, budget=dc.Budget(0.3))
+    plan = dc.plan(dc.score(model, cfg, tiny_calib(), progress=False), cfg, model)
+    pruned = dc.apply(model, plan)
+    folder = tmp_path_factory.mktemp("v") / "run"
+    dc.save(pruned, plan, folder)
+    return pruned, plan, folder
+
+
+def _tampered(folder, tmp_path, name_part):
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    state = load_file(copy / "model.safetensors")
+    key = next(k for k in sorted(state) if name_part in k)
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] += 1e-3
+    save_file(state, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    return copy
+
+
+def test_depth_plans_verify_block_by_block(saved):
+    pruned, plan, folder = saved
+    assert blockwise_applies(pruned, [plan])
+    assert verify_saved(pruned, [plan], folder).endswith("block by block")
+    reloaded = dc.load(folder)[0]  # and what it accepted really reloads identically
+    ids = torch.arange(3, 20).unsqueeze(0)
+    torch.testing.assert_close(reloaded(input_ids=ids).logits, pruned(input_ids=ids).logits)
+
+
+def test_a_changed_block_tensor_is_caught(saved, tmp_path):
+    pruned, plan, folder = saved
+    with pytest.raises(AssertionError):
+        verify_saved(pruned, [plan], _tampered(folder, tmp_path, "proj"))
+
+
+def test_a_changed_embedding_is_caught(saved, tmp_path):
+    pruned, plan, folder = saved
+    with pytest.raises(OutputWriteError, match="embed_tokens.weight differs"):
+        verify_saved(pruned, [plan], _tampered(folder, tmp_path, "embed_tokens"))
+
+
+def test_another_plan_is_caught(saved):
+    pruned, plan, folder = saved
+    other = dc.plan_units(tiny_llama(layers=6), ["block:0"])
+    with pytest.raises((OutputWriteError, AssertionError, RuntimeError)):
+        verify_saved(pruned, [other], folder)
+
+
+def test_width_plans_fall_back_to_a_full_reload():
+    model = tiny_llama(layers=6)
+    cfg = dc.PruneConfig(units=("head",), heads=0.25)
+    plan = dc.plan(dc.score(model, cfg, tiny_calib(), progress=False), cfg, model)
+    assert not blockwise_applies(dc.apply(model, plan), [plan])
