@@ -26,6 +26,7 @@ from depthcut.importance.registry import get_importance
 from depthcut.methods.base import describe
 from depthcut.scores import Scores
 from depthcut.stream.source import BlockSource
+from depthcut.surgery.modules import set_module
 from depthcut.units.discover import discover_units, unique_params
 
 STREAMED_METRICS = ("angular", "bi", "gromov", "random")
@@ -70,9 +71,14 @@ class StreamCache(BlockCache):
         return self.source.blocks
 
     def _record(self) -> None:
+        """One forward per batch with stand-ins for the blocks and the LM head (which stays
+        on ``meta``); then the embeddings are released too."""
         shells = list(self.blocks)
+        heads = {p: self.model.get_submodule(p) for p in self.source.head_paths()}
         for i, info in enumerate(self.structure.blocks):
             self.blocks[i] = _Recorder(self, i, info.out_arity)
+        for path in heads:
+            set_module(self.model, path, nn.Identity())
         try:
             with torch.no_grad():
                 for batch in tqdm(self.batches, desc="record", disable=not self.progress):
@@ -80,7 +86,10 @@ class StreamCache(BlockCache):
         finally:
             for i, shell in enumerate(shells):
                 self.blocks[i] = shell
+            for path, head in heads.items():
+                set_module(self.model, path, head)
         self.tail_runs += len(self.batches)
+        self.source.release_embeddings()
 
     def advance(self, i: int) -> None:
         """Block i's outputs (block i + 1's inputs); block i must be loaded."""

@@ -52,9 +52,15 @@ def read_tensors(files: dict[str, Path], names: list[str]) -> dict[str, torch.Te
     return out
 
 
-def small_config(config, blocks: int = 2):
-    """The config with ``blocks`` blocks (per-layer lists cut to match)."""
+def small_config(config, blocks: int = 2, vocab: int = 256):
+    """The config with ``blocks`` blocks (per-layer lists cut to match) and a small
+    vocabulary: enough to discover the structure, without two more vocabulary-sized tensors."""
     small = copy.deepcopy(config)
+    if getattr(small, "vocab_size", None):
+        small.vocab_size = min(small.vocab_size, vocab)
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if isinstance(getattr(small, key, None), int) and getattr(small, key) >= vocab:
+                setattr(small, key, 0)
     n = getattr(config, LAYER_COUNT_KEY)
     for key in per_layer_keys(config, n):
         setattr(small, key, getattr(config, key)[:blocks])
@@ -123,7 +129,8 @@ class BlockSource:
         """Everything outside the block stack, from the shards; buffers that are not saved
         (rotary tables) from the two-block copy, which computed them from the same config."""
         prefix = self.structure.blocks_path + "."
-        names = [n for n in self.model.state_dict() if not n.startswith(prefix)]
+        head = tuple(p + "." for p in self.head_paths())
+        names = [n for n in self.model.state_dict() if not n.startswith((prefix, *head))]
         saved = [n for n in names if n in self.files]
         state = read_tensors(self.files, saved)
         state = {k: self._here(v) for k, v in state.items()}
@@ -138,9 +145,8 @@ class BlockSource:
             self.model, "tie_weights"
         ):
             self.model.tie_weights()
-        still = [
-            n for n, p in self.model.named_parameters() if p.is_meta and not n.startswith(prefix)
-        ]
+        params = self.model.named_parameters()
+        still = [n for n, p in params if p.is_meta and not n.startswith((prefix, *head))]
         if still:
             raise ModelLoadError(f"{self.folder}: tensors {still[:3]} are not in the shards")
         shell_blocks = shell.get_submodule(self.structure.blocks_path)
@@ -154,6 +160,19 @@ class BlockSource:
         """``tensor`` on this source's device, floating point in its dtype."""
         dtype = self.dtype if tensor.is_floating_point() else tensor.dtype
         return tensor.to(self.device, dtype)
+
+    def head_paths(self) -> list[str]:
+        """The tail's Linear layers (the LM head): the streamed local metrics never apply it,
+        so it stays on ``meta`` (a tied head shares the embedding's weight anyway)."""
+        tail = self.structure.tail or []
+        return [p for p in tail if isinstance(self.model.get_submodule(p), nn.Linear)]
+
+    def release_embeddings(self) -> None:
+        """Put the embeddings back on ``meta`` once block 0's inputs are recorded."""
+        prefix = self.structure.blocks_path + "."
+        for name, module in self.model.named_modules():
+            if isinstance(module, nn.Embedding) and not name.startswith(prefix):
+                module.to("meta")
 
     def block_tensors(self, i: int) -> dict[str, torch.Tensor]:
         prefix = f"{self.structure.blocks_path}.{i}."
