@@ -63,3 +63,31 @@ def device_of(model) -> Any:
 def on_device(batch: dict, device) -> dict:
     """``batch`` with its tensors moved to ``device`` (a no-op when they are there)."""
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+def parse_max_memory(text: str | None) -> dict | None:
+    """``"0=20GiB,cpu=60GiB"`` → ``{0: "20GiB", "cpu": "60GiB"}`` (accelerate's form)."""
+    if not text:
+        return None
+    from accelerate.utils import convert_file_size_to_int
+
+    out: dict = {}
+    for part in text.split(","):
+        where, sep, size = part.strip().partition("=")
+        try:
+            convert_file_size_to_int(size)
+        except (ValueError, TypeError):
+            sep = ""
+        if not sep or not (where.isdigit() or where in ("cpu", "disk")):
+            raise ConfigError(
+                f"--max-memory {text!r}: give DEVICE=SIZE pairs, e.g. 0=20GiB,cpu=60GiB"
+            )
+        out[int(where) if where.isdigit() else where] = size
+    return out
+
+
+def memory_bytes(max_memory: dict) -> int:
+    """Bytes the map allows in memory (GPUs and CPU; disk does not count)."""
+    from accelerate.utils import convert_file_size_to_int
+
+    return sum(convert_file_size_to_int(v) for k, v in max_memory.items() if k != "disk")

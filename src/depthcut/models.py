@@ -182,6 +182,8 @@ def load_model(
     tokenizer: str | None = None,
     need_tokenizer: bool = True,
     device: str = "cpu",
+    max_memory: str | dict | None = None,
+    device_map: str | dict | None = None,
 ):
     """(model, tokenizer) from a packaged name or a local directory, offline.
 
@@ -189,7 +191,9 @@ def load_model(
     (a directory or packaged name) replaces the model directory's own; without one, a
     directory with no tokenizer files is refused when ``need_tokenizer`` (else tok is None).
     ``device`` / ``dtype``: see ``depthcut.devices`` (``dtype`` also takes a torch dtype;
-    default: float32 on the CPU, the checkpoint's dtype on a GPU).
+    default: float32 on the CPU, the checkpoint's dtype on a GPU). ``max_memory``
+    (``"0=20GiB,cpu=60GiB"``) or an accelerate ``device_map`` spreads the model over GPUs, the
+    CPU and disk (``device_map="auto"`` by default when ``max_memory`` is given).
 
     >>> model, tok = load_model("smollm2-135m")  # doctest: +SKIP
     """
@@ -199,13 +203,17 @@ def load_model(
     target = resolve_device(device)
     path = resolve(name_or_path)
     torch_dtype = _torch_dtype(dtype, target, path)
+    dispatch = _dispatch(path, max_memory, device_map)
     if (path / "depthcut.json").exists():
         from depthcut.io import load
 
+        if dispatch:
+            raise ModelLoadError(f"{path}: --max-memory / device maps load plain checkpoints")
         model = load(path, with_tokenizer=False)[0].to(torch_dtype)
     else:
-        model = _load_hf(path, torch_dtype)
-    model = model.to(target)
+        model = _load_hf(path, torch_dtype, dispatch)
+    if not dispatch:
+        model = model.to(target)
     if not need_tokenizer and tokenizer is None:
         return model, load_tokenizer(path) if has_tokenizer(path) else None
     return model, load_tokenizer(path, tokenizer)
@@ -228,7 +236,23 @@ def _torch_dtype(dtype, device, path: Path):
     return resolve_dtype(dtype, device, checkpoint)
 
 
-def _load_hf(path: Path, dtype=None):
+def _dispatch(path: Path, max_memory, device_map) -> dict:
+    """from_pretrained arguments that place the model with accelerate (empty: one device)."""
+    from depthcut.devices import parse_max_memory
+
+    if isinstance(max_memory, str):
+        max_memory = parse_max_memory(max_memory)
+    if max_memory is None and device_map is None:
+        return {}
+    offload = cache_dir() / "offload" / f"{path.name}-{abs(hash(str(path))):x}"
+    return {
+        "device_map": device_map or "auto",
+        "max_memory": max_memory,
+        "offload_folder": str(offload),
+    }
+
+
+def _load_hf(path: Path, dtype=None, dispatch: dict | None = None):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -243,7 +267,7 @@ def _load_hf(path: Path, dtype=None):
         )
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, dtype=dtype or torch.float32
+            path, local_files_only=True, dtype=dtype or torch.float32, **(dispatch or {})
         )
     except Exception as err:  # noqa: BLE001 - missing shards, truncated files: many types
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
@@ -257,6 +281,8 @@ def check_finite(model, path: Path) -> None:
     import torch
 
     for name, tensor in model.state_dict().items():
+        if tensor.is_meta:  # offloaded to disk by a device map: checked when it is read
+            continue
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise ModelLoadError(

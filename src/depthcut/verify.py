@@ -80,7 +80,7 @@ def _check_blocks(model: nn.Module, rebuilt: nn.Module, saved: dict) -> None:
     for i, live in enumerate(cache.blocks):
         prefix = f"{structure.blocks_path}.{i}."
         names = [n for n in saved if n.startswith(prefix)]
-        twin = shells[i].to_empty(device=next(live.parameters()).device)
+        twin = shells[i].to_empty(device=cache.inputs[i][0].device)  # live may be offloaded
         twin.load_state_dict({n[len(prefix) :]: t for n, t in _read(saved, names).items()})
         for name, buf in live.named_buffers():
             if name not in twin.state_dict():

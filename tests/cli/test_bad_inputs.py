@@ -47,6 +47,7 @@ CATALOGUE = {
     "quantize_bad_method": "quantize method 'int3'",
     "no_cuda": "--device cuda: no CUDA device on this machine; use --device cpu",
     "unknown_dtype": "--dtype 'float8' unknown; use one of float32, bfloat16, float16, auto",
+    "max_memory_below_block": "--max-memory cpu=1KB (0.000 GiB) is smaller than one block",
 }
 
 
@@ -255,6 +256,7 @@ CONFIG_CASES = {
     "width_without_fraction": ["--units", "head"],
     "no_cuda": ["--device", "cuda"],
     "unknown_dtype": ["--dtype", "float8"],
+    "max_memory_below_block": ["--max-memory", "cpu=1KB"],
 }
 
 

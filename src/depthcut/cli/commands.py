@@ -157,7 +157,7 @@ def model_ref(args: argparse.Namespace, name: str):
     from depthcut.jobs import ModelRef
 
     encoder = getattr(args, "encoder", False)
-    return ModelRef(name, args.tokenizer, encoder, args.device, args.dtype)
+    return ModelRef(name, args.tokenizer, encoder, args.device, args.dtype, args.max_memory)
 
 
 def calib_spec(args: argparse.Namespace):

@@ -271,3 +271,9 @@ def _device_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="float32, bfloat16, float16 or auto (checkpoint dtype on a GPU, float32 on the CPU)",
     )
+    p.add_argument(
+        "--max-memory",
+        default=None,
+        help="e.g. 0=20GiB,1=20GiB,cpu=60GiB: spread the model over devices (accelerate); "
+        "prune streams a model that does not fit",
+    )

@@ -16,6 +16,7 @@ class ModelRef:
     encoder: bool = False
     device: str = "cpu"
     dtype: str = "auto"
+    max_memory: str | None = None  # "0=20GiB,cpu=60GiB": an accelerate device map
 
     def load(self, need_tokenizer: bool = True):
         """(model, tokenizer), on ``device`` in ``dtype`` (``depthcut.devices``)."""
@@ -23,7 +24,14 @@ class ModelRef:
 
         if self.encoder:
             return load_encoder(self.name)
-        return load_model(self.name, self.dtype, self.tokenizer, need_tokenizer, device=self.device)
+        return load_model(
+            self.name,
+            self.dtype,
+            self.tokenizer,
+            need_tokenizer,
+            device=self.device,
+            max_memory=self.max_memory,
+        )
 
     @property
     def source(self) -> str:

@@ -38,7 +38,7 @@ def run_prune(job: PruneJob) -> Path:
     from depthcut.report.write import comparison_rows, table, write_report
 
     job.out.prepare()  # refuse before any expensive work
-    if job.streaming:
+    if job.streaming or _too_big(job.model):
         return _streamed(job)
     settings, recipe = job.evaluation, job.recipe
     if job.model.encoder and settings is not None:
@@ -163,3 +163,31 @@ def _streamed(job: PruneJob) -> Path:
     out = atomic_dir(job.out.prepare(), write, job.out.overwrite)
     print(f"depthcut: wrote {out} (streamed: one block in memory at a time)", file=sys.stderr)
     return out
+
+
+def _too_big(model: ModelRef) -> bool:
+    """True when the checkpoint does not fit ``--max-memory`` (it is then streamed); a limit
+    below one block is refused."""
+    from depthcut.devices import memory_bytes, parse_max_memory
+    from depthcut.models import resolve
+    from depthcut.stream.source import block_bytes
+
+    limits = parse_max_memory(model.max_memory)
+    if limits is None:
+        return False
+    path, budget = resolve(model.name), memory_bytes(limits)
+    size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    if size <= budget:
+        return False
+    largest = max(block_bytes(path))
+    if largest > budget:
+        raise DepthcutError(
+            f"--max-memory {model.max_memory} ({budget / 2**30:.3f} GiB) is smaller than one "
+            f"block ({largest / 2**30:.3f} GiB)"
+        )
+    print(
+        f"depthcut: {path.name} ({size / 2**30:.3f} GiB) does not fit --max-memory "
+        f"({budget / 2**30:.3f} GiB): streaming it one block at a time",
+        file=sys.stderr,
+    )
+    return True

@@ -66,3 +66,12 @@ def check_plan_fits(model: nn.Module, structure: ModelStructure, plan: Plan) -> 
             f"plan was made for a model with {plan.model['num_blocks']} blocks and "
             f"{plan.model['params_all']:,} params; this one has {n} blocks and {total:,}"
         )
+
+
+def require_materialized(model: nn.Module, what: str) -> None:
+    """Refuse a model with weights offloaded to disk (``meta``) for code that reads them all."""
+    if any(p.is_meta for p in model.parameters()):
+        raise UnsupportedModelError(
+            f"{what} read every weight: load the model without disk offload "
+            "(more --max-memory, or --streaming for blocks and sublayers)"
+        )

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -38,6 +40,27 @@ def shard_index(folder: Path) -> dict[str, Path]:
 
     with safe_open(str(single), framework="pt") as handle:
         return dict.fromkeys(handle.keys(), single)  # noqa: SIM118 (not a dict)
+
+
+_ITEMSIZE = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2}
+_BLOCK_INDEX = re.compile(r"\.(\d+)\.")
+
+
+def block_bytes(folder: Path) -> list[int]:
+    """Bytes of each block's tensors (the first ``.N.`` of a name), from the shard headers."""
+    from safetensors import safe_open
+
+    sizes: dict[int, int] = {}
+    files = shard_index(folder)
+    for file in sorted(set(files.values())):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in (n for n in files if files[n] == file):
+                found = _BLOCK_INDEX.search(name)
+                if found:
+                    piece = handle.get_slice(name)
+                    size = math.prod(piece.get_shape()) * _ITEMSIZE.get(piece.get_dtype(), 1)
+                    sizes[int(found.group(1))] = sizes.get(int(found.group(1)), 0) + size
+    return list(sizes.values()) or [0]
 
 
 def read_tensors(files: dict[str, Path], names: list[str]) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from depthcut.config import PruneConfig
 from depthcut.errors import ConfigError, UnsupportedModelError
 from depthcut.graph.structure import ModelStructure, discover_structure
 from depthcut.kinds import Kind
-from depthcut.methods.base import check_plan_fits, describe
+from depthcut.methods.base import check_plan_fits, describe, require_materialized
 from depthcut.methods.fine.model import (
     FineModel,
     apply_fine_actions,
@@ -34,6 +34,7 @@ class FineFamily:
     def score(self, model, structure, cfg: PruneConfig, calib, scores: Scores, progress) -> None:
         from depthcut.methods.fine.importance import FineScorer, iterative_fine
 
+        require_materialized(model, "fine units")
         fm = FineModel(model)
         scores.units = fm.units()
         cache = BlockCache(model, fm.structure, calib, progress, backward=True)

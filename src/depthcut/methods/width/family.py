@@ -9,6 +9,7 @@ from depthcut.config import PruneConfig
 from depthcut.errors import ConfigError
 from depthcut.graph.structure import ModelStructure
 from depthcut.kinds import WIDTH_KINDS, Kind
+from depthcut.methods.base import require_materialized
 from depthcut.methods.width.importance import width_scores
 from depthcut.methods.width.iterative import iterative_width
 from depthcut.methods.width.layers import width_layers
@@ -43,6 +44,7 @@ class WidthFamily:
     kinds = WIDTH_KINDS
 
     def score(self, model, structure, cfg: PruneConfig, calib, scores: Scores, progress) -> None:
+        require_materialized(model, "head / neuron units")
         scores.width = score_width(model, structure, cfg, calib, progress)
 
     def select(self, scores: Scores, cfg: PruneConfig, model, plan: Plan) -> None:
