@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 import depthcut as dc
 from depthcut.errors import OutputWriteError
-from depthcut.verify import blockwise_applies, verify_saved
+from depthcut.verify import blockwise_applies, verify_blockwise
 from tiny import tiny_calib, tiny_llama
 
 
@@ -21,7 +21,7 @@ def saved(request, tmp_path_factory):
     plan = dc.plan(dc.score(model, cfg, tiny_calib(), progress=False), cfg, model)
     pruned = dc.apply(model, plan)
     folder = tmp_path_factory.mktemp("v") / "run"
-    dc.save(pruned, plan, folder)
+    dc.save(pruned, plan, folder)  # says "… every rebuilt block match, block by block"
     return pruned, plan, folder
 
 
@@ -39,7 +39,7 @@ def _tampered(folder, tmp_path, name_part):
 def test_depth_plans_verify_block_by_block(saved):
     pruned, plan, folder = saved
     assert blockwise_applies(pruned, [plan])
-    assert verify_saved(pruned, [plan], folder).endswith("block by block")
+    verify_blockwise(pruned, plan, folder)  # raises on any difference
     reloaded = dc.load(folder)[0]  # and what it accepted really reloads identically
     ids = torch.arange(3, 20).unsqueeze(0)
     torch.testing.assert_close(reloaded(input_ids=ids).logits, pruned(input_ids=ids).logits)
@@ -48,20 +48,20 @@ def test_depth_plans_verify_block_by_block(saved):
 def test_a_changed_block_tensor_is_caught(saved, tmp_path):
     pruned, plan, folder = saved
     with pytest.raises(AssertionError):
-        verify_saved(pruned, [plan], _tampered(folder, tmp_path, "proj"))
+        verify_blockwise(pruned, plan, _tampered(folder, tmp_path, "proj"))
 
 
 def test_a_changed_embedding_is_caught(saved, tmp_path):
     pruned, plan, folder = saved
     with pytest.raises(OutputWriteError, match="embed_tokens.weight differs"):
-        verify_saved(pruned, [plan], _tampered(folder, tmp_path, "embed_tokens"))
+        verify_blockwise(pruned, plan, _tampered(folder, tmp_path, "embed_tokens"))
 
 
 def test_another_plan_is_caught(saved):
     pruned, plan, folder = saved
     other = dc.plan_units(tiny_llama(layers=6), ["block:0"])
     with pytest.raises((OutputWriteError, AssertionError, RuntimeError)):
-        verify_saved(pruned, [other], folder)
+        verify_blockwise(pruned, other, folder)
 
 
 def test_width_plans_fall_back_to_a_full_reload():

@@ -10,7 +10,6 @@ Output is written to a temporary sibling directory and renamed when complete and
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -23,8 +22,9 @@ from depthcut.errors import ModelLoadError, OutputExistsError, OutputWriteError
 from depthcut.graph.structure import probe_inputs
 from depthcut.planning.plan import Plan
 from depthcut.skeleton import build_from_config
+from depthcut.version import FORMAT_VERSION
+from depthcut.weights import checkpoint_to_model_keys, tied_keys
 
-FORMAT_VERSION = 2
 QUANTIZED_FILE = "quantized.safetensors"
 
 
@@ -112,10 +112,7 @@ def save(
         if extra is not None:
             extra(tmp)
         if verify:
-            from depthcut.verify import verify_saved
-
-            how = verify_saved(model, plans, tmp)
-            print(f"depthcut: verified {out.name}: {how}", file=sys.stderr)
+            print(f"depthcut: verified {out.name}: {_verify(model, plans, tmp)}", file=sys.stderr)
 
     return atomic_dir(out, write, overwrite)
 
@@ -183,9 +180,9 @@ def _load_weights(model: nn.Module, path: Path) -> None:
     state: dict[str, torch.Tensor] = {}
     for file in sorted(path.glob("*.safetensors")):
         state.update(load_file(file))
-    state = _checkpoint_to_model_keys(model, state)
+    state = checkpoint_to_model_keys(model, state)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = _tied_keys(model)
+    tied = tied_keys(model)
     if unexpected or set(missing) - tied:
         raise ModelLoadError(
             f"{path}: weights do not fit the plan (missing {sorted(set(missing) - tied)[:3]}, "
@@ -195,34 +192,14 @@ def _load_weights(model: nn.Module, path: Path) -> None:
         model.tie_weights()
 
 
-def _checkpoint_to_model_keys(model: nn.Module, state: dict) -> dict:
-    """Undo the legacy key renames that ``save_pretrained`` applies (e.g. GPT-NeoX
-    ``lm_head`` is saved as ``embed_out``), using transformers' own rename table."""
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightRenaming
+def _verify(model: nn.Module, plans: list[Plan], folder: Path) -> str:
+    """Block by block where the plan can be rebuilt on ``meta`` (depth plans), else by
+    reloading the directory and comparing logits; returns how it was checked."""
+    from depthcut.verify import blockwise_applies, verify_blockwise
 
-    wanted = set(model.state_dict())
-    renames = [
-        (src, dst)
-        for rule in get_model_conversion_mapping(model)
-        if isinstance(rule, WeightRenaming)
-        for src, dst in zip(rule.source_patterns, rule.target_patterns)
-    ]
-    out = {}
-    for key, value in state.items():
-        if key not in wanted:
-            key = next((k for s, d in renames if (k := re.sub(s, d, key)) in wanted), key)
-        out[key] = value
-    return out
-
-
-def _tied_keys(model: nn.Module) -> set[str]:
-    """State-dict keys that share storage with another key (saved once)."""
-    seen: dict[int, str] = {}
-    tied: set[str] = set()
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:
-            tied.add(name)
-            tied.add(seen[id(tensor)])
-        seen[id(tensor)] = name
-    return tied
+    if blockwise_applies(model, plans):
+        verify_blockwise(model, plans[0], folder)
+        return "saved tensors and every rebuilt block match, block by block"
+    reloaded, _ = load(folder, with_tokenizer=False)
+    torch.testing.assert_close(logits_on_probe(reloaded), logits_on_probe(model))
+    return "reloaded logits match"

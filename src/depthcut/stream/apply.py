@@ -94,7 +94,7 @@ def verify_copy(source: BlockSource, names: dict[str, str], weight_map: dict, tm
 def apply_on_disk(source: BlockSource, plan: Plan, tmp: Path, meta: dict | None = None) -> str:
     """Write the pruned checkpoint of ``plan`` into ``tmp`` (``meta``: extra keys of
     depthcut.json, as for ``depthcut.save``); returns how it was verified."""
-    from depthcut.io import FORMAT_VERSION, _version
+    from depthcut.version import FORMAT_VERSION, __version__
 
     names = rename_map(source, plan)
     weight_map = write_shards(source, names, tmp)
@@ -104,7 +104,7 @@ def apply_on_disk(source: BlockSource, plan: Plan, tmp: Path, meta: dict | None 
     sync_config(config, [i for i in range(n) if i not in drop], n)
     config.save_pretrained(tmp)
     plan.save(tmp / "plan.json")
-    info = {"format": FORMAT_VERSION, "depthcut": _version(), "plans": [plan.to_dict()]}
+    info = {"format": FORMAT_VERSION, "depthcut": __version__, "plans": [plan.to_dict()]}
     info |= meta or {}
     (tmp / "depthcut.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     verify_copy(source, names, weight_map, tmp)
