@@ -58,6 +58,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_iterative_recover.py
 	$(BIN)/python benchmarks/bench_fine.py
 	$(BIN)/python benchmarks/bench_vision.py
+	$(BIN)/python benchmarks/bench_memory.py --llama-1b
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
