@@ -195,7 +195,11 @@ class BlockCache:
     def remove(self, unit: Unit) -> None:
         """Commit ``unit`` as removed and refresh the cached inputs after its block."""
         self.removed.append(unit)
-        i = unit.block
+        self.refresh_from(unit.block)
+
+    def refresh_from(self, i: int) -> None:
+        """Recompute the cached inputs after block ``i`` (removed units bypassed), e.g. after
+        its weights changed."""
         skip = self._skipped_blocks([])
         with self._bypass(()):
             for b in range(len(self.batches)):
