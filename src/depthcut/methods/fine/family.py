@@ -12,6 +12,7 @@ from depthcut.errors import ConfigError, UnsupportedModelError
 from depthcut.graph.structure import ModelStructure, discover_structure
 from depthcut.kinds import Kind
 from depthcut.methods.base import check_plan_fits, describe, require_materialized
+from depthcut.methods.fine.importance import FineScorer, iterative_fine
 from depthcut.methods.fine.model import (
     FineModel,
     apply_fine_actions,
@@ -32,8 +33,6 @@ class FineFamily:
     kinds = ("fine",)
 
     def score(self, model, structure, cfg: PruneConfig, calib, scores: Scores, progress) -> None:
-        from depthcut.methods.fine.importance import FineScorer, iterative_fine
-
         require_materialized(model, "fine units")
         fm = FineModel(model)
         scores.units = fm.units()
