@@ -15,7 +15,7 @@ from depthcut.cli import main
 from depthcut.errors import ConfigError
 from depthcut.stream.score import stream_score
 from depthcut.stream.source import BlockSource
-from tiny import save_tiny, tiny_calib, tiny_llama, tiny_qwen2, words
+from tiny import save_tiny, tiny_calib, tiny_llama, tiny_qwen2, tiny_tokenizer, words
 
 SCORES = [
     dict(units=("block",), importance="bi"),
@@ -85,13 +85,11 @@ def _tensors(folder: Path) -> dict:
     "units", [["--units", "block"], ["--units", "attention,mlp", "--importance", "angular"]]
 )
 def test_streamed_prune_writes_the_in_memory_checkpoint(tmp_path, units):
-    model = save_tiny(tmp_path / "m")
-    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")  # several shards
-    (tmp_path / "m" / "tokenizer.json").rename(tmp_path / "sharded" / "tokenizer.json")
-    for f in ("tokenizer_config.json",):
-        (tmp_path / "sharded" / f).write_bytes((tmp_path / "m" / f).read_bytes())
-    mem = _prune(tmp_path, tmp_path / "sharded", "mem", *units)
-    streamed = _prune(tmp_path, tmp_path / "sharded", "stream", *units, "--streaming")
+    sharded = tmp_path / "sharded"
+    tiny_llama().save_pretrained(sharded, max_shard_size="20KB")  # several shards
+    tiny_tokenizer().save_pretrained(sharded)
+    mem = _prune(tmp_path, sharded, "mem", *units)
+    streamed = _prune(tmp_path, sharded, "stream", *units, "--streaming")
     assert len(list(streamed.glob("*.safetensors"))) > 1  # written shard by shard
     assert json.loads((streamed / "model.safetensors.index.json").read_text())["weight_map"]
     a, b = _tensors(mem), _tensors(streamed)

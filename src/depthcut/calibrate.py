@@ -67,8 +67,14 @@ class BlockCache:
         self.structure = structure
         modules = dict(model.named_modules())
         self.blocks = [modules[b.path] for b in structure.blocks]
-        self.tail = [modules[p] for p in structure.require_tail()]
-        self.block_cost = unique_params(self.blocks) / len(self.blocks)
+        self._start(calib, progress)
+        self._capture()
+
+    def _start(self, calib: CalibData, progress: bool) -> None:
+        """The tail, the costs, the batches and empty caches (model, structure and blocks set)."""
+        modules = dict(self.model.named_modules())
+        self.tail = [modules[p] for p in self.structure.require_tail()]
+        self.block_cost = unique_params(list(self.blocks)) / len(self.blocks)
         self.tail_cost = unique_params(self.tail)
         self.batches = calib.batches()
         self.removed: list[Unit] = []
@@ -79,7 +85,6 @@ class BlockCache:
         # inputs[i][b]: input of block i for batch b; inputs[L][b]: output of the last block
         self.inputs: list[list[torch.Tensor]] = [[] for _ in range(len(self.blocks) + 1)]
         self.calls: list[list[BlockCall]] = [[] for _ in self.blocks]
-        self._capture()
 
     @property
     def num_blocks(self) -> int:

@@ -73,12 +73,13 @@ def parse_max_memory(text: str | None) -> dict | None:
 
     out: dict = {}
     for part in text.split(","):
-        where, sep, size = part.strip().partition("=")
+        where, _, size = part.strip().partition("=")
         try:
             convert_file_size_to_int(size)
+            known = where.isdigit() or where in ("cpu", "disk")
         except (ValueError, TypeError):
-            sep = ""
-        if not sep or not (where.isdigit() or where in ("cpu", "disk")):
+            known = False
+        if not known:
             raise ConfigError(
                 f"--max-memory {text!r}: give DEVICE=SIZE pairs, e.g. 0=20GiB,cpu=60GiB"
             )

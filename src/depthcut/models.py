@@ -6,6 +6,7 @@ weights are dequantized once into depthcut's cache as an ordinary safetensors ch
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -244,7 +245,8 @@ def _dispatch(path: Path, max_memory, device_map) -> dict:
         max_memory = parse_max_memory(max_memory)
     if max_memory is None and device_map is None:
         return {}
-    offload = cache_dir() / "offload" / f"{path.name}-{abs(hash(str(path))):x}"
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    offload = cache_dir() / "offload" / f"{path.name}-{digest}"  # reused by later runs
     return {
         "device_map": device_map or "auto",
         "max_memory": max_memory,

@@ -15,7 +15,7 @@ def _model_class(config, default):
     return getattr(transformers, names[0], default) if names else default
 
 
-def build_from_config(config_dict: dict) -> nn.Module:
+def build_from_config(config_dict: dict, dtype: torch.dtype = torch.float32) -> nn.Module:
     """A randomly initialised model of the architecture a plan was made for."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -23,4 +23,4 @@ def build_from_config(config_dict: dict) -> nn.Module:
     config = AutoConfig.for_model(base.pop("model_type"), **base)
     cls = _model_class(config, AutoModelForCausalLM)
     build = getattr(cls, "from_config", None) or cls._from_config
-    return build(config, dtype=torch.float32)
+    return build(config, dtype=dtype)

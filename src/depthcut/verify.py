@@ -20,7 +20,7 @@ from depthcut.errors import OutputWriteError
 from depthcut.graph.structure import ModelStructure, discover_structure, probe_inputs
 from depthcut.planning.plan import Plan
 from depthcut.skeleton import build_from_config
-from depthcut.stream.source import expand_structure, read_tensors, shard_index, small_config
+from depthcut.stream.source import read_tensors, shard_index, shell_and_structure
 from depthcut.weights import checkpoint_to_model_keys, tied_keys
 
 
@@ -30,8 +30,7 @@ def _rebuilt(plan: Plan) -> tuple[nn.Module, ModelStructure]:
 
     with torch.device("meta"):
         model = build_from_config(plan.model["config"])
-    shell = build_from_config(small_config(model.config).to_dict())
-    structure = expand_structure(discover_structure(shell.eval()), model.config)
+    _, structure = shell_and_structure(model.config)
     return DepthFamily().apply(model, plan, structure), structure
 
 
@@ -45,11 +44,10 @@ def _saved(folder: Path, model: nn.Module) -> dict[str, tuple[Path, str]]:
 
 
 def _read(saved: dict, names: list[str]) -> dict[str, torch.Tensor]:
-    out = {}
-    for name in names:
-        file, key = saved[name]
-        out[name] = read_tensors({key: file}, [key])[key]
-    return out
+    """The saved tensors of model keys ``names`` (each shard opened once)."""
+    keys = {saved[n][1]: n for n in names}
+    files = {key: saved[n][0] for key, n in keys.items()}
+    return {keys[k]: t for k, t in read_tensors(files, list(keys)).items()}
 
 
 def _check_rest(model: nn.Module, rebuilt: nn.Module, saved: dict, blocks_path: str) -> None:
@@ -79,8 +77,9 @@ def _check_blocks(model: nn.Module, rebuilt: nn.Module, saved: dict) -> None:
         names = [n for n in saved if n.startswith(prefix)]
         twin = shells[i].to_empty(device=cache.inputs[i][0].device)  # live may be offloaded
         twin.load_state_dict({n[len(prefix) :]: t for n, t in _read(saved, names).items()})
+        persistent = set(twin.state_dict())
         for name, buf in live.named_buffers():
-            if name not in twin.state_dict():
+            if name not in persistent:
                 twin.get_buffer(name).copy_(buf)  # not saved: derived from the config
         with torch.no_grad():
             out = cache.calls[i][0].run(twin.eval(), cache.inputs[i][0])

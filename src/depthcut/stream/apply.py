@@ -8,6 +8,7 @@ tensor is read back and compared with the source tensor it came from.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -98,7 +99,7 @@ def apply_on_disk(source: BlockSource, plan: Plan, tmp: Path, meta: dict | None 
 
     names = rename_map(source, plan)
     weight_map = write_shards(source, names, tmp)
-    config = source.config.__class__.from_dict(source.config.to_dict())
+    config = copy.deepcopy(source.config)
     drop = set(plan.removed_blocks)
     n = source.structure.num_blocks
     sync_config(config, [i for i in range(n) if i not in drop], n)

@@ -27,7 +27,7 @@ from depthcut.methods.base import describe
 from depthcut.scores import Scores
 from depthcut.stream.source import BlockSource
 from depthcut.surgery.modules import set_module
-from depthcut.units.discover import discover_units, unique_params
+from depthcut.units.discover import discover_units
 
 STREAMED_METRICS = ("angular", "bi", "gromov", "random")
 
@@ -54,16 +54,8 @@ class StreamCache(BlockCache):
 
     def __init__(self, source: BlockSource, calib: CalibData, progress: bool = True):
         self.source, self.model, self.structure = source, source.model, source.structure
-        self.backward, self.progress = False, progress
-        modules = dict(self.model.named_modules())
-        self.tail = [modules[p] for p in self.structure.require_tail()]
-        self.block_cost = unique_params([self.blocks]) / len(self.blocks)
-        self.tail_cost = unique_params(self.tail)
-        self.batches = calib.to(source.device).batches()
-        self.removed, self.scale = [], {}
-        self.block_runs, self.tail_runs = 0.0, 0
-        self.inputs = [[] for _ in range(len(self.blocks) + 1)]
-        self.calls = [[] for _ in self.blocks]
+        self.backward = False
+        self._start(calib.to(source.device), progress)
         self._record()
 
     @property

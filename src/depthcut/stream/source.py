@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from depthcut.errors import ModelLoadError
-from depthcut.graph.structure import BlockInfo, ModelStructure, Sublayer, discover_structure
+from depthcut.graph.structure import BlockInfo, Sublayer, discover_structure
 from depthcut.surgery.hf import LAYER_COUNT_KEY, per_layer_keys
 
 
@@ -120,11 +120,16 @@ def _block_like(template: BlockInfo, prefix: str, i: int) -> BlockInfo:
     )
 
 
-def expand_structure(small: ModelStructure, config) -> ModelStructure:
-    """The structure of a two-block copy, extended to every block of ``config``."""
+def shell_and_structure(config, dtype: torch.dtype = torch.float32) -> tuple:
+    """(a two-block, small-vocabulary copy of the architecture with random weights, the
+    structure discovered on it and extended to every block of ``config``)."""
+    from depthcut.skeleton import build_from_config
+
+    shell = build_from_config(small_config(config).to_dict(), dtype).eval()
+    small = discover_structure(shell)
     n = getattr(config, LAYER_COUNT_KEY)
     blocks = [_block_like(small.blocks[0], small.blocks_path, i) for i in range(n)]
-    return replace(small, blocks=blocks)
+    return shell, replace(small, blocks=blocks)
 
 
 class BlockSource:
@@ -138,9 +143,7 @@ class BlockSource:
         self.files = shard_index(self.folder)
         with torch.device("meta"):
             self.model = AutoModelForCausalLM.from_config(self.config, dtype=dtype)
-        shell = AutoModelForCausalLM.from_config(small_config(self.config), dtype=dtype)
-        shell_structure = discover_structure(shell.eval())
-        self.structure = expand_structure(shell_structure, self.config)
+        shell, self.structure = shell_and_structure(self.config, dtype)
         self._materialize_rest(shell)
         self.model.eval()
 
