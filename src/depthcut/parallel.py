@@ -80,10 +80,7 @@ def _all_reduce(values: list[float]) -> list[float]:
 def _token_count(calib: CalibData, cfg: PruneConfig) -> int:
     """The tokens the depth metric of ``cfg`` averages over on ``calib``."""
     if cfg.importance == "ce":
-        _, mask = F.shifted_targets(calib.input_ids, calib.attention_mask)
-        if cfg.tokens == "last":
-            mask = mask & F.token_mask(calib.attention_mask, "last")[:, 1:]
-        return int(mask.sum())
+        return int(F.target_mask(calib.input_ids, calib.attention_mask, cfg.tokens).sum())
     return int(F.token_mask(calib.attention_mask, cfg.tokens).sum())
 
 

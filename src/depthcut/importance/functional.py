@@ -43,6 +43,15 @@ def shifted_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor):
     return targets, mask
 
 
+def target_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens: str):
+    """The positions whose next-token loss counts: real targets, only each row's last real
+    token with ``tokens="last"``."""
+    _, mask = shifted_targets(input_ids, attention_mask)
+    if tokens == "last":
+        mask = mask & token_mask(attention_mask, "last")[:, 1:]
+    return mask
+
+
 def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Per-position negative log-likelihood of the next token, [B, T-1]."""
     logp = log_probs(logits[:, :-1])

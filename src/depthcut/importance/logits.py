@@ -52,9 +52,7 @@ class _NLLMetric(LogitMetric):
     def nll(self, cache: BlockCache, logits_of) -> float:
         total, count = 0.0, 0
         for b, batch in enumerate(cache.batches):
-            _, mask = F.shifted_targets(batch["input_ids"], batch["attention_mask"])
-            if self.tokens == "last":
-                mask = mask & F.token_mask(batch["attention_mask"], "last")[:, 1:]
+            mask = F.target_mask(batch["input_ids"], batch["attention_mask"], self.tokens)
             nll = F.token_nll(logits_of(b), batch["input_ids"])
             s, n = F.masked_sum(nll, mask)
             total, count = total + s, count + n
