@@ -48,3 +48,12 @@ def test_minilm_heads_and_neurons(minilm, tmp_path):
         torch.testing.assert_close(
             reloaded(**batch).last_hidden_state, pruned(**batch).last_hidden_state
         )
+
+
+def test_encoder_follows_dtype(minilm):
+    from depthcut.jobs import ModelRef
+
+    model, _ = ModelRef("minilm-l6", encoder=True, dtype="bfloat16").load()
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    model32, _ = ModelRef("minilm-l6", encoder=True).load()
+    assert {p.dtype for p in model32.parameters()} == {torch.float32}

@@ -23,7 +23,11 @@ class ModelRef:
         from depthcut.models import load_encoder, load_model
 
         if self.encoder:
-            return load_encoder(self.name)
+            from depthcut.devices import resolve_device, resolve_dtype
+
+            model, tok = load_encoder(self.name)
+            device = resolve_device(self.device)
+            return model.to(device, resolve_dtype(self.dtype, device)), tok
         return load_model(
             self.name,
             self.dtype,
