@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.depthcut-installed
 DEMO_OUT ?= out/smollm2-bi25
 
-.PHONY: setup browser demo test test-fast lint bench clean
+.PHONY: setup browser llama demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m venv $(VENV)
@@ -32,12 +32,22 @@ browser:
 
 setup: $(STAMP)
 
+# llama.cpp for GGUF export checks: the binding is built from its sdist (≈10 min on 2 cores the
+# first time; pip caches the wheel), the converter is extracted from the same sdist
+LLAMA_STAMP := $(VENV)/.depthcut-llama
+$(LLAMA_STAMP): $(STAMP)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -c constraints.txt -e '.[llama]'
+	$(BIN)/python -m depthcut.export.llamacpp install
+	touch $(LLAMA_STAMP)
+
+llama: $(LLAMA_STAMP)
+
 demo: setup
 	$(BIN)/depthcut prune smollm2-135m --units block --importance bi --budget params=0.25 \
 		--out $(DEMO_OUT) --overwrite --perplexity --latency
 	cat $(DEMO_OUT)/report.md
 
-test: setup browser
+test: setup browser llama
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

@@ -218,6 +218,13 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         print(f"quantized model -> {out}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from depthcut.export.run import export_run
+
+    out = export_run(args.run, args.format, args.out, args.quant, args.verify, args.overwrite)
+    print(f"{args.format} export -> {out}")
+
+
 def cmd_sweep(args: argparse.Namespace) -> None:
     from depthcut.jobs import SweepJob, run_sweep_job
     from depthcut.sweep import SweepConfig

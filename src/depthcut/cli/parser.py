@@ -176,6 +176,23 @@ def add_quantize(sub) -> None:
     p.set_defaults(func=commands.cmd_quantize)
 
 
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="a pruned run for llama.cpp (GGUF) or Hugging Face")
+    p.add_argument("run", help="a directory written by prune/apply/recover")
+    p.add_argument(
+        "--format",
+        required=True,
+        help="hf (plain checkpoint: uniform results), hf-hetero (trust_remote_code: any plan), "
+        "gguf (llama.cpp)",
+    )
+    p.add_argument("--quant", default=None, help="gguf: f32 (default), f16, q8_0, q4_k_m")
+    p.add_argument(
+        "--no-verify", dest="verify", action="store_false", help="skip the runtime check"
+    )
+    _out_args(p)
+    p.set_defaults(func=commands.cmd_export)
+
+
 def add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="methods × budgets trade-off curves (resumable)")
     p.add_argument("model")
@@ -229,6 +246,7 @@ VERBS = (
     add_prune,
     add_recover,
     add_quantize,
+    add_export,
     add_sweep,
     add_explain,
     add_report,

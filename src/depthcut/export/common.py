@@ -1,0 +1,80 @@
+"""What every export format shares: the run it reads, the weights and tokenizer it writes, the
+fixed prompts it verifies on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from depthcut.errors import DepthcutError, UnsupportedModelError
+
+PROMPT_LEN = 24
+
+
+class ExportError(DepthcutError):
+    """An export could not be written or did not verify in its runtime."""
+
+
+def load_run(run: str | Path):
+    """(model, tokenizer, meta) of a depthcut output; refuses quantized runs."""
+    from depthcut.io import load, read_meta
+
+    meta = read_meta(run)
+    if meta.get("quantization"):
+        raise UnsupportedModelError(
+            f"{run}: an int8-quantized run cannot be exported; export the float run it came "
+            "from (quantize the export instead, e.g. --format gguf --quant q4_k_m)"
+        )
+    model, tok = load(run)
+    return model.float().eval(), tok, meta
+
+
+def write_safetensors(state: dict[str, torch.Tensor], folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+
+
+def write_config(config: dict, folder: Path) -> None:
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+TEXTS = (
+    "The history of the city begins in the twelfth century, when a small market grew up "
+    "around the bridge over the river and merchants from the coast settled there.",
+    "To make bread, mix flour, water, salt and yeast into a dough, knead it for ten minutes, "
+    "let it rise until it has doubled in size, then shape it and bake it in a hot oven.",
+    "Photosynthesis is the process by which green plants use sunlight, water and carbon "
+    "dioxide to produce glucose and oxygen, and it takes place mainly in the leaves.",
+)
+
+
+def prompts(model: nn.Module, tokenizer=None, length: int = PROMPT_LEN) -> torch.Tensor:
+    """Fixed prompts: the first ``length`` tokens of three English sentences when the
+    tokenizer makes that many (real text keeps activations realistic), else seeded ids."""
+    if tokenizer is not None:
+        rows = [tokenizer(t, add_special_tokens=False)["input_ids"][:length] for t in TEXTS]
+        vocab = model.config.vocab_size
+        if all(len(r) == length and max(r) < vocab for r in rows):
+            return torch.tensor(rows)
+    g = torch.Generator().manual_seed(1234)
+    count = len(TEXTS)
+    vocab = model.config.vocab_size
+    low = min(100, vocab // 4)
+    return torch.randint(low, vocab, (count, length), generator=g)
+
+
+@torch.no_grad()
+def reference_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=ids, use_cache=False).logits.float()
+
+
+@torch.no_grad()
+def greedy(model: nn.Module, ids: torch.Tensor, new: int, use_cache: bool = True) -> torch.Tensor:
+    out = model.generate(
+        ids, max_new_tokens=new, do_sample=False, use_cache=use_cache, pad_token_id=0
+    )
+    return out[:, ids.shape[1] :]

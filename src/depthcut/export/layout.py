@@ -1,0 +1,184 @@
+"""What a pruned Llama-family model is, block by block, in the terms runtimes understand.
+
+Every runtime layout (a plain Hugging Face checkpoint, the heterogeneous Nemotron-NAS form,
+llama.cpp's ``deci`` arrays) describes a decoder block by three numbers: query heads, KV heads
+(0 heads = no attention) and FFN width (0 = no MLP). :func:`model_layout` reads them from the
+*physical* pruned model — whatever family of plan produced it — and gives the state dict under
+the standard Llama tensor names, blocks renumbered. A fine-pruned linear that became an
+identity is written as an identity matrix (exact; it costs its matmul again at run time, which
+the export note reports). Anything else no format can express is refused with the block and
+the module named.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from depthcut.errors import UnsupportedModelError
+from depthcut.surgery.hf import per_layer_keys
+from depthcut.surgery.modules import PatchBranch, ZeroBranch
+
+LLAMA_FAMILY = ("llama", "mistral")
+MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
+ATTN_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One exported block: ``source`` is its index in the pruned model."""
+
+    source: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    identities: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return self.heads == 0 and self.ffn == 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Layout:
+    """Blocks (empty ones dropped), head_dim, and the standard-named state dict."""
+
+    blocks: list[BlockSpec]
+    head_dim: int
+    state: dict[str, torch.Tensor]
+
+    @property
+    def uniform(self) -> bool:
+        first = self.blocks[0]
+        return all(
+            (b.heads, b.kv_heads, b.ffn) == (first.heads, first.kv_heads, first.ffn) and b.ffn > 0
+            for b in self.blocks
+        ) and all(b.heads > 0 for b in self.blocks)
+
+    @property
+    def added_identity_params(self) -> int:
+        return sum(self.state[k].numel() for k in self._identity_keys())
+
+    def _identity_keys(self) -> list[str]:
+        return [
+            f"model.layers.{n}.mlp.{name}.weight"
+            for n, b in enumerate(self.blocks)
+            for name in b.identities
+        ]
+
+
+def require_llama_family(config) -> None:
+    """Refuse architectures whose blocks the per-block layouts cannot describe."""
+    kind = getattr(config, "model_type", "?")
+    if kind not in LLAMA_FAMILY:
+        raise UnsupportedModelError(
+            f"model type {kind!r}: heterogeneous export supports {', '.join(LLAMA_FAMILY)} "
+            "(export block-pruned models of other architectures with --format hf)"
+        )
+    for flag in ("attention_bias", "mlp_bias"):
+        if getattr(config, flag, False):
+            raise UnsupportedModelError(f"{flag}=True is not supported by the export layouts")
+
+
+def head_dim_of(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def _fail(block: int, what: str) -> UnsupportedModelError:
+    return UnsupportedModelError(f"block {block}: {what}; no export format can express it")
+
+
+def _removed(module: nn.Module, block: int, name: str) -> bool:
+    """True for a removed branch (zeros); refuses other stand-ins."""
+    if isinstance(module, PatchBranch) and module.fill != "zero":
+        raise _fail(block, f"{name} is a '{module.fill}' stand-in")
+    return isinstance(module, ZeroBranch)
+
+
+def _attention(layer: nn.Module, block: int, head_dim: int) -> tuple[int, int]:
+    attn = layer.self_attn
+    if _removed(attn, block, "self_attn"):
+        return 0, 0
+    if not isinstance(layer.input_layernorm, nn.Module) or isinstance(
+        layer.input_layernorm, nn.Identity
+    ):
+        raise _fail(block, "attention without its input norm")
+    for name in ATTN_LINEARS:
+        if not isinstance(getattr(attn, name, None), nn.Linear):
+            raise _fail(block, f"self_attn.{name} is {type(getattr(attn, name, None)).__name__}")
+    return attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
+
+
+def _mlp(layer: nn.Module, block: int, hidden: int) -> tuple[int, tuple[str, ...]]:
+    mlp = layer.mlp
+    if _removed(mlp, block, "mlp"):
+        return 0, ()
+    if isinstance(layer.post_attention_layernorm, nn.Identity):
+        raise _fail(block, "an MLP without its input norm")
+    if isinstance(getattr(mlp, "act_fn", None), nn.Identity):
+        raise _fail(block, "an MLP whose activation was removed")
+    identities = []
+    for name in MLP_LINEARS:
+        module = getattr(mlp, name)
+        if isinstance(module, nn.Identity):
+            identities.append(name)
+        elif not isinstance(module, nn.Linear):
+            raise _fail(block, f"mlp.{name} is {type(module).__name__}")
+    width = hidden if identities else mlp.gate_proj.out_features
+    return width, tuple(identities)
+
+
+def block_specs(model: nn.Module) -> list[BlockSpec]:
+    """Per block of the pruned model: heads, KV heads, FFN width (all blocks, empty included)."""
+    config = model.config
+    require_llama_family(config)
+    head_dim = head_dim_of(config)
+    specs = []
+    for i, layer in enumerate(model.model.layers):
+        heads, kv = _attention(layer, i, head_dim)
+        ffn, identities = _mlp(layer, i, config.hidden_size)
+        specs.append(BlockSpec(i, heads, kv, ffn, identities))
+    return specs
+
+
+def _block_state(layer: nn.Module, spec: BlockSpec, prefix: str, like: torch.Tensor) -> dict:
+    out = {}
+    if spec.heads:
+        out[f"{prefix}.input_layernorm.weight"] = layer.input_layernorm.weight
+        for name in ATTN_LINEARS:
+            out[f"{prefix}.self_attn.{name}.weight"] = getattr(layer.self_attn, name).weight
+    if spec.ffn:
+        out[f"{prefix}.post_attention_layernorm.weight"] = layer.post_attention_layernorm.weight
+        for name in MLP_LINEARS:
+            module = getattr(layer.mlp, name)
+            eye = torch.eye(spec.ffn, dtype=like.dtype, device=like.device)
+            out[f"{prefix}.mlp.{name}.weight"] = eye if name in spec.identities else module.weight
+    return out
+
+
+def model_layout(model: nn.Module) -> Layout:
+    """The exported blocks and the standard-named state dict of a pruned Llama-family model."""
+    specs = [s for s in block_specs(model) if not s.empty]
+    if not specs:
+        raise UnsupportedModelError("every block was removed; nothing to export")
+    inner = model.model
+    like = inner.embed_tokens.weight
+    state = {"model.embed_tokens.weight": like, "model.norm.weight": inner.norm.weight}
+    if not model.config.tie_word_embeddings:
+        state["lm_head.weight"] = model.lm_head.weight
+    for n, spec in enumerate(specs):
+        state |= _block_state(inner.layers[spec.source], spec, f"model.layers.{n}", like)
+    state = {k: v.detach().contiguous() for k, v in state.items()}
+    return Layout(specs, head_dim_of(model.config), state)
+
+
+def cut_per_layer_lists(model: nn.Module, layout: Layout) -> dict:
+    """The source config's per-layer lists (``layer_types``, …) cut to the exported blocks."""
+    config = model.config.to_dict()
+    keys = per_layer_keys(model.config, len(model.model.layers))
+    return {key: [config[key][b.source] for b in layout.blocks] for key in keys}

@@ -1,0 +1,170 @@
+"""GGUF exports checked in llama.cpp itself (the llama_cpp binding): per-layer arrays, top-100
+next-token log-probabilities within 1e-2 of PyTorch with the same top-5 at float32, and 16
+greedy tokens equal (llama.cpp decodes with its KV cache). Needs ``make llama``; under CI a
+missing binding fails instead of skipping."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+from tiny import tiny_calib
+
+import depthcut as dc
+from depthcut.export import llamacpp
+from depthcut.export.gguf_file import compare, expected_arrays
+from depthcut.export.run import export_run
+from depthcut.graph.structure import discover_structure
+from depthcut.methods import describe
+from depthcut.planning.plan import Action, Plan
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _binding():
+    if importlib.util.find_spec("llama_cpp") is None:
+        if os.environ.get("CI"):
+            pytest.fail("llama-cpp-python is missing: `make llama` installs it")
+        pytest.skip("make llama installs llama-cpp-python")
+
+
+@pytest.fixture(scope="module")
+def smol_tokenizer():
+    from depthcut.models import load_tokenizer, resolve
+
+    return load_tokenizer(resolve("smollm2-135m"))
+
+
+def tiny_smol_vocab(layers: int = 6):
+    """A tiny random Llama on SmolLM2's 49,152-token vocabulary (a tokenizer the converter
+    knows); FFN 160 is not a multiple of 256."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=49152, hidden_size=64, intermediate_size=160, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True, rope_theta=100000.0, initializer_range=0.1, bos_token_id=1, eos_token_id=2,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def hetero_plan(model) -> Plan:
+    """Block 0 without attention, blocks 2 and 5 without MLP (5 is the last), per-layer FFN
+    widths 153 and 100, block 4 with one of its two KV groups."""
+    return Plan(
+        [
+            Action("attention", 0, "model.layers.0.self_attn", 1),
+            Action("mlp", 2, "model.layers.2.mlp", 1),
+            Action("mlp", 5, "model.layers.5.mlp", 1),
+            Action("neuron", 1, "model.layers.1.mlp", 1, None, tuple(range(7))),
+            Action("neuron", 3, "model.layers.3.mlp", 1, None, tuple(range(60))),
+            Action("head", 4, "model.layers.4.self_attn", 1, None, (0,)),
+        ],
+        describe(model, discover_structure(model)),
+    )
+
+
+def save_run(path, model, plan, tok):
+    pruned = dc.apply(model, plan)
+    dc.save(pruned, plan, path, tok)
+    return pruned
+
+
+def test_hetero_gguf_in_llamacpp(tmp_path, smol_tokenizer):
+    model = tiny_smol_vocab()
+    pruned = save_run(tmp_path / "run", model, hetero_plan(model), smol_tokenizer)
+    out = export_run(tmp_path / "run", "gguf", tmp_path / "gguf")
+    path = out / "model-f32.gguf"
+    arrays = llamacpp.read_arrays(path)
+    assert arrays["arch"] == "deci"
+    assert arrays["block_count"] == 6
+    # block 0 carries one zero head: llama.cpp sizes every head from layer 0's head count
+    assert arrays["heads"] == [1, 4, 4, 4, 2, 4]
+    assert arrays["kv_heads"] == [1, 2, 2, 2, 1, 2]
+    # blocks 2 and 5 (attention, no MLP) carry a zero FFN of width 32: deci skips a block's
+    # attention output too when its FFN length is 0
+    assert arrays["ffn"] == [160, 153, 32, 100, 160, 32]
+    assert expected_arrays(pruned)["ffn"] == arrays["ffn"]
+    result = compare(pruned, path, smol_tokenizer)
+    assert result["max_logprob_gap"] <= 1e-3 and result["same_top5"] and result["greedy_equal"]
+    assert "greedy 16 tokens equal" in json.loads((out / "export.json").read_text())["verified"]
+
+
+def test_zero_ffn_is_needed_for_attention_only_blocks(tmp_path, smol_tokenizer, monkeypatch):
+    """The evidence for the zero FFN: written with FFN length 0, llama.cpp drops the block's
+    attention too, and its output no longer matches PyTorch."""
+    from depthcut.export import gguf_file
+
+    model = tiny_smol_vocab()
+    plan = Plan([Action("mlp", 2, "model.layers.2.mlp", 1)], describe(model, discover_structure(model)))
+    pruned = save_run(tmp_path / "run", model, plan, smol_tokenizer)
+    monkeypatch.setattr(gguf_file, "ZERO_FFN", 0)
+    monkeypatch.setattr(gguf_file, "gguf_layout", _unpadded_layout)
+    out = export_run(tmp_path / "run", "gguf", tmp_path / "gguf", verify=False)
+    assert llamacpp.read_arrays(out / "model-f32.gguf")["ffn"] == [160, 160, 0, 160, 160, 160]
+    assert compare(pruned, out / "model-f32.gguf")["max_logprob_gap"] > 1e-1
+
+
+def _unpadded_layout(model):
+    from depthcut.export.layout import model_layout
+
+    return model_layout(model)
+
+
+def test_uniform_gguf_uses_the_source_architecture(tmp_path, smol_tokenizer):
+    model = tiny_smol_vocab()
+    cfg = dc.PruneConfig(units=("block",), budget=dc.Budget(0.3, count="non_embedding"))
+    pruned, plan, _ = dc.prune(model, cfg, tiny_calib(), progress=False)
+    dc.save(pruned, plan, tmp_path / "run", smol_tokenizer)
+    out = export_run(tmp_path / "run", "gguf", tmp_path / "gguf", verify=False)
+    arrays = llamacpp.read_arrays(out / "model-f32.gguf")
+    assert arrays["arch"] == "llama" and arrays["block_count"] == len(pruned.model.layers) < 6
+    result = compare(pruned, out / "model-f32.gguf", smol_tokenizer)
+    assert result["max_logprob_gap"] <= 1e-3 and result["same_top5"] and result["greedy_equal"]
+
+
+@pytest.mark.parametrize("quant", ["q8_0", "q4_k_m"])
+def test_quantized_gguf_runs(tmp_path, smol_tokenizer, quant):
+    model = tiny_smol_vocab()
+    pruned = save_run(tmp_path / "run", model, hetero_plan(model), smol_tokenizer)
+    out = export_run(tmp_path / "run", "gguf", tmp_path / "gguf", quant=quant, verify=False)
+    path = out / f"model-{quant}.gguf"
+    assert llamacpp.read_arrays(path)["ffn"] == [160, 153, 32, 100, 160, 32]
+    params = sum(p.numel() for p in pruned.parameters())
+    # well under the f32 bytes (64-wide rows are no multiple of 256, so the k-quant falls
+    # back to 5- and 8-bit blocks on this tiny model)
+    assert path.stat().st_size < params * 4 * (0.3 if quant == "q8_0" else 0.45)
+    result = compare(pruned, path, smol_tokenizer)
+    assert result["top1_agreement"] >= (0.95 if quant == "q8_0" else 0.6), result
+
+
+def test_smollm2_block_and_sublayer_gguf(tmp_path):
+    """The packaged SmolLM2-135M, pruned by blocks (llama arch) and by sublayers (deci)."""
+    model, tok = dc.load_model("smollm2-135m")
+    structure = discover_structure(model)
+    info = describe(model, structure)
+    plans = {
+        "block": Plan([Action("block", b, f"model.layers.{b}", 1) for b in (20, 24, 26)], info),
+        "sublayer": Plan(
+            [Action("attention", 0, "model.layers.0.self_attn", 1),
+             Action("mlp", 25, "model.layers.25.mlp", 1),
+             Action("attention", 27, "model.layers.27.self_attn", 1)],
+            info,
+        ),
+    }
+    for name, plan in plans.items():
+        run = tmp_path / name
+        pruned = dc.apply(model, plan)
+        dc.save(pruned, plan, run, tok)
+        out = export_run(run, "gguf", tmp_path / f"{name}-gguf", verify=False)
+        arrays = llamacpp.read_arrays(out / "model-f32.gguf")
+        assert arrays["arch"] == ("llama" if name == "block" else "deci")
+        assert arrays["block_count"] == (27 if name == "block" else 30)
+        result = compare(pruned, out / "model-f32.gguf", tok)
+        assert result["max_logprob_gap"] <= 1e-3, result
+        assert result["same_top5"] and result["greedy_equal"], result
