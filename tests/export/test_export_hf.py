@@ -171,3 +171,22 @@ def test_hetero_refuses_other_architectures(tmp_path):
     dc.save(pruned, plan, tmp_path / "run", tiny_tokenizer())
     with pytest.raises(UnsupportedModelError, match="model type 'gpt2'"):
         export_run(tmp_path / "run", "hf-hetero", tmp_path / "h")
+
+
+def test_cli_export_and_prune_export(tmp_path, capsys):
+    from tiny import save_tiny, words
+
+    from depthcut.cli import main
+
+    save_tiny(tmp_path / "model")
+    (tmp_path / "text.txt").write_text("\n\n".join(words(200, seed=s) for s in range(10)))
+    small = ["--calib", str(tmp_path / "text.txt"), "--n-samples", "4", "--seq-len", "32"]
+    argv = ["prune", str(tmp_path / "model"), "--units", "attention,mlp", "--budget",
+            "params=0.3", "--export", "hf-hetero", "--out", str(tmp_path / "run"), *small]
+    assert main(argv) in (0, None)
+    blocks = json.loads((tmp_path / "run" / "hf-hetero" / "config.json").read_text())
+    assert len(blocks["block_configs"]) >= 5
+    assert main(["export", str(tmp_path / "run"), "--format", "hf-hetero", "--no-verify",
+                 "--out", str(tmp_path / "again")]) in (0, None)
+    assert "verified" not in json.loads((tmp_path / "again" / "export.json").read_text())
+    assert "hf-hetero export ->" in capsys.readouterr().out

@@ -172,9 +172,21 @@ def output(args: argparse.Namespace):
     return Output(Path(args.out), args.overwrite) if args.out else None
 
 
+def export_request(text: str | None) -> tuple[str, str | None] | None:
+    """``--export gguf:q4_k_m`` → ("gguf", "q4_k_m"), checked before any work."""
+    if not text:
+        return None
+    from depthcut.export.run import check_request
+
+    fmt, _, quant = text.partition(":")
+    check_request(fmt, quant or None)
+    return fmt, quant or None
+
+
 def cmd_prune(args: argparse.Namespace) -> None:
     from depthcut.jobs import PruneJob, run_prune
 
+    export = export_request(args.export)
     wanted = args.perplexity or args.latency or args.tasks
     job = PruneJob(
         model_ref(args, args.model),
@@ -186,6 +198,12 @@ def cmd_prune(args: argparse.Namespace) -> None:
         args.streaming,
     )
     run_prune(job)
+    if export is not None:
+        from depthcut.export.run import export_run
+
+        fmt, quant = export
+        out = export_run(args.out, fmt, Path(args.out) / fmt, quant, overwrite=args.overwrite)
+        print(f"{fmt} export -> {out}")
 
 
 def cmd_recover(args: argparse.Namespace) -> None:
@@ -203,6 +221,16 @@ def cmd_recover(args: argparse.Namespace) -> None:
 
 def cmd_quantize(args: argparse.Namespace) -> None:
     from depthcut.jobs import QuantizeJob, run_quantize
+
+    if args.method.startswith("gguf-"):
+        from depthcut.export.run import export_run
+
+        if not args.out:
+            raise DepthcutError("--method gguf-*: give --out, the directory of the GGUF file")
+        quant = args.method.removeprefix("gguf-")
+        out = export_run(args.run, "gguf", args.out, quant, overwrite=args.overwrite)
+        print(f"GGUF {quant} -> {out}")
+        return
 
     job = QuantizeJob(
         model_ref(args, args.run),

@@ -139,6 +139,11 @@ def add_prune(sub) -> None:
     p.add_argument("--quantize", default=None, help="quantize last: dynamic_int8")
     p.add_argument("--recipe", default=None, help="recipe.json (prune/steps/recover/quantize)")
     p.add_argument(
+        "--export",
+        default=None,
+        help="also export into OUT/FORMAT: hf, hf-hetero, gguf or gguf:TYPE (e.g. gguf:q4_k_m)",
+    )
+    p.add_argument(
         "--streaming",
         action="store_true",
         help="one block in memory at a time: blocks / sublayers, bi|angular|gromov, on disk",
@@ -161,7 +166,10 @@ def add_quantize(sub) -> None:
     p = sub.add_parser("quantize", help="quantize a pruned run (int8 on CPU; AWQ/GPTQ recipe)")
     p.add_argument("run", help="a directory written by prune/apply/recover")
     p.add_argument(
-        "--method", default="dynamic_int8", help="dynamic_int8, torchao_int8_weight_only, gptq, awq"
+        "--method",
+        default="dynamic_int8",
+        help="dynamic_int8, torchao_int8_weight_only, gptq, awq; gguf-q4_k_m (or gguf-q8_0, "
+        "gguf-f16): a GGUF file through llama.cpp's quantizer",
     )
     p.add_argument("--skip", nargs="*", default=[], help="module path suffixes kept float")
     p.add_argument("--group-size", type=int, default=128, help="gptq/awq input-width group")

@@ -93,6 +93,8 @@ def _stage(model: nn.Module, tokenizer, folder: Path) -> str:
         else:
             config = hetero_config(model, layout)
             config.pop("per_layer_config"), config.pop("auto_map")
+            for block in config["block_configs"]:  # the converter indexes it; its value is
+                block["ffn"].setdefault("ffn_mult", 1.0)  # replaced by the exact width
             route = "deci"
         write_config(config, folder)
         write_safetensors(layout.state, folder)

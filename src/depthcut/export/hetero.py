@@ -38,9 +38,22 @@ AUTO_MAP = {
 GREEDY_TOKENS = 16
 
 
+def ffn_mult(width: int, hidden: int) -> float | None:
+    """The Nemotron-NAS ``ffn_mult`` whose width (2·mult·hidden/3 rounded up to a multiple of
+    256, as vLLM and llama.cpp's converter compute it) is exactly ``width``, else None."""
+    mult = round(width * 3 / (2 * hidden), 6)
+    rounded = int(2 * mult * hidden / 3)
+    rounded = -(-rounded // 256) * 256
+    return mult if width and rounded == width else None
+
+
 def block_config(spec: BlockSpec, hidden: int) -> dict:
-    """One ``block_configs`` entry: Nemotron-NAS keys plus exact sizes."""
+    """One ``block_configs`` entry: Nemotron-NAS keys plus exact sizes; ``ffn_mult`` only
+    where it reproduces the width (readers then take ``intermediate_size``)."""
     no_attention, no_ffn = spec.heads == 0, spec.ffn == 0
+    ffn = {"no_op": no_ffn, "replace_with_linear": False, "intermediate_size": spec.ffn}
+    if (mult := ffn_mult(spec.ffn, hidden)) is not None:
+        ffn["ffn_mult"] = mult
     return {
         "attention": {
             "no_op": no_attention,
@@ -49,12 +62,7 @@ def block_config(spec: BlockSpec, hidden: int) -> dict:
             "num_heads": spec.heads,
             "num_key_value_heads": spec.kv_heads,
         },
-        "ffn": {
-            "no_op": no_ffn,
-            "replace_with_linear": False,
-            "ffn_mult": None if no_ffn else round(spec.ffn * 3 / (2 * hidden), 6),
-            "intermediate_size": spec.ffn,
-        },
+        "ffn": ffn,
     }
 
 

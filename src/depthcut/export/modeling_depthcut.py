@@ -28,8 +28,25 @@ from transformers.models.llama.modeling_llama import (
 )
 
 
+class BlockConfig(dict):
+    """A ``block_configs`` entry read as ``b["ffn"]["no_op"]`` or ``b.ffn.no_op`` (vLLM reads
+    attributes; a missing key is a missing attribute, so ``hasattr(b.ffn, "ffn_mult")`` is
+    False where only the exact ``intermediate_size`` is given)."""
+
+    def __getattr__(self, name):
+        try:
+            value = self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        return BlockConfig(value) if isinstance(value, dict) else value
+
+
 class DeciLMConfig(LlamaConfig):
     model_type = "nemotron-nas"
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.block_configs = [BlockConfig(b) for b in getattr(self, "block_configs", None) or []]
 
 
 def _block_config(config: DeciLMConfig, index: int) -> DeciLMConfig:
