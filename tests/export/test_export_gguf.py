@@ -11,7 +11,6 @@ import os
 
 import pytest
 import torch
-from tiny import tiny_calib
 
 import depthcut as dc
 from depthcut.export import llamacpp
@@ -20,6 +19,7 @@ from depthcut.export.run import export_run
 from depthcut.graph.structure import discover_structure
 from depthcut.methods import describe
 from depthcut.planning.plan import Action, Plan
+from tiny import tiny_calib
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +46,18 @@ def tiny_smol_vocab(layers: int = 6):
 
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=49152, hidden_size=64, intermediate_size=160, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=True, rope_theta=100000.0, initializer_range=0.1, bos_token_id=1, eos_token_id=2,
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        rope_theta=100000.0,
+        initializer_range=0.1,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     return LlamaForCausalLM(cfg).eval()
 
@@ -101,7 +110,9 @@ def test_zero_ffn_is_needed_for_attention_only_blocks(tmp_path, smol_tokenizer, 
     from depthcut.export import gguf_file
 
     model = tiny_smol_vocab()
-    plan = Plan([Action("mlp", 2, "model.layers.2.mlp", 1)], describe(model, discover_structure(model)))
+    plan = Plan(
+        [Action("mlp", 2, "model.layers.2.mlp", 1)], describe(model, discover_structure(model))
+    )
     pruned = save_run(tmp_path / "run", model, plan, smol_tokenizer)
     monkeypatch.setattr(gguf_file, "ZERO_FFN", 0)
     monkeypatch.setattr(gguf_file, "gguf_layout", _unpadded_layout)
@@ -151,9 +162,11 @@ def test_smollm2_block_and_sublayer_gguf(tmp_path):
     plans = {
         "block": Plan([Action("block", b, f"model.layers.{b}", 1) for b in (20, 24, 26)], info),
         "sublayer": Plan(
-            [Action("attention", 0, "model.layers.0.self_attn", 1),
-             Action("mlp", 25, "model.layers.25.mlp", 1),
-             Action("attention", 27, "model.layers.27.self_attn", 1)],
+            [
+                Action("attention", 0, "model.layers.0.self_attn", 1),
+                Action("mlp", 25, "model.layers.25.mlp", 1),
+                Action("attention", 27, "model.layers.27.self_attn", 1),
+            ],
             info,
         ),
     }
@@ -176,8 +189,9 @@ def test_cli_quantize_gguf_q4_k_m(tmp_path, smol_tokenizer, capsys):
     model = tiny_smol_vocab()
     save_run(tmp_path / "run", model, hetero_plan(model), smol_tokenizer)
     out = tmp_path / "q4"
-    assert main(["quantize", str(tmp_path / "run"), "--method", "gguf-q4_k_m",
-                 "--out", str(out)]) in (0, None)
+    assert main(
+        ["quantize", str(tmp_path / "run"), "--method", "gguf-q4_k_m", "--out", str(out)]
+    ) in (0, None)
     note = json.loads((out / "export.json").read_text())
     assert note["type"] == "q4_k_m" and "llama.cpp loads deci" in note["verified"]
     assert "GGUF q4_k_m ->" in capsys.readouterr().out

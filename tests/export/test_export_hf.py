@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from tiny import tiny_calib, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 import depthcut as dc
 from depthcut.errors import ConfigError, DepthcutError, OutputExistsError, UnsupportedModelError
@@ -16,6 +15,7 @@ from depthcut.export.run import export_run
 from depthcut.graph.structure import discover_structure
 from depthcut.methods import describe
 from depthcut.planning.plan import Action, Plan
+from tiny import tiny_calib, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 
 def mixed_plan(model) -> Plan:
@@ -101,16 +101,22 @@ def test_hf_plain_checkpoint_for_block_and_uniform_width(tmp_path):
     assert plain.config.num_hidden_layers == len(pruned.model.layers) < 6
     ids = torch.randint(3, 97, (2, 12))
     with torch.no_grad():
-        torch.testing.assert_close(plain(input_ids=ids).logits, reloaded_logits(tmp_path / "run", ids))
+        torch.testing.assert_close(
+            plain(input_ids=ids).logits, reloaded_logits(tmp_path / "run", ids)
+        )
 
 
 def test_hf_uniform_width(tmp_path):
     from transformers import AutoModelForCausalLM
 
     model = tiny_llama(4)
-    actions = [Action("neuron", b, f"model.layers.{b}.mlp", 1, None, tuple(range(3 * b, 3 * b + 24)))
-               for b in range(4)]
-    actions += [Action("head", b, f"model.layers.{b}.self_attn", 1, None, (b % 2,)) for b in range(4)]
+    actions = [
+        Action("neuron", b, f"model.layers.{b}.mlp", 1, None, tuple(range(3 * b, 3 * b + 24)))
+        for b in range(4)
+    ]
+    actions += [
+        Action("head", b, f"model.layers.{b}.self_attn", 1, None, (b % 2,)) for b in range(4)
+    ]
     plan = Plan(actions, describe(model, discover_structure(model)))
     save_run(tmp_path / "run", model, plan)
     out = export_run(tmp_path / "run", "hf", tmp_path / "hf")
@@ -120,7 +126,9 @@ def test_hf_uniform_width(tmp_path):
     plain = AutoModelForCausalLM.from_pretrained(out).eval()
     ids = torch.randint(3, 97, (2, 12))
     with torch.no_grad():
-        torch.testing.assert_close(plain(input_ids=ids).logits, reloaded_logits(tmp_path / "run", ids))
+        torch.testing.assert_close(
+            plain(input_ids=ids).logits, reloaded_logits(tmp_path / "run", ids)
+        )
 
 
 def test_hf_other_architecture_block_plan(tmp_path):
@@ -138,7 +146,10 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path):
     model = tiny_llama(6)
     save_run(tmp_path / "run", model, mixed_plan(model))
     before = sorted(p.name for p in (tmp_path / "run").iterdir())
-    with pytest.raises(UnsupportedModelError, match=r"block 1 \(4/2 heads, FFN 64\) differs from block 0 \(no attention"):
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r"block 1 \(4/2 heads, FFN 64\) differs from block 0 \(no attention",
+    ):
         export_run(tmp_path / "run", "hf", tmp_path / "hf")
     with pytest.raises(ConfigError, match="unknown export format"):
         export_run(tmp_path / "run", "onnx", tmp_path / "x")
@@ -174,19 +185,38 @@ def test_hetero_refuses_other_architectures(tmp_path):
 
 
 def test_cli_export_and_prune_export(tmp_path, capsys):
-    from tiny import save_tiny, words
-
     from depthcut.cli import main
+    from tiny import save_tiny, words
 
     save_tiny(tmp_path / "model")
     (tmp_path / "text.txt").write_text("\n\n".join(words(200, seed=s) for s in range(10)))
     small = ["--calib", str(tmp_path / "text.txt"), "--n-samples", "4", "--seq-len", "32"]
-    argv = ["prune", str(tmp_path / "model"), "--units", "attention,mlp", "--budget",
-            "params=0.3", "--export", "hf-hetero", "--out", str(tmp_path / "run"), *small]
+    argv = [
+        "prune",
+        str(tmp_path / "model"),
+        "--units",
+        "attention,mlp",
+        "--budget",
+        "params=0.3",
+        "--export",
+        "hf-hetero",
+        "--out",
+        str(tmp_path / "run"),
+        *small,
+    ]
     assert main(argv) in (0, None)
     blocks = json.loads((tmp_path / "run" / "hf-hetero" / "config.json").read_text())
     assert len(blocks["block_configs"]) >= 5
-    assert main(["export", str(tmp_path / "run"), "--format", "hf-hetero", "--no-verify",
-                 "--out", str(tmp_path / "again")]) in (0, None)
+    assert main(
+        [
+            "export",
+            str(tmp_path / "run"),
+            "--format",
+            "hf-hetero",
+            "--no-verify",
+            "--out",
+            str(tmp_path / "again"),
+        ]
+    ) in (0, None)
     assert "verified" not in json.loads((tmp_path / "again" / "export.json").read_text())
     assert "hf-hetero export ->" in capsys.readouterr().out

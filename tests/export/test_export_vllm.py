@@ -51,13 +51,19 @@ def served_tokens(folder: Path, ids: torch.Tensor) -> list:
     # a plain environment: what the test process exported (threads, offline flags of the
     # depthcut venv's libraries) is not the serving process's business
     env = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
-    done = subprocess.run([str(VLLM_PYTHON), str(script), str(folder), str(ids_file)],
-                          capture_output=True, text=True, cwd=folder.parent, timeout=900, env=env)
+    done = subprocess.run(
+        [str(VLLM_PYTHON), str(script), str(folder), str(ids_file)],
+        capture_output=True,
+        text=True,
+        cwd=folder.parent,
+        timeout=900,
+        env=env,
+    )
     (folder.parent / "serve.log").write_text(done.stdout + done.stderr)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("TOKENS ")), None)
     errors = [ln for ln in done.stderr.splitlines() if "rror" in ln]
     assert line is not None, "\n".join(errors[:8])
-    return json.loads(line[len("TOKENS "):])
+    return json.loads(line[len("TOKENS ") :])
 
 
 @pytest.mark.parametrize("fmt", ["hf", "hf-hetero"])
@@ -79,4 +85,4 @@ def test_vllm_serves_exports(tmp_path, fmt):
     ids = prompts(pruned, tok)
     with torch.no_grad():
         want = pruned.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=0)
-    assert served_tokens(out, ids) == want[:, ids.shape[1]:].tolist()
+    assert served_tokens(out, ids) == want[:, ids.shape[1] :].tolist()

@@ -26,11 +26,16 @@ from torch import nn
 
 from depthcut.errors import ConfigError
 from depthcut.export import llamacpp
-from depthcut.export.common import ExportError, prompts, reference_logits
+from depthcut.export.common import (
+    ExportError,
+    prompts,
+    reference_logits,
+    write_config,
+    write_safetensors,
+)
 from depthcut.export.hetero import hetero_config
 from depthcut.export.hf import uniform_config
 from depthcut.export.layout import LLAMA_FAMILY, Layout, model_layout
-from depthcut.export.common import write_config, write_safetensors
 
 ZERO_FFN = 32
 QUANTS = (*llamacpp.CONVERTER_TYPES, *llamacpp.QUANT_FTYPES)
@@ -139,11 +144,14 @@ def check_arrays(model: nn.Module, path: Path) -> dict:
     """The GGUF's block count and per-layer arrays must be the pruned model's."""
     got, want = llamacpp.read_arrays(path), expected_arrays(model)
     if got["block_count"] != want["block_count"]:
-        raise ExportError(f"GGUF declares {got['block_count']} blocks, the model has "
-                          f"{want['block_count']}")
+        raise ExportError(
+            f"GGUF declares {got['block_count']} blocks, the model has {want['block_count']}"
+        )
     for key in ("heads", "kv_heads", "ffn"):
         if not _same(got[key], want[key]):
-            raise ExportError(f"GGUF {key} per layer {got[key]} differ from the model's {want[key]}")
+            raise ExportError(
+                f"GGUF {key} per layer {got[key]} differ from the model's {want[key]}"
+            )
     return got
 
 
@@ -168,21 +176,28 @@ def compare(model: nn.Module, path: Path, tokenizer=None) -> dict:
     top1 = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
     with torch.no_grad():
         want = model.generate(ids, max_new_tokens=GREEDY_TOKENS, do_sample=False, pad_token_id=0)
-    greedy_equal = want[:, ids.shape[1]:].tolist() == ran["greedy"]
-    return {"max_logprob_gap": gap, "same_top5": same_top, "top1_agreement": top1,
-            "greedy_equal": greedy_equal}
+    greedy_equal = want[:, ids.shape[1] :].tolist() == ran["greedy"]
+    return {
+        "max_logprob_gap": gap,
+        "same_top5": same_top,
+        "top1_agreement": top1,
+        "greedy_equal": greedy_equal,
+    }
 
 
 def verify_gguf(model: nn.Module, path: Path, quant: str, tokenizer=None) -> str:
     arrays = check_arrays(model, path)
     result = compare(model, path, tokenizer)
-    summary = (f"llama.cpp loads {arrays['arch']} with the model's per-layer arrays; top-100 "
-               f"log-prob gap {result['max_logprob_gap']:.3g}, top-1 agreement "
-               f"{result['top1_agreement']:.0%}, greedy 16 tokens "
-               f"{'equal' if result['greedy_equal'] else 'differ'}")
+    summary = (
+        f"llama.cpp loads {arrays['arch']} with the model's per-layer arrays; top-100 "
+        f"log-prob gap {result['max_logprob_gap']:.3g}, top-1 agreement "
+        f"{result['top1_agreement']:.0%}, greedy 16 tokens "
+        f"{'equal' if result['greedy_equal'] else 'differ'}"
+    )
     exact = quant == "f32"
-    if exact and not (result["max_logprob_gap"] <= LOGPROB_TOL and result["same_top5"]
-                      and result["greedy_equal"]):
+    if exact and not (
+        result["max_logprob_gap"] <= LOGPROB_TOL and result["same_top5"] and result["greedy_equal"]
+    ):
         raise ExportError(f"f32 GGUF does not match PyTorch: {summary}")
     if not exact and result["top1_agreement"] < 0.5:
         raise ExportError(f"{quant} GGUF disagrees with PyTorch: {summary}")

@@ -37,11 +37,12 @@ def converter_dir() -> Path:
     sdist = fetch_file("llama-cpp-python", SDIST)
     with tarfile.open(sdist) as tar:
         members = [
-            m for m in tar.getmembers()
-            if m.name.startswith(VENDORED) and m.name[len(VENDORED):].startswith(CONVERTER_PARTS)
+            m
+            for m in tar.getmembers()
+            if m.name.startswith(VENDORED) and m.name[len(VENDORED) :].startswith(CONVERTER_PARTS)
         ]
         for member in members:
-            member.name = member.name[len(VENDORED):]
+            member.name = member.name[len(VENDORED) :]
         tar.extractall(target, members=members, filter="data")
     return target
 
@@ -86,8 +87,10 @@ sys.exit(f"llama_model_quantize returned {rc}" if rc else 0)
 def quantize(source: Path, target: Path, kind: str) -> None:
     """llama.cpp's own quantizer (e.g. Q4_K_M) from an f32/f16 GGUF."""
     require_binding()
-    _run([sys.executable, "-c", QUANTIZE, str(source), str(target), str(QUANT_FTYPES[kind])],
-         f"llama.cpp's {kind} quantizer")
+    _run(
+        [sys.executable, "-c", QUANTIZE, str(source), str(target), str(QUANT_FTYPES[kind])],
+        f"llama.cpp's {kind} quantizer",
+    )
 
 
 EVALUATE = r"""
@@ -119,8 +122,12 @@ def evaluate(path: Path, prompts: list[list[int]], new: int, threads: int = 2) -
     require_binding()
     spec = {"prompts": prompts, "new": new, "threads": threads, "kv_type": 0}  # f32 KV cache
     spec["n_ctx"] = max(len(p) for p in prompts) + new + 8
-    return json.loads(_run([sys.executable, "-c", EVALUATE, str(path), json.dumps(spec)],
-                           "loading the GGUF in llama.cpp"))
+    return json.loads(
+        _run(
+            [sys.executable, "-c", EVALUATE, str(path), json.dumps(spec)],
+            "loading the GGUF in llama.cpp",
+        )
+    )
 
 
 def read_arrays(path: Path) -> dict:

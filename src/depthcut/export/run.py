@@ -57,7 +57,11 @@ def export_run(
     write, check = _writers(fmt, quant)
 
     def build(tmp: Path) -> None:
-        note = {"format": fmt, "source": str(Path(run).resolve()), "layout": write(model, tokenizer, tmp)}
+        note = {
+            "format": fmt,
+            "source": str(Path(run).resolve()),
+            "layout": write(model, tokenizer, tmp),
+        }
         if fmt == "gguf":
             note["type"] = quant
         if verify:
