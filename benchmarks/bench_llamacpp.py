@@ -146,6 +146,13 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, m in models.items():
         ideal = dense_bytes / read_bytes(m)
+        extra = gguf_layout(m).added_identity_params
+        if extra:
+            print(
+                f"({name}: fine-pruned linears that became identities are written as identity "
+                f"matrices, {extra:,} parameters, counted in 'ideal')",
+                file=sys.stderr,
+            )
         for quant in ("f16", "q4_k_m"):
             r, d = res[f"{name} {quant}"], res[f"dense {quant}"]
             pre, dec = r["prefill"] / d["prefill"], r["decode"] / d["decode"]

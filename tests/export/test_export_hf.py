@@ -45,6 +45,17 @@ def reloaded_logits(run, ids):
         return model(input_ids=ids).logits
 
 
+def plain_matches_depthcut(out, run):
+    """Plain ``from_pretrained`` of the export gives depthcut.load's logits; returns it."""
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(3, 97, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, reloaded_logits(run, ids))
+    return plain
+
+
 def test_mixed_plan_layout_per_block():
     model = tiny_llama(6)
     specs = block_specs(dc.apply(model, mixed_plan(model)))
@@ -90,25 +101,16 @@ def test_hetero_from_scored_plans(tmp_path, units):
 
 
 def test_hf_plain_checkpoint_for_block_and_uniform_width(tmp_path):
-    from transformers import AutoModelForCausalLM
-
     model = tiny_llama(6)
     cfg = dc.PruneConfig(units=("block",), budget=dc.Budget(0.3))
     pruned, plan, _ = dc.prune(model, cfg, tiny_calib(), progress=False)
     dc.save(pruned, plan, tmp_path / "run", tiny_tokenizer())
     out = export_run(tmp_path / "run", "hf", tmp_path / "hf")
-    plain = AutoModelForCausalLM.from_pretrained(out).eval()
+    plain = plain_matches_depthcut(out, tmp_path / "run")
     assert plain.config.num_hidden_layers == len(pruned.model.layers) < 6
-    ids = torch.randint(3, 97, (2, 12))
-    with torch.no_grad():
-        torch.testing.assert_close(
-            plain(input_ids=ids).logits, reloaded_logits(tmp_path / "run", ids)
-        )
 
 
 def test_hf_uniform_width(tmp_path):
-    from transformers import AutoModelForCausalLM
-
     model = tiny_llama(4)
     actions = [
         Action("neuron", b, f"model.layers.{b}.mlp", 1, None, tuple(range(3 * b, 3 * b + 24)))
@@ -123,12 +125,7 @@ def test_hf_uniform_width(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert (config["intermediate_size"], config["num_attention_heads"]) == (40, 2)
     assert (config["num_key_value_heads"], config["head_dim"]) == (1, 8)
-    plain = AutoModelForCausalLM.from_pretrained(out).eval()
-    ids = torch.randint(3, 97, (2, 12))
-    with torch.no_grad():
-        torch.testing.assert_close(
-            plain(input_ids=ids).logits, reloaded_logits(tmp_path / "run", ids)
-        )
+    plain_matches_depthcut(out, tmp_path / "run")
 
 
 def test_hf_other_architecture_block_plan(tmp_path):
@@ -182,6 +179,9 @@ def test_hetero_refuses_other_architectures(tmp_path):
     dc.save(pruned, plan, tmp_path / "run", tiny_tokenizer())
     with pytest.raises(UnsupportedModelError, match="model type 'gpt2'"):
         export_run(tmp_path / "run", "hf-hetero", tmp_path / "h")
+    with pytest.raises(UnsupportedModelError, match="was removed inside its block; a gpt2 export"):
+        export_run(tmp_path / "run", "hf", tmp_path / "h")
+    assert not (tmp_path / "h").exists()
 
 
 def test_cli_export_and_prune_export(tmp_path, capsys):

@@ -35,7 +35,7 @@ from depthcut.export.common import (
 )
 from depthcut.export.hetero import hetero_config
 from depthcut.export.hf import uniform_config
-from depthcut.export.layout import LLAMA_FAMILY, Layout, model_layout
+from depthcut.export.layout import LLAMA_FAMILY, Layout, model_layout, require_plain_blocks
 
 ZERO_FFN = 32
 QUANTS = (*llamacpp.CONVERTER_TYPES, *llamacpp.QUANT_FTYPES)
@@ -88,6 +88,7 @@ def gguf_layout(model: nn.Module) -> Layout:
 def _stage(model: nn.Module, tokenizer, folder: Path) -> str:
     """The HF directory the converter reads; returns the GGUF architecture route."""
     if model.config.model_type not in LLAMA_FAMILY:
+        require_plain_blocks(model)
         model.save_pretrained(folder)
         route = "source architecture"
     else:
@@ -100,7 +101,7 @@ def _stage(model: nn.Module, tokenizer, folder: Path) -> str:
             config.pop("per_layer_config"), config.pop("auto_map")
             for block in config["block_configs"]:  # the converter indexes it; its value is
                 block["ffn"].setdefault("ffn_mult", 1.0)  # replaced by the exact width
-            route = "deci"
+            route = "per-layer arrays"
         write_config(config, folder)
         write_safetensors(layout.state, folder)
     if tokenizer is None:

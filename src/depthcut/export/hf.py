@@ -24,7 +24,13 @@ from depthcut.export.common import (
     write_config,
     write_safetensors,
 )
-from depthcut.export.layout import LLAMA_FAMILY, Layout, cut_per_layer_lists, model_layout
+from depthcut.export.layout import (
+    LLAMA_FAMILY,
+    Layout,
+    cut_per_layer_lists,
+    model_layout,
+    require_plain_blocks,
+)
 
 
 def uniform_config(model: nn.Module, layout: Layout) -> dict:
@@ -67,6 +73,7 @@ def write_hf(model: nn.Module, tokenizer, folder: Path) -> str:
         write_safetensors(layout.state, folder)
         detail = f"{len(layout.blocks)} blocks"
     else:
+        require_plain_blocks(model)
         model.save_pretrained(folder)
         detail = f"{model.config.num_hidden_layers} blocks, saved as in memory"
     if tokenizer is not None:

@@ -85,6 +85,17 @@ def require_llama_family(config) -> None:
             raise UnsupportedModelError(f"{flag}=True is not supported by the export layouts")
 
 
+def require_plain_blocks(model: nn.Module) -> None:
+    """A non-Llama model is written as it is in memory: only when no block holds a stand-in
+    (a removed sublayer or a fine-pruned identity)."""
+    for name, module in model.named_modules():
+        if isinstance(module, ZeroBranch):
+            raise UnsupportedModelError(
+                f"{name} was removed inside its block; a {model.config.model_type} export "
+                "supports block and width plans (hf-hetero and deci GGUF are Llama-family only)"
+            )
+
+
 def head_dim_of(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
