@@ -154,7 +154,7 @@ def test_input_model_directory_is_never_modified(capsys, tmp_path, tiny_dir, tex
 VERBS = sorted(build_parser()._subparsers._group_actions[0].choices)
 
 
-def test_the_twelve_verbs():
+def test_the_thirteen_verbs():
     assert (
         sorted(
             [
@@ -165,6 +165,7 @@ def test_the_twelve_verbs():
                 "prune",
                 "recover",
                 "quantize",
+                "export",
                 "sweep",
                 "explain",
                 "report",
