@@ -195,3 +195,21 @@ def test_cli_quantize_gguf_q4_k_m(tmp_path, smol_tokenizer, capsys):
     note = json.loads((out / "export.json").read_text())
     assert note["type"] == "q4_k_m" and "llama.cpp loads deci" in note["verified"]
     assert "GGUF q4_k_m ->" in capsys.readouterr().out
+
+
+def test_tokenizer_the_converter_cannot_express_is_one_line(tmp_path):
+    """tiny_llama's word-level tokenizer has no GGUF form: the converter's own reason, one
+    line, and nothing written."""
+    from tiny import tiny_llama, tiny_tokenizer
+
+    from depthcut.export.common import ExportError
+
+    model = tiny_llama(4)
+    plan = Plan(
+        [Action("block", 2, "model.layers.2", 1)], describe(model, discover_structure(model))
+    )
+    save_run(tmp_path / "run", model, plan, tiny_tokenizer())
+    with pytest.raises(ExportError, match="llama.cpp's converter failed: ") as err:
+        export_run(tmp_path / "run", "gguf", tmp_path / "gguf", verify=False)
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
