@@ -74,7 +74,7 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports --no-cache
 
-bench: setup
+bench: setup llama
 	$(BIN)/python benchmarks/bench_iterative_cache.py
 	$(BIN)/python benchmarks/bench_depth_speedup.py
 	$(BIN)/python benchmarks/bench_width_vs_depth.py
@@ -85,6 +85,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_fine.py
 	$(BIN)/python benchmarks/bench_vision.py
 	$(BIN)/python benchmarks/bench_memory.py --llama-1b
+	$(BIN)/python benchmarks/bench_llamacpp.py  # ≈10 min: 8 GGUF files measured in llama.cpp
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) out .pytest_cache
