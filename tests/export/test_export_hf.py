@@ -220,3 +220,16 @@ def test_cli_export_and_prune_export(tmp_path, capsys):
     ) in (0, None)
     assert "verified" not in json.loads((tmp_path / "again" / "export.json").read_text())
     assert "hf-hetero export ->" in capsys.readouterr().out
+
+
+def test_stand_in_no_format_can_express_names_block_and_module():
+    from depthcut.surgery.modules import PatchBranch
+
+    model = tiny_llama(4)
+    model.model.layers[1].mlp.up_proj = PatchBranch("linear", fill="one")
+    with pytest.raises(UnsupportedModelError, match=r"^block 1: mlp.up_proj is PatchBranch; no"):
+        block_specs(model)
+    model = tiny_llama(4)
+    model.model.layers[2].self_attn = PatchBranch("attention", 2, 2, fill="pass")
+    with pytest.raises(UnsupportedModelError, match=r"^block 2: self_attn is a 'pass' stand-in"):
+        block_specs(model)
