@@ -200,9 +200,8 @@ def test_cli_quantize_gguf_q4_k_m(tmp_path, smol_tokenizer, capsys):
 def test_tokenizer_the_converter_cannot_express_is_one_line(tmp_path):
     """tiny_llama's word-level tokenizer has no GGUF form: the converter's own reason, one
     line, and nothing written."""
-    from tiny import tiny_llama, tiny_tokenizer
-
     from depthcut.export.common import ExportError
+    from tiny import tiny_llama, tiny_tokenizer
 
     model = tiny_llama(4)
     plan = Plan(
