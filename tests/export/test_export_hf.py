@@ -76,6 +76,7 @@ def test_hetero_mixed_plan_loads_without_depthcut(tmp_path):
     assert config["per_layer_config"]["2"]["skip"] == ["mlp"]
     note = json.loads((out / "export.json").read_text())
     assert "loads without depthcut" in note["verified"]
+    assert note["layout"].endswith("vLLM cannot load it (query heads pruned in blocks [5])")
     assert (out / "modeling_depthcut.py").exists()
     # the export, loaded here with trust_remote_code, against depthcut.load (independent paths)
     from transformers import AutoModelForCausalLM

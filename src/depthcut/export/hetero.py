@@ -103,7 +103,15 @@ def write_hetero(model: nn.Module, tokenizer, folder: Path) -> str:
         tokenizer.save_pretrained(folder)
     attention = sum(b.heads > 0 for b in layout.blocks)
     ffn = sum(b.ffn > 0 for b in layout.blocks)
-    return f"{len(layout.blocks)} blocks ({attention} with attention, {ffn} with an MLP)"
+    line = f"{len(layout.blocks)} blocks ({attention} with attention, {ffn} with an MLP)"
+    return line + vllm_caveat(layout, model.config.num_attention_heads)
+
+
+def vllm_caveat(layout: Layout, heads: int) -> str:
+    """vLLM's Nemotron-NAS model gives every attention block all query heads (it reads only
+    ``n_heads_in_group``): blocks whose query heads were pruned do not load there."""
+    odd = [n for n, b in enumerate(layout.blocks) if b.heads and b.heads != heads]
+    return f"; vLLM cannot load it (query heads pruned in blocks {odd})" if odd else ""
 
 
 CHECK = r"""
