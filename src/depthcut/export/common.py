@@ -19,17 +19,16 @@ class ExportError(DepthcutError):
 
 
 def load_run(run: str | Path):
-    """(model, tokenizer, meta) of a depthcut output; refuses quantized runs."""
+    """(model, tokenizer) of a depthcut output; refuses quantized runs."""
     from depthcut.io import load, read_meta
 
-    meta = read_meta(run)
-    if meta.get("quantization"):
+    if read_meta(run).get("quantization"):
         raise UnsupportedModelError(
             f"{run}: an int8-quantized run cannot be exported; export the float run it came "
             "from (quantize the export instead, e.g. --format gguf --quant q4_k_m)"
         )
     model, tok = load(run)
-    return model.float().eval(), tok, meta
+    return model.float().eval(), tok
 
 
 def write_safetensors(state: dict[str, torch.Tensor], folder: Path) -> None:
@@ -55,16 +54,13 @@ TEXTS = (
 def prompts(model: nn.Module, tokenizer=None, length: int = PROMPT_LEN) -> torch.Tensor:
     """Fixed prompts: the first ``length`` tokens of three English sentences when the
     tokenizer makes that many (real text keeps activations realistic), else seeded ids."""
+    vocab = model.config.vocab_size
     if tokenizer is not None:
         rows = [tokenizer(t, add_special_tokens=False)["input_ids"][:length] for t in TEXTS]
-        vocab = model.config.vocab_size
         if all(len(r) == length and max(r) < vocab for r in rows):
             return torch.tensor(rows)
     g = torch.Generator().manual_seed(1234)
-    count = len(TEXTS)
-    vocab = model.config.vocab_size
-    low = min(100, vocab // 4)
-    return torch.randint(low, vocab, (count, length), generator=g)
+    return torch.randint(min(100, vocab // 4), vocab, (len(TEXTS), length), generator=g)
 
 
 @torch.no_grad()
@@ -73,8 +69,7 @@ def reference_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def greedy(model: nn.Module, ids: torch.Tensor, new: int, use_cache: bool = True) -> torch.Tensor:
-    out = model.generate(
-        ids, max_new_tokens=new, do_sample=False, use_cache=use_cache, pad_token_id=0
-    )
+def greedy(model: nn.Module, ids: torch.Tensor, new: int) -> torch.Tensor:
+    """``new`` greedy tokens after each prompt (KV cache on)."""
+    out = model.generate(ids, max_new_tokens=new, do_sample=False, pad_token_id=0)
     return out[:, ids.shape[1] :]

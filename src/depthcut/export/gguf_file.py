@@ -28,6 +28,7 @@ from depthcut.errors import ConfigError
 from depthcut.export import llamacpp
 from depthcut.export.common import (
     ExportError,
+    greedy,
     prompts,
     reference_logits,
     write_config,
@@ -175,9 +176,7 @@ def compare(model: nn.Module, path: Path, tokenizer=None) -> dict:
     gap = (got.gather(-1, top) - ref.gather(-1, top)).abs().max().item()
     same_top = _same_top(got, ref)
     top1 = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
-    with torch.no_grad():
-        want = model.generate(ids, max_new_tokens=GREEDY_TOKENS, do_sample=False, pad_token_id=0)
-    greedy_equal = want[:, ids.shape[1] :].tolist() == ran["greedy"]
+    greedy_equal = greedy(model, ids, GREEDY_TOKENS).tolist() == ran["greedy"]
     return {
         "max_logprob_gap": gap,
         "same_top5": same_top,

@@ -11,7 +11,6 @@ depthcut: logits equal to the in-memory model's, cached ``generate()`` equal to 
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -173,8 +172,3 @@ def verify_hetero(model: nn.Module, folder: Path, tokenizer=None) -> str:
         f"loads without depthcut (trust_remote_code); logits match (max |diff| {diff:.2g}); "
         f"{GREEDY_TOKENS} greedy tokens equal with and without cache"
     )
-
-
-def describe_layout(folder: Path) -> list[dict]:
-    """The ``block_configs`` of an export (for notes and tests)."""
-    return json.loads((folder / "config.json").read_text())["block_configs"]

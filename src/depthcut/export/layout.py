@@ -12,7 +12,7 @@ the module named.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -40,9 +40,6 @@ class BlockSpec:
     def empty(self) -> bool:
         return self.heads == 0 and self.ffn == 0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class Layout:
@@ -54,11 +51,11 @@ class Layout:
 
     @property
     def uniform(self) -> bool:
+        """Every block has attention and an MLP, of the same sizes."""
         first = self.blocks[0]
-        return all(
-            (b.heads, b.kv_heads, b.ffn) == (first.heads, first.kv_heads, first.ffn) and b.ffn > 0
-            for b in self.blocks
-        ) and all(b.heads > 0 for b in self.blocks)
+        shape = (first.heads, first.kv_heads, first.ffn)
+        same = all((b.heads, b.kv_heads, b.ffn) == shape for b in self.blocks)
+        return same and first.heads > 0 and first.ffn > 0
 
     @property
     def added_identity_params(self) -> int:
@@ -115,9 +112,7 @@ def _attention(layer: nn.Module, block: int, head_dim: int) -> tuple[int, int]:
     attn = layer.self_attn
     if _removed(attn, block, "self_attn"):
         return 0, 0
-    if not isinstance(layer.input_layernorm, nn.Module) or isinstance(
-        layer.input_layernorm, nn.Identity
-    ):
+    if isinstance(layer.input_layernorm, nn.Identity):
         raise _fail(block, "attention without its input norm")
     for name in ATTN_LINEARS:
         if not isinstance(getattr(attn, name, None), nn.Linear):
@@ -166,9 +161,11 @@ def _block_state(layer: nn.Module, spec: BlockSpec, prefix: str, like: torch.Ten
     if spec.ffn:
         out[f"{prefix}.post_attention_layernorm.weight"] = layer.post_attention_layernorm.weight
         for name in MLP_LINEARS:
-            module = getattr(layer.mlp, name)
-            eye = torch.eye(spec.ffn, dtype=like.dtype, device=like.device)
-            out[f"{prefix}.mlp.{name}.weight"] = eye if name in spec.identities else module.weight
+            out[f"{prefix}.mlp.{name}.weight"] = (
+                torch.eye(spec.ffn, dtype=like.dtype, device=like.device)
+                if name in spec.identities
+                else getattr(layer.mlp, name).weight
+            )
     return out
 
 

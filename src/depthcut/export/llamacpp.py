@@ -151,9 +151,7 @@ def read_arrays(path: Path) -> dict:
         "kv_heads": "attention.head_count_kv",
         "ffn": "feed_forward_length",
     }
-    out = {"arch": arch} | {name: value(f"{arch}.{key}") for name, key in keys.items()}
-    out["tensors"] = len(reader.tensors)
-    return out
+    return {"arch": arch} | {name: value(f"{arch}.{key}") for name, key in keys.items()}
 
 
 if __name__ == "__main__":

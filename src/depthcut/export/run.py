@@ -53,7 +53,7 @@ def export_run(
     target = prepare_output(out, overwrite)
     if fmt == "gguf" and verify:
         gguf.llamacpp.require_binding()
-    model, tokenizer, meta = load_run(run)
+    model, tokenizer = load_run(run)
     write, check = _writers(fmt, quant)
 
     def build(tmp: Path) -> None:
