@@ -38,3 +38,25 @@ def make_plan(model, picks):
     units = {u.id: u for u in discover_units(model, s, ("block", "attention", "mlp"))}
     chosen = [units[f"{k}:{b}"] for k, b in picks]
     return plan_units(model, [u.id for u in chosen]), chosen, s
+
+
+def save_run(path, model, plan, tokenizer=None):
+    """Apply ``plan`` to ``model`` and save the run (with tiny_tokenizer unless another is
+    given); returns the pruned model."""
+    import depthcut as dc
+    from tiny import tiny_tokenizer
+
+    pruned = dc.apply(model, plan)
+    dc.save(pruned, plan, path, tokenizer if tokenizer is not None else tiny_tokenizer())
+    return pruned
+
+
+def prune_run(path, model, cfg, tokenizer=None):
+    """Score, plan and apply ``cfg`` on tiny calibration ids and save the run (tokenizer as in
+    :func:`save_run`); returns the pruned model."""
+    import depthcut as dc
+    from tiny import tiny_calib, tiny_tokenizer
+
+    pruned, plan, _ = dc.prune(model, cfg, tiny_calib(), progress=False)
+    dc.save(pruned, plan, path, tokenizer if tokenizer is not None else tiny_tokenizer())
+    return pruned

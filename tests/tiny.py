@@ -7,11 +7,12 @@ import torch
 VOCAB = 97
 
 
-def tiny_llama(layers: int = 6, seed: int = 0):
+def tiny_llama(layers: int = 6, seed: int = 0, **overrides):
+    """Llama with GQA 4/2; ``overrides`` replace config values (e.g. the vocabulary)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
+    values = dict(
         vocab_size=VOCAB,
         hidden_size=32,
         intermediate_size=64,
@@ -24,7 +25,7 @@ def tiny_llama(layers: int = 6, seed: int = 0):
         bos_token_id=1,
         eos_token_id=2,
     )
-    return LlamaForCausalLM(cfg).eval()
+    return LlamaForCausalLM(LlamaConfig(**(values | overrides))).eval()
 
 
 def tiny_gpt2(layers: int = 6, seed: int = 0):

@@ -10,7 +10,6 @@ import json
 import os
 
 import pytest
-import torch
 
 import depthcut as dc
 from depthcut.export import llamacpp
@@ -19,7 +18,8 @@ from depthcut.export.run import export_run
 from depthcut.graph.structure import discover_structure
 from depthcut.methods import describe
 from depthcut.planning.plan import Action, Plan
-from tiny import tiny_calib
+from support import make_plan, prune_run, save_run
+from tiny import tiny_llama
 
 pytestmark = pytest.mark.slow
 
@@ -42,24 +42,17 @@ def smol_tokenizer():
 def tiny_smol_vocab(layers: int = 6):
     """A tiny random Llama on SmolLM2's 49,152-token vocabulary (a tokenizer the converter
     knows); FFN 160 is not a multiple of 256."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
+    return tiny_llama(
+        layers,
         vocab_size=49152,
         hidden_size=64,
         intermediate_size=160,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=256,
         tie_word_embeddings=True,
         rope_theta=100000.0,
         initializer_range=0.1,
-        bos_token_id=1,
-        eos_token_id=2,
+        pad_token_id=None,
     )
-    return LlamaForCausalLM(cfg).eval()
 
 
 def hetero_plan(model) -> Plan:
@@ -76,12 +69,6 @@ def hetero_plan(model) -> Plan:
         ],
         describe(model, discover_structure(model)),
     )
-
-
-def save_run(path, model, plan, tok):
-    pruned = dc.apply(model, plan)
-    dc.save(pruned, plan, path, tok)
-    return pruned
 
 
 def test_hetero_gguf_in_llamacpp(tmp_path, smol_tokenizer):
@@ -110,10 +97,7 @@ def test_zero_ffn_is_needed_for_attention_only_blocks(tmp_path, smol_tokenizer, 
     from depthcut.export import gguf_file
 
     model = tiny_smol_vocab()
-    plan = Plan(
-        [Action("mlp", 2, "model.layers.2.mlp", 1)], describe(model, discover_structure(model))
-    )
-    pruned = save_run(tmp_path / "run", model, plan, smol_tokenizer)
+    pruned = save_run(tmp_path / "run", model, make_plan(model, [("mlp", 2)])[0], smol_tokenizer)
     monkeypatch.setattr(gguf_file, "ZERO_FFN", 0)
     monkeypatch.setattr(gguf_file, "gguf_layout", _unpadded_layout)
     out = export_run(tmp_path / "run", "gguf", tmp_path / "gguf", verify=False)
@@ -128,10 +112,8 @@ def _unpadded_layout(model):
 
 
 def test_uniform_gguf_uses_the_source_architecture(tmp_path, smol_tokenizer):
-    model = tiny_smol_vocab()
     cfg = dc.PruneConfig(units=("block",), budget=dc.Budget(0.3, count="non_embedding"))
-    pruned, plan, _ = dc.prune(model, cfg, tiny_calib(), progress=False)
-    dc.save(pruned, plan, tmp_path / "run", smol_tokenizer)
+    pruned = prune_run(tmp_path / "run", tiny_smol_vocab(), cfg, smol_tokenizer)
     out = export_run(tmp_path / "run", "gguf", tmp_path / "gguf", verify=False)
     arrays = llamacpp.read_arrays(out / "model-f32.gguf")
     assert arrays["arch"] == "llama" and arrays["block_count"] == len(pruned.model.layers) < 6
@@ -157,23 +139,13 @@ def test_quantized_gguf_runs(tmp_path, smol_tokenizer, quant):
 def test_smollm2_block_and_sublayer_gguf(tmp_path):
     """The packaged SmolLM2-135M, pruned by blocks (llama arch) and by sublayers (deci)."""
     model, tok = dc.load_model("smollm2-135m")
-    structure = discover_structure(model)
-    info = describe(model, structure)
-    plans = {
-        "block": Plan([Action("block", b, f"model.layers.{b}", 1) for b in (20, 24, 26)], info),
-        "sublayer": Plan(
-            [
-                Action("attention", 0, "model.layers.0.self_attn", 1),
-                Action("mlp", 25, "model.layers.25.mlp", 1),
-                Action("attention", 27, "model.layers.27.self_attn", 1),
-            ],
-            info,
-        ),
+    picks = {
+        "block": [("block", 20), ("block", 24), ("block", 26)],
+        "sublayer": [("attention", 0), ("mlp", 25), ("attention", 27)],
     }
-    for name, plan in plans.items():
+    for name, units in picks.items():
         run = tmp_path / name
-        pruned = dc.apply(model, plan)
-        dc.save(pruned, plan, run, tok)
+        pruned = save_run(run, model, make_plan(model, units)[0], tok)
         out = export_run(run, "gguf", tmp_path / f"{name}-gguf", verify=False)
         arrays = llamacpp.read_arrays(out / "model-f32.gguf")
         assert arrays["arch"] == ("llama" if name == "block" else "deci")
@@ -201,13 +173,9 @@ def test_tokenizer_the_converter_cannot_express_is_one_line(tmp_path):
     """tiny_llama's word-level tokenizer has no GGUF form: the converter's own reason, one
     line, and nothing written."""
     from depthcut.export.common import ExportError
-    from tiny import tiny_llama, tiny_tokenizer
 
     model = tiny_llama(4)
-    plan = Plan(
-        [Action("block", 2, "model.layers.2", 1)], describe(model, discover_structure(model))
-    )
-    save_run(tmp_path / "run", model, plan, tiny_tokenizer())
+    save_run(tmp_path / "run", model, make_plan(model, [("block", 2)])[0])  # tiny_tokenizer
     with pytest.raises(ExportError, match="llama.cpp's converter failed: ") as err:
         export_run(tmp_path / "run", "gguf", tmp_path / "gguf", verify=False)
     assert "\n" not in str(err.value)

@@ -15,6 +15,7 @@ from depthcut.export.run import export_run
 from depthcut.graph.structure import discover_structure
 from depthcut.methods import describe
 from depthcut.planning.plan import Action, Plan
+from support import prune_run, save_run
 from tiny import tiny_calib, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 
@@ -31,12 +32,6 @@ def mixed_plan(model) -> Plan:
         ],
         describe(model, discover_structure(model)),
     )
-
-
-def save_run(path, model, plan, tok=None):
-    pruned = dc.apply(model, plan)
-    dc.save(pruned, plan, path, tok if tok is not None else tiny_tokenizer())
-    return pruned
 
 
 def reloaded_logits(run, ids):
@@ -94,18 +89,15 @@ def test_hetero_mixed_plan_loads_without_depthcut(tmp_path):
 @pytest.mark.parametrize("units", [("fine",), ("attention", "mlp")])
 def test_hetero_from_scored_plans(tmp_path, units):
     cfg = dc.PruneConfig(units=units, importance="bi", budget=dc.Budget(0.4))
-    pruned, plan, _ = dc.prune(tiny_llama(6), cfg, tiny_calib(), progress=False)
-    dc.save(pruned, plan, tmp_path / "run", tiny_tokenizer())
+    prune_run(tmp_path / "run", tiny_llama(6), cfg)
     out = export_run(tmp_path / "run", "hf-hetero", tmp_path / "hetero")
     blocks = json.loads((out / "config.json").read_text())["block_configs"]
     assert any(b["attention"]["no_op"] or b["ffn"]["no_op"] for b in blocks)
 
 
 def test_hf_plain_checkpoint_for_block_and_uniform_width(tmp_path):
-    model = tiny_llama(6)
     cfg = dc.PruneConfig(units=("block",), budget=dc.Budget(0.3))
-    pruned, plan, _ = dc.prune(model, cfg, tiny_calib(), progress=False)
-    dc.save(pruned, plan, tmp_path / "run", tiny_tokenizer())
+    pruned = prune_run(tmp_path / "run", tiny_llama(6), cfg)
     out = export_run(tmp_path / "run", "hf", tmp_path / "hf")
     plain = plain_matches_depthcut(out, tmp_path / "run")
     assert plain.config.num_hidden_layers == len(pruned.model.layers) < 6
@@ -132,10 +124,8 @@ def test_hf_uniform_width(tmp_path):
 def test_hf_other_architecture_block_plan(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    model = tiny_gpt2(6)
     cfg = dc.PruneConfig(units=("block",), budget=dc.Budget(0.3))
-    pruned, plan, _ = dc.prune(model, cfg, tiny_calib(), progress=False)
-    dc.save(pruned, plan, tmp_path / "run", tiny_tokenizer())
+    pruned = prune_run(tmp_path / "run", tiny_gpt2(6), cfg)
     out = export_run(tmp_path / "run", "hf", tmp_path / "hf")
     assert AutoModelForCausalLM.from_pretrained(out).config.n_layer == len(pruned.transformer.h)
 
@@ -174,10 +164,8 @@ def test_int8_run_is_refused(tmp_path):
 
 
 def test_hetero_refuses_other_architectures(tmp_path):
-    model = tiny_gpt2(6)
     cfg = dc.PruneConfig(units=("attention", "mlp"), budget=dc.Budget(0.3))
-    pruned, plan, _ = dc.prune(model, cfg, tiny_calib(), progress=False)
-    dc.save(pruned, plan, tmp_path / "run", tiny_tokenizer())
+    prune_run(tmp_path / "run", tiny_gpt2(6), cfg)
     with pytest.raises(UnsupportedModelError, match="model type 'gpt2'"):
         export_run(tmp_path / "run", "hf-hetero", tmp_path / "h")
     with pytest.raises(UnsupportedModelError, match="was removed inside its block; a gpt2 export"):

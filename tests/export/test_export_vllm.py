@@ -14,11 +14,12 @@ import pytest
 import torch
 
 import depthcut as dc
-from depthcut.export.common import prompts
+from depthcut.export.common import greedy, prompts
 from depthcut.export.run import export_run
 from depthcut.graph.structure import discover_structure
 from depthcut.methods import describe
 from depthcut.planning.plan import Action, Plan
+from support import save_run
 
 VLLM_PYTHON = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
 pytestmark = [
@@ -78,11 +79,7 @@ def test_vllm_serves_exports(tmp_path, fmt):
             Action("mlp", 25, "model.layers.25.mlp", 1),
             Action("neuron", 10, "model.layers.10.mlp", 1, None, tuple(range(100))),
         ]
-    plan = Plan(actions, info)
-    pruned = dc.apply(model, plan)
-    dc.save(pruned, plan, tmp_path / "run", tok)
+    pruned = save_run(tmp_path / "run", model, Plan(actions, info), tok)
     out = export_run(tmp_path / "run", fmt, tmp_path / "export")
     ids = prompts(pruned, tok)
-    with torch.no_grad():
-        want = pruned.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=0)
-    assert served_tokens(out, ids) == want[:, ids.shape[1] :].tolist()
+    assert served_tokens(out, ids) == greedy(pruned, ids, 16).tolist()
