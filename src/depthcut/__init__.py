@@ -28,6 +28,7 @@ _EXPORTS = {
     "plan": "depthcut.api",
     "apply": "depthcut.api",
     "prune": "depthcut.api",
+    "repair": "depthcut.api",
     "plan_units": "depthcut.api",
     "fine_units": "depthcut.api",
     "cnn_plan": "depthcut.methods.fine.cnn",

@@ -4,6 +4,7 @@ config or plan names and never branch on one."""
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -20,7 +21,7 @@ from depthcut.quantize import refuse_quantized
 from depthcut.scores import Scores
 
 __all__ = ["apply", "describe", "fine_units", "ordering_ablation", "plan", "plan_units"]
-__all__ += ["prune", "score"]
+__all__ += ["prune", "repair", "score"]
 
 
 def score(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool = True) -> Scores:
@@ -65,10 +66,27 @@ def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
 def prune(
     model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool = True
 ) -> tuple[nn.Module, Plan, Scores]:
-    """score, plan and apply in one call."""
+    """score, plan, (repair, with ``cfg.repair``) and apply in one call; ``model`` is left
+    as it was (a repair works on a copy)."""
     scores = score(model, cfg, calib, progress)
     the_plan = plan(scores, cfg, model)
-    return apply_plan(model, the_plan), the_plan, scores
+    if cfg.repair == "none":
+        return apply_plan(model, the_plan), the_plan, scores
+    work = copy.deepcopy(model)
+    repair(work, the_plan, calib, cfg.repair, progress)
+    return apply_plan(work, the_plan, inplace=True), the_plan, scores
+
+
+def repair(
+    model: nn.Module, plan: Plan, calib: CalibData, method: str = "ls", progress: bool = True
+) -> dict:
+    """Refit ``model``'s kept weights for ``plan`` in place (before ``apply``), never worse on
+    held-back calibration batches; the report is also kept in ``plan.run["repair"]``."""
+    from depthcut.refit import repair as run_repair
+
+    report = run_repair(model, plan, calib, method, progress)
+    plan.run["repair"] = report
+    return report
 
 
 def fine_units(model: nn.Module, example: torch.Tensor | None = None) -> list:

@@ -20,6 +20,7 @@ FINE_METRICS = ("angular", "bi", "taylor", "kl", "ce")
 ORDERS = ("ascending", "descending", "random")
 TOKEN_SETS = ("all", "last")
 PARAM_COUNTS = ("all", "non_embedding")
+REPAIRS = ("none", "ls")
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class PruneConfig:
     width_steps: int = 1
     width_scope: str = "global"
     order: str = "ascending"
+    repair: str = "none"
 
     @property
     def fine(self) -> bool:
@@ -134,6 +136,8 @@ class PruneConfig:
         if self.protect_first < 0 or self.protect_last < 0:
             raise ConfigError("protect_first/protect_last must be >= 0")
         self._check_width()
+        if self.repair not in REPAIRS:
+            raise ConfigError(f"repair {self.repair!r} unknown; choose one of {REPAIRS}")
         if self.fine:
             self._check_fine()
             return

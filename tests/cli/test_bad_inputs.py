@@ -52,6 +52,8 @@ CATALOGUE = {
     "export_unknown_format": "unknown export format 'onnx'; use one of hf, hf-hetero, gguf",
     "export_quant_not_gguf": "--quant applies to --format gguf only",
     "export_unknown_gguf_type": "unknown GGUF type 'q3'; use one of f32, f16, q8_0, q4_k_m",
+    "unknown_repair": "repair 'magic' unknown; choose one of ('none', 'ls')",
+    "repair_too_few_tokens": "give at least 64 calibration tokens",
 }
 
 
@@ -265,6 +267,8 @@ CONFIG_CASES = {
     "no_cuda": ["--device", "cuda"],
     "unknown_dtype": ["--dtype", "float8"],
     "max_memory_below_block": ["--max-memory", "cpu=1KB"],
+    "unknown_repair": ["--repair", "magic"],
+    "repair_too_few_tokens": ["--repair", "ls", "--n-samples", "1", "--seq-len", "8"],
 }
 
 

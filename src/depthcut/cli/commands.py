@@ -36,6 +36,7 @@ def make_config(args: argparse.Namespace):
         tau=args.tau,
         width_steps=args.width_steps,
         width_scope=args.width_scope,
+        repair=args.repair,
     )
 
 
@@ -115,6 +116,10 @@ def cmd_apply(args: argparse.Namespace) -> None:
     the_plan = Plan.load(args.plan)
     prepare_output(args.out, args.overwrite)
     model, tok = model_ref(args, args.model).load()
+    if args.repair != "none":
+        from depthcut.api import repair
+
+        repair(model, the_plan, calib_spec(args).data(tok), args.repair)
     pruned = apply(model, the_plan, inplace=True)
     save(pruned, the_plan, args.out, tok, overwrite=args.overwrite)
     print(f"pruned model -> {args.out}")

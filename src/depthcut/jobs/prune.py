@@ -38,6 +38,7 @@ def run_prune(job: PruneJob) -> Path:
     from depthcut.report.write import comparison_rows, table, write_report
 
     job.out.prepare()  # refuse before any expensive work
+    _check_repair(job)
     if job.streaming or _too_big(job.model):
         return _streamed(job)
     settings, recipe = job.evaluation, job.recipe
@@ -51,7 +52,8 @@ def run_prune(job: PruneJob) -> Path:
     scores = score(model, cfg, calib)
     the_plan = plan(scores, cfg, model)
     print(the_plan.summary())
-    pruned, results = _prune_and_measure(model, the_plan, tok, settings)
+    fix = _repairer(cfg.repair, the_plan, calib)
+    pruned, results = _prune_and_measure(model, the_plan, tok, settings, fix)
     print(table(comparison_rows(results["before"], results["after"])))
 
     def extra(tmp: Path) -> None:
@@ -61,15 +63,39 @@ def run_prune(job: PruneJob) -> Path:
     return _save(pruned, the_plan, job, tok, extra)
 
 
-def _prune_and_measure(model, the_plan, tok, settings) -> tuple:
+def _repairer(method: str, the_plan, calib):
+    """In-place repair of a model for ``the_plan`` before it is applied (or nothing)."""
+    from depthcut.api import repair
+
+    def fix(model):
+        if method != "none":
+            repair(model, the_plan, calib, method)
+        return model
+
+    return fix
+
+
+def _check_repair(job: PruneJob) -> None:
+    recipe = job.recipe
+    if recipe.prune.repair == "none":
+        return
+    if job.streaming:
+        raise DepthcutError("--repair with --streaming is not supported yet: drop one of them")
+    if recipe.steps > 1 or recipe.recover is not None:
+        raise DepthcutError("--repair with --steps/--recover is not supported yet: prune once")
+
+
+def _prune_and_measure(model, the_plan, tok, settings, fix=lambda m: m) -> tuple:
     """(pruned model, {"before": …, "after": …}) holding one model copy: the dense model is
-    measured first and then pruned in place. Latency compares the two interleaved in one run,
-    so only ``--latency`` keeps a dense copy beside the pruned one."""
+    measured first, then repaired (``fix``) and pruned in place. Latency compares the two
+    interleaved in one run, so only ``--latency`` keeps a dense copy beside the pruned one."""
+    import copy
+
     from depthcut.api import apply
     from depthcut.eval.run import evaluate_models, param_counts
 
     if settings is not None and settings.latency:
-        pruned = apply(model, the_plan)
+        pruned = apply(fix(copy.deepcopy(model)), the_plan, inplace=True)
         return pruned, evaluate_models({"before": model, "after": pruned}, tok, settings)
     measure = (
         param_counts
@@ -77,7 +103,7 @@ def _prune_and_measure(model, the_plan, tok, settings) -> tuple:
         else (lambda m: evaluate_models({"m": m}, tok, settings)["m"])
     )
     before = measure(model)
-    pruned = apply(model, the_plan, inplace=True)
+    pruned = apply(fix(model), the_plan, inplace=True)
     return pruned, {"before": before, "after": measure(pruned)}
 
 

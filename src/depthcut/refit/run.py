@@ -1,0 +1,130 @@
+"""``repair(model, plan, calib)``: refit kept weights so the pruned model stays close to the
+dense one, in place and before the plan is applied; never worse on held-back calibration text.
+
+Order: width consumers first (their refit zeroes the removed channels, so the unsliced model
+computes what the sliced one will), then the depth runs on those activations. The calibration
+batches are split: even batches fit, odd batches check (next-token loss); a refit that does not
+lower the check loss is undone. Cost is reported in forward-equivalents of the whole set.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from depthcut.config import REPAIRS
+from depthcut.data import CalibData
+from depthcut.errors import ConfigError
+from depthcut.graph.structure import ModelStructure, discover_structure
+from depthcut.importance import functional as F
+from depthcut.ops import out_features
+from depthcut.planning.plan import Plan
+from depthcut.refit.ls import repair_depth, runs, writer_module
+from depthcut.refit.width import consumers, input_grams, set_refit
+
+RIDGES = (1e-2, 1e-1)  # width candidates, chosen on the check batches (pulls towards W)
+DEPTH_RIDGE = 1e-2
+
+
+def halves(calib: CalibData) -> tuple[CalibData, CalibData]:
+    """(fit, check): the even and the odd batches (both the whole set when there is one)."""
+    batches = calib.batches()
+    if len(batches) < 2:
+        return calib, calib
+
+    def join(part: list[dict]) -> CalibData:
+        ids = torch.cat([b["input_ids"] for b in part])
+        mask = torch.cat([b["attention_mask"] for b in part])
+        return CalibData(ids, mask, calib.batch_size)
+
+    return join(batches[0::2]), join(batches[1::2])
+
+
+def _require_tokens(fit: CalibData, unknowns: int) -> None:
+    tokens = int(fit.attention_mask.sum())
+    if tokens < unknowns:
+        total = unknowns * 2
+        raise ConfigError(
+            f"--repair ls: {tokens} fitting tokens for {unknowns} unknowns per output (half of "
+            f"the calibration fits, half checks): give at least {total} calibration tokens "
+            "(raise --n-samples or --seq-len)"
+        )
+
+
+@torch.no_grad()
+def model_nll(model: nn.Module, calib: CalibData) -> float:
+    """Mean next-token loss of ``model`` over the real tokens of ``calib``."""
+    total, count = 0.0, 0
+    for batch in calib.batches():
+        logits = model(**batch, use_cache=False).logits
+        mask = F.target_mask(batch["input_ids"], batch["attention_mask"], "all")
+        s, n = F.masked_sum(F.token_nll(logits, batch["input_ids"]), mask)
+        total, count = total + s, count + n
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def _repair_width(model, structure, plan, fit, check, progress) -> dict:
+    keep = consumers(model, structure, plan)
+    if not keep:
+        return {"layers": 0, "forward_equivalents": 0.0}
+    _require_tokens(fit, max(len(c) for c in keep.values()))
+    originals = {p: model.get_submodule(p).weight.detach().clone() for p in keep}
+    grams = input_grams(model, list(keep), fit, progress)
+    losses = {}
+    for ridge in (None, *RIDGES):
+        set_refit(model, keep, grams, originals, ridge)
+        losses[ridge] = model_nll(model, check)
+    best = min(losses, key=losses.get)
+    set_refit(model, keep, grams, originals, best)
+    n_fit, n_check = len(fit), len(check)
+    return {
+        "layers": len(keep),
+        "ridge": best,
+        "kept": best is not None,
+        "check_nll": {str(k): v for k, v in losses.items()},
+        "forward_equivalents": (n_fit + len(losses) * n_check) / (n_fit + n_check),
+    }
+
+
+def repair(
+    model: nn.Module, plan: Plan, calib: CalibData, method: str = "ls", progress: bool = True
+) -> dict:
+    """Refit ``model`` in place for ``plan`` (call before ``apply``); returns what was fitted,
+    the check losses and the cost in forward-equivalents. ``method="none"`` or an empty plan
+    changes nothing.
+
+    >>> report = repair(model, plan, calib)  # doctest: +SKIP
+    >>> pruned = apply(model, plan, inplace=True)  # doctest: +SKIP
+    """
+    if method not in REPAIRS:
+        raise ConfigError(f"--repair {method!r} unknown; choose one of {', '.join(REPAIRS)}")
+    if method == "none" or not plan.actions:
+        return {"method": "none"}
+    if any(a.kind.family == "fine" for a in plan.actions):
+        raise ConfigError(
+            "--repair ls covers block, sublayer, head and neuron plans; fine-grained plans "
+            "are not covered yet (use --repair none)"
+        )
+    started = time.perf_counter()
+    model.eval()
+    structure = discover_structure(model)
+    fit, check = halves(calib)
+    width = _repair_width(model, structure, plan, fit, check, progress)
+    depth = _repair_runs(model, structure, plan, calib, fit, progress)
+    return {
+        "method": method,
+        "width": width,
+        "depth": depth,
+        "forward_equivalents": width["forward_equivalents"] + depth["forward_equivalents"],
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _repair_runs(model, structure: ModelStructure, plan: Plan, calib, fit, progress) -> dict:
+    writers = [writer_module(model, structure, r.writer) for r in runs(plan, structure) if r.writer]
+    if writers:
+        _require_tokens(fit, max(out_features(m) for m in writers))
+    return repair_depth(model, structure, plan, calib, DEPTH_RIDGE, progress)

@@ -1,0 +1,201 @@
+"""Least-squares repair (--repair ls): the fits against torch.linalg.lstsq, folded == unfolded,
+no parameter added, identity on an empty plan, never worse on the held-back batches, and saved
+→ loaded == in memory for repaired block, sublayer and width plans."""
+
+import copy
+
+import pytest
+import torch
+from transformers.pytorch_utils import Conv1D
+
+import depthcut as dc
+from depthcut.errors import ConfigError
+from depthcut.planning.plan import Plan
+from depthcut.refit.ls import fold, solve
+from depthcut.refit.run import halves, model_nll
+from depthcut.refit.width import input_grams, refit_columns
+from support import make_plan
+from tiny import tiny_calib, tiny_llama, tiny_tokenizer
+
+
+def calib():
+    return tiny_calib(n=12, length=24)
+
+
+def width_plan(model, kinds=("neuron",)):
+    cfg = dc.PruneConfig(units=kinds, neurons=0.25, heads=0.3, width_importance="magnitude")
+    return dc.plan(dc.score(model, cfg, calib(), progress=False), cfg, model)
+
+
+def test_depth_solve_is_least_squares():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 6, generator=g).double(), torch.randn(50, 6, generator=g).double()
+    expected = torch.linalg.lstsq(x, y).solution
+    torch.testing.assert_close(solve(x.T @ x, x.T @ y, ridge=0.0), expected)
+
+
+def test_width_refit_is_weighted_least_squares_on_the_kept_channels():
+    model = tiny_llama()
+    path = "model.layers.2.mlp.down_proj"
+    seen = []
+    handle = model.get_submodule(path).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    data = calib()
+    grams = input_grams(model, [path], data, progress=False)
+    handle.remove()
+    x = torch.cat([s.reshape(-1, s.shape[-1]) for s in seen]).double()
+    keep = list(range(0, 64, 3))
+    w = model.get_submodule(path).weight.detach().double()
+    root = x.pow(2).mean(-1, keepdim=True).rsqrt()  # the tokens' weights, square-rooted
+    expected = torch.linalg.lstsq(root * x[:, keep], root * (x @ w.T)).solution.T
+    new = refit_columns(w, grams[path], keep, ridge=0.0)
+    torch.testing.assert_close(new[:, keep], expected)
+    dropped = [c for c in range(64) if c not in keep]
+    assert new[:, dropped].abs().max() == 0
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_fold_equals_layer_then_map(conv):
+    torch.manual_seed(0)
+    layer = Conv1D(5, 6) if conv else torch.nn.Linear(6, 5)
+    torch.nn.init.normal_(layer.bias)
+    t = torch.randn(5, 5)
+    x = torch.randn(7, 6)
+    expected = layer(x) @ t
+    fold(layer, t)
+    torch.testing.assert_close(layer(x), expected)
+
+
+def shapes(model):
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_empty_plan_is_the_identity():
+    model = tiny_llama()
+    before = copy.deepcopy(model.state_dict())
+    plan = Plan([], {})
+    assert dc.repair(model, plan, calib(), progress=False) == {"method": "none"}
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def mixed_plan(model):
+    cfg = dc.PruneConfig(units=("block", "neuron"), neurons=0.1, budget=dc.Budget(params=0.2))
+    return dc.plan(dc.score(model, cfg, calib(), progress=False), cfg, model)
+
+
+def test_repair_adds_no_parameter_and_keeps_every_shape():
+    model = tiny_llama()
+    plan = mixed_plan(model)
+    assert {a.kind.value for a in plan.actions} == {"block", "neuron"}
+    plain = dc.apply(model, plan)
+    before_shapes, before_count = shapes(model), sum(p.numel() for p in model.parameters())
+    report = dc.repair(model, plan, calib(), progress=False)
+    assert shapes(model) == before_shapes
+    assert sum(p.numel() for p in model.parameters()) == before_count
+    assert shapes(dc.apply(model, plan, inplace=True)) == shapes(plain)
+    assert report["forward_equivalents"] > 0
+    assert plan.run["repair"] is report
+
+
+def sliced_nll(model, plan, data):
+    return model_nll(dc.apply(model, plan), data)
+
+
+@pytest.mark.parametrize("which", ["width", "blocks"])
+def test_never_worse_on_the_held_back_batches(which):
+    model = tiny_llama(layers=6, seed=3)
+    plan = width_plan(model) if which == "width" else make_plan(model, [("block", 2)])[0]
+    data = calib()
+    _, check = halves(data)
+    unrepaired = sliced_nll(model, plan, check)
+    report = dc.repair(model, plan, data, progress=False)
+    repaired = sliced_nll(model, plan, check)
+    assert repaired <= unrepaired + 1e-9
+    if which == "width":
+        losses = report["width"]["check_nll"]
+        assert losses["None"] == pytest.approx(unrepaired, rel=1e-5)
+        assert repaired == pytest.approx(min(losses.values()), rel=1e-5)
+
+
+def test_width_refit_lowers_the_consumer_error_on_its_fitting_tokens():
+    """Block 1 is the first pruned layer (block 0 is protected), so its down-projection sees
+    the dense inputs in all three models: the refit must lower the (weighted) objective."""
+    model = tiny_llama(seed=4)
+    plan = width_plan(model)
+    assert any(a.block == 1 for a in plan.actions)
+    dense = copy.deepcopy(model)
+    dc.repair(model, plan, calib(), progress=False)
+    fit, _ = halves(calib())
+    models = {"dense": dense, "repaired": dc.apply(model, plan), "plain": dc.apply(dense, plan)}
+    outs, inputs = {}, []
+    for name, m in models.items():
+        seen = []
+        layer = m.get_submodule("model.layers.1.mlp.down_proj")
+        handle = layer.register_forward_hook(lambda mod, a, o, seen=seen: seen.append((a[0], o)))
+        with torch.no_grad():
+            for batch in fit.batches():
+                m(**batch, use_cache=False)
+        handle.remove()
+        outs[name] = torch.cat([o for _, o in seen]).double()
+        if name == "dense":
+            inputs = torch.cat([x for x, _ in seen]).double()
+    weight = 1 / inputs.pow(2).mean(-1, keepdim=True)
+    err = {k: (weight * (outs[k] - outs["dense"]).pow(2)).sum() for k in ("repaired", "plain")}
+    assert err["repaired"] < 0.9 * err["plain"]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["block", "sublayer", "width"],
+)
+def test_saved_repaired_run_reloads_equal(tmp_path, kind):
+    model = tiny_llama(seed=5)
+    if kind == "width":
+        plan = width_plan(model, ("head", "neuron"))
+    else:
+        picks = [("block", 2)] if kind == "block" else [("attention", 3), ("mlp", 3), ("mlp", 1)]
+        plan = make_plan(model, picks)[0]
+    dc.repair(model, plan, calib(), progress=False)
+    pruned = dc.apply(model, plan, inplace=True)
+    dc.save(pruned, plan, tmp_path / "run", tiny_tokenizer())
+    loaded, _ = dc.load(tmp_path / "run")
+    ids = calib().input_ids[:2]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, pruned(ids).logits)
+
+
+def test_too_few_tokens_is_refused_with_the_minimum():
+    model = tiny_llama()
+    plan = make_plan(model, [("block", 2)])[0]
+    with pytest.raises(ConfigError, match="give at least 64 calibration tokens"):
+        dc.repair(model, plan, tiny_calib(n=2, length=8), progress=False)
+
+
+def test_fine_plans_are_refused():
+    model = tiny_llama()
+    fine = dc.plan_units(model, [dc.fine_units(model)[3].id])
+    with pytest.raises(ConfigError, match="fine-grained plans are not covered yet"):
+        dc.repair(model, fine, calib(), progress=False)
+
+
+def test_cli_prune_and_apply_repair(capsys, tiny_dir, pattern_file, tmp_path):
+    import json
+
+    from support import prune_args, run
+
+    args = prune_args(tiny_dir, tmp_path / "r", pattern_file, "--repair", "ls", "--n-samples", "8")
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    plan = json.loads((tmp_path / "r" / "plan.json").read_text())
+    assert plan["run"]["config"]["repair"] == "ls"
+    assert [r["run"] for r in plan["run"]["repair"]["depth"]["runs"]]
+    recipe = json.loads((tmp_path / "r" / "recipe.json").read_text())
+    assert recipe["prune"]["repair"] == "ls"
+    calib = ["--calib", pattern_file, "--n-samples", "8", "--seq-len", "32"]
+    argv = ["apply", tiny_dir, tmp_path / "r" / "plan.json", "--out", tmp_path / "a"]
+    code, _, err = run(capsys, *argv, "--repair", "ls", *calib)
+    assert code == 0, err
+    first, _ = dc.load(tmp_path / "r")
+    again, _ = dc.load(tmp_path / "a")
+    for key, value in first.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[key], value)
