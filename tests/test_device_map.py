@@ -81,3 +81,8 @@ def test_a_model_over_max_memory_is_streamed(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "does not fit --max-memory" in err and "streamed: one block in memory" in err
     assert (tmp_path / "o" / "scores.json").exists()
+    # --repair needs the whole model in memory: an automatically streamed one is refused
+    assert main([str(a) for a in [*argv[:-1], tmp_path / "r", "--repair", "ls"]]) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("depthcut: error:")]
+    assert len(lines) == 1 and "--repair with --streaming (chosen or automatic)" in lines[0]
+    assert not (tmp_path / "r").exists()

@@ -58,6 +58,17 @@ def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     return -logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1).double()
 
 
+def mean_nll(pairs, tokens: str = "all") -> float:
+    """Mean next-token loss over the counted positions (``target_mask``) of ``(logits, batch)``
+    pairs; a generator keeps one batch's logits alive at a time."""
+    total, count = 0.0, 0
+    for logits, batch in pairs:
+        mask = target_mask(batch["input_ids"], batch["attention_mask"], tokens)
+        s, n = masked_sum(token_nll(logits, batch["input_ids"]), mask)
+        total, count = total + s, count + n
+    return total / max(count, 1)
+
+
 def log_probs(logits: torch.Tensor) -> torch.Tensor:
     """Next-token log-probabilities in float32 (the vocabulary axis is last)."""
     return torch.log_softmax(logits.float(), dim=-1)

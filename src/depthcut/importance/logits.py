@@ -50,13 +50,8 @@ class LogitMetric:
 
 class _NLLMetric(LogitMetric):
     def nll(self, cache: BlockCache, logits_of) -> float:
-        total, count = 0.0, 0
-        for b, batch in enumerate(cache.batches):
-            mask = F.target_mask(batch["input_ids"], batch["attention_mask"], self.tokens)
-            nll = F.token_nll(logits_of(b), batch["input_ids"])
-            s, n = F.masked_sum(nll, mask)
-            total, count = total + s, count + n
-        return total / max(count, 1)
+        pairs = ((logits_of(b), batch) for b, batch in enumerate(cache.batches))
+        return F.mean_nll(pairs, self.tokens)
 
     def both(self, cache: BlockCache, unit: Unit) -> tuple[float, float]:
         ref = self.reference(cache)

@@ -38,8 +38,9 @@ def run_prune(job: PruneJob) -> Path:
     from depthcut.report.write import comparison_rows, table, write_report
 
     job.out.prepare()  # refuse before any expensive work
-    _check_repair(job)
-    if job.streaming or _too_big(job.model):
+    streaming = job.streaming or _too_big(job.model)
+    _check_repair(job, streaming)
+    if streaming:
         return _streamed(job)
     settings, recipe = job.evaluation, job.recipe
     if job.model.encoder and settings is not None:
@@ -75,17 +76,21 @@ def _repairer(method: str, the_plan, calib):
     return fix
 
 
-def _check_repair(job: PruneJob) -> None:
+def _check_repair(job: PruneJob, streaming: bool) -> None:
+    """``--repair`` needs the model in memory and one prune: refuse the other paths (an
+    automatically streamed model included) before any work."""
     recipe = job.recipe
     if recipe.prune.repair == "none":
         return
-    if job.streaming:
-        raise DepthcutError("--repair with --streaming is not supported yet: drop one of them")
+    if streaming:
+        raise DepthcutError(
+            "--repair with --streaming (chosen or automatic) is not supported yet: drop --repair"
+        )
     if recipe.steps > 1 or recipe.recover is not None:
         raise DepthcutError("--repair with --steps/--recover is not supported yet: prune once")
 
 
-def _prune_and_measure(model, the_plan, tok, settings, fix=lambda m: m) -> tuple:
+def _prune_and_measure(model, the_plan, tok, settings, fix) -> tuple:
     """(pruned model, {"before": …, "after": …}) holding one model copy: the dense model is
     measured first, then repaired (``fix``) and pruned in place. Latency compares the two
     interleaved in one run, so only ``--latency`` keeps a dense copy beside the pruned one."""

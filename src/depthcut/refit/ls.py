@@ -142,23 +142,21 @@ def fold(module: nn.Module, t: torch.Tensor) -> None:
         module.bias.copy_(module.bias @ t)
 
 
+def split(n: int) -> tuple[range, range]:
+    """(fit, check) batch indices: the even and the odd ones (both all when there is one)."""
+    return (range(0, n, 2), range(1, n, 2)) if n > 1 else (range(n), range(n))
+
+
 def check_nll(cache: BlockCache, batches) -> float:
     """Mean next-token loss of the current (bypassed) model over the real tokens of
     ``batches`` (held-back calibration text, never the evaluation text)."""
-    total, count = 0.0, 0
-    for b in batches:
-        ids = cache.batches[b]["input_ids"]
-        nll = F.token_nll(cache.logits(cache.inputs[-1][b]), ids)
-        s, n = F.masked_sum(nll, F.target_mask(ids, cache.masks(b), "all"))
-        total, count = total + s, count + n
-    return total / max(count, 1)
+    return F.mean_nll((cache.logits(cache.inputs[-1][b]), cache.batches[b]) for b in batches)
 
 
 def _fit_run(cache: BlockCache, run: Run, module: nn.Module, targets, ridge: float) -> dict:
     """Fit on the even calibration batches; keep the fold only if the next-token loss on the
     odd (held-back) ones drops, so a fit never makes the plan worse on them."""
-    n = len(cache.batches)
-    fit, check = range(0, n, 2), (range(1, n, 2) if n > 1 else range(n))
+    fit, check = split(len(cache.batches))
     xtx, xty, _ = _normal_equations(cache, run, module, targets, fit)
     before, saved = check_nll(cache, check), [p.detach().clone() for p in module.parameters()]
     fold(module, solve(xtx, xty, ridge))
@@ -181,14 +179,13 @@ def _fit_run(cache: BlockCache, run: Run, module: nn.Module, targets, ridge: flo
 def repair_depth(
     model: nn.Module,
     structure: ModelStructure,
-    plan: Plan,
+    fits: list[Run],
     calib: CalibData,
     ridge: float,
     progress: bool = True,
 ) -> dict:
-    """Fold the least-squares maps of ``plan``'s block / sublayer runs into ``model`` (in
-    place, before the units are removed)."""
-    fits = runs(plan, structure)
+    """Fold the least-squares maps of the removed ``fits`` (``runs(plan, structure)``) into
+    ``model`` (in place, before the units are removed)."""
     if not fits:
         return {"runs": [], "forward_equivalents": 0.0}
     cache = BlockCache(model, structure, calib, progress)

@@ -21,7 +21,7 @@ from depthcut.graph.structure import ModelStructure, discover_structure
 from depthcut.importance import functional as F
 from depthcut.ops import out_features
 from depthcut.planning.plan import Plan
-from depthcut.refit.ls import repair_depth, runs, writer_module
+from depthcut.refit.ls import repair_depth, runs, split, writer_module
 from depthcut.refit.width import consumers, input_grams, set_refit
 
 RIDGES = (1e-2, 1e-1)  # width candidates, chosen on the check batches (pulls towards W)
@@ -29,17 +29,16 @@ DEPTH_RIDGE = 1e-2
 
 
 def halves(calib: CalibData) -> tuple[CalibData, CalibData]:
-    """(fit, check): the even and the odd batches (both the whole set when there is one)."""
+    """(fit, check) as calibration sets: the batches ``ls.split`` gives the depth fits."""
     batches = calib.batches()
-    if len(batches) < 2:
-        return calib, calib
 
-    def join(part: list[dict]) -> CalibData:
-        ids = torch.cat([b["input_ids"] for b in part])
-        mask = torch.cat([b["attention_mask"] for b in part])
+    def join(part: range) -> CalibData:
+        ids = torch.cat([batches[b]["input_ids"] for b in part])
+        mask = torch.cat([batches[b]["attention_mask"] for b in part])
         return CalibData(ids, mask, calib.batch_size)
 
-    return join(batches[0::2]), join(batches[1::2])
+    fit, check = split(len(batches))
+    return join(fit), join(check)
 
 
 def _require_tokens(fit: CalibData, unknowns: int) -> None:
@@ -56,13 +55,7 @@ def _require_tokens(fit: CalibData, unknowns: int) -> None:
 @torch.no_grad()
 def model_nll(model: nn.Module, calib: CalibData) -> float:
     """Mean next-token loss of ``model`` over the real tokens of ``calib``."""
-    total, count = 0.0, 0
-    for batch in calib.batches():
-        logits = model(**batch, use_cache=False).logits
-        mask = F.target_mask(batch["input_ids"], batch["attention_mask"], "all")
-        s, n = F.masked_sum(F.token_nll(logits, batch["input_ids"]), mask)
-        total, count = total + s, count + n
-    return total / max(count, 1)
+    return F.mean_nll((model(**b, use_cache=False).logits, b) for b in calib.batches())
 
 
 @torch.no_grad()
@@ -124,7 +117,8 @@ def repair(
 
 
 def _repair_runs(model, structure: ModelStructure, plan: Plan, calib, fit, progress) -> dict:
-    writers = [writer_module(model, structure, r.writer) for r in runs(plan, structure) if r.writer]
+    fits = runs(plan, structure)
+    writers = [writer_module(model, structure, r.writer) for r in fits if r.writer]
     if writers:
         _require_tokens(fit, max(out_features(m) for m in writers))
-    return repair_depth(model, structure, plan, calib, DEPTH_RIDGE, progress)
+    return repair_depth(model, structure, fits, calib, DEPTH_RIDGE, progress)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from depthcut.data import CalibData
 from depthcut.graph.structure import ModelStructure
-from depthcut.methods.width.layers import width_layers
+from depthcut.methods.width.surgery import layers_of
 from depthcut.ops import is_conv1d
 from depthcut.planning.plan import Plan
 
@@ -31,15 +31,13 @@ def consumers(model: nn.Module, structure: ModelStructure, plan: Plan) -> dict[s
     blocks the plan removes whole are left out)."""
     actions = [a for a in plan.actions if a.kind.family == "width"]
     dropped = set(plan.removed_blocks)
-    layers = {}
-    for kind in sorted({a.kind for a in actions}):
-        layers.update({w.id: w for w in width_layers(model, structure, kind)})
+    layers = layers_of(model, structure, actions)
     out: dict[str, list[int]] = {}
     for action in actions:
         layer = layers[action.unit_id]
         if layer.block in dropped:
             continue
-        keep = [u for u in range(layer.size) if u not in set(action.members)]
+        keep = layer.kept(action.members)
         for part in layer.parts:
             if part.side == "in":
                 out[part.path] = list(part.channels(keep))

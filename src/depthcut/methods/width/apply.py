@@ -14,7 +14,7 @@ from depthcut.surgery.slice import slice_in, slice_out
 
 def prune_width(model: nn.Module, layer: WidthLayer, remove: list[int]) -> None:
     """Remove units ``remove`` of ``layer`` from every module that owns their channels."""
-    keep = [u for u in range(layer.size) if u not in set(remove)]
+    keep = layer.kept(remove)
     if not keep:
         raise UnsupportedModelError(f"{layer.module}: removing every {layer.kind} is not allowed")
     modules = dict(model.named_modules())

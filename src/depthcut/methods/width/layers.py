@@ -73,6 +73,11 @@ class WidthLayer:
     def id(self) -> str:
         return self.ref.id
 
+    def kept(self, removed) -> list[int]:
+        """The units left after ``removed`` go, in order."""
+        gone = set(removed)
+        return [u for u in range(self.size) if u not in gone]
+
 
 def _unit_params(modules: dict, parts: tuple[Part, ...]) -> int:
     total = 0

@@ -15,13 +15,19 @@ from depthcut.methods.width.layers import HEAD_ATTRS, width_layers
 NEURON_KEYS = ("intermediate_size", "n_inner")
 
 
+def layers_of(model: nn.Module, structure: ModelStructure, actions: list) -> dict:
+    """{unit id: WidthLayer} of every kind the width ``actions`` name."""
+    layers = {}
+    for kind in sorted({a.kind for a in actions}):
+        layers.update({w.id: w for w in width_layers(model, structure, kind)})
+    return layers
+
+
 def apply_width_actions(
     model: nn.Module, structure: ModelStructure, actions: list, drop: frozenset = frozenset()
 ) -> None:
     """Slice the width actions' units out; ``drop``: blocks the plan removes whole."""
-    layers = {}
-    for kind in sorted({a.kind for a in actions}):
-        layers.update({w.id: w for w in width_layers(model, structure, kind)})
+    layers = layers_of(model, structure, actions)
     for action in actions:
         prune_width(model, layers[action.unit_id], list(action.members))
     if any(a.kind is Kind.HEAD for a in actions):
