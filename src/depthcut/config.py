@@ -14,12 +14,13 @@ CONFIG_VERSION = 1
 STRATEGIES = ("ranked", "contiguous", "iterative", "interleave", "unified")
 # metric names, checked here so that a config is validated without loading the metric code
 # (the registry and the width metrics assert they implement exactly these)
-DEPTH_METRICS = ("angular", "bi", "ce", "gromov", "kl", "ppl", "random")
+DEPTH_METRICS = ("angular", "bi", "ce", "gromov", "kl", "ls", "ppl", "random")
 WIDTH_METRICS = ("magnitude", "taylor", "output_norm", "activation_frequency")
 FINE_METRICS = ("angular", "bi", "taylor", "kl", "ce")
 ORDERS = ("ascending", "descending", "random")
 TOKEN_SETS = ("all", "last")
 PARAM_COUNTS = ("all", "non_embedding")
+BUDGET_MODES = ("at_least", "at_most", "nearest")
 REPAIRS = ("none", "ls")
 
 
@@ -29,7 +30,8 @@ class Budget:
 
     ``params`` is a fraction in (0, 1) of the parameters counted by ``count`` ("all" or
     "non_embedding"), or, when ``params_count`` is given instead, an absolute number of
-    parameters to remove.
+    parameters to remove. ``mode`` says on which side of the target the removed total may
+    land: ``at_least`` (never under), ``at_most`` (never over) or ``nearest`` (closest).
 
     >>> Budget(params=0.25).fraction
     0.25
@@ -38,6 +40,7 @@ class Budget:
     params: float | None = None
     params_count: int | None = None
     count: str = "all"
+    mode: str = "at_least"
 
     def __post_init__(self) -> None:
         if (self.params is None) == (self.params_count is None):
@@ -48,6 +51,9 @@ class Budget:
             raise ConfigError(f"budget params_count={self.params_count} must be positive")
         if self.count not in PARAM_COUNTS:
             raise ConfigError(f"budget count={self.count!r}; choose one of {PARAM_COUNTS}")
+        if self.mode not in BUDGET_MODES:
+            modes = ", ".join(BUDGET_MODES)
+            raise ConfigError(f"budget mode {self.mode!r} unknown; choose one of {modes}")
 
     @property
     def fraction(self) -> float | None:
@@ -61,15 +67,15 @@ class Budget:
         return int(round(float(self.params) * base))
 
     @classmethod
-    def parse(cls, text: str) -> Budget:
+    def parse(cls, text: str, mode: str = "at_least") -> Budget:
         """Parse CLI text: ``params=0.25``, ``params=0.25:non_embedding`` or ``count=5000000``."""
         key, _, value = text.partition("=")
         value, _, count = value.partition(":")
         try:
             if key == "params":
-                return cls(params=float(value), count=count or "all")
+                return cls(params=float(value), count=count or "all", mode=mode)
             if key == "count":
-                return cls(params_count=int(float(value)), count=count or "all")
+                return cls(params_count=int(float(value)), count=count or "all", mode=mode)
         except ValueError as err:
             raise ConfigError(f"budget {text!r}: {err}") from None
         raise ConfigError(f"budget {text!r}: use params=FRACTION or count=N")

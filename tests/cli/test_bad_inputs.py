@@ -32,6 +32,7 @@ CATALOGUE = {
     "scores_missing": "nope.json: no such scores file",
     "unknown_units": "units ['foo'] unknown",
     "budget_out_of_range": "budget params=1.5 must be a fraction in (0, 1)",
+    "unknown_budget_mode": "budget mode 'over' unknown; choose one of at_least, at_most, nearest",
     "out_exists": "exists (use --overwrite to replace it)",
     "no_such_model": "no such directory",
     "no_config": "not a model directory (no config.json)",
@@ -262,6 +263,7 @@ def test_missing_scores(capsys, env, tmp_path):
 CONFIG_CASES = {
     "unknown_units": ["--units", "foo"],
     "budget_out_of_range": ["--budget", "params=1.5"],
+    "unknown_budget_mode": ["--budget-mode", "over"],
     "unknown_importance": ["--importance", "foo"],
     "width_without_fraction": ["--units", "head"],
     "no_cuda": ["--device", "cuda"],

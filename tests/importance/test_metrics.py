@@ -85,7 +85,7 @@ def test_last_token_mask():
 
 
 def test_unknown_metric_lists_known_ones():
-    with pytest.raises(dc.DepthcutError, match="known: angular, bi, ce, gromov, kl, ppl"):
+    with pytest.raises(dc.DepthcutError, match="known: angular, bi, ce, gromov, kl, ls, ppl"):
         dc.PruneConfig(importance="nope")
 
 

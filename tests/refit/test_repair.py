@@ -15,7 +15,7 @@ from depthcut.refit.ls import fold, solve
 from depthcut.refit.run import halves, model_nll
 from depthcut.refit.width import input_grams, refit_columns
 from support import make_plan
-from tiny import tiny_calib, tiny_llama, tiny_tokenizer
+from tiny import tiny_calib, tiny_llama, tiny_neox, tiny_tokenizer
 
 
 def calib():
@@ -101,10 +101,13 @@ def sliced_nll(model, plan, data):
     return model_nll(dc.apply(model, plan), data)
 
 
-@pytest.mark.parametrize("which", ["width", "blocks"])
+DEPTH_PICKS = {"blocks": [("block", 2)], "attention": [("attention", 2), ("attention", 4)]}
+
+
+@pytest.mark.parametrize("which", ["width", "blocks", "attention"])
 def test_never_worse_on_the_held_back_batches(which):
     model = tiny_llama(layers=6, seed=3)
-    plan = width_plan(model) if which == "width" else make_plan(model, [("block", 2)])[0]
+    plan = width_plan(model) if which == "width" else make_plan(model, DEPTH_PICKS[which])[0]
     data = calib()
     _, check = halves(data)
     unrepaired = sliced_nll(model, plan, check)
@@ -153,7 +156,9 @@ def test_saved_repaired_run_reloads_equal(tmp_path, kind):
     if kind == "width":
         plan = width_plan(model, ("head", "neuron"))
     else:
-        picks = [("block", 2)] if kind == "block" else [("attention", 3), ("mlp", 3), ("mlp", 1)]
+        picks = (
+            [("block", 2)] if kind == "block" else [("attention", 3), ("mlp", 3), ("attention", 1)]
+        )
         plan = make_plan(model, picks)[0]
     dc.repair(model, plan, calib(), progress=False)
     pruned = dc.apply(model, plan, inplace=True)
@@ -199,3 +204,13 @@ def test_cli_prune_and_apply_repair(capsys, tiny_dir, pattern_file, tmp_path):
     again, _ = dc.load(tmp_path / "a")
     for key, value in first.state_dict().items():
         torch.testing.assert_close(again.state_dict()[key], value)
+
+
+def test_attention_run_of_a_parallel_block_is_refused():
+    model = tiny_neox(parallel=True)
+    plan = make_plan(model, [("attention", 2)])[0]
+    with pytest.raises(ConfigError, match="run in parallel: no stream between them"):
+        dc.repair(model, plan, calib(), progress=False)
+    sequential = tiny_neox(parallel=False)
+    plan = make_plan(sequential, [("attention", 2)])[0]
+    assert dc.repair(sequential, plan, calib(), progress=False)["depth"]["runs"][0]["writer"]

@@ -22,7 +22,7 @@ def make_config(args: argparse.Namespace):
     return PruneConfig(
         units=units,
         importance=args.importance,
-        budget=Budget.parse(args.budget),
+        budget=Budget.parse(args.budget, args.budget_mode),
         strategy=args.strategy,
         order=args.order,
         protect_first=args.protect_first,

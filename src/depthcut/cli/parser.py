@@ -30,6 +30,11 @@ def _config_args(p: argparse.ArgumentParser) -> None:
         "--order", default="ascending", help="fine: ascending, descending or random (ablation)"
     )
     p.add_argument("--budget", default="params=0.25", help="params=F[:non_embedding] or count=N")
+    p.add_argument(
+        "--budget-mode",
+        default="at_least",
+        help="at_least (default), at_most or nearest: the side of the target the plan lands on",
+    )
     p.add_argument("--protect-first", type=int, default=1)
     p.add_argument("--protect-last", type=int, default=1)
     p.add_argument("--tokens", default="all", help="angular metrics over all or last tokens")

@@ -1,10 +1,10 @@
 """One registry of importance metrics for every family, keyed by (family, name).
 
 A metric's module registers it with ``@register_importance(name, family=...)``: the depth
-metrics live in ``depthcut.importance.local`` / ``logits`` (loaded here on first use), the
-width and fine metrics in their family's ``importance`` module (loaded with the family).
-``config`` checks names against its own lists, and a test checks that the registry
-implements exactly those lists.
+metrics live in ``depthcut.importance.local`` / ``logits`` / ``repaired`` (loaded here on
+first use), the width and fine metrics in their family's ``importance`` module (loaded with
+the family). ``config`` checks names against its own lists, and a test checks that the
+registry implements exactly those lists.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ from collections.abc import Callable
 from depthcut.errors import ConfigError
 
 _REGISTRY: dict[tuple[str, str], object] = {}
-_MODULES = ("depthcut.importance.local", "depthcut.importance.logits")
+_MODULES = (
+    "depthcut.importance.local",
+    "depthcut.importance.logits",
+    "depthcut.importance.repaired",
+)
 
 
 def register_importance(name: str, family: str = "depth") -> Callable:

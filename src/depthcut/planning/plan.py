@@ -129,4 +129,11 @@ class Plan:
             f"removed {self.removed_params:,} params = {self.fraction('all'):.1%} of all "
             f"({total:,}), {self.fraction('non_embedding'):.1%} of non-embedding ({non_emb:,})"
         )
+        target = self.run.get("target_params")
+        if target and all(a.kind.family != "width" for a in self.actions):
+            mode = self.run.get("config", {}).get("budget", {}).get("mode", "at_least")
+            lines.append(
+                f"target {target:,} params ({mode}): removed {self.removed_params / target:.1%} "
+                f"of it ({self.removed_params - target:+,})"
+            )
         return "\n".join(lines)

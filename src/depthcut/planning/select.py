@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from depthcut.config import PruneConfig
 from depthcut.errors import BudgetError
 from depthcut.kinds import Kind, UnitRef
 from depthcut.units.discover import Unit
+
+T = TypeVar("T")
 
 
 def protected_blocks(num_blocks: int, first: int, last: int) -> set[int]:
@@ -78,3 +81,26 @@ def check_reachable(pool: list[Unit], target: int, what: str) -> None:
 
 def budget_target(model: dict, cfg: PruneConfig) -> int:
     return cfg.budget.target(model["params_all"], model["params_non_embedding"])
+
+
+def settle(build: Callable[[bool], T], target: int, mode: str, removed: Callable[[T], int]) -> T:
+    """The selection on the side of ``target`` that the budget ``mode`` asks for.
+
+    ``build(False)`` grows a selection until it reaches the target (``at_least``);
+    ``build(True)`` never lets it pass the target (``at_most``); ``nearest`` keeps the one
+    closer to the target (the smaller on a tie, never an empty one).
+    """
+    if mode == "at_least":
+        return build(False)
+    under = build(True)
+    if mode == "at_most":
+        if removed(under) == 0:
+            raise BudgetError(
+                f"budget mode at_most: no unit fits in {target:,} parameters; raise the "
+                "budget or use --budget-mode nearest"
+            )
+        return under
+    over = build(False)
+    if removed(under) == 0 or removed(over) - target < target - removed(under):
+        return over
+    return under

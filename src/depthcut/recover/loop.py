@@ -29,7 +29,7 @@ def step_config(cfg: PruneConfig, base: dict, model: nn.Module, step: int, steps
         if missing <= 0:
             changes["units"] = cfg.width_units  # this slice is already removed
         else:
-            changes["budget"] = Budget(params_count=missing)
+            changes["budget"] = Budget(params_count=missing, mode=cfg.budget.mode)
     for kind, name in (("head", "heads"), ("neuron", "neurons")):
         if kind in cfg.width_units:
             changes[name] = 1.0 - (1.0 - cfg.width_fraction(kind)) ** (1.0 / steps)

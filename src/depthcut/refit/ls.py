@@ -4,8 +4,10 @@ The block stack is a sequence of residual slots attention_0, mlp_0, attention_1,
 removes some of them (a block removes both of its slots). For every maximal run of removed
 slots, the last kept slot before it writes into the residual stream through one linear layer W
 (an MLP down-projection or an attention output projection). With M = W's output, H = the
-residual stream after the run as the pruned model computes it and Y = the dense model's, a
-d × d map T minimises, over the real calibration tokens,
+residual stream after the run as the pruned model computes it and Y = the dense model's (after
+an MLP slot: the next block's input; after an attention slot: the input of the MLP's pre-norm,
+the stream between the two sublayers), a d × d map T minimises, over the real calibration
+tokens,
 
     Σ_t ‖M_t T − (M_t + Y_t − H_t)‖² + λ ‖T − I‖²      (XᵀX, XᵀY accumulated in float64)
 
@@ -13,11 +15,14 @@ so that the repaired stream H − M + M T ≈ Y. T is folded into W (``W ← T�
 GPT-2 ``Conv1D``: ``W ← W T``): no parameter is added. Runs are repaired in order, each on the
 activations of the model repaired so far, always towards the dense model's stream. A run that
 starts at the first slot has no writer before it and is left as it is (reported). A run that
-ends with an attention slot whose MLP stays would need the target inside that block: refused.
+ends with an attention slot of a block without a stream point between its sublayers (parallel
+attention and MLP) has no target: refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -35,16 +40,20 @@ from depthcut.planning.plan import Plan
 from depthcut.units.discover import Unit
 
 SLOTS = (Kind.ATTENTION, Kind.MLP)
+DEPTH_RIDGE = 1e-2  # λ of the depth fits, as a fraction of mean(diag XᵀX)
+
+
+Slot = tuple[int, Kind]
 
 
 @dataclass(frozen=True)
 class Run:
-    """Removed slots ``units``; ``writer`` (block, kind) is refit; the run ends after block
-    ``end``'s MLP slot, so the target is the dense input of block ``end + 1``."""
+    """Removed slots ``units``; ``writer`` (block, kind) is refit; ``end`` is the last removed
+    slot: the target is the residual stream after it."""
 
-    writer: tuple[int, Kind] | None
+    writer: Slot | None
     units: tuple[Unit, ...]
-    end: int
+    end: Slot
 
 
 def _removed_slots(plan: Plan) -> set[tuple[int, Kind]]:
@@ -64,10 +73,9 @@ def _units(group: list[tuple[int, Kind]]) -> tuple[Unit, ...]:
     return tuple(units + [Unit(k, b, "", (), 0) for b, k in group if b not in whole])
 
 
-def runs(plan: Plan, structure: ModelStructure) -> list[Run]:
-    """The maximal runs of removed slots, in order."""
-    removed = _removed_slots(plan)
-    order = [(b, k) for b in range(structure.num_blocks) for k in SLOTS]
+def maximal_runs(removed: set[Slot], num_blocks: int) -> list[Run]:
+    """The maximal runs of the ``removed`` slots, in order, each with its writer."""
+    order = [(b, k) for b in range(num_blocks) for k in SLOTS]
     out, group = [], []
     for slot in [*order, None]:
         if slot is not None and slot in removed:
@@ -75,15 +83,89 @@ def runs(plan: Plan, structure: ModelStructure) -> list[Run]:
             continue
         if group:
             first = order.index(group[0])
-            if group[-1][1] is Kind.ATTENTION:
-                raise ConfigError(
-                    f"--repair ls: attention:{group[-1][0]} is removed but its MLP "
-                    "stays; no residual target to fit (remove the block instead)"
-                )
             writer = order[first - 1] if first > 0 else None
-            out.append(Run(writer, _units(group), group[-1][0]))
+            out.append(Run(writer, _units(group), group[-1]))
         group = []
+    return out
 
+
+def runs(plan: Plan, structure: ModelStructure) -> list[Run]:
+    """The maximal runs of the plan's removed slots, in order (each with a target)."""
+    out = maximal_runs(_removed_slots(plan), structure.num_blocks)
+    for run in out:
+        if run.end[1] is Kind.ATTENTION:
+            mid_module_path(structure, run.end[0])
+    return out
+
+
+def mid_module_path(structure: ModelStructure, block: int) -> str:
+    """The module whose input is the residual stream between ``block``'s attention and MLP
+    (the MLP's first pre-norm)."""
+    info = structure.blocks[block]
+    mlp, attn = info.mlp, info.attention
+    if mlp is None or not mlp.pre_norms or (attn and mlp.pre_norms[0] in attn.pre_norms):
+        raise ConfigError(
+            f"--repair ls: attention:{block} is removed but its MLP stays and the block has "
+            "no residual stream between them to fit (remove the block instead)"
+        )
+    return mlp.pre_norms[0]
+
+
+@contextmanager
+def recording(module: nn.Module, inputs: bool = False) -> Iterator[list[torch.Tensor]]:
+    """Collect ``module``'s outputs (or first inputs) while the context is open."""
+    seen: list[torch.Tensor] = []
+    if inputs:
+        handle = module.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    else:
+        handle = module.register_forward_hook(lambda m, a, o: seen.append(output_tensor(o)))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def mid_stream(cache: BlockCache, block: int, b: int, units=()) -> torch.Tensor:
+    """The residual stream between ``block``'s attention and MLP on batch ``b`` (removed
+    units and ``units`` bypassed)."""
+    path = mid_module_path(cache.structure, block)
+    module = cache.model.get_submodule(path)
+    with recording(module, inputs=True) as seen, cache.with_bypass(units):
+        cache.run_block(block, b)
+    return seen[-1]
+
+
+def require_sequential(cache: BlockCache, block: int) -> None:
+    """Raise unless ``block``'s MLP reads the stream after its attention: in a parallel block
+    (GPT-J, NeoX ``use_parallel_residual``) it reads the block input, and there is no stream
+    between the sublayers to fit."""
+    module = cache.model.get_submodule(mid_module_path(cache.structure, block))
+    with recording(module, inputs=True) as seen:
+        cache.run_block(block, 0)  # no bypass: the block as it is
+    if torch.equal(seen[-1], cache.inputs[block][0]):
+        raise ConfigError(
+            f"--repair ls: attention:{block} is removed but its MLP stays, and the block's "
+            "attention and MLP run in parallel: no stream between them to fit (remove the "
+            "block instead)"
+        )
+
+
+def stream_after(cache: BlockCache, slot: Slot, b: int) -> torch.Tensor:
+    """The stream after removed ``slot`` as the current (bypassed) model computes it."""
+    block, kind = slot
+    return cache.inputs[block][b] if kind is Kind.ATTENTION else cache.inputs[block + 1][b]
+
+
+def dense_targets(cache: BlockCache, fits: list[Run]) -> dict[Slot, list[torch.Tensor]]:
+    """{run end: the dense stream after it, per batch} (before anything is bypassed)."""
+    out = {}
+    for run in fits:
+        block, kind = run.end
+        if kind is Kind.MLP:
+            out[run.end] = list(cache.inputs[block + 1])
+        else:
+            require_sequential(cache, block)
+            out[run.end] = [mid_stream(cache, block, b) for b in range(len(cache.batches))]
     return out
 
 
@@ -98,30 +180,45 @@ def writer_module(model: nn.Module, structure: ModelStructure, writer) -> nn.Mod
     return model.get_submodule(sub.output)
 
 
-def _normal_equations(cache: BlockCache, run: Run, module: nn.Module, targets, fit) -> tuple:
-    """(XᵀX, XᵀY, tokens) of the run's fit on the current model, over batches ``fit``; each
-    token weighted by 1 / ‖target‖² (a closed-form stand-in for the cosine distance, so the
-    few tokens with huge residual norms — attention sinks — do not decide the map alone)."""
-    seen: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda m, a, o: seen.append(output_tensor(o)))
+def token_weights(target: torch.Tensor) -> torch.Tensor:
+    """1 / ‖target‖² per token (a closed-form stand-in for the cosine distance, so the few
+    tokens with huge residual norms — attention sinks — do not decide the map alone)."""
+    return 1.0 / target.pow(2).sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def writer_output(cache: BlockCache, writer: Slot, b: int, units=()) -> torch.Tensor:
+    """The writer layer's output on batch ``b`` (removed units and ``units`` bypassed)."""
+    module = writer_module(cache.model, cache.structure, writer)
+    with recording(module) as seen, cache.with_bypass(units):
+        cache.run_block(writer[0], b)
+    return seen[-1]
+
+
+def weighted_grams(rows) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(Σ (w x)ᵀ x, Σ (w x)ᵀ y, rows) in float64 over ``(x, y, w)`` row blocks."""
     xtx = xty = None
     tokens = 0
-    try:
-        for b in fit:
-            seen.clear()
-            with cache.with_bypass(()):
-                cache.run_block(run.writer[0], b)
-            mask = cache.masks(b).bool()
-            target = targets[run.end + 1][b][mask].double()
-            x = seen[-1][mask].double()
-            y = (seen[-1] + targets[run.end + 1][b] - cache.inputs[run.end + 1][b])[mask].double()
-            w = 1.0 / target.pow(2).sum(-1, keepdim=True).clamp_min(1e-12)
-            xtx = (w * x).T @ x if xtx is None else xtx + (w * x).T @ x
-            xty = (w * x).T @ y if xty is None else xty + (w * x).T @ y
-            tokens += x.shape[0]
-    finally:
-        handle.remove()
+    for x, y, w in rows:
+        x, y, w = x.double(), y.double(), w.double()
+        xtx = (w * x).T @ x if xtx is None else xtx + (w * x).T @ x
+        xty = (w * x).T @ y if xty is None else xty + (w * x).T @ y
+        tokens += x.shape[0]
     return xtx, xty, tokens
+
+
+def _normal_equations(cache: BlockCache, run: Run, targets, fit) -> tuple:
+    """(XᵀX, XᵀY, tokens) of the run's fit on the current model over batches ``fit``, X = the
+    writer's output M, Y = M + target − stream, each token weighted by ``token_weights``."""
+
+    def rows():
+        for b in fit:
+            mask = cache.masks(b).bool()
+            m = writer_output(cache, run.writer, b)
+            target = targets[run.end][b]
+            y = m + target - stream_after(cache, run.end, b)
+            yield m[mask], y[mask], token_weights(target[mask].double())
+
+    return weighted_grams(rows())
 
 
 def solve(xtx: torch.Tensor, xty: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -157,7 +254,7 @@ def _fit_run(cache: BlockCache, run: Run, module: nn.Module, targets, ridge: flo
     """Fit on the even calibration batches; keep the fold only if the next-token loss on the
     odd (held-back) ones drops, so a fit never makes the plan worse on them."""
     fit, check = split(len(cache.batches))
-    xtx, xty, _ = _normal_equations(cache, run, module, targets, fit)
+    xtx, xty, _ = _normal_equations(cache, run, targets, fit)
     before, saved = check_nll(cache, check), [p.detach().clone() for p in module.parameters()]
     fold(module, solve(xtx, xty, ridge))
     cache.refresh_from(run.writer[0])
@@ -189,7 +286,7 @@ def repair_depth(
     if not fits:
         return {"runs": [], "forward_equivalents": 0.0}
     cache = BlockCache(model, structure, calib, progress)
-    targets = [list(level) for level in cache.inputs]  # the dense stream
+    targets = dense_targets(cache, fits)
     done = []
     for run in fits:
         cache.removed.extend(run.units)

@@ -21,11 +21,10 @@ from depthcut.graph.structure import ModelStructure, discover_structure
 from depthcut.importance import functional as F
 from depthcut.ops import out_features
 from depthcut.planning.plan import Plan
-from depthcut.refit.ls import repair_depth, runs, split, writer_module
+from depthcut.refit.ls import DEPTH_RIDGE, repair_depth, runs, split, writer_module
 from depthcut.refit.width import consumers, input_grams, set_refit
 
 RIDGES = (1e-2, 1e-1)  # width candidates, chosen on the check batches (pulls towards W)
-DEPTH_RIDGE = 1e-2
 
 
 def halves(calib: CalibData) -> tuple[CalibData, CalibData]:

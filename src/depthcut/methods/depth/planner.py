@@ -13,6 +13,7 @@ from depthcut.planning.select import (
     candidates,
     check_reachable,
     protected_blocks,
+    settle,
 )
 from depthcut.scores import Scores
 from depthcut.units.discover import Unit
@@ -24,50 +25,64 @@ def unit_pool(scores: Scores, cfg: PruneConfig) -> list[Unit]:
     return candidates(units, n, cfg.protect_first, cfg.protect_last)
 
 
-def _ranked(scores: Scores, pool: list[Unit], target: int) -> Selection:
+def _ranked(scores: Scores, pool: list[Unit], target: int, cap: bool) -> Selection:
+    """Lowest scores first until the target is reached; with ``cap``, units that would pass
+    the target are skipped and smaller ones further down the ranking fill the rest."""
     selection = Selection(pool)
     for unit in sorted(pool, key=lambda u: (scores.unit_scores[u.id], u.sort_key())):
         if selection.removed_params >= target:
             break
-        if selection.marginal(unit) > 0:
+        gain = selection.marginal(unit)
+        if gain > 0 and not (cap and selection.removed_params + gain > target):
             selection.add(unit)
     return selection
 
 
-def _iterative(scores: Scores, pool: list[Unit], target: int) -> Selection:
+def _iterative(scores: Scores, pool: list[Unit], target: int, cap: bool) -> Selection:
+    """The longest prefix of the greedy sequence under the target (``cap``), or the
+    shortest one that reaches it."""
     if not scores.sequence:
         raise ConfigError("strategy 'iterative' needs scores made with strategy='iterative'")
     selection = Selection(pool)
     for step in scores.sequence:
+        unit = scores.unit(step["unit"])
         if selection.removed_params >= target:
             break
-        selection.add(scores.unit(step["unit"]))
-    if selection.removed_params < target:
+        if cap and selection.removed_params + selection.marginal(unit) > target:
+            break
+        selection.add(unit)
+    if not cap and selection.removed_params < target:
         raise BudgetError("the iterative scores stop before this budget: re-score with it")
     return selection
 
 
-def _contiguous(scores: Scores, pool: list[Unit], target: int, cfg: PruneConfig) -> Selection:
+def _contiguous(
+    scores: Scores, pool: list[Unit], target: int, cfg: PruneConfig, cap: bool
+) -> Selection:
+    """The best-scoring span of the fewest blocks that reaches the target, or (``cap``) of
+    the most blocks that stays under it."""
     if not scores.spans:
         raise ConfigError("strategy 'contiguous' needs span scores: use importance='gromov'")
     n_blocks = scores.model["num_blocks"]
     banned = protected_blocks(n_blocks, cfg.protect_first, cfg.protect_last)
     blocks = {u.block: u for u in pool if u.kind is Kind.BLOCK}
+    spans = []
     for n in range(1, n_blocks + 1):
-        spans = []
         for start in range(0, n_blocks - n + 1):
-            members = range(start, start + n)
-            if banned.intersection(members):
+            if banned.intersection(range(start, start + n)):
                 continue
-            if sum(blocks[b].params for b in members) >= target:
-                spans.append((scores.spans[f"{start}:{n}"], start))
-        if spans:
-            _, start = min(spans)
-            selection = Selection(pool)
-            for b in range(start, start + n):
-                selection.add(blocks[b])
+            size = sum(blocks[b].params for b in range(start, start + n))
+            if (size <= target) if cap else (size >= target):
+                spans.append((-n if cap else n, scores.spans[f"{start}:{n}"], start))
+    selection = Selection(pool)
+    if not spans:
+        if cap:
             return selection
-    raise BudgetError("budget unreachable: no contiguous span outside the protected blocks")
+        raise BudgetError("budget unreachable: no contiguous span outside the protected blocks")
+    n, _, start = min(spans)
+    for b in range(start, start + abs(n)):
+        selection.add(blocks[b])
+    return selection
 
 
 def reachable_pool(scores: Scores, cfg: PruneConfig) -> tuple[list[Unit], int]:
@@ -83,12 +98,15 @@ def reachable_pool(scores: Scores, cfg: PruneConfig) -> tuple[list[Unit], int]:
 def depth_actions(scores: Scores, cfg: PruneConfig) -> tuple[list[Action], int]:
     """(block / sublayer removals under the budget and strategy of ``cfg``, the target)."""
     pool, target = reachable_pool(scores, cfg)
-    if cfg.strategy == "ranked":
-        selection = _ranked(scores, pool, target)
-    elif cfg.strategy == "iterative":
-        selection = _iterative(scores, pool, target)
-    else:
-        selection = _contiguous(scores, pool, target, cfg)
+
+    def build(cap: bool) -> Selection:
+        if cfg.strategy == "ranked":
+            return _ranked(scores, pool, target, cap)
+        if cfg.strategy == "iterative":
+            return _iterative(scores, pool, target, cap)
+        return _contiguous(scores, pool, target, cfg, cap)
+
+    selection = settle(build, target, cfg.budget.mode, lambda s: s.removed_params)
     return [_action(u, scores) for u in selection.final_units()], target
 
 

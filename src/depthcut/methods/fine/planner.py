@@ -24,6 +24,7 @@ from depthcut.methods.fine.importance import channel_from_json
 from depthcut.methods.fine.model import FineModel
 from depthcut.methods.fine.state import UnitRefused
 from depthcut.planning.plan import Action
+from depthcut.planning.select import settle
 from depthcut.units.discover import Unit
 
 
@@ -75,7 +76,19 @@ def allowed(fm: FineModel, scores, cfg) -> list[Unit]:
 
 
 def select_fine(fm: FineModel, scores, cfg, target: int) -> list[Action]:
-    """Actions (in pruning order) that remove at least ``target`` parameters."""
+    """Actions (in pruning order) that remove ``target`` parameters on the side of it that
+    the budget mode asks for."""
+    mode = cfg.budget.mode
+    return settle(lambda cap: _select(fm, scores, cfg, target, cap), target, mode, _removed)
+
+
+def _removed(actions: list[Action]) -> int:
+    return sum(a.params for a in actions)
+
+
+def _select(fm: FineModel, scores, cfg, target: int, cap: bool) -> list[Action]:
+    """Candidates in order until ``target`` is reached; with ``cap``, a unit that would pass
+    it is skipped (its Prune(f) is not committed)."""
     if not scores.fine:
         raise ConfigError("these scores have no fine-grained data; score with units='fine'")
     channel = channel_from_json(scores.fine["channel"], fm.graph)
@@ -91,6 +104,8 @@ def select_fine(fm: FineModel, scores, cfg, target: int) -> list[Action]:
                 root, states[root.index], local.node, channel.get(root.index)
             )
         except UnitRefused:
+            continue
+        if cap and removed + delta > target:
             continue
         states[root.index] = state
         removed += delta
