@@ -81,6 +81,7 @@ bench: setup llama
 	$(BIN)/python benchmarks/bench_encoder_width.py
 	$(BIN)/python benchmarks/bench_quantize.py
 	$(BIN)/python benchmarks/bench_repair.py
+	$(BIN)/python benchmarks/bench_quality.py --budgets 0.1,0.25,0.4  # ≈1 h: 10 methods × 3 budgets
 	$(BIN)/python benchmarks/bench_recovery.py  # ≈35 min: 4 runs × 8 min of training
 	$(BIN)/python benchmarks/bench_iterative_recover.py
 	$(BIN)/python benchmarks/bench_fine.py

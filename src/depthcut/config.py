@@ -30,8 +30,10 @@ class Budget:
 
     ``params`` is a fraction in (0, 1) of the parameters counted by ``count`` ("all" or
     "non_embedding"), or, when ``params_count`` is given instead, an absolute number of
-    parameters to remove. ``mode`` says on which side of the target the removed total may
-    land: ``at_least`` (never under), ``at_most`` (never over) or ``nearest`` (closest).
+    parameters to remove, or, when ``latency`` is given instead, the fraction of the decode
+    time per token to remove (block / sublayer units; a per-unit latency table is measured on
+    the model's device when scoring). ``mode`` says on which side of the target the removed
+    total may land: ``at_least`` (never under), ``at_most`` (never over) or ``nearest`` (closest).
 
     >>> Budget(params=0.25).fraction
     0.25
@@ -41,10 +43,16 @@ class Budget:
     params_count: int | None = None
     count: str = "all"
     mode: str = "at_least"
+    latency: float | None = None
 
     def __post_init__(self) -> None:
-        if (self.params is None) == (self.params_count is None):
-            raise ConfigError("budget: give exactly one of params (fraction) or params_count")
+        given = [x is not None for x in (self.params, self.params_count, self.latency)]
+        if sum(given) != 1:
+            raise ConfigError(
+                "budget: give exactly one of params (fraction), params_count or latency"
+            )
+        if self.latency is not None and not 0.0 < float(self.latency) < 1.0:
+            raise ConfigError(f"budget latency={self.latency} must be a fraction in (0, 1)")
         if self.params is not None and not 0.0 < float(self.params) < 1.0:
             raise ConfigError(f"budget params={self.params} must be a fraction in (0, 1)")
         if self.params_count is not None and int(self.params_count) <= 0:
@@ -61,6 +69,10 @@ class Budget:
 
     def target(self, total_all: int, total_non_embedding: int) -> int:
         """Number of parameters to remove."""
+        if self.latency is not None:
+            raise ConfigError(
+                "--budget latency has no parameter target: --steps and sweeps count parameters"
+            )
         if self.params_count is not None:
             return int(self.params_count)
         base = total_all if self.count == "all" else total_non_embedding
@@ -76,9 +88,11 @@ class Budget:
                 return cls(params=float(value), count=count or "all", mode=mode)
             if key == "count":
                 return cls(params_count=int(float(value)), count=count or "all", mode=mode)
+            if key == "latency" and not count:
+                return cls(latency=float(value), mode=mode)
         except ValueError as err:
             raise ConfigError(f"budget {text!r}: {err}") from None
-        raise ConfigError(f"budget {text!r}: use params=FRACTION or count=N")
+        raise ConfigError(f"budget {text!r}: use params=FRACTION, count=N or latency=FRACTION")
 
 
 @dataclass(frozen=True)
@@ -142,6 +156,11 @@ class PruneConfig:
         if self.protect_first < 0 or self.protect_last < 0:
             raise ConfigError("protect_first/protect_last must be >= 0")
         self._check_width()
+        if self.budget.latency is not None and (self.fine or self.width_units):
+            raise ConfigError(
+                "--budget latency covers block, attention and mlp units; give width and "
+                "fine-grained units a params budget"
+            )
         if self.repair not in REPAIRS:
             raise ConfigError(f"repair {self.repair!r} unknown; choose one of {REPAIRS}")
         if self.fine:

@@ -28,6 +28,7 @@ class Scores:
     version: int = SCORES_VERSION
     width: dict[str, Any] | None = None  # kind -> {"layers": {id: info}, "scores": {id: [..]}}
     fine: dict[str, Any] | None = None  # channel Taylor scores, params removed alone, sequence
+    latency: dict[str, Any] | None = None  # per-unit decode seconds (units.latency)
 
     def unit(self, unit_id: str) -> Unit:
         return next(u for u in self.units if u.id == unit_id)
@@ -45,6 +46,7 @@ class Scores:
             "cost": self.cost,
             "width": self.width,
             "fine": self.fine,
+            "latency": self.latency,
         }
 
     def save(self, path: str | Path) -> None:
@@ -67,6 +69,7 @@ class Scores:
             data["version"],
             data.get("width"),
             data.get("fine"),
+            data.get("latency"),
         )
 
     @classmethod

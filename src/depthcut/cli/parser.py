@@ -18,7 +18,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--importance",
         default="bi",
-        help="bi, angular, gromov, kl, ce, ppl; fine: angular, bi, taylor, kl",
+        help="bi, angular, gromov, kl, ce, ppl, ls (repair-aware); fine: angular, bi, taylor, kl",
     )
     p.add_argument(
         "--strategy",
@@ -29,7 +29,11 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--order", default="ascending", help="fine: ascending, descending or random (ablation)"
     )
-    p.add_argument("--budget", default="params=0.25", help="params=F[:non_embedding] or count=N")
+    p.add_argument(
+        "--budget",
+        default="params=0.25",
+        help="params=F[:non_embedding], count=N or latency=F (of the measured decode time)",
+    )
     p.add_argument(
         "--budget-mode",
         default="at_least",

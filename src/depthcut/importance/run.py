@@ -18,7 +18,7 @@ def score_units(cache: BlockCache, metric, units: list[Unit], progress: bool = T
 
 
 def greedy_sequence(
-    cache: BlockCache, metric, pool: list[Unit], target: int, progress: bool = True
+    cache: BlockCache, metric, pool: list[Unit], target: float, progress: bool = True, size=None
 ) -> list[dict]:
     """SLEB/BlockPruner-style greedy: remove the lowest-scoring unit, re-score, repeat.
 
@@ -26,19 +26,19 @@ def greedy_sequence(
     Re-scoring after each removal re-runs only from each candidate's block, on inputs that
     the cache refreshed from the removed unit's block onward.
     """
-    selection = Selection(pool)
+    selection = Selection(pool, size)
     sequence: list[dict] = []
     bar = tqdm(total=target, desc=f"iterative {metric.name}", disable=not progress, unit="param")
-    while selection.removed_params < target:
+    while selection.removed < target:
         live = [u for u in pool if selection.marginal(u) > 0]
         if not live:
             break
         scores = {u.id: float(metric.score(cache, u)) for u in live}
         best = min(live, key=lambda u: (scores[u.id], u.sort_key()))
-        before = selection.removed_params
+        before = selection.removed
         selection.add(best)
         cache.remove(best)
         sequence.append({"unit": best.id, "score": scores[best.id], "scores": scores})
-        bar.update(selection.removed_params - before)
+        bar.update(selection.removed - before)
     bar.close()
     return sequence

@@ -129,6 +129,13 @@ class Plan:
             f"removed {self.removed_params:,} params = {self.fraction('all'):.1%} of all "
             f"({total:,}), {self.fraction('non_embedding'):.1%} of non-embedding ({non_emb:,})"
         )
+        latency = self.run.get("latency")
+        if latency:
+            lines.append(
+                f"decode time per token: target −{latency['target'] / latency['total']:.1%}, "
+                f"removed units measured at −{latency['removed'] / latency['total']:.1%} "
+                f"({latency['removed'] * 1e3:.3f} of {latency['total'] * 1e3:.3f} ms)"
+            )
         target = self.run.get("target_params")
         if target and all(a.kind.family != "width" for a in self.actions):
             mode = self.run.get("config", {}).get("budget", {}).get("mode", "at_least")

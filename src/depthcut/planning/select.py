@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from depthcut.config import PruneConfig
-from depthcut.errors import BudgetError
+from depthcut.errors import BudgetError, ConfigError
 from depthcut.kinds import Kind, UnitRef
 from depthcut.units.discover import Unit
 
@@ -23,24 +23,31 @@ def candidates(units: Iterable[Unit], num_blocks: int, first: int, last: int) ->
     return [u for u in units if u.block not in keep]
 
 
-class Selection:
-    """Chosen units; a block covers its sublayers, and both sublayers make a block."""
+def params_of(unit: Unit) -> int:
+    """A unit's size under a parameter budget."""
+    return unit.params
 
-    def __init__(self, units: Iterable[Unit]):
+
+class Selection:
+    """Chosen units; a block covers its sublayers, and both sublayers make a block. ``size``
+    is what a unit costs against the target (its parameters, or its measured latency)."""
+
+    def __init__(self, units: Iterable[Unit], size: Callable[[Unit], float] | None = None):
         self.by_id = {u.id: u for u in units}
         self.chosen: dict[str, Unit] = {}
+        self.size = size or params_of
 
     def covered(self, unit: Unit) -> bool:
         return unit.id in self.chosen or UnitRef(Kind.BLOCK, unit.block).id in self.chosen
 
-    def marginal(self, unit: Unit) -> int:
-        """Parameters that choosing ``unit`` adds to the removed total."""
+    def marginal(self, unit: Unit) -> float:
+        """What choosing ``unit`` adds to the removed total (in ``size``)."""
         if self.covered(unit):
             return 0
         if unit.kind is not Kind.BLOCK:
-            return unit.params
+            return self.size(unit)
         inside = [u for u in self.chosen.values() if u.block == unit.block]
-        return unit.params - sum(u.params for u in inside)
+        return self.size(unit) - sum(self.size(u) for u in inside)
 
     def add(self, unit: Unit) -> None:
         if unit.kind is Kind.BLOCK:
@@ -51,6 +58,11 @@ class Selection:
     @property
     def removed_params(self) -> int:
         return sum(u.params for u in self.chosen.values())
+
+    @property
+    def removed(self) -> float:
+        """The removed total in ``size``."""
+        return sum(self.size(u) for u in self.chosen.values())
 
     def final_units(self) -> list[Unit]:
         """Chosen units with a block standing for both of its sublayers, in block order."""
@@ -66,21 +78,35 @@ class Selection:
         return out
 
 
-def check_reachable(pool: list[Unit], target: int, what: str) -> None:
-    """Raise if removing every candidate unit still cannot reach ``target`` parameters."""
-    sel = Selection(pool)
+def check_reachable(pool: list[Unit], target: float, what: str, size=None) -> None:
+    """Raise if removing every candidate unit still cannot reach ``target``."""
+    sel = Selection(pool, size)
     for unit in sorted(pool, key=lambda u: (u.kind is not Kind.BLOCK, u.sort_key())):
         if sel.marginal(unit) > 0:
             sel.add(unit)
-    if sel.removed_params < target:
+    if sel.removed < target:
         raise BudgetError(
-            f"budget unreachable: {target:,} parameters requested but only "
-            f"{sel.removed_params:,} are removable with {what}"
+            f"budget unreachable: {amount(target, size)} requested but only "
+            f"{amount(sel.removed, size)} are removable with {what}"
         )
+
+
+def amount(value: float, size=None) -> str:
+    """A target or a removed total in words: parameters, or milliseconds of decode time."""
+    return f"{int(value):,} parameters" if size is None else f"{value * 1e3:.3f} ms per token"
 
 
 def budget_target(model: dict, cfg: PruneConfig) -> int:
     return cfg.budget.target(model["params_all"], model["params_non_embedding"])
+
+
+def latency_size(table: dict | None) -> Callable[[Unit], float]:
+    """A unit's size under a latency budget: its measured seconds per decoded token."""
+    if not table:
+        raise ConfigError(
+            "--budget latency: these scores have no latency table; score with --budget latency=F"
+        )
+    return lambda u: table["units"][u.id]
 
 
 def settle(build: Callable[[bool], T], target: int, mode: str, removed: Callable[[T], int]) -> T:
@@ -96,8 +122,8 @@ def settle(build: Callable[[bool], T], target: int, mode: str, removed: Callable
     if mode == "at_most":
         if removed(under) == 0:
             raise BudgetError(
-                f"budget mode at_most: no unit fits in {target:,} parameters; raise the "
-                "budget or use --budget-mode nearest"
+                f"budget mode at_most: no unit fits in the target ({target:,.6g}); raise "
+                "the budget or use --budget-mode nearest"
             )
         return under
     over = build(False)

@@ -89,6 +89,10 @@ class StreamCache(BlockCache):
 
 
 def check_streamable(cfg: PruneConfig) -> None:
+    if cfg.budget.latency is not None:
+        raise ConfigError(
+            "--budget latency measures decode time on the whole model: not with --streaming"
+        )
     if cfg.width_units or "fine" in cfg.units:
         raise ConfigError(
             "--streaming prunes blocks and sublayers; width and fine units "

@@ -19,6 +19,7 @@ from depthcut.planning.plan import Action, Plan
 from depthcut.scores import Scores
 from depthcut.surgery.hf import renumber_layer_idx, sync_config
 from depthcut.units.discover import discover_units
+from depthcut.units.latency import unit_latency
 
 
 class DepthFamily:
@@ -28,10 +29,12 @@ class DepthFamily:
     def score(self, model, structure, cfg: PruneConfig, calib, scores: Scores, progress) -> None:
         scores.units = discover_units(model, structure, cfg.depth_units)
         metric = get_importance(cfg.importance)(tokens=cfg.tokens)
-        pool, target = reachable_pool(scores, cfg)  # fail fast, before the calibration pass
+        if cfg.budget.latency is not None:
+            scores.latency = unit_latency(model, scores.units)
+        pool, target, size = reachable_pool(scores, cfg)  # fail fast, before calibration
         cache = BlockCache(model, structure, calib, progress)
         if cfg.strategy == "iterative":
-            scores.sequence = greedy_sequence(cache, metric, pool, target, progress)
+            scores.sequence = greedy_sequence(cache, metric, pool, target, progress, size)
             scores.unit_scores = dict(scores.sequence[0]["scores"]) if scores.sequence else {}
         else:
             scores.unit_scores = score_units(cache, metric, scores.units, progress)
@@ -40,9 +43,13 @@ class DepthFamily:
         scores.cost["forward_equivalents"] = cache.forward_equivalents
 
     def select(self, scores: Scores, cfg: PruneConfig, model, plan: Plan) -> None:
-        actions, target = depth_actions(scores, cfg)
+        actions, target, removed = depth_actions(scores, cfg)
         plan.actions += actions
-        plan.run["target_params"] = target
+        if cfg.budget.latency is None:
+            plan.run["target_params"] = target
+        else:
+            total = scores.latency["total"]
+            plan.run["latency"] = {"target": target, "removed": removed, "total": total}
 
     def apply(self, model: nn.Module, plan: Plan, structure: ModelStructure | None) -> nn.Module:
         drop = set(plan.removed_blocks)

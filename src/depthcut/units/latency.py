@@ -1,0 +1,93 @@
+"""Per-unit decode latency, measured once on the current device (``--budget latency=F``).
+
+Units do not cost what their parameter counts say: an attention sublayer reads its KV cache,
+a block carries norms and residual adds, small matrices run below peak. The table is measured
+where the model runs: ``steps`` greedy decode steps of batch 1 after a ``context``-token prompt,
+with forward hooks timing every module a unit consists of (synchronised on CUDA). The total
+per-token time comes from the same steps, so the units' shares are measured under the same
+load (their nested intervals never add up to more than it). Saved in ``scores.json`` (``latency``)
+and reused by every plan made from those scores.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from depthcut.devices import device_of
+from depthcut.errors import ConfigError
+from depthcut.units.discover import Unit
+
+
+def _sync(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def _decode(model: nn.Module, ids: torch.Tensor, steps: int, sync, start=lambda: None) -> float:
+    """Seconds per token of ``steps`` cached decode steps after the prompt ``ids`` (``start``
+    is called between the prompt and the steps)."""
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+        past = getattr(out, "past_key_values", None)
+        if past is None:
+            raise ConfigError("--budget latency: the model has no KV cache (decoder LLMs only)")
+        token = out.logits[:, -1:].argmax(-1)
+        start()
+        sync()
+        started = time.perf_counter()
+        for _ in range(steps):
+            out = model(token, past_key_values=out.past_key_values, use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)
+        sync()
+    return (time.perf_counter() - started) / steps
+
+
+def _timing_hooks(modules: dict[str, nn.Module], spent: dict[str, float], sync) -> list:
+    started: dict[str, float] = {}
+    handles = []
+    for path in spent:
+
+        def pre(m, a, path=path):
+            sync()
+            started[path] = time.perf_counter()
+
+        def post(m, a, o, path=path):
+            sync()
+            spent[path] += time.perf_counter() - started[path]
+
+        handles.append(modules[path].register_forward_pre_hook(pre))
+        handles.append(modules[path].register_forward_hook(post))
+    return handles
+
+
+def unit_latency(
+    model: nn.Module, units: list[Unit], context: int = 64, steps: int = 16, seed: int = 0
+) -> dict:
+    """{"units": {unit id: seconds per decoded token}, "total": seconds per token, "device",
+    "context", "steps"} of ``model`` on its own device."""
+    device = device_of(model)
+    sync = _sync(torch.device(device))
+    vocab = int(getattr(model.config, "vocab_size", 2))
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (1, context), generator=g).to(device)
+    _decode(model, ids, 2, sync)  # warm-up
+    modules = dict(model.named_modules())
+    spent = dict.fromkeys(sorted({p for u in units for p in u.modules}), 0.0)
+    handles = _timing_hooks(modules, spent, sync)
+    try:
+        reset = lambda: spent.update(dict.fromkeys(spent, 0.0))  # noqa: E731
+        total = _decode(model, ids, steps, sync, start=reset)
+    finally:
+        for h in handles:
+            h.remove()
+    per_unit = {u.id: sum(spent[p] for p in u.modules) / steps for u in units}
+    return {
+        "units": per_unit,
+        "total": total,
+        "device": str(device),
+        "context": context,
+        "steps": steps,
+    }
