@@ -186,11 +186,25 @@ class PruneConfig:
         if self.order not in ORDERS:
             raise ConfigError(f"order {self.order!r}; choose one of {ORDERS}")
 
+    @property
+    def width_from_budget(self) -> bool:
+        """One width kind alone with no fraction given: its fraction follows the budget."""
+        return (
+            len(self.units) == 1
+            and self.units[0] in WIDTH_KINDS
+            and self.width_fraction(self.units[0]) == 0.0
+            and self.width_steps == 1
+            and self.budget.latency is None
+        )
+
     def _check_width(self) -> None:
         for kind in self.width_units:
-            if not 0.0 < self.width_fraction(kind) < 1.0:
+            if not self.width_from_budget and not 0.0 < self.width_fraction(kind) < 1.0:
                 flag = "heads" if kind == "head" else "neurons"
-                raise ConfigError(f"units include {kind}: give {flag}=FRACTION in (0, 1)")
+                raise ConfigError(
+                    f"units include {kind}: give {flag}=FRACTION in (0, 1) (or prune {kind}s "
+                    "alone, to follow the parameter budget)"
+                )
         if self.width_importance not in WIDTH_METRICS:
             raise ConfigError(
                 f"unknown width importance {self.width_importance!r}; known: "

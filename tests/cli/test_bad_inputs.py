@@ -265,7 +265,7 @@ CONFIG_CASES = {
     "budget_out_of_range": ["--budget", "params=1.5"],
     "unknown_budget_mode": ["--budget-mode", "over"],
     "unknown_importance": ["--importance", "foo"],
-    "width_without_fraction": ["--units", "head"],
+    "width_without_fraction": ["--units", "head,neuron", "--neurons", "0.2"],
     "no_cuda": ["--device", "cuda"],
     "unknown_dtype": ["--dtype", "float8"],
     "max_memory_below_block": ["--max-memory", "cpu=1KB"],

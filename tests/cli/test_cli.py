@@ -99,7 +99,7 @@ def test_score_plan_apply_verbs(capsys, tmp_path, tiny_dir, text_file):
             "budget unreachable",
         ),
         (["--importance", "nope"], "unknown importance"),
-        (["--units", "head"], "heads=FRACTION"),
+        (["--units", "head,neuron", "--neurons", "0.2"], "heads=FRACTION"),
         (["--units", "neuron", "--neurons", "0.3", "--round-to", "999"], "round_to=999"),
         (["--units", "chan"], "units"),
     ],

@@ -165,7 +165,21 @@ def test_min_heads_and_bad_inputs():
     with pytest.raises(dc.DepthcutError, match="known: magnitude, taylor"):
         dc.PruneConfig(units=("head",), heads=0.2, width_importance="nope")
     with pytest.raises(dc.DepthcutError, match="heads=FRACTION"):
-        dc.PruneConfig(units=("head",))
+        dc.PruneConfig(units=("head", "neuron"), neurons=0.2)
+
+
+def test_one_width_kind_alone_follows_the_parameter_budget():
+    """No --neurons: the neuron fraction is the parameter target over all neuron parameters,
+    and the plan removes that many parameters (up to rounding to whole neurons)."""
+    model = tiny_llama(layers=6)
+    cfg = dc.PruneConfig(units=("neuron",), budget=dc.Budget(params=0.2, count="non_embedding"))
+    plan = dc.plan(dc.score(model, cfg, tiny_calib(), progress=False), cfg, model)
+    target = round(0.2 * plan.model["params_non_embedding"])
+    per_neuron = plan.actions[0].params // len(plan.actions[0].members)
+    assert abs(plan.removed_params - target) <= per_neuron
+    with pytest.raises(dc.DepthcutError, match="budget unreachable"):
+        big = dc.PruneConfig(units=("neuron",), budget=dc.Budget(params=0.99))
+        dc.plan(dc.score(model, big, tiny_calib(), progress=False), big, model)
 
 
 def test_iterative_width_steps():

@@ -4,11 +4,29 @@ depth actions chosen so far keep."""
 from __future__ import annotations
 
 from depthcut.config import PruneConfig
-from depthcut.errors import ConfigError
+from depthcut.errors import BudgetError, ConfigError
 from depthcut.kinds import Kind
 from depthcut.methods.width.select import select_width
 from depthcut.planning.plan import Action, Plan
+from depthcut.planning.select import amount, budget_target
 from depthcut.scores import Scores
+
+
+def width_fraction(scores: Scores, cfg: PruneConfig, kind: Kind) -> float:
+    """The fraction of ``kind`` units to remove: as given, or (``cfg.width_from_budget``) the
+    parameter target over all the parameters of that kind (protected layers included, as the
+    global selection counts them)."""
+    if not cfg.width_from_budget:
+        return cfg.width_fraction(kind)
+    layers = scores.width[kind]["layers"].values()
+    total = sum(info["size"] * info["unit_params"] for info in layers)
+    fraction = budget_target(scores.model, cfg) / total
+    if not 0.0 < fraction < 1.0:
+        raise BudgetError(
+            f"budget unreachable: {amount(budget_target(scores.model, cfg))} requested but "
+            f"all {kind}s hold {amount(total)}"
+        )
+    return fraction
 
 
 def width_actions(scores: Scores, cfg: PruneConfig, kind: Kind, plan: Plan) -> list[Action]:
@@ -26,7 +44,7 @@ def width_actions(scores: Scores, cfg: PruneConfig, kind: Kind, plan: Plan) -> l
     removed = data.get("removal") or select_width(
         data["layers"],
         data["scores"],
-        cfg.width_fraction(kind),
+        width_fraction(scores, cfg, kind),
         scores.model["num_blocks"],
         (cfg.protect_first, cfg.protect_last),
         cfg.min_heads if kind is Kind.HEAD else 1,
