@@ -3,7 +3,7 @@ the non-embedding parameters of the packaged SmolLM2-135M, recovered (LoRA r=16,
 from the dense teacher, the same wall-time budget each) from the unrepaired and from the
 ``--repair ls`` model; how much of the remaining gap each closes, in one run.
 
-Calibration (plan and repair): 16 × 256 tokens of the wiki calibration articles; training text:
+Calibration (plan and repair): 12 × 256 tokens of the wiki calibration articles; training text:
 the calibration articles (last 10% held out for early stopping); perplexity: the evaluation
 articles (never trained on), window 512, 8 windows. gap = log ppl − log ppl(dense).
 """
@@ -21,7 +21,11 @@ from depthcut.eval.run import EvalSettings, perplexity_fn
 from depthcut.recover.config import RecoverConfig
 from depthcut.recover.run import recover, recovery_data
 
-PLAN = dict(units=("neuron",), neurons=0.25 / 0.75, width_importance="activation_frequency")
+PLAN = dict(
+    units=("neuron",),
+    width_importance="activation_frequency",
+    budget=dc.Budget(params=0.25, count="non_embedding"),
+)
 RUNS = {"LoRA (r=16), LM loss": "lm", "LoRA (r=16), KD from dense": "kd"}
 
 
@@ -31,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     model, tok = dc.load_model("smollm2-135m")
-    calib = dc.calibration(tok, "wiki", n_samples=16, seq_len=256)
+    calib = dc.calibration(tok, "wiki", n_samples=12, seq_len=256)
     cfg = dc.PruneConfig(**PLAN)
     plan = dc.plan(dc.score(model, cfg, calib, progress=False), cfg, model)
     repaired = copy.deepcopy(model)

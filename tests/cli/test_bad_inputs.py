@@ -270,7 +270,16 @@ CONFIG_CASES = {
     "unknown_dtype": ["--dtype", "float8"],
     "max_memory_below_block": ["--max-memory", "cpu=1KB"],
     "unknown_repair": ["--repair", "magic"],
-    "repair_too_few_tokens": ["--repair", "ls", "--n-samples", "1", "--seq-len", "8"],
+    "repair_too_few_tokens": [
+        "--units",
+        "block",
+        "--repair",
+        "ls",
+        "--n-samples",
+        "1",
+        "--seq-len",
+        "8",
+    ],
 }
 
 

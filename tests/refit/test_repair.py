@@ -214,3 +214,21 @@ def test_attention_run_of_a_parallel_block_is_refused():
     sequential = tiny_neox(parallel=False)
     plan = make_plan(sequential, [("attention", 2)])[0]
     assert dc.repair(sequential, plan, calib(), progress=False)["depth"]["runs"][0]["writer"]
+
+
+@pytest.mark.parametrize(("units", "expected"), [("neuron", "ls"), ("block", "none")])
+def test_cli_repair_auto_is_ls_for_width_plans(
+    capsys, tiny_dir, pattern_file, tmp_path, units, expected
+):
+    """The default --repair auto: ls for a neuron plan (whose fraction follows the budget
+    when --neurons is not given), none for blocks."""
+    import json
+
+    from support import prune_args, run
+
+    args = prune_args(tiny_dir, tmp_path / "r", pattern_file, "--units", units, "--n-samples", "8")
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    plan = json.loads((tmp_path / "r" / "plan.json").read_text())
+    assert plan["run"]["config"]["repair"] == expected
+    assert ("repair" in plan["run"]) == (expected == "ls")

@@ -15,6 +15,15 @@ def comma_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
+def resolve_repair(args: argparse.Namespace, units: tuple[str, ...]) -> str:
+    """``--repair auto``: ls where bench_repair / bench_quality measured it helping (head and
+    neuron plans pruned once), none for depth and fine-grained plans and prune→recover loops."""
+    if args.repair != "auto":
+        return args.repair
+    looped = getattr(args, "steps", 1) > 1 or getattr(args, "recover", None)
+    return "ls" if units and set(units) <= {"head", "neuron"} and not looped else "none"
+
+
 def make_config(args: argparse.Namespace):
     from depthcut.config import Budget, PruneConfig
 
@@ -36,7 +45,7 @@ def make_config(args: argparse.Namespace):
         tau=args.tau,
         width_steps=args.width_steps,
         width_scope=args.width_scope,
-        repair=args.repair,
+        repair=resolve_repair(args, units),
     )
 
 

@@ -59,12 +59,13 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     _repair_arg(p)
 
 
-def _repair_arg(p: argparse.ArgumentParser) -> None:
+def _repair_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument(
         "--repair",
-        default="none",
+        default=default,
         help="none or ls: least-squares refit of kept weights after removal (block/sublayer "
-        "runs, head/neuron consumers), never worse on held-back calibration text",
+        "runs, head/neuron consumers), never worse on held-back calibration text; auto "
+        "(default): ls for head / neuron plans, where it helps, none otherwise",
     )
 
 
@@ -143,7 +144,7 @@ def add_plan(sub) -> None:
 def add_apply(sub) -> None:
     p = sub.add_parser("apply", help="apply plan.json to a model and save it")
     p.add_argument("model"), p.add_argument("plan")
-    _out_args(p), _repair_arg(p), _calib_args(p)
+    _out_args(p), _repair_arg(p, "none"), _calib_args(p)
     p.add_argument("--encoder", action="store_true", help="an encoder (e.g. minilm-l6)")
     p.set_defaults(func=commands.cmd_apply)
 
