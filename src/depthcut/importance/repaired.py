@@ -25,11 +25,11 @@ from depthcut.importance.registry import register_importance
 from depthcut.kinds import Kind
 from depthcut.refit.ls import (
     DEPTH_RIDGE,
-    SLOTS,
     Run,
     maximal_runs,
     mid_stream,
     require_sequential,
+    slots_of,
     solve,
     split,
     token_weights,
@@ -41,23 +41,18 @@ from depthcut.units.discover import Unit
 
 
 def _slots(unit: Unit) -> set:
-    return (
-        {(unit.block, k) for k in SLOTS} if unit.kind is Kind.BLOCK else {(unit.block, unit.kind)}
-    )
+    return slots_of(unit.kind, unit.block)
 
 
-def unit_run(cache: BlockCache, unit: Unit) -> Run:
+def unit_run(cache: BlockCache, unit: Unit, sequential) -> Run:
     """The run of removed slots that removing ``unit`` makes (with the cache's removed ones);
-    its writer is None where the repair cannot act, and an attention end without a stream
-    point before its MLP (parallel blocks) is measured at the block output instead."""
+    its writer is None where the repair cannot act, and an attention end of a block that is
+    not ``sequential(block)`` (parallel attention and MLP) is measured at the block output."""
     removed = _slots(unit).union(*(_slots(u) for u in cache.removed))
     (run,) = [r for r in maximal_runs(removed, cache.num_blocks) if _slots(unit) <= _run_slots(r)]
     block, kind = run.end
-    if kind is Kind.ATTENTION:
-        try:
-            require_sequential(cache, block)
-        except ConfigError:
-            return Run(None, run.units, (block, Kind.MLP))
+    if kind is Kind.ATTENTION and not sequential(block):
+        return Run(None, run.units, (block, Kind.MLP))
     if run.writer is None:
         return run
     try:
@@ -79,9 +74,19 @@ class RepairedDistance:
 
     def __init__(self, tokens: str = "all"):
         self.tokens = tokens
+        self._sequential: dict[int, bool] = {}  # per block, checked once (a block run)
+
+    def _is_sequential(self, cache: BlockCache, block: int) -> bool:
+        if block not in self._sequential:
+            try:
+                require_sequential(cache, block)
+                self._sequential[block] = True
+            except ConfigError:
+                self._sequential[block] = False
+        return self._sequential[block]
 
     def score(self, cache: BlockCache, unit: Unit) -> float:
-        run = unit_run(cache, unit)
+        run = unit_run(cache, unit, lambda block: self._is_sequential(cache, block))
         fit, check = split(len(cache.batches))
         t = None
         if run.writer is not None:
@@ -102,10 +107,8 @@ class RepairedDistance:
         writer, so that the residual is Y − H)."""
         target = _stream(cache, run.end, b)
         stream = _stream_without(cache, unit, run.end, b)
-        if run.writer is None:
-            m = torch.zeros_like(target)
-        else:
-            m = writer_output(cache, run.writer, b, [unit])
+        writer = run.writer
+        m = torch.zeros_like(target) if writer is None else writer_output(cache, writer, b)
         y = (m + target - stream)[mask].double()
         return m[mask].double(), y, token_weights(target[mask].double())
 

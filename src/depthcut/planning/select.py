@@ -29,8 +29,10 @@ def params_of(unit: Unit) -> int:
 
 
 class Selection:
-    """Chosen units; a block covers its sublayers, and both sublayers make a block. ``size``
-    is what a unit costs against the target (its parameters, or its measured latency)."""
+    """Chosen units; a block covers its sublayers, and choosing both sublayers of a block
+    chooses the block (what the plan removes), so ``removed`` is what the plan will count.
+    ``size`` is what a unit costs against the target (its parameters, or its measured
+    latency, where a block costs more than its two sublayers)."""
 
     def __init__(self, units: Iterable[Unit], size: Callable[[Unit], float] | None = None):
         self.by_id = {u.id: u for u in units}
@@ -40,16 +42,27 @@ class Selection:
     def covered(self, unit: Unit) -> bool:
         return unit.id in self.chosen or UnitRef(Kind.BLOCK, unit.block).id in self.chosen
 
+    def _completed(self, unit: Unit) -> Unit:
+        """The block that choosing sublayer ``unit`` completes (its other sublayer is
+        chosen), else ``unit``."""
+        if unit.kind is Kind.BLOCK:
+            return unit
+        block = self.by_id.get(UnitRef(Kind.BLOCK, unit.block).id)
+        other = any(u.block == unit.block and u.kind is not unit.kind for u in self.chosen.values())
+        return block if block is not None and other else unit
+
     def marginal(self, unit: Unit) -> float:
         """What choosing ``unit`` adds to the removed total (in ``size``)."""
         if self.covered(unit):
             return 0
+        unit = self._completed(unit)
         if unit.kind is not Kind.BLOCK:
             return self.size(unit)
         inside = [u for u in self.chosen.values() if u.block == unit.block]
         return self.size(unit) - sum(self.size(u) for u in inside)
 
     def add(self, unit: Unit) -> None:
+        unit = self._completed(unit)
         if unit.kind is Kind.BLOCK:
             for key in [k for k, u in self.chosen.items() if u.block == unit.block]:
                 del self.chosen[key]
@@ -65,17 +78,8 @@ class Selection:
         return sum(self.size(u) for u in self.chosen.values())
 
     def final_units(self) -> list[Unit]:
-        """Chosen units with a block standing for both of its sublayers, in block order."""
-        out: list[Unit] = []
-        for unit in sorted(self.chosen.values(), key=Unit.sort_key):
-            kinds = {u.kind for u in self.chosen.values() if u.block == unit.block}
-            block = self.by_id.get(UnitRef(Kind.BLOCK, unit.block).id)
-            if unit.kind is not Kind.BLOCK and kinds == {"attention", "mlp"} and block is not None:
-                if block not in out:
-                    out.append(block)
-            else:
-                out.append(unit)
-        return out
+        """The chosen units in block order."""
+        return sorted(self.chosen.values(), key=Unit.sort_key)
 
 
 def check_reachable(pool: list[Unit], target: float, what: str, size=None) -> None:
@@ -109,7 +113,9 @@ def latency_size(table: dict | None) -> Callable[[Unit], float]:
     return lambda u: table["units"][u.id]
 
 
-def settle(build: Callable[[bool], T], target: int, mode: str, removed: Callable[[T], int]) -> T:
+def settle(
+    build: Callable[[bool], T], target: float, mode: str, removed: Callable[[T], float]
+) -> T:
     """The selection on the side of ``target`` that the budget ``mode`` asks for.
 
     ``build(False)`` grows a selection until it reaches the target (``at_least``);

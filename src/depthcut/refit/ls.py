@@ -56,12 +56,16 @@ class Run:
     end: Slot
 
 
-def _removed_slots(plan: Plan) -> set[tuple[int, Kind]]:
+def slots_of(kind: Kind, block: int) -> set[Slot]:
+    """The residual slots a depth unit removes: both of a block's, or one sublayer's."""
+    return {(block, k) for k in SLOTS} if kind is Kind.BLOCK else {(block, kind)}
+
+
+def _removed_slots(plan: Plan) -> set[Slot]:
     slots = set()
     for a in plan.actions:
-        if a.kind.family != "depth":
-            continue
-        slots |= {(a.block, k) for k in SLOTS} if a.kind is Kind.BLOCK else {(a.block, a.kind)}
+        if a.kind.family == "depth":
+            slots |= slots_of(a.kind, a.block)
     return slots
 
 
@@ -125,12 +129,12 @@ def recording(module: nn.Module, inputs: bool = False) -> Iterator[list[torch.Te
         handle.remove()
 
 
-def mid_stream(cache: BlockCache, block: int, b: int, units=()) -> torch.Tensor:
+def mid_stream(cache: BlockCache, block: int, b: int) -> torch.Tensor:
     """The residual stream between ``block``'s attention and MLP on batch ``b`` (removed
-    units and ``units`` bypassed)."""
+    units bypassed)."""
     path = mid_module_path(cache.structure, block)
     module = cache.model.get_submodule(path)
-    with recording(module, inputs=True) as seen, cache.with_bypass(units):
+    with recording(module, inputs=True) as seen, cache.with_bypass(()):
         cache.run_block(block, b)
     return seen[-1]
 
@@ -186,10 +190,11 @@ def token_weights(target: torch.Tensor) -> torch.Tensor:
     return 1.0 / target.pow(2).sum(-1, keepdim=True).clamp_min(1e-12)
 
 
-def writer_output(cache: BlockCache, writer: Slot, b: int, units=()) -> torch.Tensor:
-    """The writer layer's output on batch ``b`` (removed units and ``units`` bypassed)."""
+def writer_output(cache: BlockCache, writer: Slot, b: int) -> torch.Tensor:
+    """The writer layer's output on batch ``b`` (removed units bypassed; what follows the
+    writer cannot change it)."""
     module = writer_module(cache.model, cache.structure, writer)
-    with recording(module) as seen, cache.with_bypass(units):
+    with recording(module) as seen, cache.with_bypass(()):
         cache.run_block(writer[0], b)
     return seen[-1]
 

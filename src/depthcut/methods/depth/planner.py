@@ -13,7 +13,6 @@ from depthcut.planning.select import (
     candidates,
     check_reachable,
     latency_size,
-    params_of,
     protected_blocks,
     settle,
 )
@@ -68,15 +67,15 @@ def _contiguous(
     n_blocks = scores.model["num_blocks"]
     banned = protected_blocks(n_blocks, cfg.protect_first, cfg.protect_last)
     blocks = {u.block: u for u in pool if u.kind is Kind.BLOCK}
+    selection = Selection(pool, size)
     spans = []
     for n in range(1, n_blocks + 1):
         for start in range(0, n_blocks - n + 1):
             if banned.intersection(range(start, start + n)):
                 continue
-            span = sum((size or params_of)(blocks[b]) for b in range(start, start + n))
+            span = sum(selection.size(blocks[b]) for b in range(start, start + n))
             if (span <= target) if cap else (span >= target):
                 spans.append((-n if cap else n, scores.spans[f"{start}:{n}"], start))
-    selection = Selection(pool, size)
     if not spans:
         if cap:
             return selection
@@ -119,8 +118,8 @@ def depth_actions(scores: Scores, cfg: PruneConfig) -> tuple[list[Action], float
         return _contiguous(scores, pool, target, cfg, cap, size)
 
     selection = settle(build, target, cfg.budget.mode, lambda s: s.removed)
-    final = selection.final_units()
-    return [_action(u, scores) for u in final], target, sum(selection.size(u) for u in final)
+    actions = [_action(u, scores) for u in selection.final_units()]
+    return actions, target, selection.removed
 
 
 def _action(unit: Unit, scores: Scores) -> Action:

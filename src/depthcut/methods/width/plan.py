@@ -20,13 +20,12 @@ def width_fraction(scores: Scores, cfg: PruneConfig, kind: Kind) -> float:
         return cfg.width_fraction(kind)
     layers = scores.width[kind]["layers"].values()
     total = sum(info["size"] * info["unit_params"] for info in layers)
-    fraction = budget_target(scores.model, cfg) / total
-    if not 0.0 < fraction < 1.0:
+    target = budget_target(scores.model, cfg)
+    if not 0 < target < total:
         raise BudgetError(
-            f"budget unreachable: {amount(budget_target(scores.model, cfg))} requested but "
-            f"all {kind}s hold {amount(total)}"
+            f"budget unreachable: {amount(target)} requested but all {kind}s hold {amount(total)}"
         )
-    return fraction
+    return target / total
 
 
 def width_actions(scores: Scores, cfg: PruneConfig, kind: Kind, plan: Plan) -> list[Action]:
