@@ -4,10 +4,14 @@ and `--streaming`, each run in a fresh subprocess (its peak RSS comes from
 
     python benchmarks/bench_memory.py                 # packaged SmolLM2-135M
     python benchmarks/bench_memory.py --llama-1b      # + a 1.1B Llama-shaped random checkpoint
+    python benchmarks/bench_memory.py --llama-7b      # + a 6.9B Llama-2-shaped one, bfloat16
     python benchmarks/bench_memory.py --compare SRC   # + another checkout's src/ beside
 
-The 1.1B checkpoint (22 blocks, hidden 2048, MLP 5632, 32 heads / 4 KV heads, SmolLM2's
-49,152-token vocabulary so its tokenizer fits) is written block by block, never whole.
+The 1.1B checkpoint (22 blocks, hidden 2048, MLP 5632, 32 heads / 4 KV heads, float32) and the
+6.9B one (Llama-2-7B's 32 blocks, hidden 4096, MLP 11008, 32 heads; bfloat16, 13.7 GB) use
+SmolLM2's 49,152-token vocabulary so its tokenizer fits; each is written block by block, never
+whole. The 6.9B model is only streamed (its in-memory run would not be a fair row on a 24 GB
+machine), on fewer calibration tokens: bfloat16 matrix products are slow on this CPU.
 """
 
 from __future__ import annotations
@@ -30,7 +34,25 @@ def checkpoint_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
-def write_llama(folder: Path, tokenizer_dir: Path) -> Path:
+SHAPES = {
+    "llama-1.1b": dict(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+    ),
+    "llama-6.9b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+    ),
+}
+
+
+def write_llama(folder: Path, tokenizer_dir: Path, shape: str, dtype: str = "float32") -> Path:
     """A random Llama-shaped checkpoint, one safetensors shard per block."""
     import torch
     from safetensors.torch import save_file
@@ -39,15 +61,8 @@ def write_llama(folder: Path, tokenizer_dir: Path) -> Path:
     if (folder / "model.safetensors.index.json").exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    config = LlamaConfig(
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=22,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        vocab_size=49152,
-        tie_word_embeddings=False,
-    )
+    config = LlamaConfig(**SHAPES[shape], vocab_size=49152, tie_word_embeddings=False, dtype=dtype)
+    cast = getattr(torch, dtype)
     with torch.device("meta"):
         shapes = {
             n: p.shape for n, p in AutoModelForCausalLM.from_config(config).state_dict().items()
@@ -65,7 +80,7 @@ def write_llama(folder: Path, tokenizer_dir: Path) -> Path:
                 torch.randn(shapes[n], generator=gen) * 0.02
                 if len(shapes[n]) > 1
                 else torch.ones(shapes[n])
-            )
+            ).to(cast)
             for n in names
         }
         save_file(tensors, str(folder / file), metadata={"format": "pt"})
@@ -78,9 +93,9 @@ def write_llama(folder: Path, tokenizer_dir: Path) -> Path:
     return folder
 
 
-def peak_rss(src: Path, model: str, extra: list[str]) -> tuple[int, float]:
+def peak_rss(src: Path, model: str, extra: list[str], tokens=(8, 128)) -> tuple[int, float]:
     """(peak RSS in bytes, seconds) of one prune run with ``src`` first on the import path."""
-    out = Path(tempfile.mkdtemp()) / "run"
+    out = Path(tempfile.mkdtemp(dir=os.environ.get("BENCH_TMP"))) / "run"
     cmd = [
         sys.executable,
         "-m",
@@ -92,9 +107,9 @@ def peak_rss(src: Path, model: str, extra: list[str]) -> tuple[int, float]:
         "--budget",
         "params=0.25",
         "--n-samples",
-        "8",
+        str(tokens[0]),
         "--seq-len",
-        "128",
+        str(tokens[1]),
         "--out",
         str(out),
         *extra,
@@ -115,13 +130,20 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-1b", action="store_true")
+    ap.add_argument("--llama-7b", action="store_true")
+    ap.add_argument("--only-7b", action="store_true", help="just the 6.9B streaming rows")
     ap.add_argument("--compare", type=Path, help="another checkout's src/ to measure beside")
     args = ap.parse_args()
     smol = resolve("smollm2-135m")
     models = {"smollm2-135m": smol}
+    cache = Path(os.environ.get("DEPTHCUT_CACHE", Path.home() / ".cache/depthcut")) / "bench"
     if args.llama_1b:
-        cache = Path(os.environ.get("DEPTHCUT_CACHE", Path.home() / ".cache/depthcut"))
-        models["llama-1.1b (random)"] = write_llama(cache / "bench" / "llama-1.1b", smol)
+        models["llama-1.1b (random)"] = write_llama(cache / "llama-1.1b", smol, "llama-1.1b")
+    big = None
+    if args.llama_7b or args.only_7b:
+        big = write_llama(cache / "llama-6.9b-bf16", smol, "llama-6.9b", "bfloat16")
+    if args.only_7b:
+        models = {}
     rows = [
         ("in-memory", ROOT / "src", []),
         ("in-memory --perplexity", ROOT / "src", ["--perplexity", "--max-windows", "4"]),
@@ -139,6 +161,28 @@ def main() -> None:
                 f"{rss / size:>6.2f}× {secs:>6.1f}",
                 flush=True,
             )
+    if big is not None:
+        _big_rows(big)
+
+
+def _big_rows(folder: Path) -> None:
+    """The 6.9B bfloat16 checkpoint, streamed: blocks, then heads + neurons (Taylor, with its
+    reverse pass), on 4 × 64 calibration tokens."""
+    size = checkpoint_bytes(folder)
+    runs = [
+        ("--streaming bf16 blocks", ["--streaming"]),
+        (
+            "--streaming bf16 neurons",
+            ["--streaming", "--units", "neuron", "--width-importance", "activation_frequency"],
+        ),
+    ]
+    for label, extra in runs:
+        rss, secs = peak_rss(ROOT / "src", str(folder), extra, tokens=(4, 64))
+        print(
+            f"{'llama-6.9b (random)':<22} {size / 1e9:>6.2f}  {label:<24} {rss / 1e9:>11.2f} "
+            f"{rss / size:>6.2f}× {secs:>6.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -22,29 +22,91 @@ SCORES = [
     dict(units=("attention", "mlp"), importance="angular", tokens="last"),
     dict(units=("block",), importance="gromov"),
     dict(units=("block", "attention", "mlp"), importance="random"),
+    dict(units=("block",), importance="kl"),
+    dict(units=("attention", "mlp"), importance="ce"),
+    dict(units=("block", "mlp"), importance="ppl"),
+    dict(units=("head", "neuron"), heads=0.25, neurons=0.25, width_importance="magnitude"),
+    dict(units=("head", "neuron"), heads=0.25, neurons=0.25, width_importance="taylor"),
+    dict(units=("neuron",), neurons=0.25, width_importance="activation_frequency"),
+    dict(units=("block", "head"), heads=0.25, width_importance="output_norm"),
+    dict(units=("fine",), importance="taylor", budget=dc.Budget(0.2)),
+    dict(units=("fine",), importance="angular", budget=dc.Budget(0.2)),
 ]
 
 
+def _id(kw: dict) -> str:
+    return "-".join(kw["units"]) + ":" + kw.get("width_importance", kw.get("importance", ""))
+
+
 @pytest.mark.parametrize("builder", [tiny_llama, tiny_qwen2], ids=["llama", "qwen2-sliding"])
-@pytest.mark.parametrize("kw", SCORES, ids=lambda kw: kw["importance"])
+@pytest.mark.parametrize("kw", SCORES, ids=_id)
 def test_streamed_scores_equal_in_memory(tmp_path, builder, kw):
+    """Local, logit (every candidate carried along one pass), width and fine-grained scores
+    (gradients by a reverse pass from the top block) equal the in-memory ones exactly."""
     model = save_tiny(tmp_path / "m", builder).eval()
     cfg, calib = dc.PruneConfig(**kw), tiny_calib(pad_last=3)
     dense = dc.score(model, cfg, calib, progress=False)
     source = BlockSource(tmp_path / "m")
     streamed = stream_score(source, cfg, calib, progress=False)
     assert streamed.unit_scores == dense.unit_scores  # the same arithmetic, block by block
+    assert streamed.width == dense.width and streamed.fine == dense.fine
     assert streamed.spans == dense.spans and streamed.model == dense.model
-    assert streamed.cost["forward_equivalents"] == dense.cost["forward_equivalents"]
+    assert [u.id for u in streamed.units] == [u.id for u in dense.units]
+    if cfg.depth_units or cfg.fine:
+        cost = dense.cost["forward_equivalents"]
+        assert streamed.cost["forward_equivalents"] == pytest.approx(cost, rel=1e-12)
     assert all(p.is_meta for p in source.blocks.parameters())  # every block released
+
+
+def test_streamed_perplexity_equals_in_memory(tmp_path):
+    """Dense and pruned (blocks, a sublayer, heads, neurons; fine units) perplexity, streamed
+    == loaded."""
+    from depthcut.eval.perplexity import perplexity
+    from depthcut.stream.perplexity import stream_perplexity
+
+    model = save_tiny(tmp_path / "m").eval()
+    ids = torch.randint(3, 97, (300,), generator=torch.Generator().manual_seed(0))
+    proto = dict(window=64, stride=48, bos_id=1)
+    source = BlockSource(tmp_path / "m")
+    dense = perplexity(model, ids, **proto, progress=False)
+    assert stream_perplexity(source, ids, **proto, progress=False) == dense
+    cfg = dc.PruneConfig(
+        units=("block", "attention", "neuron", "head"),
+        budget=dc.Budget(0.15),
+        heads=0.1,
+        neurons=0.3,
+    )
+    plan = dc.plan(dc.score(model, cfg, tiny_calib(), progress=False), cfg, model)
+    assert {a.kind.value for a in plan.actions} >= {"block", "neuron", "head"}
+    pruned = perplexity(dc.apply(model, plan), ids, **proto, progress=False)
+    streamed = stream_perplexity(source, ids, **proto, plan=plan, progress=False)
+    assert streamed.nll == pytest.approx(pruned.nll, rel=1e-6) and streamed != dense
+    cfg = dc.PruneConfig(units=("fine",), importance="taylor", budget=dc.Budget(0.2))
+    plan = dc.plan(dc.score(model, cfg, tiny_calib(), progress=False), cfg, model)
+    pruned = perplexity(dc.apply(model, plan), ids, **proto, progress=False)
+    streamed = stream_perplexity(source, ids, **proto, plan=plan, progress=False)
+    assert streamed.nll == pytest.approx(pruned.nll, rel=1e-6) and streamed != dense
+
+
+def test_walk_prefetches_in_order_and_releases(tmp_path):
+    save_tiny(tmp_path / "m")
+    source = BlockSource(tmp_path / "m")
+    seen = []
+    for i in source.walk([4, 1, 2]):
+        assert not any(p.is_meta for p in source.blocks[i].parameters())
+        assert sum(not p.is_meta for p in source.blocks.parameters()) == len(
+            list(source.blocks[i].parameters())
+        )  # one block materialised in the model at a time
+        seen.append(i)
+    assert seen == [4, 1, 2] and all(p.is_meta for p in source.blocks.parameters())
 
 
 def test_streaming_refuses_what_needs_the_whole_model(tmp_path):
     save_tiny(tmp_path / "m")
     for kw, says in [
-        (dict(units=("block",), importance="kl"), "re-run the rest of the model"),
-        (dict(units=("head",), heads=0.25), "width and fine units need the whole model"),
-        (dict(units=("block",), strategy="iterative"), "re-run the rest of the model"),
+        (dict(units=("fine",), importance="kl"), "runs the rest of the model per unit"),
+        (dict(units=("block",), strategy="iterative"), "re-scores the model after every"),
+        (dict(units=("neuron",), neurons=0.2, width_steps=2), "re-scores the model after every"),
     ]:
         with pytest.raises(ConfigError, match=says):
             stream_score(BlockSource(tmp_path / "m"), dc.PruneConfig(**kw), tiny_calib())
@@ -82,7 +144,16 @@ def _tensors(folder: Path) -> dict:
 
 
 @pytest.mark.parametrize(
-    "units", [["--units", "block"], ["--units", "attention,mlp", "--importance", "angular"]]
+    "units",
+    [
+        ["--units", "block"],
+        ["--units", "attention,mlp", "--importance", "angular"],
+        ["--units", "block,mlp", "--importance", "kl"],
+        ["--units", "head,neuron", "--heads", "0.25", "--neurons", "0.3", "--repair", "none"],
+        ["--units", "neuron", "--width-importance", "taylor", "--repair", "none"],
+        ["--units", "fine", "--importance", "angular", "--budget", "params=0.2"],
+    ],
+    ids=["block", "sublayer", "kl", "width", "taylor", "fine"],
 )
 def test_streamed_prune_writes_the_in_memory_checkpoint(tmp_path, units):
     sharded = tmp_path / "sharded"
@@ -134,3 +205,30 @@ def test_streamed_smollm2_equals_in_memory(tmp_path):
     assert (runs["mem"] / "plan.json").read_text() == (runs["stream"] / "plan.json").read_text()
     a, b = _tensors(runs["mem"]), _tensors(runs["stream"])
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_streamed_prune_measures_perplexity_as_in_memory(tmp_path):
+    """``prune --streaming --perplexity``: the dense and the pruned perplexity (streamed, the
+    plan applied block by block) equal the in-memory run's report."""
+    save_tiny(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    units = ["--units", "block,neuron", "--budget", "params=0.1", "--neurons", "0.3"]
+    units += ["--repair", "none", "--perplexity"]
+    units += ["--window", "64", "--max-windows", "2", "--eval-text", tmp_path / "t.txt"]
+    mem = _prune(tmp_path, tmp_path / "m", "mem", *units)
+    streamed = _prune(tmp_path, tmp_path / "m", "stream", *units, "--streaming")
+    a = json.loads((mem / "report.json").read_text())
+    b = json.loads((streamed / "eval.json").read_text())
+    for when in ("before", "after"):
+        assert b[when]["perplexity"]["nll"] == pytest.approx(a[when]["perplexity"]["nll"], 1e-6)
+        assert b[when]["params_all"] == a[when]["params_all"]
+    assert a["after"]["perplexity"]["nll"] != a["before"]["perplexity"]["nll"]
+
+
+def test_streamed_prune_refuses_latency(tmp_path, capsys):
+    save_tiny(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    argv = ["prune", str(tmp_path / "m"), "--streaming", "--latency", "--out", str(tmp_path / "o")]
+    assert main(argv) != 0
+    assert "measures --perplexity only" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -1,12 +1,15 @@
-"""Check a saved depth-pruned directory against the in-memory model, one block at a time.
+"""Check a saved depth- or width-pruned directory against the in-memory model, one block at a
+time.
 
 ``depthcut.load`` rebuilds the base architecture from the plan's config, replays the plan and
 loads the weights. Here the same rebuild happens on the ``meta`` device (no memory; the block
 structure comes from a two-block copy, as in streaming): every saved tensor outside the blocks
 must equal the in-memory one, and every rebuilt block, filled from the saved files, must give
 exactly the in-memory block's output on the in-memory block's own probe input. Peak memory:
-the model plus one block. Width, fine, multi-plan and quantized results are checked by a full
-reload instead (their replay traces a forward, which ``meta`` tensors cannot run).
+the model plus one block. Heads / neurons are sliced on ``meta`` too (their groups come from
+the structure's traced views, not from a forward). Fine, multi-plan and quantized results are
+checked by a full reload instead (their replay traces a forward, which ``meta`` tensors cannot
+run).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from torch import nn
 
 from depthcut.errors import OutputWriteError
 from depthcut.graph.structure import ModelStructure, discover_structure, probe_inputs
+from depthcut.methods.width.apply import prune_width
+from depthcut.methods.width.surgery import layers_of
 from depthcut.planning.plan import Plan
 from depthcut.skeleton import build_from_config
 from depthcut.stream.source import read_tensors, shard_index, shell_and_structure
@@ -31,6 +36,11 @@ def _rebuilt(plan: Plan) -> tuple[nn.Module, ModelStructure]:
     with torch.device("meta"):
         model = build_from_config(plan.model["config"])
     _, structure = shell_and_structure(model.config)
+    width = [a for a in plan.actions if a.kind.family == "width"]
+    if width:  # sliced first, as apply_plan does; shapes only (meta)
+        layers = layers_of(model, structure, width)
+        for action in width:
+            prune_width(model, layers[action.unit_id], list(action.members))
     return DepthFamily().apply(model, plan, structure), structure
 
 
@@ -91,12 +101,12 @@ def _check_blocks(model: nn.Module, rebuilt: nn.Module, saved: dict) -> None:
 def blockwise_applies(model: nn.Module, plans: list[Plan]) -> bool:
     from depthcut.quantize import is_quantized
 
-    depth = all(a.kind.family == "depth" for a in plans[0].actions)
-    return len(plans) == 1 and depth and not is_quantized(model)
+    sliced = all(a.kind.family in ("depth", "width") for a in plans[0].actions)
+    return len(plans) == 1 and sliced and not is_quantized(model)
 
 
 def verify_blockwise(model: nn.Module, plan: Plan, folder: Path) -> None:
-    """Raise unless ``folder`` holds ``model`` pruned by the depth ``plan``."""
+    """Raise unless ``folder`` holds ``model`` pruned by the depth / width ``plan``."""
     rebuilt, structure = _rebuilt(plan)
     saved = _saved(folder, model)
     _check_rest(model, rebuilt, saved, structure.blocks_path)

@@ -21,7 +21,8 @@ def resolve_repair(args: argparse.Namespace, units: tuple[str, ...]) -> str:
     if args.repair != "auto":
         return args.repair
     looped = getattr(args, "steps", 1) > 1 or getattr(args, "recover", None)
-    return "ls" if units and set(units) <= {"head", "neuron"} and not looped else "none"
+    once = not looped and not getattr(args, "streaming", False)
+    return "ls" if units and set(units) <= {"head", "neuron"} and once else "none"
 
 
 def make_config(args: argparse.Namespace):

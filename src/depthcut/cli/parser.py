@@ -166,7 +166,8 @@ def add_prune(sub) -> None:
     p.add_argument(
         "--streaming",
         action="store_true",
-        help="one block in memory at a time: blocks / sublayers, bi|angular|gromov, on disk",
+        help="one block in memory at a time (read from the shards, written on disk): blocks, "
+        "sublayers, heads, neurons; one-shot; --perplexity streamed too",
     )
     _train_args(p)
     p.set_defaults(func=commands.cmd_prune)

@@ -55,6 +55,25 @@ def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int
     return out
 
 
+def protocol_spans(
+    n_tokens: int, window: int, stride: int | None, max_windows: int | None
+) -> tuple[int, list[tuple[int, int, int]]]:
+    """(stride, the windows measured) of a protocol, refused when it cannot be measured."""
+    stride = stride or window
+    if window < 2 or stride < 1 or stride > window:
+        raise CalibrationError(f"window={window}, stride={stride}: need 2 <= window, stride")
+    spans = windows(n_tokens, window, stride)[:max_windows]
+    if not spans:
+        raise CalibrationError("evaluation text is empty")
+    return stride, spans
+
+
+def window_ids(ids: torch.Tensor, begin: int, end: int, bos_id: int | None) -> torch.Tensor:
+    """The tokens one window runs on (BOS prepended when set)."""
+    chunk = ids[begin:end]
+    return chunk if bos_id is None else torch.cat([torch.tensor([bos_id]), chunk])
+
+
 def perplexity(
     model,
     token_ids: list[int] | torch.Tensor,
@@ -66,32 +85,37 @@ def perplexity(
 ) -> PerplexityResult:
     """Perplexity of ``model`` on a token stream (``bos_id`` set → BOS prepended per window)."""
     ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
-    stride = stride or window
-    if window < 2 or stride < 1 or stride > window:
-        raise CalibrationError(f"window={window}, stride={stride}: need 2 <= window, stride")
-    spans = windows(len(ids), window, stride)[:max_windows]
-    if not spans:
-        raise CalibrationError("evaluation text is empty")
+    stride, spans = protocol_spans(len(ids), window, stride, max_windows)
     total, count = 0.0, 0
     for begin, end, n_targets in tqdm(spans, desc="perplexity", disable=not progress):
-        total += _window_nll(model, ids[begin:end], n_targets, bos_id)
+        total += _window_nll(model, window_ids(ids, begin, end, bos_id), n_targets)
         count += n_targets
+    return result_of(total, count, window, stride, bos_id, len(spans))
+
+
+def result_of(
+    total: float, count: int, window: int, stride: int, bos_id: int | None, n_windows: int
+) -> PerplexityResult:
     nll = total / count
     return PerplexityResult(
-        math.exp(nll), nll, count, window, stride, bos_id is not None, len(spans)
+        math.exp(nll), nll, count, window, stride, bos_id is not None, n_windows
     )
 
 
-def _window_nll(model, chunk: torch.Tensor, n_targets: int, bos_id: int | None) -> float:
+def _window_nll(model, chunk: torch.Tensor, n_targets: int) -> float:
     """Summed NLL of the last ``n_targets`` tokens of ``chunk``."""
-    if bos_id is not None:
-        chunk = torch.cat([torch.tensor([bos_id]), chunk])
     chunk = chunk.to(device_of(model))
     with torch.no_grad():
-        logits = model(input_ids=chunk.unsqueeze(0), use_cache=False).logits[0, :-1]
-    logits, targets = logits[-n_targets:], chunk[1:][-n_targets:]
+        logits = model(input_ids=chunk.unsqueeze(0), use_cache=False).logits[0]
+    return logits_nll(logits, chunk, n_targets)
+
+
+def logits_nll(logits: torch.Tensor, chunk: torch.Tensor, n_targets: int) -> float:
+    """Summed NLL of the last ``n_targets`` tokens of ``chunk`` under ``logits`` ([T, V], one
+    row per position of ``chunk``), in float64 a slice of rows at a time."""
+    logits, targets = logits[:-1][-n_targets:], chunk[1:][-n_targets:]
     total = 0.0
-    for rows in range(0, n_targets, ROWS):  # float64 log-softmax, a slice of rows at a time
+    for rows in range(0, n_targets, ROWS):
         logp = torch.log_softmax(logits[rows : rows + ROWS].double(), dim=-1)
         picked = logp.gather(-1, targets[rows : rows + ROWS].unsqueeze(-1))
         total -= float(picked.sum())

@@ -158,22 +158,21 @@ def _iterative(model, tok, calib, job: PruneJob) -> Path:
 
 
 def _streamed(job: PruneJob) -> Path:
-    """Score, plan and apply on disk with one block in memory (``--streaming``)."""
+    """Score, plan and apply on disk with one block in memory (``--streaming``); with
+    ``--perplexity`` the dense and the pruned model are measured streaming too."""
     from depthcut.api import plan
     from depthcut.devices import resolve_device, resolve_dtype
     from depthcut.io import atomic_dir
     from depthcut.models import load_tokenizer, resolve
+    from depthcut.report.write import comparison_rows, table
     from depthcut.stream.apply import apply_on_disk
+    from depthcut.stream.fine import stream_fine_model
     from depthcut.stream.score import check_streamable, stream_score
     from depthcut.stream.source import BlockSource
 
-    recipe = job.recipe
+    recipe, settings = job.recipe, job.evaluation
     check_streamable(recipe.prune)
-    if job.evaluation is not None or recipe.steps > 1 or recipe.recover or recipe.quantize:
-        raise DepthcutError(
-            "--streaming scores, plans and writes the pruned checkpoint; measure it afterwards "
-            "with `depthcut eval OUT` (no --perplexity/--latency/--steps/--recover/--quantize)"
-        )
+    _check_streamed_eval(job)
     path = resolve(job.model.name)
     if (path / "depthcut.json").exists():
         raise DepthcutError(f"{path}: --streaming reads a plain checkpoint, not a depthcut run")
@@ -181,19 +180,64 @@ def _streamed(job: PruneJob) -> Path:
     device = resolve_device(job.model.device)
     source = BlockSource(path, resolve_dtype(job.model.dtype, device), device)
     scores = stream_score(source, recipe.prune, job.calib.data(tok))
-    the_plan = plan(scores, recipe.prune)
+    traced = stream_fine_model(source) if recipe.prune.fine else None  # not a random skeleton
+    the_plan = plan(scores, recipe.prune, traced)
     print(the_plan.summary())
+    if settings is not None:
+        results = _streamed_perplexity(source, the_plan, tok, settings)
+        print(table(comparison_rows(results["before"], results["after"])))
 
     def write(tmp: Path) -> None:
         how = apply_on_disk(source, the_plan, tmp, {"source": job.model.source})
         tok.save_pretrained(tmp)
         scores.save(tmp / "scores.json")
         recipe.save(tmp / "recipe.json")
+        if settings is not None:
+            (tmp / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
         print(f"depthcut: verified {job.out.path.name}: {how}", file=sys.stderr)
 
     out = atomic_dir(job.out.prepare(), write, job.out.overwrite)
     print(f"depthcut: wrote {out} (streamed: one block in memory at a time)", file=sys.stderr)
     return out
+
+
+def _check_streamed_eval(job: PruneJob) -> None:
+    settings, recipe = job.evaluation, job.recipe
+    if recipe.steps > 1 or recipe.recover or recipe.quantize:
+        raise DepthcutError(
+            "--streaming scores, plans and writes the pruned checkpoint once: no "
+            "--steps/--recover/--quantize (run them on the result in memory)"
+        )
+    if settings is not None and (settings.latency or settings.tasks):
+        raise DepthcutError(
+            "--streaming measures --perplexity only; measure latency and tasks with "
+            "`depthcut eval OUT` on a machine that holds the pruned model"
+        )
+
+
+def _streamed_perplexity(source, the_plan, tok, settings: EvalSettings) -> dict:
+    """{"before": …, "after": …} as the in-memory comparison table reads them: parameters
+    from the plan, perplexity streamed for the dense model and for the plan applied."""
+    from depthcut.data import evaluation_tokens
+    from depthcut.stream.perplexity import stream_perplexity
+
+    ids = evaluation_tokens(tok, settings.source, settings.window * settings.max_windows + 1)
+    bos = tok.bos_token_id if settings.bos else None
+    out = {}
+    for name, p in (("before", None), ("after", the_plan)):
+        result = stream_perplexity(
+            source, ids, settings.window, settings.stride, bos, settings.max_windows, p
+        )
+        out[name] = {**_plan_params(the_plan, name == "after"), "perplexity": result.to_dict()}
+    return out
+
+
+def _plan_params(the_plan, pruned: bool) -> dict[str, int]:
+    removed = the_plan.removed_params if pruned else 0
+    return {
+        "params_all": the_plan.model["params_all"] - removed,
+        "params_non_embedding": the_plan.model["params_non_embedding"] - removed,
+    }
 
 
 def _too_big(model: ModelRef) -> bool:

@@ -1,9 +1,11 @@
-"""Apply a depth plan on disk: the pruned checkpoint is written shard by shard, never loading
-the model. Kept tensors are copied (removed blocks and removed sublayers with their coupled
-norms are left out), block indices renumbered, the config's layer count and per-layer lists
-synced, and the plan recorded as ``depthcut.save`` does, so ``depthcut.load`` (and, for block
-plans, plain ``from_pretrained``) reads the result. Verification streams too: every written
-tensor is read back and compared with the source tensor it came from.
+"""Apply a plan on disk: the pruned checkpoint is written shard by shard, never loading the
+model. Kept tensors are copied (removed blocks and removed sublayers with their coupled norms
+are left out), the tensors of blocks that lose heads / neurons are sliced by the in-memory
+width surgery on that one loaded block, block indices renumbered, the config's layer count,
+per-layer lists and uniform widths synced, and the plan recorded as ``depthcut.save`` does,
+so ``depthcut.load`` (and, for block plans, plain ``from_pretrained``) reads the result.
+Verification streams too: every written tensor is read back and compared with the tensor it
+was made from.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from pathlib import Path
 
 import torch
 
-from depthcut.errors import OutputWriteError, UnsupportedModelError
+from depthcut.errors import OutputWriteError
 from depthcut.graph.structure import ModelStructure
 from depthcut.kinds import Kind
+from depthcut.methods.width.surgery import sync_uniform_width
 from depthcut.planning.plan import Plan
+from depthcut.stream.edit import PlanEdit
 from depthcut.stream.source import BlockSource, read_tensors
 from depthcut.surgery.hf import sync_config
 from depthcut.units.discover import discover_units
@@ -27,16 +31,16 @@ from depthcut.units.discover import discover_units
 def _removed_modules(source: BlockSource, plan: Plan) -> list[str]:
     """Module paths whose tensors go: sublayers (with their norms) of blocks that stay."""
     drop = set(plan.removed_blocks)
-    wanted = {a.unit_id for a in plan.actions if a.kind is not Kind.BLOCK and a.block not in drop}
-    kinds = tuple(sorted({a.kind for a in plan.actions if a.kind is not Kind.BLOCK}))
+    sub = [a for a in plan.actions if a.kind in (Kind.ATTENTION, Kind.MLP)]
+    wanted = {a.unit_id for a in sub if a.block not in drop}
+    kinds = tuple(sorted({a.kind for a in sub}))
     units = discover_units(source.model, source.structure, kinds) if kinds else []
     return [m for u in units if u.id in wanted for m in u.modules]
 
 
 def rename_map(source: BlockSource, plan: Plan) -> dict[str, str]:
-    """{source tensor name: pruned tensor name} of every tensor the pruned model keeps."""
-    if any(a.kind.family != "depth" for a in plan.actions):
-        raise UnsupportedModelError("--streaming applies block and sublayer plans on disk")
+    """{source tensor name: pruned tensor name} of every source tensor the pruned model keeps
+    (the tensors of edited blocks are renamed by ``Tensors``, from the edited block)."""
     structure: ModelStructure = source.structure
     drop = set(plan.removed_blocks)
     new_index = {
@@ -57,11 +61,82 @@ def rename_map(source: BlockSource, plan: Plan) -> dict[str, str]:
     return out
 
 
-def write_shards(source: BlockSource, names: dict[str, str], tmp: Path) -> dict[str, str]:
+class Tensors:
+    """The pruned model's tensors, shard by shard: copied from the source shards, or, for a
+    block that loses heads / neurons or fine-grained units, taken from that block loaded and
+    edited by the in-memory surgery (one block held at a time)."""
+
+    def __init__(self, source: BlockSource, plan: Plan, edit: PlanEdit):
+        self.source, self.edit = source, edit
+        self.names = rename_map(source, plan)
+        self.gone = tuple(m + "." for m in _removed_modules(source, plan))
+        self.prefix = source.structure.blocks_path + "."
+        kept = edit.kept()
+        self.new_index = {old: new for new, old in enumerate(kept)}
+        self.edited = [i for i in kept if edit.edits(i)]
+        self.origin: dict[str, tuple] = {}  # written name -> ("file", source name) | ("block", i)
+        self._block: tuple[int, dict] | None = None
+
+    def block_of(self, name: str) -> int | None:
+        if not name.startswith(self.prefix):
+            return None
+        return int(name[len(self.prefix) :].split(".", 1)[0])
+
+    def home(self, i: int) -> Path:
+        """The source shard whose output shard holds edited block ``i``."""
+        return min(f for n, f in self.source.files.items() if self.block_of(n) == i)
+
+    def edited_block(self, i: int) -> dict[str, torch.Tensor]:
+        """Block ``i`` loaded as saved (not cast), edited; its kept tensors by pruned name."""
+        if self._block is None or self._block[0] != i:
+            self._block = None
+            raw = self.source.block_tensors(i, convert=False)
+            with self.source.loaded(i, raw) as block:
+                self.edit.slice(i)
+                state = {k: v.detach() for k, v in block.state_dict().items()}
+            new = f"{self.prefix}{self.new_index[i]}."
+            kept = {
+                k: v for k, v in state.items() if not f"{self.prefix}{i}.{k}".startswith(self.gone)
+            }
+            self._block = (i, {new + k: v for k, v in kept.items()})
+        return self._block[1]
+
+    def shard_has_output(self, shard: Path) -> bool:
+        plain = any(
+            f == shard and n in self.names and self.block_of(n) not in self.edited
+            for n, f in self.source.files.items()
+        )
+        return plain or any(self.home(i) == shard for i in self.edited)
+
+    def shard(self, shard: Path) -> dict[str, torch.Tensor]:
+        """The pruned tensors written in place of source shard ``shard``."""
+        plain = [
+            n
+            for n, f in self.source.files.items()
+            if f == shard and n in self.names and self.block_of(n) not in self.edited
+        ]
+        out = {self.names[n]: t for n, t in read_tensors(self.source.files, plain).items()}
+        self.origin |= {self.names[n]: ("file", n) for n in plain}
+        for i in (i for i in self.edited if self.home(i) == shard):
+            block = self.edited_block(i)
+            out |= block
+            self.origin |= dict.fromkeys(block, ("block", i))
+        return out
+
+    def expected(self, name: str) -> torch.Tensor:
+        """What the written tensor ``name`` must equal (re-read or re-edited)."""
+        kind, what = self.origin[name]
+        if kind == "file":
+            return read_tensors(self.source.files, [what])[what]
+        return self.edited_block(what)[name]
+
+
+def write_shards(tensors: Tensors, tmp: Path) -> dict[str, str]:
     """One output shard per source shard, read one at a time; returns {name: file}."""
     from safetensors.torch import save_file
 
-    shards = sorted({source.files[n] for n in names})
+    shards = sorted(set(tensors.source.files.values()))
+    shards = [f for f in shards if tensors.shard_has_output(f)]
     weight_map = {}
     for k, shard in enumerate(shards, 1):
         file = (
@@ -69,10 +144,9 @@ def write_shards(source: BlockSource, names: dict[str, str], tmp: Path) -> dict[
             if len(shards) == 1
             else f"model-{k:05d}-of-{len(shards):05d}.safetensors"
         )
-        mine = [n for n in names if source.files[n] == shard]
-        tensors = {names[n]: t.contiguous() for n, t in read_tensors(source.files, mine).items()}
-        save_file(tensors, str(tmp / file), metadata={"format": "pt"})
-        weight_map |= dict.fromkeys(tensors, file)
+        out = {n: t.contiguous() for n, t in tensors.shard(shard).items()}
+        save_file(out, str(tmp / file), metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(out, file)
     if len(shards) > 1:
         size = sum((tmp / f).stat().st_size for f in set(weight_map.values()))
         index = {"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))}
@@ -80,16 +154,15 @@ def write_shards(source: BlockSource, names: dict[str, str], tmp: Path) -> dict[
     return weight_map
 
 
-def verify_copy(source: BlockSource, names: dict[str, str], weight_map: dict, tmp: Path) -> None:
-    """Every written tensor equals its source tensor (read back one shard at a time)."""
-    back = {new: old for old, new in names.items()}
+def verify_copy(tensors: Tensors, weight_map: dict, tmp: Path) -> None:
+    """Every written tensor equals the tensor it was made from (read back one shard at a
+    time)."""
     for file in sorted(set(weight_map.values())):
         written = [n for n, f in weight_map.items() if f == file]
         got = read_tensors(dict.fromkeys(written, tmp / file), written)
         for name, tensor in got.items():
-            original = read_tensors(source.files, [back[name]])[back[name]]
-            if not torch.equal(tensor, original):
-                raise OutputWriteError(f"{tmp.name}: {name} differs from {back[name]}")
+            if not torch.equal(tensor, tensors.expected(name)):
+                raise OutputWriteError(f"{tmp.name}: {name} differs from what it was made from")
 
 
 def apply_on_disk(source: BlockSource, plan: Plan, tmp: Path, meta: dict | None = None) -> str:
@@ -97,16 +170,19 @@ def apply_on_disk(source: BlockSource, plan: Plan, tmp: Path, meta: dict | None 
     depthcut.json, as for ``depthcut.save``); returns how it was verified."""
     from depthcut.version import FORMAT_VERSION, __version__
 
-    names = rename_map(source, plan)
-    weight_map = write_shards(source, names, tmp)
+    edit = PlanEdit(source, plan)
+    tensors = Tensors(source, plan, edit)
+    weight_map = write_shards(tensors, tmp)
     config = copy.deepcopy(source.config)
-    drop = set(plan.removed_blocks)
-    n = source.structure.num_blocks
-    sync_config(config, [i for i in range(n) if i not in drop], n)
+    sync_config(config, edit.kept(), source.structure.num_blocks)
+    if edit.width:
+        sync_uniform_width(config, edit.layers, edit.width, edit.drop)
     config.save_pretrained(tmp)
     plan.save(tmp / "plan.json")
     info = {"format": FORMAT_VERSION, "depthcut": __version__, "plans": [plan.to_dict()]}
     info |= meta or {}
     (tmp / "depthcut.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    verify_copy(source, names, weight_map, tmp)
-    return f"{len(weight_map)} tensors copied and read back equal, shard by shard"
+    verify_copy(tensors, weight_map, tmp)
+    n = len(tensors.edited)
+    sliced = f", {n} edited blocks (heads / neurons / fine units) one at a time" if n else ""
+    return f"{len(weight_map)} tensors written and read back equal, shard by shard{sliced}"

@@ -1,12 +1,17 @@
-"""Scores of depth units with one block in memory at a time.
+"""Scores with one block in memory at a time.
 
 The block-input cache is filled block by block: one forward with every block replaced by a
 recorder gives block 0's inputs and the extra arguments the model passes to each block
 (masks, rotary embeddings, per-layer masks of sliding-window models); then block i is read
-from the shards, run on its cached inputs (its outputs are block i + 1's inputs), its units are
-scored with the same metric code as in memory, and it is released. Local metrics (``bi``,
-``angular``, ``gromov``, ``random``) stream; metrics that need the rest of the model per
-candidate (``kl``, ``ce``, ``ppl``) and the iterative strategy are refused with the reason.
+from the shards (the next one is read meanwhile), run on its cached inputs (its outputs are
+block i + 1's inputs), its units are scored with the same metric code as in memory, and it is
+released. Local metrics (``bi``, ``angular``, ``gromov``, ``random``) score a block while it
+is loaded. Logit metrics (``kl``, ``ce``, ``ppl``) need the rest of the model per candidate:
+every candidate's hidden state is carried along the same single pass (a candidate starting at
+block i runs block i without its unit, then every later block as it is loaded), so the weights
+are read once and the compute is the in-memory one; the held states cost candidates × the
+calibration activations. Head / neuron scores stream too (``stream.width``). The iterative
+strategy and fine-grained units are refused with the reason.
 """
 
 from __future__ import annotations
@@ -23,13 +28,19 @@ from depthcut.data import CalibData
 from depthcut.errors import ConfigError
 from depthcut.graph.capture import first_tensor
 from depthcut.importance.registry import get_importance
+from depthcut.importance.run import score_units
+from depthcut.kinds import Kind
 from depthcut.methods.base import describe
 from depthcut.scores import Scores
 from depthcut.stream.source import BlockSource
+from depthcut.stream.width import STREAMED_WIDTH, WidthStream
 from depthcut.surgery.modules import set_module
+from depthcut.units.bypass import bypassed
 from depthcut.units.discover import discover_units
 
-STREAMED_METRICS = ("angular", "bi", "gromov", "random")
+LOCAL_METRICS = ("angular", "bi", "gromov", "random")
+LOGIT_METRICS = ("ce", "kl", "ppl")
+STREAMED_METRICS = LOCAL_METRICS + LOGIT_METRICS
 
 
 class _Recorder(nn.Module):
@@ -52,9 +63,12 @@ class StreamCache(BlockCache):
     """A ``BlockCache`` whose blocks are those of a ``BlockSource`` (meta until loaded) and
     whose inputs after block 0 are filled by ``advance``."""
 
-    def __init__(self, source: BlockSource, calib: CalibData, progress: bool = True):
+    def __init__(
+        self, source: BlockSource, calib: CalibData, progress: bool = True, keep: bool = True
+    ):
         self.source, self.model, self.structure = source, source.model, source.structure
-        self.backward = False
+        self.backward, self.keep = False, keep
+        self.finals: dict[str, list[torch.Tensor]] = {}  # candidate id → final hidden states
         self._start(calib.to(source.device), progress)
         self._record()
 
@@ -65,6 +79,7 @@ class StreamCache(BlockCache):
     def _record(self) -> None:
         """One forward per batch with stand-ins for the blocks and the LM head (which stays
         on ``meta``); then the embeddings are released too."""
+        self.source.load_rest()
         shells = list(self.blocks)
         heads = {p: self.model.get_submodule(p) for p in self.source.head_paths()}
         for i, info in enumerate(self.structure.blocks):
@@ -83,27 +98,70 @@ class StreamCache(BlockCache):
         self.tail_runs += len(self.batches)
         self.source.release_embeddings()
 
-    def advance(self, i: int) -> None:
-        """Block i's outputs (block i + 1's inputs); block i must be loaded."""
-        self.inputs[i + 1] = [self.run_block(i, b) for b in range(len(self.batches))]
+    def advance(self, i: int, before=None) -> None:
+        """Block i's outputs (block i + 1's inputs); block i must be loaded. ``before(b)`` is
+        called before batch b runs; without ``keep`` block i's inputs are dropped after."""
+        outputs = []
+        for b in range(len(self.batches)):
+            if before is not None:
+                before(b)
+            outputs.append(self.run_block(i, b))
+        self.inputs[i + 1] = outputs
+        if not self.keep:
+            self.inputs[i] = []
+
+    def run_from(self, i: int, b: int, units=(), hidden=None) -> torch.Tensor:
+        """The final hidden state a logit metric asks for: carried along the pass."""
+        units = list(units)
+        if hidden is None and len(units) == 1 and units[0].id in self.finals:
+            return self.finals[units[0].id][b]
+        raise ConfigError("--streaming runs the blocks once, in order: no re-runs")
 
 
 def check_streamable(cfg: PruneConfig) -> None:
+    from depthcut.stream.fine import check_fine_streamable
+
     if cfg.budget.latency is not None:
         raise ConfigError(
             "--budget latency measures decode time on the whole model: not with --streaming"
         )
-    if cfg.width_units or "fine" in cfg.units:
+    if cfg.strategy == "iterative" or cfg.width_steps > 1:
         raise ConfigError(
-            "--streaming prunes blocks and sublayers; width and fine units "
-            "need the whole model in memory"
+            "--streaming scores one-shot: the iterative strategy re-scores the model after "
+            "every removal; use it in memory"
         )
-    if cfg.importance not in STREAMED_METRICS or cfg.strategy == "iterative":
+    if cfg.fine:
+        check_fine_streamable(cfg)
+    elif cfg.depth_units and cfg.importance not in STREAMED_METRICS:
         raise ConfigError(
-            f"--streaming scores one-shot with {', '.join(STREAMED_METRICS)}; importance "
-            f"{cfg.importance!r} / strategy {cfg.strategy!r} re-run the rest of the model per "
-            "candidate: use them in memory"
+            f"--streaming scores depth units with {', '.join(STREAMED_METRICS)}, "
+            f"not {cfg.importance!r}"
         )
+    if cfg.width_units and cfg.width_importance not in STREAMED_WIDTH:
+        raise ConfigError(
+            f"--streaming scores heads / neurons with {', '.join(STREAMED_WIDTH)}, "
+            f"not {cfg.width_importance!r}"
+        )
+
+
+class _Candidates:
+    """The final hidden states of every depth candidate, carried along one pass."""
+
+    def __init__(self, cache: StreamCache, units: list):
+        self.cache, self.units, self.states = cache, units, {}
+
+    def advance(self, i: int) -> None:
+        """Block ``i`` (loaded) runs on every live candidate, then the candidates of block i
+        start: a removed block is skipped, a removed sublayer bypassed while the block runs."""
+        cache = self.cache
+        for uid, hidden in self.states.items():
+            self.states[uid] = [cache.run_block(i, b, h) for b, h in enumerate(hidden)]
+        for unit in (u for u in self.units if u.block == i):
+            if unit.kind is Kind.BLOCK:
+                self.states[unit.id] = list(cache.inputs[i])
+                continue
+            with bypassed(cache.model, cache.structure, [unit]):
+                self.states[unit.id] = [cache.run_block(i, b) for b in range(len(cache.batches))]
 
 
 def stream_score(
@@ -115,20 +173,66 @@ def stream_score(
     check_streamable(cfg)
     model, structure = source.model, source.structure
     scores = Scores(cfg.importance, [], {}, describe(model, structure), cfg.to_dict())
+    if cfg.fine:
+        return _stream_fine(source, cfg, calib, scores, progress)
     scores.units = discover_units(model, structure, cfg.depth_units)
-    reachable_pool(scores, cfg)  # fail fast, before any block is read
-    metric = get_importance(cfg.importance)(tokens=cfg.tokens)
+    if cfg.depth_units:
+        reachable_pool(scores, cfg)  # fail fast, before any block is read
+    metric = get_importance(cfg.importance)(tokens=cfg.tokens) if cfg.depth_units else None
+    width = WidthStream(source, cfg) if cfg.width_units else None
+    logits = cfg.importance in LOGIT_METRICS and bool(scores.units)
     cache = StreamCache(source, calib, progress)
+    carried = _Candidates(cache, scores.units) if logits else None
     by_block = defaultdict(list)
     for unit in scores.units:
         by_block[unit.block].append(unit)
-    for i in tqdm(range(structure.num_blocks), desc="stream blocks", disable=not progress):
-        with source.loaded(i):
-            cache.advance(i)
+    for i in tqdm(
+        source.walk(range(structure.num_blocks)),
+        total=structure.num_blocks,
+        desc="stream blocks",
+        disable=not progress,
+    ):
+        width.forward(cache, i) if width is not None else cache.advance(i)
+        if carried is not None:
+            carried.advance(i)
+        elif metric is not None:
             for unit in by_block[i]:
                 scores.unit_scores[unit.id] = float(metric.score(cache, unit))
+    if carried is not None or (width is not None and width.metric == "taylor"):
+        source.load_head()
+    if carried is not None:
+        cache.finals = carried.states
+        scores.unit_scores = score_units(cache, metric, scores.units, progress)
+    if width is not None:
+        width.count_tokens(cache)
+        width.backward(cache, progress)
+        scores.width = width.result()
     if getattr(metric, "provides_spans", False):
         scores.spans = metric.spans(cache)
+    scores.cost["forward_equivalents"] = cache.forward_equivalents
+    scores.cost["streamed"] = True
+    return scores
+
+
+def _stream_fine(
+    source: BlockSource, cfg: PruneConfig, calib: CalibData, scores: Scores, progress: bool
+) -> Scores:
+    """Fine-grained scores: the graph from block 0, a forward pass, then the reverse pass
+    that scores each block's units (``stream.fine``)."""
+    from depthcut.stream.fine import stream_fine_model, stream_fine_scores
+
+    fm = stream_fine_model(source)
+    scores.units = fm.units()
+    cache = StreamCache(source, calib, progress)
+    for i in tqdm(
+        source.walk(range(source.structure.num_blocks)),
+        total=source.structure.num_blocks,
+        desc="stream blocks",
+        disable=not progress,
+    ):
+        cache.advance(i)
+    source.load_head()
+    scores.unit_scores, scores.fine = stream_fine_scores(fm, cache, cfg, progress)
     scores.cost["forward_equivalents"] = cache.forward_equivalents
     scores.cost["streamed"] = True
     return scores

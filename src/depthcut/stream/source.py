@@ -14,7 +14,8 @@ import copy
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -144,43 +145,68 @@ class BlockSource:
         with torch.device("meta"):
             self.model = AutoModelForCausalLM.from_config(self.config, dtype=dtype)
         shell, self.structure = shell_and_structure(self.config, dtype)
-        self._materialize_rest(shell)
+        buffers = {n: b.to(self.device) for n, b in shell.named_buffers()}
+        del shell  # before the embeddings are read: the two are never in memory together
+        self._materialize_rest(buffers)
         self.model.eval()
 
     @property
     def blocks(self) -> nn.ModuleList:
         return self.model.get_submodule(self.structure.blocks_path)
 
-    def _materialize_rest(self, shell: nn.Module) -> None:
+    def _materialize_rest(self, shell_buffers: dict[str, torch.Tensor]) -> None:
         """Everything outside the block stack, from the shards; buffers that are not saved
         (rotary tables) from the two-block copy, which computed them from the same config."""
         prefix = self.structure.blocks_path + "."
-        head = tuple(p + "." for p in self.head_paths())
-        names = [n for n in self.model.state_dict() if not n.startswith((prefix, *head))]
-        saved = [n for n in names if n in self.files]
-        state = read_tensors(self.files, saved)
-        state = {k: self._here(v) for k, v in state.items()}
-        self.model.load_state_dict(state, strict=False, assign=True)
-        shell_buffers = dict(shell.named_buffers())
+        self.load_rest()
         for name, buf in list(self.model.named_buffers()):
             if buf.is_meta and not name.startswith(prefix):
                 owner, _, leaf = name.rpartition(".")
                 module = self.model.get_submodule(owner) if owner else self.model
-                module._buffers[leaf] = shell_buffers[name].to(self.device)
-        if getattr(self.config, "tie_word_embeddings", False) and hasattr(
-            self.model, "tie_weights"
-        ):
-            self.model.tie_weights()
+                module._buffers[leaf] = shell_buffers[name]
+        head = tuple(p + "." for p in self.head_paths())
         params = self.model.named_parameters()
         still = [n for n, p in params if p.is_meta and not n.startswith((prefix, *head))]
         if still:
             raise ModelLoadError(f"{self.folder}: tensors {still[:3]} are not in the shards")
-        shell_blocks = shell.get_submodule(self.structure.blocks_path)
+        first = self.structure.blocks_path + ".0."
         self._block_buffers = {
-            n.split(".", 1)[1]: b.to(self.device)
-            for n, b in shell_blocks.named_buffers()
-            if n.startswith("0.")
+            n[len(first) :]: b for n, b in shell_buffers.items() if n.startswith(first)
         }
+
+    def load_rest(self) -> None:
+        """Read the saved tensors outside the blocks and the LM head (embeddings, final norm)
+        that are not in memory: at start, and again after ``release_embeddings``."""
+        prefix = self.structure.blocks_path + "."
+        head = tuple(p + "." for p in self.head_paths())
+        names = [
+            n
+            for n, t in self.model.state_dict().items()
+            if t.is_meta and not n.startswith((prefix, *head)) and n in self.files
+        ]
+        state = {k: self._here(v) for k, v in read_tensors(self.files, names).items()}
+        self.model.load_state_dict(state, strict=False, assign=True)
+        if getattr(self.config, "tie_word_embeddings", False) and hasattr(
+            self.model, "tie_weights"
+        ):
+            self.model.tie_weights()
+
+    def load_head(self) -> None:
+        """Materialise the LM head (for logits: perplexity, KL / CE / PPL scores, Taylor's
+        loss); a tied head reads the input embedding's saved tensor."""
+        tied = getattr(self.config, "tie_word_embeddings", False)
+        embedding = self.model.get_input_embeddings()
+        emb_name = next(n + ".weight" for n, m in self.model.named_modules() if m is embedding)
+        for path in self.head_paths():
+            module = self.model.get_submodule(path)
+            for leaf, param in list(module.named_parameters(recurse=False)):
+                if not param.is_meta:
+                    continue
+                name = f"{path}.{leaf}"
+                if name not in self.files and tied and leaf == "weight":
+                    name = emb_name
+                tensor = self._here(read_tensors(self.files, [name])[name])
+                setattr(module, leaf, nn.Parameter(tensor, requires_grad=False))
 
     def _here(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` on this source's device, floating point in its dtype."""
@@ -200,18 +226,39 @@ class BlockSource:
             if isinstance(module, nn.Embedding) and not name.startswith(prefix):
                 module.to("meta")
 
-    def block_tensors(self, i: int) -> dict[str, torch.Tensor]:
+    def block_tensors(self, i: int, convert: bool = True) -> dict[str, torch.Tensor]:
+        """Block ``i``'s saved tensors by their name inside the block; on this source's device
+        and in its dtype unless not ``convert``."""
         prefix = f"{self.structure.blocks_path}.{i}."
         names = [n for n in self.files if n.startswith(prefix)]
-        return {n[len(prefix) :]: t for n, t in read_tensors(self.files, names).items()}
+        read = read_tensors(self.files, names)
+        return {n[len(prefix) :]: self._here(t) if convert else t for n, t in read.items()}
+
+    def walk(self, indices: Iterable[int]) -> Iterator[int]:
+        """Load the blocks ``indices`` in turn (each loaded while the caller works on it),
+        reading the next block's tensors in a background thread meanwhile: at most two
+        blocks' weights are in memory."""
+        order = list(indices)
+        if not order:
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="depthcut-prefetch") as pool:
+            pending = pool.submit(self.block_tensors, order[0])
+            for k, i in enumerate(order):
+                tensors = pending.result()
+                if k + 1 < len(order):
+                    pending = pool.submit(self.block_tensors, order[k + 1])
+                with self.loaded(i, tensors):
+                    yield i
+                del tensors
 
     @contextmanager
-    def loaded(self, i: int) -> Iterator[nn.Module]:
-        """Block ``i`` with its weights, in the model, for the duration of the context."""
+    def loaded(self, i: int, tensors: dict | None = None) -> Iterator[nn.Module]:
+        """Block ``i`` with its weights (``tensors``: already read by ``block_tensors``), in
+        the model, for the duration of the context."""
         shell = self.blocks[i]
         block = copy.deepcopy(shell).to_empty(device=self.device)
-        own = {k: self._here(v) for k, v in self.block_tensors(i).items()}
-        block.load_state_dict(own, strict=False)
+        own = self.block_tensors(i) if tensors is None else tensors
+        block.load_state_dict(own, strict=False, assign=True)
         persistent = set(block.state_dict())
         missing = [k for k in persistent if k not in own and k not in self._block_buffers]
         if missing:

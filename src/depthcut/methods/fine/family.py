@@ -51,7 +51,8 @@ class FineFamily:
 
     def select(self, scores: Scores, cfg: PruneConfig, model, plan: Plan) -> None:
         """Simulates Prune(f) on the model's graph: ``model`` (any weights; a CNN must be
-        given) or, for LLMs, a skeleton built from the config in ``scores``."""
+        given; or its ``FineModel``) or, for LLMs, a skeleton built from the config in
+        ``scores``."""
         from depthcut.methods.fine.planner import select_fine
 
         shape = scores.model.get("example_shape")
@@ -59,8 +60,11 @@ class FineFamily:
             raise ConfigError(
                 "planning fine-grained units of a CNN needs the model: plan(..., model=)"
             )
-        model = model if model is not None else build_from_config(scores.model["config"])
-        fm = FineModel(model, None if shape is None else torch.zeros(shape))
+        if isinstance(model, FineModel):  # already traced (streaming)
+            fm = model
+        else:
+            model = model if model is not None else build_from_config(scores.model["config"])
+            fm = FineModel(model, None if shape is None else torch.zeros(shape))
         target = budget_target(scores.model, cfg)
         plan.actions += select_fine(fm, scores, cfg, target)
         plan.run["target_params"] = target

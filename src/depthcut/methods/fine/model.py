@@ -134,6 +134,17 @@ class FineModel:
             model.train(was_training)
         self.example_shape = None if example is None else list(example.shape)
 
+    @classmethod
+    def of_blocks(cls, model: nn.Module, structure, graph: FineGraph) -> FineModel:
+        """The fine units of ``model``'s block stack (``structure``) sharing ``graph``, the
+        graph of its first block exported elsewhere (streaming: blocks on ``meta`` until
+        loaded)."""
+        fm = cls.__new__(cls)
+        fm.model, fm.structure, fm.graph = model, structure, graph
+        fm.roots = [Root(b.index, b.path) for b in structure.blocks]
+        fm.example_shape = None
+        return fm
+
     def _init_blocks(self, model: nn.Module) -> None:
         structure = discover_structure(model)
         self.structure = structure

@@ -55,6 +55,11 @@ def _taylor_rows(module: nn.Module, part) -> torch.Tensor:
     return rows.detach()
 
 
+def taylor_terms(modules: dict, layer: WidthLayer) -> torch.Tensor:
+    """Σ |g ⊙ w| per unit of ``layer`` from the gradients its modules hold now."""
+    return _per_unit(modules, layer, _taylor_rows)
+
+
 def taylor(model, layers, calib: CalibData, progress: bool = True) -> dict[str, list[float]]:
     modules = dict(model.named_modules())
     totals = {layer.id: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
@@ -66,9 +71,29 @@ def taylor(model, layers, calib: CalibData, progress: bool = True) -> dict[str, 
             raise ConfigError("taylor needs a model that returns a language-modeling loss")
         loss.backward()
         for layer in layers:
-            totals[layer.id] += _per_unit(modules, layer, _taylor_rows)
+            totals[layer.id] += taylor_terms(modules, layer)
     model.zero_grad(set_to_none=True)
     return {k: v.tolist() for k, v in totals.items()}
+
+
+def consumer_hook(layer: WidthLayer, stat, sums: dict, state: dict):
+    """A forward pre-hook for ``layer``'s consumer adding ``stat`` of its input over the real
+    tokens (``state["mask"]``: the current batch's attention mask) to ``sums[layer.id]``."""
+    part = layer.parts[-1]
+
+    def hook(module, args):
+        x = part.by_unit(args[0][state["mask"]].double())  # [tokens, units, k]
+        sums[layer.id] += stat(x).sum(0)
+
+    return hook
+
+
+def token_stat(metric: str, tau: float):
+    """The per-token statistic of ``output_norm`` / ``activation_frequency``:
+    [tokens, units, owned] → [tokens, units]."""
+    if metric == "output_norm":
+        return lambda x: x.norm(dim=-1)
+    return lambda x: (x.abs() > tau).double().mean(-1)
 
 
 def consumer_stats(
@@ -79,18 +104,11 @@ def consumer_stats(
     modules = dict(model.named_modules())
     sums = {layer.id: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
     state = {"mask": None, "tokens": 0}
-
-    def hook_for(layer: WidthLayer):
-        part = layer.parts[-1]
-
-        def hook(module, args):
-            x = part.by_unit(args[0][state["mask"]].double())  # [tokens, units, k]
-            sums[layer.id] += stat(x).sum(0)
-
-        return hook
-
     handles = [
-        modules[layer.parts[-1].path].register_forward_pre_hook(hook_for(layer)) for layer in layers
+        modules[layer.parts[-1].path].register_forward_pre_hook(
+            consumer_hook(layer, stat, sums, state)
+        )
+        for layer in layers
     ]
     try:
         with torch.no_grad():
@@ -117,14 +135,13 @@ def _taylor(model, layers, calib, tau: float, progress: bool) -> dict[str, list[
 
 @register_importance("output_norm", family="width")
 def _output_norm(model, layers, calib, tau: float, progress: bool) -> dict[str, list[float]]:
-    return consumer_stats(model, layers, calib, "output_norm", lambda x: x.norm(dim=-1), progress)
+    stat = token_stat("output_norm", tau)
+    return consumer_stats(model, layers, calib, "output_norm", stat, progress)
 
 
 @register_importance("activation_frequency", family="width")
 def _frequency(model, layers, calib, tau: float, progress: bool) -> dict[str, list[float]]:
-    def stat(x: torch.Tensor) -> torch.Tensor:
-        return (x.abs() > tau).double().mean(-1)
-
+    stat = token_stat("activation_frequency", tau)
     return consumer_stats(model, layers, calib, "activation_frequency", stat, progress)
 
 
