@@ -148,6 +148,12 @@ def main() -> None:
         ("in-memory", ROOT / "src", []),
         ("in-memory --perplexity", ROOT / "src", ["--perplexity", "--max-windows", "4"]),
         ("--streaming", ROOT / "src", ["--streaming"]),
+        (
+            "--streaming --perplexity",
+            ROOT / "src",
+            ["--streaming", "--perplexity", "--max-windows", "4"],
+        ),
+        ("--streaming neurons", ROOT / "src", ["--streaming", *NEURONS]),
     ]
     if args.compare:
         rows.append(("compare --perplexity", args.compare, ["--perplexity", "--max-windows", "4"]))
@@ -165,17 +171,15 @@ def main() -> None:
         _big_rows(big)
 
 
+NEURONS = ["--units", "neuron", "--width-importance", "activation_frequency"]
+
+
 def _big_rows(folder: Path) -> None:
-    """The 6.9B bfloat16 checkpoint, streamed: blocks, then heads + neurons (Taylor, with its
-    reverse pass), on 4 × 64 calibration tokens."""
+    """The 6.9B bfloat16 checkpoint, streamed in bfloat16: blocks, then neurons (activation
+    frequency; every block sliced on disk), on 4 × 64 calibration tokens."""
     size = checkpoint_bytes(folder)
-    runs = [
-        ("--streaming bf16 blocks", ["--streaming"]),
-        (
-            "--streaming bf16 neurons",
-            ["--streaming", "--units", "neuron", "--width-importance", "activation_frequency"],
-        ),
-    ]
+    bf16 = ["--streaming", "--dtype", "bfloat16"]
+    runs = [("--streaming bf16 blocks", bf16), ("--streaming bf16 neurons", [*bf16, *NEURONS])]
     for label, extra in runs:
         rss, secs = peak_rss(ROOT / "src", str(folder), extra, tokens=(4, 64))
         print(

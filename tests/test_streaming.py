@@ -177,9 +177,17 @@ def test_streamed_prune_writes_the_in_memory_checkpoint(tmp_path, units):
 
 
 @pytest.mark.slow
-def test_streamed_smollm2_equals_in_memory(tmp_path):
-    """The packaged SmolLM2-135M: same plan, byte-identical tensors, streamed in a subprocess
-    whose peak RSS stays below the in-memory run's."""
+@pytest.mark.parametrize(
+    "units",
+    [
+        ["--units", "block"],
+        ["--units", "neuron", "--width-importance", "activation_frequency", "--repair", "none"],
+    ],
+    ids=["block", "neuron"],
+)
+def test_streamed_smollm2_equals_in_memory(tmp_path, units):
+    """The packaged SmolLM2-135M: same plan, byte-identical tensors (blocks; neurons sliced on
+    disk block by block)."""
     runs = {}
     for mode in ("mem", "stream"):
         out = tmp_path / mode
@@ -189,8 +197,7 @@ def test_streamed_smollm2_equals_in_memory(tmp_path):
             "depthcut.cli",
             "prune",
             "smollm2-135m",
-            "--units",
-            "block",
+            *units,
             "--budget",
             "params=0.25",
             "--n-samples",
@@ -232,3 +239,63 @@ def test_streamed_prune_refuses_latency(tmp_path, capsys):
     assert main(argv) != 0
     assert "measures --perplexity only" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_raw_copy_is_byte_identical_and_checked(tmp_path):
+    """Copied tensors go as bytes under new names (bfloat16 and int tensors included), load
+    back equal, and a changed byte is caught."""
+    from safetensors.torch import save_file
+
+    from depthcut.stream.rawcopy import copy_tensors, same_bytes
+
+    g = torch.Generator().manual_seed(0)
+    state = {
+        "a": torch.randn(5, 7, generator=g).to(torch.bfloat16),
+        "b": torch.arange(11),
+        "c": torch.randn(3, generator=g),
+    }
+    save_file(state, str(tmp_path / "src.safetensors"))
+    copy_tensors(
+        tmp_path / "src.safetensors", {"c": "x.c", "a": "x.a"}, tmp_path / "out.safetensors"
+    )
+    back = load_file(tmp_path / "out.safetensors")
+    assert sorted(back) == ["x.a", "x.c"]
+    assert torch.equal(back["x.a"], state["a"]) and back["x.a"].dtype == torch.bfloat16
+    assert torch.equal(back["x.c"], state["c"])
+    assert same_bytes(tmp_path / "out.safetensors", "x.a", tmp_path / "src.safetensors", "a")
+    changed = dict(state, a=state["a"].clone())
+    changed["a"][0, 0] += 1
+    save_file(changed, str(tmp_path / "other.safetensors"))
+    assert not same_bytes(tmp_path / "out.safetensors", "x.a", tmp_path / "other.safetensors", "a")
+    assert not same_bytes(tmp_path / "out.safetensors", "x.c", tmp_path / "src.safetensors", "a")
+
+
+def test_disk_verification_catches_a_changed_tensor(tmp_path):
+    """The read-back check of apply on disk catches a changed copied tensor and a changed
+    tensor of an edited (neuron-sliced) block."""
+    from safetensors.torch import save_file
+
+    from depthcut.errors import OutputWriteError
+    from depthcut.stream.apply import Tensors, verify_copy, write_shards
+    from depthcut.stream.edit import PlanEdit
+
+    save_tiny(tmp_path / "m")
+    source = BlockSource(tmp_path / "m")
+    cfg = dc.PruneConfig(units=("block", "neuron"), budget=dc.Budget(0.1), neurons=0.3)
+    plan = dc.plan(stream_score(source, cfg, tiny_calib(), progress=False), cfg)
+    out = tmp_path / "o"
+    out.mkdir()
+    tensors = Tensors(source, plan, PlanEdit(source, plan))
+    weight_map = write_shards(tensors, out)
+    verify_copy(tensors, weight_map, out)  # as written: accepted
+    edited = next(n for n, (kind, _) in tensors.origin.items() if kind == "block")
+    for name in ("model.embed_tokens.weight", edited):
+        file = out / weight_map[name]
+        state = load_file(file)
+        original = state[name].clone()
+        state[name].view(-1)[0] += 1e-3
+        save_file(state, str(file), metadata={"format": "pt"})
+        with pytest.raises(OutputWriteError, match=name):
+            verify_copy(tensors, weight_map, out)
+        state[name] = original
+        save_file(state, str(file), metadata={"format": "pt"})

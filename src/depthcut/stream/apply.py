@@ -23,6 +23,7 @@ from depthcut.kinds import Kind
 from depthcut.methods.width.surgery import sync_uniform_width
 from depthcut.planning.plan import Plan
 from depthcut.stream.edit import PlanEdit
+from depthcut.stream.rawcopy import copy_tensors, same_bytes
 from depthcut.stream.source import BlockSource, read_tensors
 from depthcut.surgery.hf import sync_config
 from depthcut.units.discover import discover_units
@@ -101,53 +102,59 @@ class Tensors:
             self._block = (i, {new + k: v for k, v in kept.items()})
         return self._block[1]
 
-    def shard_has_output(self, shard: Path) -> bool:
-        plain = any(
-            f == shard and n in self.names and self.block_of(n) not in self.edited
-            for n, f in self.source.files.items()
-        )
-        return plain or any(self.home(i) == shard for i in self.edited)
-
-    def shard(self, shard: Path) -> dict[str, torch.Tensor]:
-        """The pruned tensors written in place of source shard ``shard``."""
-        plain = [
-            n
-            for n, f in self.source.files.items()
-            if f == shard and n in self.names and self.block_of(n) not in self.edited
-        ]
-        out = {self.names[n]: t for n, t in read_tensors(self.source.files, plain).items()}
-        self.origin |= {self.names[n]: ("file", n) for n in plain}
-        for i in (i for i in self.edited if self.home(i) == shard):
-            block = self.edited_block(i)
-            out |= block
-            self.origin |= dict.fromkeys(block, ("block", i))
+    def groups(self) -> list[tuple[str, object]]:
+        """The output shards, in source-shard order: ("plain", names) for the copied tensors
+        of one source shard, and ("block", i) for each edited block (the only tensors ever
+        held whole: one block)."""
+        out: list[tuple[str, object]] = []
+        for shard in sorted(set(self.source.files.values())):
+            plain = [
+                n
+                for n, f in self.source.files.items()
+                if f == shard and n in self.names and self.block_of(n) not in self.edited
+            ]
+            out += [("plain", plain)] if plain else []
+            out += [("block", i) for i in self.edited if self.home(i) == shard]
         return out
 
-    def expected(self, name: str) -> torch.Tensor:
-        """What the written tensor ``name`` must equal (re-read or re-edited)."""
+    def write(self, group: tuple[str, object], dest: Path) -> list[str]:
+        """Write one output group into ``dest``; returns the names written. Copied tensors
+        go as bytes (never whole in memory); an edited block through ``save_file``."""
+        from safetensors.torch import save_file
+
+        kind, what = group
+        if kind == "block":
+            block = {n: t.contiguous() for n, t in self.edited_block(what).items()}
+            save_file(block, str(dest), metadata={"format": "pt"})
+            self.origin |= dict.fromkeys(block, ("block", what))
+            return list(block)
+        copy_tensors(self.source.files[what[0]], {n: self.names[n] for n in what}, dest)
+        self.origin |= {self.names[n]: ("file", n) for n in what}
+        return [self.names[n] for n in what]
+
+    def check(self, name: str, file: Path) -> bool:
+        """Whether the written tensor ``name`` in ``file`` equals what it was made from (the
+        source bytes, or the re-edited block)."""
         kind, what = self.origin[name]
         if kind == "file":
-            return read_tensors(self.source.files, [what])[what]
-        return self.edited_block(what)[name]
+            return same_bytes(file, name, self.source.files[what], what)
+        written = read_tensors({name: file}, [name])[name]
+        return torch.equal(written, self.edited_block(what)[name])
 
 
 def write_shards(tensors: Tensors, tmp: Path) -> dict[str, str]:
-    """One output shard per source shard, read one at a time; returns {name: file}."""
-    from safetensors.torch import save_file
-
-    shards = sorted(set(tensors.source.files.values()))
-    shards = [f for f in shards if tensors.shard_has_output(f)]
+    """One output shard per group (``Tensors.groups``), made one at a time; returns
+    {name: file}."""
+    groups = tensors.groups()
     weight_map = {}
-    for k, shard in enumerate(shards, 1):
+    for k, group in enumerate(groups, 1):
         file = (
             "model.safetensors"
-            if len(shards) == 1
-            else f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+            if len(groups) == 1
+            else f"model-{k:05d}-of-{len(groups):05d}.safetensors"
         )
-        out = {n: t.contiguous() for n, t in tensors.shard(shard).items()}
-        save_file(out, str(tmp / file), metadata={"format": "pt"})
-        weight_map |= dict.fromkeys(out, file)
-    if len(shards) > 1:
+        weight_map |= dict.fromkeys(tensors.write(group, tmp / file), file)
+    if len(groups) > 1:
         size = sum((tmp / f).stat().st_size for f in set(weight_map.values()))
         index = {"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
@@ -155,14 +162,11 @@ def write_shards(tensors: Tensors, tmp: Path) -> dict[str, str]:
 
 
 def verify_copy(tensors: Tensors, weight_map: dict, tmp: Path) -> None:
-    """Every written tensor equals the tensor it was made from (read back one shard at a
-    time)."""
-    for file in sorted(set(weight_map.values())):
-        written = [n for n, f in weight_map.items() if f == file]
-        got = read_tensors(dict.fromkeys(written, tmp / file), written)
-        for name, tensor in got.items():
-            if not torch.equal(tensor, tensors.expected(name)):
-                raise OutputWriteError(f"{tmp.name}: {name} differs from what it was made from")
+    """Every written tensor equals what it was made from (copies compared as bytes, a chunk
+    at a time; edited blocks re-edited, one block at a time)."""
+    for name, file in sorted(weight_map.items(), key=lambda kv: (kv[1], kv[0])):
+        if not tensors.check(name, tmp / file):
+            raise OutputWriteError(f"{tmp.name}: {name} differs from what it was made from")
 
 
 def apply_on_disk(source: BlockSource, plan: Plan, tmp: Path, meta: dict | None = None) -> str:

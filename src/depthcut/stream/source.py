@@ -47,20 +47,26 @@ _ITEMSIZE = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16":
 _BLOCK_INDEX = re.compile(r"\.(\d+)\.")
 
 
-def block_bytes(folder: Path) -> list[int]:
-    """Bytes of each block's tensors (the first ``.N.`` of a name), from the shard headers."""
+def tensor_bytes(files: dict[str, Path]) -> dict[str, int]:
+    """{tensor name: bytes} from the shard headers (no tensor is read)."""
     from safetensors import safe_open
 
-    sizes: dict[int, int] = {}
-    files = shard_index(folder)
+    out: dict[str, int] = {}
     for file in sorted(set(files.values())):
         with safe_open(str(file), framework="pt") as handle:
             for name in (n for n in files if files[n] == file):
-                found = _BLOCK_INDEX.search(name)
-                if found:
-                    piece = handle.get_slice(name)
-                    size = math.prod(piece.get_shape()) * _ITEMSIZE.get(piece.get_dtype(), 1)
-                    sizes[int(found.group(1))] = sizes.get(int(found.group(1)), 0) + size
+                piece = handle.get_slice(name)
+                out[name] = math.prod(piece.get_shape()) * _ITEMSIZE.get(piece.get_dtype(), 1)
+    return out
+
+
+def block_bytes(folder: Path) -> list[int]:
+    """Bytes of each block's tensors (the first ``.N.`` of a name), from the shard headers."""
+    sizes: dict[int, int] = {}
+    for name, size in tensor_bytes(shard_index(folder)).items():
+        found = _BLOCK_INDEX.search(name)
+        if found:
+            sizes[int(found.group(1))] = sizes.get(int(found.group(1)), 0) + size
     return list(sizes.values()) or [0]
 
 
