@@ -73,5 +73,5 @@ def require_materialized(model: nn.Module, what: str) -> None:
     if any(p.is_meta for p in model.parameters()):
         raise UnsupportedModelError(
             f"{what} read every weight: load the model without disk offload "
-            "(more --max-memory, or --streaming for blocks and sublayers)"
+            "(more --max-memory, or --streaming)"
         )
