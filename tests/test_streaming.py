@@ -285,7 +285,7 @@ def test_disk_verification_catches_a_changed_tensor(tmp_path):
     plan = dc.plan(stream_score(source, cfg, tiny_calib(), progress=False), cfg)
     out = tmp_path / "o"
     out.mkdir()
-    tensors = Tensors(source, plan, PlanEdit(source, plan))
+    tensors = Tensors(source, PlanEdit(source, plan))
     weight_map = write_shards(tensors, out)
     verify_copy(tensors, weight_map, out)  # as written: accepted
     edited = next(n for n, (kind, _) in tensors.origin.items() if kind == "block")

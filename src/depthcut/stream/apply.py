@@ -19,35 +19,19 @@ import torch
 
 from depthcut.errors import OutputWriteError
 from depthcut.graph.structure import ModelStructure
-from depthcut.kinds import Kind
 from depthcut.methods.width.surgery import sync_uniform_width
 from depthcut.planning.plan import Plan
 from depthcut.stream.edit import PlanEdit
 from depthcut.stream.rawcopy import copy_tensors, same_bytes
 from depthcut.stream.source import BlockSource, read_tensors
 from depthcut.surgery.hf import sync_config
-from depthcut.units.discover import discover_units
 
 
-def _removed_modules(source: BlockSource, plan: Plan) -> list[str]:
-    """Module paths whose tensors go: sublayers (with their norms) of blocks that stay."""
-    drop = set(plan.removed_blocks)
-    sub = [a for a in plan.actions if a.kind in (Kind.ATTENTION, Kind.MLP)]
-    wanted = {a.unit_id for a in sub if a.block not in drop}
-    kinds = tuple(sorted({a.kind for a in sub}))
-    units = discover_units(source.model, source.structure, kinds) if kinds else []
-    return [m for u in units if u.id in wanted for m in u.modules]
-
-
-def rename_map(source: BlockSource, plan: Plan) -> dict[str, str]:
+def rename_map(source: BlockSource, edit: PlanEdit) -> dict[str, str]:
     """{source tensor name: pruned tensor name} of every source tensor the pruned model keeps
     (the tensors of edited blocks are renamed by ``Tensors``, from the edited block)."""
     structure: ModelStructure = source.structure
-    drop = set(plan.removed_blocks)
-    new_index = {
-        old: new for new, old in enumerate(i for i in range(structure.num_blocks) if i not in drop)
-    }
-    gone = tuple(m + "." for m in _removed_modules(source, plan))
+    new_index = {old: new for new, old in enumerate(edit.kept())}
     pattern = re.compile(re.escape(structure.blocks_path) + r"\.(\d+)\.")
     out = {}
     for name in source.files:
@@ -56,7 +40,7 @@ def rename_map(source: BlockSource, plan: Plan) -> dict[str, str]:
             out[name] = name
             continue
         old = int(found.group(1))
-        if old in drop or name.startswith(gone):
+        if old in edit.drop or name.startswith(edit.gone):
             continue
         out[name] = f"{structure.blocks_path}.{new_index[old]}." + name[found.end() :]
     return out
@@ -67,14 +51,16 @@ class Tensors:
     block that loses heads / neurons or fine-grained units, taken from that block loaded and
     edited by the in-memory surgery (one block held at a time)."""
 
-    def __init__(self, source: BlockSource, plan: Plan, edit: PlanEdit):
+    def __init__(self, source: BlockSource, edit: PlanEdit):
         self.source, self.edit = source, edit
-        self.names = rename_map(source, plan)
-        self.gone = tuple(m + "." for m in _removed_modules(source, plan))
+        self.names = rename_map(source, edit)
         self.prefix = source.structure.blocks_path + "."
         kept = edit.kept()
         self.new_index = {old: new for new, old in enumerate(kept)}
         self.edited = [i for i in kept if edit.edits(i)]
+        self.homes = {  # the source shard whose output shard holds edited block i
+            i: min(f for n, f in source.files.items() if self.block_of(n) == i) for i in self.edited
+        }
         self.origin: dict[str, tuple] = {}  # written name -> ("file", source name) | ("block", i)
         self._block: tuple[int, dict] | None = None
 
@@ -82,10 +68,6 @@ class Tensors:
         if not name.startswith(self.prefix):
             return None
         return int(name[len(self.prefix) :].split(".", 1)[0])
-
-    def home(self, i: int) -> Path:
-        """The source shard whose output shard holds edited block ``i``."""
-        return min(f for n, f in self.source.files.items() if self.block_of(n) == i)
 
     def edited_block(self, i: int) -> dict[str, torch.Tensor]:
         """Block ``i`` loaded as saved (not cast), edited; its kept tensors by pruned name."""
@@ -96,9 +78,8 @@ class Tensors:
                 self.edit.slice(i)
                 state = {k: v.detach() for k, v in block.state_dict().items()}
             new = f"{self.prefix}{self.new_index[i]}."
-            kept = {
-                k: v for k, v in state.items() if not f"{self.prefix}{i}.{k}".startswith(self.gone)
-            }
+            gone = self.edit.gone
+            kept = {k: v for k, v in state.items() if not f"{self.prefix}{i}.{k}".startswith(gone)}
             self._block = (i, {new + k: v for k, v in kept.items()})
         return self._block[1]
 
@@ -114,7 +95,7 @@ class Tensors:
                 if f == shard and n in self.names and self.block_of(n) not in self.edited
             ]
             out += [("plain", plain)] if plain else []
-            out += [("block", i) for i in self.edited if self.home(i) == shard]
+            out += [("block", i) for i in self.edited if self.homes[i] == shard]
         return out
 
     def write(self, group: tuple[str, object], dest: Path) -> list[str]:
@@ -175,7 +156,7 @@ def apply_on_disk(source: BlockSource, plan: Plan, tmp: Path, meta: dict | None 
     from depthcut.version import FORMAT_VERSION, __version__
 
     edit = PlanEdit(source, plan)
-    tensors = Tensors(source, plan, edit)
+    tensors = Tensors(source, edit)
     weight_map = write_shards(tensors, tmp)
     config = copy.deepcopy(source.config)
     sync_config(config, edit.kept(), source.structure.num_blocks)

@@ -19,7 +19,7 @@ from depthcut.units.discover import discover_units
 
 class PlanEdit:
     def __init__(self, source: BlockSource, plan: Plan):
-        self.source, self.plan = source, plan
+        self.source = source
         self.drop = frozenset(plan.removed_blocks)
         sub = [a for a in plan.actions if a.kind in (Kind.ATTENTION, Kind.MLP)]
         sub = [a for a in sub if a.block not in self.drop]
@@ -27,6 +27,8 @@ class PlanEdit:
         wanted = {a.unit_id for a in sub}
         units = discover_units(source.model, source.structure, kinds) if kinds else []
         self.sublayers = [u for u in units if u.id in wanted]
+        # module paths (as name prefixes) whose tensors go: the sublayers with their norms
+        self.gone = tuple(m + "." for u in self.sublayers for m in u.modules)
         self.width = [a for a in plan.actions if a.kind.family == "width"]
         self.layers = layers_of(source.model, source.structure, self.width) if self.width else {}
         self.fine = self._fine_states(plan)

@@ -57,13 +57,14 @@ def stream_fine_scores(fm: FineModel, cache, cfg: PruneConfig, progress: bool = 
     scorer = FineScorer(fm, cache, cfg.importance, cfg.tokens)
     grads = output_grads(cache, _loss)
     found: dict[str, tuple] = {}
+    units = fm.units()
     order = reversed(range(cache.num_blocks))
     bar = tqdm(total=cache.num_blocks, desc="fine (reverse)", disable=not progress)
     for i in source.walk(order):
         block = cache.blocks[i]
         grads = block_backward(cache, i, grads)  # gradients summed over the batches
         scorer.channel[i] = channel_taylor(fm.graph, block)
-        for unit in (u for u in fm.units() if u.block == i):
+        for unit in (u for u in units if u.block == i):
             try:
                 found[unit.id] = scorer.score(*fm.local(unit))[:2]
             except UnitRefused as err:
@@ -73,7 +74,7 @@ def stream_fine_scores(fm: FineModel, cache, cfg: PruneConfig, progress: bool = 
     bar.close()
     count_backward(cache)
     scores, alone, refused = {}, {}, {}
-    for unit in fm.units():  # in-memory order
+    for unit in units:  # in-memory order
         value, second = found[unit.id]
         if value is None:
             refused[unit.id] = second

@@ -10,8 +10,9 @@ is loaded. Logit metrics (``kl``, ``ce``, ``ppl``) need the rest of the model pe
 every candidate's hidden state is carried along the same single pass (a candidate starting at
 block i runs block i without its unit, then every later block as it is loaded), so the weights
 are read once and the compute is the in-memory one; the held states cost candidates × the
-calibration activations. Head / neuron scores stream too (``stream.width``). The iterative
-strategy and fine-grained units are refused with the reason.
+calibration activations. Head / neuron scores (``stream.width``) and fine-grained units
+(``stream.fine``) stream too, their gradients by a reverse pass. The iterative strategies are
+refused with the reason.
 """
 
 from __future__ import annotations
@@ -164,6 +165,13 @@ class _Candidates:
                 self.states[unit.id] = [cache.run_block(i, b) for b in range(len(cache.batches))]
 
 
+def forward_pass(source: BlockSource, progress: bool = True):
+    """Every block in order, each loaded while the caller works on it (``BlockSource.walk``),
+    with a progress bar."""
+    n = source.structure.num_blocks
+    return tqdm(source.walk(range(n)), total=n, desc="stream blocks", disable=not progress)
+
+
 def stream_score(
     source: BlockSource, cfg: PruneConfig, calib: CalibData, progress: bool = True
 ) -> Scores:
@@ -186,12 +194,7 @@ def stream_score(
     by_block = defaultdict(list)
     for unit in scores.units:
         by_block[unit.block].append(unit)
-    for i in tqdm(
-        source.walk(range(structure.num_blocks)),
-        total=structure.num_blocks,
-        desc="stream blocks",
-        disable=not progress,
-    ):
+    for i in forward_pass(source, progress):
         width.forward(cache, i) if width is not None else cache.advance(i)
         if carried is not None:
             carried.advance(i)
@@ -224,12 +227,7 @@ def _stream_fine(
     fm = stream_fine_model(source)
     scores.units = fm.units()
     cache = StreamCache(source, calib, progress)
-    for i in tqdm(
-        source.walk(range(source.structure.num_blocks)),
-        total=source.structure.num_blocks,
-        desc="stream blocks",
-        disable=not progress,
-    ):
+    for i in forward_pass(source, progress):
         cache.advance(i)
     source.load_head()
     scores.unit_scores, scores.fine = stream_fine_scores(fm, cache, cfg, progress)
