@@ -10,6 +10,13 @@ share of greedy generations that loop; the selection's cost in forward-equivalen
 calibration set; then decode tokens/s ÷ dense (batch 1, all models measured interleaved).
 
     python benchmarks/bench_quality.py --budgets 0.25 --limit 50
+    python benchmarks/bench_quality.py --model gemma3-270m --budgets 0.25 --limit 50
+    python benchmarks/bench_quality.py --budgets 0.1,0.2,0.3,0.4 --methods ShortGPT,Gromov,\
+        "depthcut neurons",thesis --plot benchmarks/results/quality  # the curves
+
+Gemma3-270M is given a BOS token at the start of every calibration and evaluation window (its
+perplexity is 17.25 with it, 38.7 without). A method whose repair a model refuses (the depth fold
+cannot pass Gemma3's post-norms) is reported as refused, with the reason.
 
 The greedy sublayer methods (BlockPruner; depthcut's greedy ls-aware sublayers) re-score ≈ 50
 candidates for ≈ 25 steps: several CPU-hours on this 2-core machine, so they run only when
@@ -20,13 +27,16 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import time
+from pathlib import Path
 
 import torch
 
 import depthcut as dc
 from depthcut.data import evaluation_tokens
+from depthcut.errors import DepthcutError
 from depthcut.eval.generation import generate_samples
 from depthcut.eval.latency import measure_many
 from depthcut.eval.perplexity import perplexity
@@ -64,6 +74,10 @@ METHODS = {
         dict(units=("neuron",), width_importance="activation_frequency"),
         "ls",
     ),
+    "depthcut neurons (ls-aware) + ls": (
+        dict(units=("neuron",), width_importance="ls"),
+        "ls",
+    ),
     "thesis Algorithm 8 (fine, interleave)": (
         dict(units=("fine",), importance="angular", strategy="interleave"),
         "none",
@@ -77,26 +91,31 @@ def config(kw: dict, budget: float, repair: str) -> dc.PruneConfig:
 
 
 @torch.no_grad()
-def held_out(model, dense, ids: torch.Tensor) -> tuple[float, float]:
+def held_out(model, dense, ids: torch.Tensor, bos_id: int | None) -> tuple[float, float]:
     """(perplexity, mean KL(dense ‖ model) per next token) on the held-out windows."""
-    ppl = perplexity(model, ids, window=WINDOW, max_windows=WINDOWS, progress=False).perplexity
+    ppl = perplexity(
+        model, ids, window=WINDOW, bos_id=bos_id, max_windows=WINDOWS, progress=False
+    ).perplexity
     kl, count = 0.0, 0
     for w in range(WINDOWS):
         chunk = torch.tensor(ids[w * WINDOW : (w + 1) * WINDOW]).unsqueeze(0)
+        if bos_id is not None:
+            chunk = torch.cat([torch.tensor([[bos_id]]), chunk], dim=1)
         ref = F.log_probs(dense(chunk).logits)
         kl += float(F.token_kl(ref, model(chunk).logits).sum())
         count += chunk.shape[1]
     return ppl, kl / count
 
 
-def quality(model, dense, tok, ids, limit: int) -> dict:
-    ppl, kl = held_out(model, dense, ids)
+def quality(model, dense, tok, ids, limit: int, bos_id: int | None) -> dict:
+    ppl, kl = held_out(model, dense, ids, bos_id)
     acc = zeroshot(model, tok, TASKS, limit=limit)
     loops = [s.looping for s in generate_samples(model, tok)]
     return {
         "ppl": ppl,
         "kl": kl,
         **{t: acc[t]["acc"] for t in TASKS},
+        "accuracy": sum(acc[t]["acc"] for t in TASKS) / len(TASKS),
         "loops": sum(loops) / len(loops),
     }
 
@@ -127,52 +146,102 @@ def row(name, plan, q, gap_ratio, cost, seconds) -> str:
 SLOW = ("BlockPruner (greedy sublayers, ppl)", "depthcut ls-aware greedy sublayers + ls")
 
 
+def chosen(wanted: str) -> dict:
+    prefixes = tuple(p.strip() for p in wanted.split(",") if p.strip())
+    if prefixes:
+        return {k: v for k, v in METHODS.items() if k.startswith(prefixes)}
+    return {k: v for k, v in METHODS.items() if k not in SLOW}
+
+
+def run_budget(model, tok, calib, ids, dense_q, budget, methods, args, bos_id) -> dict:
+    """One budget's table (printed as it goes) and the decode speeds; returns the rows."""
+    print(f"### {budget:.0%} of non-embedding parameters\n")
+    print(
+        "| method | removed | ppl | gap ÷ ShortGPT's | KL | "
+        + " | ".join(TASKS)
+        + " | loops | selection cost (fwd-eq.) |"
+    )
+    print("|---|---:|---:|---:|---:|" + "---:|" * len(TASKS) + "---:|---:|")
+    pruned, short_gap, rows = {"dense": model}, None, {}
+    for name, (kw, repair) in methods.items():
+        try:
+            pruned[name], plan, cost, seconds = prune(model, calib, config(kw, budget, repair))
+        except DepthcutError as err:
+            print(f"| {name} | refused: {err} |", flush=True)
+            continue
+        q = quality(pruned[name], model, tok, ids, args.limit, bos_id)
+        gap = math.log(q["ppl"] / dense_q["ppl"])
+        short_gap = short_gap or gap
+        print(row(name, plan, q, gap / short_gap, cost, seconds), flush=True)
+        rows[name] = q | {"removed": plan.fraction("non_embedding"), "gap": gap}
+    lat = measure_many(pruned, lengths=(64,), batches=(1,), new_tokens=24, repeats=3)
+    dense_tps = lat["dense"].decode_tps[1]
+    print("\n| method | decode tokens/s, batch 1 | ×dense |\n|---|---:|---:|")
+    for name, result in lat.items():
+        tps = result.decode_tps[1]
+        print(f"| {name} | {tps:.1f} | {tps / dense_tps:.2f} |")
+        if name in rows:
+            rows[name]["speed"] = tps / dense_tps
+    print(flush=True)
+    return rows
+
+
+def plot(results: dict, dense: dict, prefix: Path, title: str) -> None:
+    """Perplexity and mean accuracy against non-embedding parameters removed, one curve per
+    method: ``<prefix>_ppl.png`` and ``<prefix>_acc.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = sorted({m for rows in results.values() for m in rows})
+    for key, label, log in (("ppl", "held-out perplexity", True), ("accuracy", "mean acc.", False)):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for m in methods:
+            points = sorted((r[m]["removed"], r[m][key]) for r in results.values() if m in r)
+            ax.plot(*zip(*points), marker="o", label=m)
+        ax.axhline(dense[key], color="k", linestyle=":", label="dense")
+        ax.set(xlabel="non-embedding parameters removed", ylabel=label, title=title)
+        if log:
+            ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(f"{prefix}_{key if key == 'ppl' else 'acc'}.png", dpi=110)
+        plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m", help="smollm2-135m or gemma3-270m")
     parser.add_argument("--budgets", default="0.25")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--methods", default="", help="comma-separated prefixes (default all)")
+    parser.add_argument("--plot", default=None, help="path prefix of the curves (+ .json)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    model, tok = dc.load_model("smollm2-135m")
+    model, tok = dc.load_model(args.model)
     model.eval()
-    calib = dc.calibration(tok, "wiki", n_samples=12, seq_len=256)
+    bos = args.model.startswith("gemma")
+    bos_id = tok.bos_token_id if bos else None
+    calib = dc.calibration(tok, "wiki", n_samples=12, seq_len=256, bos=bos)
     ids = evaluation_tokens(tok, "wiki", WINDOW * WINDOWS)
-    dense_q = quality(model, model, tok, ids, args.limit)
+    dense_q = quality(model, model, tok, ids, args.limit, bos_id)
     print(
-        f"dense: perplexity {dense_q['ppl']:.2f}, "
+        f"{args.model} dense: perplexity {dense_q['ppl']:.2f}, "
         + ", ".join(f"{t} {dense_q[t]:.3f}" for t in TASKS)
         + f", loops {dense_q['loops']:.0%} (first {args.limit} items per task)\n",
         flush=True,
     )
-    wanted = [p.strip() for p in args.methods.split(",") if p.strip()]
-    methods = {
-        k: v
-        for k, v in METHODS.items()
-        if (k.startswith(tuple(wanted)) if wanted else k not in SLOW)
-    }
+    methods, results = chosen(args.methods), {}
     for budget in [float(b) for b in args.budgets.split(",")]:
-        print(f"### {budget:.0%} of non-embedding parameters\n")
-        print(
-            "| method | removed | ppl | gap ÷ ShortGPT's | KL | "
-            + " | ".join(TASKS)
-            + " | loops | selection cost (fwd-eq.) |"
-        )
-        print("|---|---:|---:|---:|---:|" + "---:|" * len(TASKS) + "---:|---:|")
-        pruned, short_gap = {"dense": model}, None
-        for name, (kw, repair) in methods.items():
-            pruned[name], plan, cost, seconds = prune(model, calib, config(kw, budget, repair))
-            q = quality(pruned[name], model, tok, ids, args.limit)
-            gap = math.log(q["ppl"] / dense_q["ppl"])
-            short_gap = short_gap or gap
-            print(row(name, plan, q, gap / short_gap, cost, seconds), flush=True)
-        lat = measure_many(pruned, lengths=(64,), batches=(1,), new_tokens=24, repeats=3)
-        dense_tps = lat["dense"].decode_tps[1]
-        print("\n| method | decode tokens/s, batch 1 | ×dense |\n|---|---:|---:|")
-        for name, result in lat.items():
-            tps = result.decode_tps[1]
-            print(f"| {name} | {tps:.1f} | {tps / dense_tps:.2f} |")
-        print(flush=True)
+        results[budget] = run_budget(model, tok, calib, ids, dense_q, budget, methods, args, bos_id)
+    if args.plot:
+        prefix = Path(args.plot)
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        data = {"model": args.model, "dense": dense_q, "budgets": results}
+        prefix.with_suffix(".json").write_text(json.dumps(data, indent=1))
+        plot(results, dense_q, prefix, args.model)
 
 
 if __name__ == "__main__":

@@ -35,3 +35,13 @@ def test_perplexity_windows_score_each_token_once():
     assert sum(n for _, _, n in spans) == 99
     assert spans[0] == (0, 32, 31) and spans[1] == (16, 48, 16)
     assert windows(64, 32, 32) == [(0, 32, 31), (32, 64, 32)]
+
+
+def test_bos_windows_start_with_bos_and_keep_the_length():
+    ids = list(range(10, 40))
+    plain = data.pack_tokens(ids, 3, 8, 2)
+    with_bos = data.pack_tokens(ids, 3, 8, 2, bos_id=1)
+    assert plain.input_ids.tolist()[0] == list(range(10, 18))
+    assert with_bos.input_ids.shape == (3, 8)
+    assert with_bos.input_ids[:, 0].tolist() == [1, 1, 1]
+    assert with_bos.input_ids[:, 1:].flatten().tolist() == list(range(10, 31))

@@ -33,6 +33,7 @@ CONFIGS = {
     "width-frequency": dict(
         units=("head", "neuron"), heads=0.25, neurons=0.25, width_importance="activation_frequency"
     ),
+    "width-ls": dict(units=("head", "neuron"), heads=0.25, neurons=0.25, width_importance="ls"),
 }
 
 

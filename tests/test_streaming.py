@@ -28,6 +28,7 @@ SCORES = [
     dict(units=("head", "neuron"), heads=0.25, neurons=0.25, width_importance="magnitude"),
     dict(units=("head", "neuron"), heads=0.25, neurons=0.25, width_importance="taylor"),
     dict(units=("neuron",), neurons=0.25, width_importance="activation_frequency"),
+    dict(units=("head", "neuron"), heads=0.25, neurons=0.25, width_importance="ls"),
     dict(units=("block", "head"), heads=0.25, width_importance="output_norm"),
     dict(units=("fine",), importance="taylor", budget=dc.Budget(0.2)),
     dict(units=("fine",), importance="angular", budget=dc.Budget(0.2)),

@@ -15,7 +15,7 @@ STRATEGIES = ("ranked", "contiguous", "iterative", "interleave", "unified")
 # metric names, checked here so that a config is validated without loading the metric code
 # (the registry and the width metrics assert they implement exactly these)
 DEPTH_METRICS = ("angular", "bi", "ce", "gromov", "kl", "ls", "ppl", "random")
-WIDTH_METRICS = ("magnitude", "taylor", "output_norm", "activation_frequency")
+WIDTH_METRICS = ("magnitude", "taylor", "output_norm", "activation_frequency", "ls")
 FINE_METRICS = ("angular", "bi", "taylor", "kl", "ce")
 ORDERS = ("ascending", "descending", "random")
 TOKEN_SETS = ("all", "last")

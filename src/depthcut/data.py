@@ -112,12 +112,18 @@ def recovery_texts(source: str = "wiki", val_share: float = 0.1) -> tuple[str, s
     return "\n\n".join(articles[:cut]), "\n\n".join(articles[cut:])
 
 
-def pack_tokens(ids: list[int], n_samples: int, seq_len: int, batch_size: int) -> CalibData:
-    """Consecutive windows of ``seq_len`` tokens (no padding needed)."""
-    n = min(n_samples, len(ids) // seq_len)
+def pack_tokens(
+    ids: list[int], n_samples: int, seq_len: int, batch_size: int, bos_id: int | None = None
+) -> CalibData:
+    """Consecutive windows of ``seq_len`` tokens (no padding needed); with ``bos_id`` each
+    window is BOS + ``seq_len - 1`` text tokens (models such as Gemma expect it)."""
+    body = seq_len - (bos_id is not None)
+    n = min(n_samples, len(ids) // body)
     if n == 0:
-        raise CalibrationError(f"calibration text has {len(ids)} tokens, fewer than {seq_len}")
-    tensor = torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+        raise CalibrationError(f"calibration text has {len(ids)} tokens, fewer than {body}")
+    tensor = torch.tensor(ids[: n * body], dtype=torch.long).view(n, body)
+    if bos_id is not None:
+        tensor = torch.cat([torch.full((n, 1), bos_id, dtype=torch.long), tensor], dim=1)
     return CalibData(tensor, torch.ones_like(tensor), batch_size)
 
 
@@ -143,15 +149,20 @@ def calibration(
     n_samples: int = 16,
     seq_len: int = 256,
     batch_size: int = 4,
+    bos: bool = False,
 ) -> CalibData:
-    """``n_samples`` windows of ``seq_len`` tokens of calibration text (never evaluation text).
+    """``n_samples`` windows of ``seq_len`` tokens of calibration text (never evaluation text);
+    ``bos``: each window starts with the tokenizer's BOS token (as evaluation's ``--bos``).
 
     >>> calib = calibration(tok, "wiki", n_samples=8, seq_len=128)  # doctest: +SKIP
     """
     if n_samples <= 0 or seq_len <= 1:
         raise CalibrationError(f"n_samples={n_samples}, seq_len={seq_len} must be positive")
+    bos_id = tokenizer.bos_token_id if bos else None
+    if bos and bos_id is None:
+        raise CalibrationError("bos=True but the tokenizer has no BOS token")
     ids = tokenize_until(tokenizer, text_split(source, "calibration"), n_samples * seq_len)
-    return pack_tokens(ids, n_samples, seq_len, batch_size)
+    return pack_tokens(ids, n_samples, seq_len, batch_size, bos_id)
 
 
 def tokenize_until(tokenizer, text: str, max_tokens: int) -> list[int]:

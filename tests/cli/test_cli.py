@@ -90,6 +90,32 @@ def test_score_plan_apply_verbs(capsys, tmp_path, tiny_dir, text_file):
 
 
 @pytest.mark.parametrize(
+    ("extra", "units", "width", "repair"),
+    [
+        ([], {"neuron"}, "ls", "ls"),  # the recommended method
+        (["--importance", "angular"], {"block"}, "magnitude", "none"),  # a depth metric named
+        (["--heads", "0.3"], {"head"}, "ls", "ls"),  # a width fraction named
+        (["--units", "neuron", "--repair", "none"], {"neuron"}, "ls", "none"),
+    ],
+)
+def test_defaults_run_the_recommended_method(
+    capsys, tmp_path, tiny_dir, text_file, extra, units, width, repair
+):
+    out = tmp_path / "d"
+    argv = prune_args(tiny_dir, out, text_file, "--budget", "params=0.2:non_embedding", *extra)
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    plan = json.loads((out / "plan.json").read_text())
+    config = plan["run"]["config"]
+    assert set(config["units"]) == units and config["repair"] == repair
+    assert {a["kind"] for a in plan["actions"]} == units
+    if units != {"block"}:
+        assert config["width_importance"] == width
+        scores = json.loads((out / "scores.json").read_text())
+        assert {v["metric"] for v in scores["width"].values()} == {width}
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--budget", "params=0"], "fraction in (0, 1)"),

@@ -31,7 +31,12 @@ def text(pattern_file):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_dir, text):
     out = tmp_path_factory.mktemp("r") / "pruned"
-    code = dc.cli.main([str(a) for a in prune_args(tiny_dir, out, text, "--budget", "params=0.3")])
+    code = dc.cli.main(
+        [
+            str(a)
+            for a in prune_args(tiny_dir, out, text, "--budget", "params=0.3", "--units", "block")
+        ]
+    )
     assert code == 0
     return out
 
@@ -39,6 +44,7 @@ def run_dir(tmp_path_factory, tiny_dir, text):
 def test_iterative_prune_recover_loop(capsys, tmp_path, tiny_dir, text):
     out = tmp_path / "iter"
     argv = prune_args(tiny_dir, out, text, "--budget", "params=0.4", "--steps", "3")
+    argv += ["--units", "block"]
     argv += ["--recover", "full", "--lr", "1e-3"]
     code, stdout, err = run(capsys, *argv, *TRAIN, *SMALL, "--eval-text", text)
     assert code == 0, err

@@ -189,6 +189,7 @@ def test_cli_prune_and_apply_repair(capsys, tiny_dir, pattern_file, tmp_path):
     from support import prune_args, run
 
     args = prune_args(tiny_dir, tmp_path / "r", pattern_file, "--repair", "ls", "--n-samples", "8")
+    args += ["--units", "block"]
     code, _, err = run(capsys, *args)
     assert code == 0, err
     plan = json.loads((tmp_path / "r" / "plan.json").read_text())

@@ -25,13 +25,40 @@ def resolve_repair(args: argparse.Namespace, units: tuple[str, ...]) -> str:
     return "ls" if units and set(units) <= {"head", "neuron"} and once else "none"
 
 
-def make_config(args: argparse.Namespace):
+# the recommended method (benchmarks/bench_quality.py): MLP neurons ranked by what the
+# least-squares refit of their down-projection cannot recover, then that refit
+RECOMMENDED = {"units": ("neuron",), "importance": "bi", "width_importance": "ls"}
+
+
+def resolve_units(args: argparse.Namespace, scored: dict) -> tuple[str, ...]:
+    """``--units`` as given; omitted: the scored units (``plan``), blocks when a depth metric or
+    strategy is named, the kinds whose fraction is given, else the recommended neurons."""
+    if args.units:
+        return comma_list(args.units)
+    if scored.get("units"):
+        return tuple(scored["units"])
+    if args.importance is not None or args.strategy is not None:
+        return ("block",)
+    fractions = (("head", args.heads), ("neuron", args.neurons))
+    return tuple(kind for kind, f in fractions if f) or RECOMMENDED["units"]
+
+
+def make_config(args: argparse.Namespace, scored: dict | None = None):
+    """The PruneConfig of the flags; an omitted flag takes the value ``scored`` (the config the
+    scores were made with) holds, else the recommended method's."""
     from depthcut.config import Budget, PruneConfig
 
-    units = comma_list(args.units)
+    scored = scored or {}
+    units = resolve_units(args, scored)
+    width = bool({"head", "neuron"} & set(units))
+
+    def pick(name: str) -> str:
+        fallback = RECOMMENDED[name] if width or name != "width_importance" else "magnitude"
+        return getattr(args, name) or scored.get(name) or fallback
+
     return PruneConfig(
         units=units,
-        importance=args.importance,
+        importance=pick("importance"),
         budget=Budget.parse(args.budget, args.budget_mode),
         strategy=args.strategy,
         order=args.order,
@@ -40,7 +67,7 @@ def make_config(args: argparse.Namespace):
         tokens=args.tokens,
         heads=args.heads,
         neurons=args.neurons,
-        width_importance=args.width_importance,
+        width_importance=pick("width_importance"),
         min_heads=args.min_heads,
         round_to=args.round_to,
         tau=args.tau,
@@ -112,7 +139,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from depthcut.scores import Scores
 
     scores = Scores.load(args.scores)
-    the_plan = plan(scores, make_config(args))
+    the_plan = plan(scores, make_config(args, scores.config))
     print(the_plan.summary())
     if args.out:
         the_plan.save(args.out)
@@ -211,6 +238,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         eval_settings(args) if wanted else None,
         args.eval_text,
         args.streaming,
+        args.repair == "auto",
     )
     run_prune(job)
     if export is not None:

@@ -11,14 +11,16 @@ from depthcut.cli import commands
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--units",
-        default="block",
+        default=None,
         help="comma list of block,attention,mlp,head,neuron; or 'fine' (attention regions and "
-        "single Linear layers, thesis Chapter 3)",
+        "single Linear layers, thesis Chapter 3). Default: neuron (the recommended method: "
+        "repair-aware MLP neurons + ls refit), or block when --importance/--strategy is given",
     )
     p.add_argument(
         "--importance",
-        default="bi",
-        help="bi, angular, gromov, kl, ce, ppl, ls (repair-aware); fine: angular, bi, taylor, kl",
+        default=None,
+        help="bi (default), angular, gromov, kl, ce, ppl, ls (repair-aware); fine: angular, bi, "
+        "taylor, kl",
     )
     p.add_argument(
         "--strategy",
@@ -46,8 +48,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neurons", type=float, default=0.0, help="fraction of MLP neurons")
     p.add_argument(
         "--width-importance",
-        default="magnitude",
-        help="magnitude, taylor, output_norm, activation_frequency",
+        default=None,
+        help="ls (default: repair-aware, what the consumer's least-squares refit cannot "
+        "recover), magnitude, taylor, output_norm, activation_frequency",
     )
     p.add_argument("--min-heads", type=int, default=1, help="KV groups kept per layer")
     p.add_argument("--round-to", type=int, default=1, help="kept MLP width multiple")

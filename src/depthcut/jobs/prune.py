@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from depthcut.errors import DepthcutError
@@ -26,6 +26,7 @@ class PruneJob:
     evaluation: EvalSettings | None = None
     eval_text: str = "wiki"
     streaming: bool = False  # one block in memory at a time (depth units; ``depthcut.stream``)
+    repair_auto: bool = False  # the repair was chosen by ``--repair auto``: none if streamed
 
 
 def run_prune(job: PruneJob) -> Path:
@@ -39,6 +40,7 @@ def run_prune(job: PruneJob) -> Path:
 
     job.out.prepare()  # refuse before any expensive work
     streaming = job.streaming or _too_big(job.model)
+    job = _auto_repair(job, streaming)
     _check_repair(job, streaming)
     if streaming:
         return _streamed(job)
@@ -74,6 +76,17 @@ def _repairer(method: str, the_plan, calib):
         return model
 
     return fix
+
+
+def _auto_repair(job: PruneJob, streaming: bool) -> PruneJob:
+    """An automatic ls repair is dropped when the model is streamed (the refit needs it in
+    memory), with one line saying so; an asked-for one is refused by ``_check_repair``."""
+    cfg = job.recipe.prune
+    if not (streaming and job.repair_auto and cfg.repair != "none"):
+        return job
+    print("depthcut: streamed, so no --repair (the least-squares refit needs the model in memory)")
+    recipe = replace(job.recipe, prune=replace(cfg, repair="none"))
+    return replace(job, recipe=recipe)
 
 
 def _check_repair(job: PruneJob, streaming: bool) -> None:

@@ -3,10 +3,12 @@
 The width groups come from the ``meta`` model (shapes and the traced views are all they
 need). While block i is loaded for the forward pass, ``magnitude`` reads its weights and
 ``output_norm`` / ``activation_frequency`` hook its consumers as the block runs on its cached
-inputs. ``taylor`` needs the gradient of the next-token loss: after the forward pass a reverse
-pass loads the blocks from the top down, re-runs each from its cached input with gradients
-enabled (checkpointing at block boundaries) and back-propagates the gradient that arrived at
-its output, per calibration batch, exactly as the in-memory backward does.
+inputs, and ``ls`` collects its consumers' grams the same way and orders the block's units
+while its weights are loaded (one block's grams in memory at a time). ``taylor`` needs the
+gradient of the next-token loss: after the forward pass a reverse pass loads the blocks from
+the top down, re-runs each from its cached input with gradients enabled (checkpointing at
+block boundaries) and back-propagates the gradient that arrived at its output, per
+calibration batch, exactly as the in-memory backward does.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from depthcut.config import PruneConfig
+from depthcut.graph.structure import find_block_list
 from depthcut.methods.width.importance import (
     consumer_hook,
     magnitude,
@@ -22,10 +25,11 @@ from depthcut.methods.width.importance import (
     token_stat,
 )
 from depthcut.methods.width.layers import WidthLayer, width_layers
+from depthcut.methods.width.repaired import GramHooks, layer_scores
 from depthcut.stream.reverse import block_backward, count_backward, output_grads
 from depthcut.stream.source import BlockSource
 
-STREAMED_WIDTH = ("activation_frequency", "magnitude", "output_norm", "taylor")
+STREAMED_WIDTH = ("activation_frequency", "ls", "magnitude", "output_norm", "taylor")
 
 
 class WidthStream:
@@ -52,6 +56,9 @@ class WidthStream:
         if self.metric == "magnitude":
             for w in layers:
                 self.sums[w.id] += torch.tensor(magnitude(modules, w), dtype=torch.float64)
+        if self.metric == "ls":
+            self._ls(cache, i, modules, layers)
+            return
         if self.metric not in ("output_norm", "activation_frequency"):
             cache.advance(i)
             return
@@ -68,6 +75,17 @@ class WidthStream:
         finally:
             for hook in hooks:
                 hook.remove()
+
+    def _ls(self, cache, i: int, modules: dict, layers: list[WidthLayer]) -> None:
+        """Repair-aware scores: the consumers' grams while block ``i`` runs, then each layer's
+        greedy order from the loaded weights."""
+        hooks = GramHooks(layers, find_block_list(self.source.model)[1], modules)
+        try:
+            cache.advance(i, before=lambda b: hooks.state.update(mask=cache.masks(b).bool()))
+        finally:
+            hooks.remove()
+        for lid, values in layer_scores(modules, layers, hooks.grams).items():
+            self.sums[lid] = torch.tensor(values, dtype=torch.float64)
 
     def backward(self, cache, progress: bool = True) -> None:
         """Taylor: the reverse pass, top block first (the LM head must be loaded)."""

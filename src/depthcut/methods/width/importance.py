@@ -8,6 +8,8 @@
   output before the output projection), averaged over real tokens.
 * ``activation_frequency``: share of (real token, channel) pairs with |activation| > τ at the
   consumer's input: after the activation function, and for gated MLPs after gate ⊙ up.
+* ``ls``: repair-aware — the error the consumer's least-squares refit cannot recover, in
+  greedy removal order (``methods.width.repaired``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from depthcut.data import CalibData
 from depthcut.errors import ConfigError
 from depthcut.importance.registry import get_importance, register_importance
 from depthcut.methods.width.layers import WidthLayer
+from depthcut.methods.width.repaired import ls_width_scores
 from depthcut.ops import out_axis
 
 
@@ -143,6 +146,11 @@ def _output_norm(model, layers, calib, tau: float, progress: bool) -> dict[str, 
 def _frequency(model, layers, calib, tau: float, progress: bool) -> dict[str, list[float]]:
     stat = token_stat("activation_frequency", tau)
     return consumer_stats(model, layers, calib, "activation_frequency", stat, progress)
+
+
+@register_importance("ls", family="width")
+def _ls(model, layers, calib, tau: float, progress: bool) -> dict[str, list[float]]:
+    return ls_width_scores(model, layers, calib, progress)
 
 
 _magnitude.data_free = True

@@ -1,0 +1,114 @@
+"""Repair-aware head / neuron importance (``width_importance="ls"``): the greedy order against
+brute-force least squares, the grams against hand-collected activations, plans end to end."""
+
+import itertools
+
+import pytest
+import torch
+
+import depthcut as dc
+from depthcut.graph.structure import discover_structure
+from depthcut.methods.width.layers import width_layers
+from depthcut.methods.width.repaired import DAMP, GramHooks, greedy_order, greedy_scores
+from tiny import tiny_calib, tiny_llama, tiny_neox, tiny_tokenizer
+
+
+def problem(owned: int, units: int = 6, out: int = 5, tokens: int = 40, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, units * owned, generator=g, dtype=torch.float64)
+    x[:, 1] += 0.8 * x[:, 0]  # correlated channels: the refit matters
+    w = torch.randn(out, units * owned, generator=g, dtype=torch.float64)
+    table = [tuple(range(u * owned, (u + 1) * owned)) for u in range(units)]
+    return x, w, table
+
+
+def refit_error(x, w, table, removed) -> float:
+    """min over refits of the kept columns of ‖X(A − W)ᵀ‖² + λ‖A − W‖², by lstsq on the
+    augmented rows [X; √λ I] (the dampened problem the OBS steps solve)."""
+    lam = DAMP * float((x.T @ x).diagonal().mean())
+    z = torch.cat([x, lam**0.5 * torch.eye(x.shape[1], dtype=x.dtype)])
+    gone = {c for u in removed for c in table[u]}
+    kept = [c for c in range(x.shape[1]) if c not in gone]
+    target = z @ w.T
+    coef = torch.linalg.lstsq(z[:, kept], target).solution
+    return float((z[:, kept] @ coef - target).pow(2).sum())
+
+
+@pytest.mark.parametrize("owned", [1, 3])
+def test_greedy_steps_are_the_least_squares_errors(owned):
+    x, w, table = problem(owned)
+    order = greedy_order(w, x.T @ x, table, steps=len(table))
+    assert [len(units) for units, _ in order] == [1] * (len(table) - 1)
+    removed, total = [], 0.0
+    for units, delta in order:
+        # the step's pick is the cheapest single addition, checked by brute force
+        left = [u for u in range(len(table)) if u not in removed]
+        brute = {u: refit_error(x, w, table, removed + [u]) for u in left}
+        assert units[0] == min(brute, key=brute.get)
+        removed += units
+        total += delta
+        torch.testing.assert_close(total, refit_error(x, w, table, removed), rtol=1e-9, atol=1e-9)
+
+
+def test_chunked_steps_remove_several_units_at_their_joint_error():
+    x, w, table = problem(1, units=8)
+    order = greedy_order(w, x.T @ x, table, steps=4)  # 2 units a step
+    assert [len(units) for units, _ in order] == [2, 2, 2, 1]
+    removed, total = [], 0.0
+    for units, delta in order:
+        removed += units
+        total += delta
+        torch.testing.assert_close(total, refit_error(x, w, table, removed), rtol=1e-9, atol=1e-9)
+
+
+def test_scores_follow_the_greedy_order_and_keep_the_last_unit():
+    x, w, table = problem(1, units=7)
+    order = greedy_order(w, x.T @ x, table, steps=len(table))
+    scores = greedy_scores(w, x.T @ x, table, steps=len(table))
+    ranked = sorted(range(len(table)), key=lambda u: scores[u])
+    assert ranked[:-1] == [units[0] for units, _ in order]
+    assert all(a <= b for a, b in itertools.pairwise(scores[u] for u in ranked))
+    assert scores[ranked[-1]] > scores[ranked[-2]]
+
+
+def test_grams_weight_tokens_by_the_block_input():
+    model = tiny_llama(layers=3)
+    calib = tiny_calib(n=4, pad_last=5)
+    layers = width_layers(model, discover_structure(model), "neuron")
+    modules = dict(model.named_modules())
+    hooks = GramHooks(layers, model.model.layers, modules)
+    seen = {}
+    handle = model.model.layers[1].mlp.down_proj.register_forward_pre_hook(
+        lambda m, a: seen.setdefault("x", []).append(a[0])
+    )
+    with torch.no_grad():
+        blocks_in = []
+        for batch in calib.batches():
+            hooks.state["mask"] = batch["attention_mask"].bool()
+            out = model(**batch, use_cache=False, output_hidden_states=True)
+            blocks_in.append((out.hidden_states[1], hooks.state["mask"]))
+    hooks.remove()
+    handle.remove()
+    expected = 0
+    for x, (h, mask) in zip(seen["x"], blocks_in):
+        xs, hs = x[mask].double(), h[mask].double()
+        d = 1.0 / hs.pow(2).mean(-1)
+        expected = expected + xs.T @ torch.diag(d) @ xs
+    torch.testing.assert_close(hooks.grams["neuron:1"], expected)
+
+
+@pytest.mark.parametrize("builder", [tiny_llama, tiny_neox])
+@pytest.mark.parametrize("kind", ["head", "neuron"])
+def test_ls_plans_apply_and_reload(tmp_path, builder, kind):
+    model = builder(layers=5)
+    key = "heads" if kind == "head" else "neurons"
+    cfg = dc.PruneConfig(units=(kind,), width_importance="ls", repair="ls", **{key: 0.3})
+    pruned, plan, _ = dc.prune(model, cfg, tiny_calib(n=12, length=24), progress=False)
+    assert plan.actions and all(a.kind == kind for a in plan.actions)
+    path = tmp_path / "run"
+    dc.save(pruned, plan, path, tiny_tokenizer())
+    ids = torch.randint(3, 97, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            dc.load(path)[0](input_ids=ids).logits, pruned(input_ids=ids).logits
+        )
