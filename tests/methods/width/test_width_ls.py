@@ -10,7 +10,7 @@ import depthcut as dc
 from depthcut.graph.structure import discover_structure
 from depthcut.methods.width.layers import width_layers
 from depthcut.methods.width.repaired import DAMP, GramHooks, greedy_order, greedy_scores
-from tiny import tiny_calib, tiny_llama, tiny_neox, tiny_tokenizer
+from tiny import tiny_calib, tiny_gemma3, tiny_llama, tiny_neox, tiny_tokenizer
 
 
 def problem(owned: int, units: int = 6, out: int = 5, tokens: int = 40, seed: int = 0):
@@ -97,7 +97,7 @@ def test_grams_weight_tokens_by_the_block_input():
     torch.testing.assert_close(hooks.grams["neuron:1"], expected)
 
 
-@pytest.mark.parametrize("builder", [tiny_llama, tiny_neox])
+@pytest.mark.parametrize("builder", [tiny_llama, tiny_neox, tiny_gemma3])
 @pytest.mark.parametrize("kind", ["head", "neuron"])
 def test_ls_plans_apply_and_reload(tmp_path, builder, kind):
     model = builder(layers=5)
@@ -112,3 +112,42 @@ def test_ls_plans_apply_and_reload(tmp_path, builder, kind):
         torch.testing.assert_close(
             dc.load(path)[0](input_ids=ids).logits, pruned(input_ids=ids).logits
         )
+
+
+def test_a_post_norm_weights_tokens_by_its_gain():
+    """Gemma3: the MLP's output passes post_feedforward_layernorm before the stream, so each
+    token is also weighted by that norm's output / input mean square."""
+    model = tiny_gemma3(layers=3)
+    calib = tiny_calib(n=4, pad_last=5)
+    layers = width_layers(model, discover_structure(model), "neuron")
+    assert layers[1].post_norms == ("model.layers.1.post_feedforward_layernorm",)
+    hooks = GramHooks(layers, model.model.layers, dict(model.named_modules()))
+    seen = {}
+    mlp = model.model.layers[1]
+    handles = [
+        mlp.mlp.down_proj.register_forward_pre_hook(
+            lambda m, a: seen.setdefault("x", []).append(a[0])
+        ),
+        mlp.post_feedforward_layernorm.register_forward_hook(
+            lambda m, a, o: seen.setdefault("yz", []).append((a[0], o))
+        ),
+        mlp.register_forward_pre_hook(
+            lambda m, a, k: seen.setdefault("h", []).append(a[0] if a else k["hidden_states"]),
+            with_kwargs=True,
+        ),
+    ]
+    with torch.no_grad():
+        for batch in calib.batches():
+            hooks.state["mask"] = batch["attention_mask"].bool()
+            model(**batch, use_cache=False)
+    hooks.remove()
+    for handle in handles:
+        handle.remove()
+    expected = 0
+    masks = [b["attention_mask"].bool() for b in calib.batches()]
+    for x, (y, z), h, mask in zip(seen["x"], seen["yz"], seen["h"], masks):
+        gain = z[mask].double().pow(2).mean(-1) / y[mask].double().pow(2).mean(-1)
+        d = gain / h[mask].double().pow(2).mean(-1)
+        xs = x[mask].double()
+        expected = expected + xs.T @ torch.diag(d) @ xs
+    torch.testing.assert_close(hooks.grams["neuron:1"], expected)

@@ -64,6 +64,7 @@ class WidthLayer:
     unit_params: int  # parameters one unit owns
     q_heads_per_unit: int = 1
     head_dim: int = 1
+    post_norms: tuple[str, ...] = ()  # norms between the consumer and the residual stream
 
     @property
     def ref(self) -> UnitRef:
@@ -181,6 +182,16 @@ def width_layers(model: nn.Module, structure: ModelStructure, kind: str) -> list
         else:
             (parts, size), qpg, hd = _neuron_parts(modules, sub), 1, 1
         out.append(
-            WidthLayer(kind, b.index, sub.path, parts, size, _unit_params(modules, parts), qpg, hd)
+            WidthLayer(
+                kind,
+                b.index,
+                sub.path,
+                parts,
+                size,
+                _unit_params(modules, parts),
+                qpg,
+                hd,
+                tuple(sub.post_norms),
+            )
         )
     return out

@@ -15,7 +15,10 @@ along the order), so the global pick, lowest first, follows every layer's greedy
 compares layers by marginal cost. D weights each token by 1 / mean(h²) of the *block's*
 residual-stream input, so ΔE is the error added to the stream relative to the stream:
 comparable across layers (weighting by the consumer's own input instead gave SmolLM2 neurons
-at 25%: 20.99 vs 20.90, normalising per layer).
+at 25%: 20.99 vs 20.90, normalising per layer). Where a norm sits between the consumer and
+the stream (Gemma's post-norms), an error e in the consumer's output reaches the stream scaled
+by that norm's gain, so each token is also weighted by mean(z²) / mean(y²) of the norm's
+output z over its input y (its gain, taken as isotropic).
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ DAMP = 1e-2  # λ as a fraction of G's mean diagonal (SparseGPT's dampening)
 
 class GramHooks:
     """Forward hooks accumulating, for each of ``layers``, Xᵀ D X of its consumer's input over
-    the real tokens, D = 1 / mean(h²) of its block's input h. ``state["mask"]`` must hold the
-    current batch's attention mask while a block runs."""
+    the real tokens, D = 1 / mean(h²) of its block's input h (times the post-norm's gain, see
+    the module docstring). ``state["mask"]`` must hold the current batch's attention mask
+    while a block runs."""
 
     def __init__(self, layers: list[WidthLayer], blocks: nn.ModuleList, modules: dict):
         self.grams: dict[str, torch.Tensor] = {}
@@ -48,6 +52,9 @@ class GramHooks:
         for w in layers:
             consumer = modules[w.parts[-1].path]
             self.handles.append(consumer.register_forward_pre_hook(self._consumer_hook(w)))
+            if w.post_norms:
+                norm = modules[w.post_norms[0]]
+                self.handles.append(norm.register_forward_hook(self._norm_hook(w)))
 
     def _block_hook(self, i: int):
         def hook(module, args, kwargs):
@@ -60,11 +67,26 @@ class GramHooks:
     def _consumer_hook(self, layer: WidthLayer):
         def hook(module, args):
             x = args[0][self.state["mask"]].double()
-            gram = (x * self.state[layer.block][:, None]).T @ x
-            old = self.grams.get(layer.id)
-            self.grams[layer.id] = gram if old is None else old + gram
+            if layer.post_norms:
+                self.state[layer.id] = x  # weighted once the norm has run
+            else:
+                self._add(layer, x, self.state[layer.block])
 
         return hook
+
+    def _norm_hook(self, layer: WidthLayer):
+        def hook(module, args, output):
+            mask = self.state["mask"]
+            y, z = args[0][mask].double(), output[mask].double()
+            gain = z.pow(2).mean(-1) / y.pow(2).mean(-1).clamp_min(1e-12)
+            self._add(layer, self.state.pop(layer.id), self.state[layer.block] * gain)
+
+        return hook
+
+    def _add(self, layer: WidthLayer, x: torch.Tensor, weights: torch.Tensor) -> None:
+        gram = (x * weights[:, None]).T @ x
+        old = self.grams.get(layer.id)
+        self.grams[layer.id] = gram if old is None else old + gram
 
     def remove(self) -> None:
         for handle in self.handles:
