@@ -99,8 +99,8 @@ bench: setup llama gemma
 	$(BIN)/python benchmarks/bench_quality.py --budgets 0.25 --limit 50  # ≈25 min, every method
 	$(BIN)/python benchmarks/bench_quality.py --model gemma3-270m --budgets 0.25 --limit 50 \
 		--methods ShortGPT,Gromov,ReplaceMe,"ShortGPT + ls","depthcut neurons",thesis
-	$(BIN)/python benchmarks/bench_quality.py --budgets 0.1,0.2,0.3,0.4 --limit 50 \
-		--methods ShortGPT,"depthcut neurons",thesis --plot benchmarks/results/quality
+	$(BIN)/python benchmarks/bench_quality.py --budgets 0.1,0.25,0.4 --limit 50 \
+		--methods ShortGPT,"depthcut neurons (ls" --plot benchmarks/results/quality
 	$(BIN)/python benchmarks/bench_recovery.py  # ≈35 min: 4 runs × 8 min of training
 	$(BIN)/python benchmarks/bench_iterative_recover.py
 	$(BIN)/python benchmarks/bench_fine.py

@@ -11,8 +11,8 @@ calibration set; then decode tokens/s ÷ dense (batch 1, all models measured int
 
     python benchmarks/bench_quality.py --budgets 0.25 --limit 50
     python benchmarks/bench_quality.py --model gemma3-270m --budgets 0.25 --limit 50
-    python benchmarks/bench_quality.py --budgets 0.1,0.2,0.3,0.4 --limit 50 \
-        --methods ShortGPT,"depthcut neurons",thesis --plot benchmarks/results/quality
+    python benchmarks/bench_quality.py --budgets 0.1,0.25,0.4 --limit 50 \
+        --methods ShortGPT,"depthcut neurons (ls" --plot benchmarks/results/quality
 
 Gemma3-270M is given a BOS token at the start of every calibration and evaluation window (its
 perplexity is 17.25 with it, 38.7 without). A method whose repair a model refuses (the depth fold
