@@ -27,7 +27,7 @@ def resolve_repair(args: argparse.Namespace, units: tuple[str, ...]) -> str:
 
 # the recommended method (benchmarks/bench_quality.py): MLP neurons ranked by what the
 # least-squares refit of their down-projection cannot recover, then that refit
-RECOMMENDED = {"units": ("neuron",), "importance": "bi", "width_importance": "ls"}
+RECOMMENDED = {"units": ("neuron",), "width_importance": "ls"}
 
 
 def resolve_units(args: argparse.Namespace, scored: dict) -> tuple[str, ...]:
@@ -45,7 +45,8 @@ def resolve_units(args: argparse.Namespace, scored: dict) -> tuple[str, ...]:
 
 def make_config(args: argparse.Namespace, scored: dict | None = None):
     """The PruneConfig of the flags; an omitted flag takes the value ``scored`` (the config the
-    scores were made with) holds, else the recommended method's."""
+    scores were made with) holds, else the recommended method's (width importance of head /
+    neuron units), else PruneConfig's own default."""
     from depthcut.config import Budget, PruneConfig
 
     scored = scored or {}
@@ -53,8 +54,8 @@ def make_config(args: argparse.Namespace, scored: dict | None = None):
     width = bool({"head", "neuron"} & set(units))
 
     def pick(name: str) -> str:
-        fallback = RECOMMENDED[name] if width or name != "width_importance" else "magnitude"
-        return getattr(args, name) or scored.get(name) or fallback
+        recommended = RECOMMENDED.get(name) if width else None
+        return getattr(args, name) or scored.get(name) or recommended or getattr(PruneConfig, name)
 
     return PruneConfig(
         units=units,

@@ -17,7 +17,6 @@ import torch
 from tqdm.auto import tqdm
 
 from depthcut.config import PruneConfig
-from depthcut.graph.structure import find_block_list
 from depthcut.methods.width.importance import (
     consumer_hook,
     magnitude,
@@ -79,7 +78,7 @@ class WidthStream:
     def _ls(self, cache, i: int, modules: dict, layers: list[WidthLayer]) -> None:
         """Repair-aware scores: the consumers' grams while block ``i`` runs, then each layer's
         greedy order from the loaded weights."""
-        hooks = GramHooks(layers, find_block_list(self.source.model)[1], modules)
+        hooks = GramHooks(layers, self.source.blocks, modules)
         try:
             cache.advance(i, before=lambda b: hooks.state.update(mask=cache.masks(b).bool()))
         finally:
