@@ -3,10 +3,12 @@ run: the same calibration text (12 × 256 tokens of the wiki calibration article
 method and every repair, the same held-out text (8 × 512 tokens of other articles) for every
 score. Budgets are fractions of the non-embedding parameters, ``--budget-mode nearest``.
 
-Columns: parameters actually removed; held-out perplexity; gap = log ppl − log ppl(dense) as a
-multiple of ShortGPT's gap at the same budget; KL(dense ‖ pruned) of the next-token
-distribution on the held-out text; PIQA and ARC-easy accuracy (first ``--limit`` items); the
-share of greedy generations that loop; the selection's cost in forward-equivalents of the
+Columns: non-embedding parameters actually removed (counted on the pruned model, so a
+LinearPatch's d × d modules count against it); held-out perplexity; gap = log ppl − log
+ppl(dense) as a multiple of ShortGPT's gap at the same budget; KL(dense ‖ pruned) of the next-
+token distribution on the held-out text; PIQA, ARC-easy, HellaSwag, WinoGrande (partial scoring)
+and LAMBADA (last word is the greedy continuation) accuracy (first ``--limit`` items of each);
+the share of greedy generations that loop; the selection's cost in forward-equivalents of the
 calibration set; then decode tokens/s ÷ dense (batch 1, all models measured interleaved).
 
     python benchmarks/bench_quality.py --budgets 0.25 --limit 50
@@ -15,13 +17,12 @@ calibration set; then decode tokens/s ÷ dense (batch 1, all models measured int
         --methods ShortGPT,"depthcut neurons (ls" --plot benchmarks/results/quality
 
 Gemma3-270M is given a BOS token at the start of every calibration and evaluation window (its
-perplexity is 17.25 with it, 38.7 without). A method whose repair a model refuses (the depth fold
-cannot pass Gemma3's post-norms) is reported as refused, with the reason.
+perplexity is 17.25 with it, 38.7 without). A method whose repair a model refuses (the depth
+fold cannot pass Gemma3's post-norms) is reported as refused, with the reason.
 
 The greedy sublayer methods (BlockPruner; depthcut's greedy ls-aware sublayers) re-score ≈ 50
-candidates for ≈ 25 steps: several CPU-hours on this 2-core machine, so they run only when
-named (``--methods BlockPruner``).
-"""
+candidates for ≈ 25 steps: several CPU-hours on this 2-core machine, so they run only when named
+(``--methods BlockPruner``)."""
 
 from __future__ import annotations
 
@@ -40,11 +41,12 @@ from depthcut.errors import DepthcutError
 from depthcut.eval.generation import generate_samples
 from depthcut.eval.latency import measure_many
 from depthcut.eval.perplexity import perplexity
+from depthcut.eval.run import param_counts
 from depthcut.eval.zeroshot import zeroshot
 from depthcut.importance import functional as F
 
 WINDOW, WINDOWS = 512, 8
-TASKS = ["piqa", "arc_easy"]
+TASKS = ["piqa", "arc_easy", "hellaswag", "winogrande", "lambada"]
 # name: (PruneConfig keywords, repair); a neuron plan's fraction follows the budget
 METHODS = {
     "ShortGPT (BI blocks)": (dict(units=("block",), importance="bi"), "none"),
@@ -64,6 +66,10 @@ METHODS = {
         dict(units=("block",), importance="gromov", strategy="contiguous"),
         "ls",
     ),
+    "LinearPatch (span + patch)": (
+        dict(units=("block",), importance="gromov", strategy="contiguous"),
+        "patch",
+    ),
     "ShortGPT + ls": (dict(units=("block",), importance="bi"), "ls"),
     "depthcut ls-aware blocks + ls": (dict(units=("block",), importance="ls"), "ls"),
     "depthcut ls-aware greedy sublayers + ls": (
@@ -81,6 +87,10 @@ METHODS = {
     "thesis Algorithm 8 (fine, interleave)": (
         dict(units=("fine",), importance="angular", strategy="interleave"),
         "none",
+    ),
+    "thesis Algorithm 8 + ls": (
+        dict(units=("fine",), importance="angular", strategy="interleave"),
+        "ls",
     ),
 }
 
@@ -133,14 +143,18 @@ def prune(model, calib, cfg: dc.PruneConfig) -> tuple:
     return pruned, plan, cost, time.perf_counter() - started
 
 
-def row(name, plan, q, gap_ratio, cost, seconds) -> str:
+def row(name, removed, q, gap_ratio, cost, seconds) -> str:
     tasks = " | ".join(f"{q[t]:.3f}" for t in TASKS)
     spent = "—" if math.isnan(cost) else f"{cost:.1f}"
     return (
-        f"| {name} | {plan.fraction('non_embedding'):.1%} | {q['ppl']:.2f} | "
+        f"| {name} | {removed:.1%} | {q['ppl']:.2f} | "
         f"{gap_ratio:.2f} | {q['kl']:.3f} | {tasks} | {q['loops']:.0%} | "
         f"{spent} ({seconds:.0f} s) |"
     )
+
+
+def non_embedding(model) -> int:
+    return param_counts(model)["params_non_embedding"]
 
 
 SLOW = ("BlockPruner (greedy sublayers, ppl)", "depthcut ls-aware greedy sublayers + ls")
@@ -172,8 +186,9 @@ def run_budget(model, tok, calib, ids, dense_q, budget, methods, args, bos_id) -
         q = quality(pruned[name], model, tok, ids, args.limit, bos_id)
         gap = math.log(q["ppl"] / dense_q["ppl"])
         short_gap = short_gap or gap
-        print(row(name, plan, q, gap / short_gap, cost, seconds), flush=True)
-        rows[name] = q | {"removed": plan.fraction("non_embedding"), "gap": gap}
+        removed = 1 - non_embedding(pruned[name]) / non_embedding(model)  # patches count
+        print(row(name, removed, q, gap / short_gap, cost, seconds), flush=True)
+        rows[name] = q | {"removed": removed, "gap": gap}
     lat = measure_many(pruned, lengths=(64,), batches=(1,), new_tokens=24, repeats=3)
     dense_tps = lat["dense"].decode_tps[1]
     print("\n| method | decode tokens/s, batch 1 | ×dense |\n|---|---:|---:|")

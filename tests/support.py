@@ -60,3 +60,27 @@ def prune_run(path, model, cfg, tokenizer=None):
     pruned, plan, _ = dc.prune(model, cfg, tiny_calib(), progress=False)
     dc.save(pruned, plan, path, tokenizer if tokenizer is not None else tiny_tokenizer())
     return pruned
+
+
+def run_masked(model, data, handles) -> list:
+    """Run ``model`` over ``data``'s batches (the hook ``handles`` recording what they need),
+    remove the hooks, and return each batch's real-token mask."""
+    import torch
+
+    masks = []
+    try:
+        with torch.no_grad():
+            for batch in data.batches():
+                model(**batch, use_cache=False)
+                masks.append(batch["attention_mask"].bool())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return masks
+
+
+def real_tokens(tensors: list, masks: list):
+    """The recorded per-batch tensors on their real tokens, concatenated (float64)."""
+    import torch
+
+    return torch.cat([t[m] for t, m in zip(tensors, masks)]).double()

@@ -21,7 +21,7 @@ ORDERS = ("ascending", "descending", "random")
 TOKEN_SETS = ("all", "last")
 PARAM_COUNTS = ("all", "non_embedding")
 BUDGET_MODES = ("at_least", "at_most", "nearest")
-REPAIRS = ("none", "ls")
+REPAIRS = ("none", "ls", "patch")
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,8 @@ def blockwise_applies(model: nn.Module, plans: list[Plan]) -> bool:
     from depthcut.quantize import is_quantized
 
     sliced = all(a.kind.family in ("depth", "width") for a in plans[0].actions)
-    return len(plans) == 1 and sliced and not is_quantized(model)
+    patched = plans[0].run.get("repair", {}).get("patches")
+    return len(plans) == 1 and sliced and not patched and not is_quantized(model)
 
 
 def verify_blockwise(model: nn.Module, plan: Plan, folder: Path) -> None:

@@ -53,8 +53,9 @@ CATALOGUE = {
     "export_unknown_format": "unknown export format 'onnx'; use one of hf, hf-hetero, gguf",
     "export_quant_not_gguf": "--quant applies to --format gguf only",
     "export_unknown_gguf_type": "unknown GGUF type 'q3'; use one of f32, f16, q8_0, q4_k_m",
-    "unknown_repair": "repair 'magic' unknown; choose one of ('none', 'ls')",
+    "unknown_repair": "repair 'magic' unknown; choose one of ('none', 'ls', 'patch')",
     "repair_too_few_tokens": "give at least 64 calibration tokens",
+    "repair_patch_width": "--repair patch bridges removed blocks; use --repair ls for this plan",
 }
 
 
@@ -270,6 +271,7 @@ CONFIG_CASES = {
     "unknown_dtype": ["--dtype", "float8"],
     "max_memory_below_block": ["--max-memory", "cpu=1KB"],
     "unknown_repair": ["--repair", "magic"],
+    "repair_patch_width": ["--units", "neuron", "--repair", "patch"],
     "repair_too_few_tokens": [
         "--units",
         "block",

@@ -96,6 +96,7 @@ def test_score_plan_apply_verbs(capsys, tmp_path, tiny_dir, text_file):
         (["--importance", "angular"], {"block"}, "magnitude", "none"),  # a depth metric named
         (["--heads", "0.3"], {"head"}, "ls", "ls"),  # a width fraction named
         (["--units", "neuron", "--repair", "none"], {"neuron"}, "ls", "none"),
+        (["--units", "fine"], {"fine"}, None, "ls"),  # the fine refit measured helping
     ],
 )
 def test_defaults_run_the_recommended_method(
@@ -109,7 +110,7 @@ def test_defaults_run_the_recommended_method(
     config = plan["run"]["config"]
     assert set(config["units"]) == units and config["repair"] == repair
     assert {a["kind"] for a in plan["actions"]} == units
-    if units != {"block"}:
+    if width is not None and units != {"block"}:
         assert config["width_importance"] == width
         scores = json.loads((out / "scores.json").read_text())
         assert {v["metric"] for v in scores["width"].values()} == {width}

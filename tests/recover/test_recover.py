@@ -139,3 +139,29 @@ def test_recovery_data_uses_calibration_articles_only(tmp_path):
 def test_bad_recover_config(kw, message):
     with pytest.raises(ConfigError, match=message):
         RecoverConfig(**kw)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_loop_repairs_every_step_and_leaves_the_teacher(steps):
+    """--repair ls inside prune → recover: each step's plan is repaired before it is applied
+    (step 1 equals repair + apply by hand) and the dense teacher is never changed."""
+    from depthcut.recover.loop import prune_recover_loop
+    from depthcut.refit.run import model_nll
+
+    model, data = tiny_llama(seed=2), tiny_calib(n=12, length=24)
+    dense = copy.deepcopy(model)
+    cfg = dc.PruneConfig(units=("neuron",), neurons=0.3, width_importance="magnitude", repair="ls")
+    pruned, plans, history = prune_recover_loop(
+        model, None, cfg, data, steps, None, lambda m: model_nll(m, data), progress=False
+    )
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, dense.state_dict()[key])
+    assert len(plans) == steps and all(p.run["repair"]["width"]["layers"] for p in plans)
+    if steps == 1:
+        by_hand = copy.deepcopy(dense)
+        dc.repair(by_hand, plans[0], data, progress=False)
+        by_hand = dc.apply(by_hand, plans[0], inplace=True)
+        ids = data.input_ids[:2]
+        with torch.no_grad():
+            torch.testing.assert_close(pruned(ids).logits, by_hand(ids).logits)
+        assert history[1]["ppl_pruned"] == pytest.approx(model_nll(by_hand, data))

@@ -63,6 +63,19 @@ def test_iterative_prune_recover_loop(capsys, tmp_path, tiny_dir, text):
     assert stdout.count("step ") >= 3
 
 
+def test_repaired_prune_then_recovery(capsys, tmp_path, tiny_dir, text):
+    """``--repair auto`` (the default) is ls for a neuron plan under ``--recover`` too."""
+    out = tmp_path / "repaired"
+    argv = prune_args(tiny_dir, out, text, "--units", "neuron", "--neurons", "0.3")
+    argv += ["--n-samples", "8", "--recover", "lora", "--lr", "1e-2"]
+    code, _, err = run(capsys, *argv, *TRAIN, *SMALL, "--eval-text", text)
+    assert code == 0, err
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["run"]["config"]["repair"] == "ls" and plan["run"]["repair"]["width"]["layers"]
+    history = json.loads((out / "history.json").read_text())
+    assert history[1]["ppl_recovered"] <= history[1]["ppl_pruned"] + 1e-9
+
+
 def test_recover_verb_with_distillation(capsys, tmp_path, run_dir, text):
     out = tmp_path / "rec"
     argv = ["recover", run_dir, "--out", out, "--method", "lora", "--loss", "kd", "--lr", "1e-2"]

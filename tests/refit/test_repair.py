@@ -1,6 +1,6 @@
 """Least-squares repair (--repair ls): the fits against torch.linalg.lstsq, folded == unfolded,
 no parameter added, identity on an empty plan, never worse on the held-back batches, and saved
-→ loaded == in memory for repaired block, sublayer and width plans."""
+→ loaded == in memory for repaired block, sublayer, width and fine-grained plans."""
 
 import copy
 
@@ -14,8 +14,8 @@ from depthcut.planning.plan import Plan
 from depthcut.refit.ls import fold, solve
 from depthcut.refit.run import halves, model_nll
 from depthcut.refit.width import input_grams, refit_columns
-from support import make_plan
-from tiny import tiny_calib, tiny_llama, tiny_neox, tiny_tokenizer
+from support import make_plan, real_tokens, run_masked
+from tiny import tiny_calib, tiny_gpt2, tiny_llama, tiny_neox, tiny_tokenizer
 
 
 def calib():
@@ -83,10 +83,13 @@ def mixed_plan(model):
     return dc.plan(dc.score(model, cfg, calib(), progress=False), cfg, model)
 
 
-def test_repair_adds_no_parameter_and_keeps_every_shape():
+@pytest.mark.parametrize("which", ["mixed", "fine"])
+def test_repair_adds_no_parameter_and_keeps_every_shape(which):
     model = tiny_llama()
-    plan = mixed_plan(model)
-    assert {a.kind.value for a in plan.actions} == {"block", "neuron"}
+    plan = mixed_plan(model) if which == "mixed" else fine_plan(model)
+    assert {a.kind.value for a in plan.actions} == (
+        {"block", "neuron"} if which == "mixed" else {"fine"}
+    )
     plain = dc.apply(model, plan)
     before_shapes, before_count = shapes(model), sum(p.numel() for p in model.parameters())
     report = dc.repair(model, plan, calib(), progress=False)
@@ -104,10 +107,16 @@ def sliced_nll(model, plan, data):
 DEPTH_PICKS = {"blocks": [("block", 2)], "attention": [("attention", 2), ("attention", 4)]}
 
 
-@pytest.mark.parametrize("which", ["width", "blocks", "attention"])
+def some_plan(model, which: str):
+    if which == "width":
+        return width_plan(model)
+    return fine_plan(model) if which == "fine" else make_plan(model, DEPTH_PICKS[which])[0]
+
+
+@pytest.mark.parametrize("which", ["width", "blocks", "attention", "fine"])
 def test_never_worse_on_the_held_back_batches(which):
     model = tiny_llama(layers=6, seed=3)
-    plan = width_plan(model) if which == "width" else make_plan(model, DEPTH_PICKS[which])[0]
+    plan = some_plan(model, which)
     data = calib()
     _, check = halves(data)
     unrepaired = sliced_nll(model, plan, check)
@@ -149,12 +158,14 @@ def test_width_refit_lowers_the_consumer_error_on_its_fitting_tokens():
 
 @pytest.mark.parametrize(
     "kind",
-    ["block", "sublayer", "width"],
+    ["block", "sublayer", "width", "fine"],
 )
 def test_saved_repaired_run_reloads_equal(tmp_path, kind):
     model = tiny_llama(seed=5)
     if kind == "width":
         plan = width_plan(model, ("head", "neuron"))
+    elif kind == "fine":
+        plan = fine_plan(model)
     else:
         picks = (
             [("block", 2)] if kind == "block" else [("attention", 3), ("mlp", 3), ("attention", 1)]
@@ -176,11 +187,88 @@ def test_too_few_tokens_is_refused_with_the_minimum():
         dc.repair(model, plan, tiny_calib(n=2, length=8), progress=False)
 
 
-def test_fine_plans_are_refused():
-    model = tiny_llama()
-    fine = dc.plan_units(model, [dc.fine_units(model)[3].id])
-    with pytest.raises(ConfigError, match="fine-grained plans are not covered yet"):
-        dc.repair(model, fine, calib(), progress=False)
+FINE = ["model.layers.2.mlp.up_proj", "model.layers.3.self_attn", "model.layers.4.mlp.down_proj"]
+
+
+def fine_plan(model):
+    return dc.plan_units(model, FINE)
+
+
+def test_fine_repair_refits_the_edited_blocks_kept_writers():
+    """The MLP writer of each edited block; the attention writer (inside the kept attention
+    region) where the block's down-projection is pruned; none of a pruned region."""
+    model = tiny_llama(seed=0)
+    report = dc.repair(model, fine_plan(model), calib(), progress=False)["fine"]
+    assert report["writers"] == [
+        "model.layers.2.self_attn.o_proj",
+        "model.layers.2.mlp.down_proj",
+        "model.layers.3.mlp.down_proj",
+        "model.layers.4.self_attn.o_proj",
+    ]
+    assert report["skipped"] == [
+        "model.layers.3.self_attn.o_proj: pruned",
+        "model.layers.4.mlp.down_proj: pruned",
+    ]
+    losses = report["check_nll"]
+    assert report["kept"] and losses[str(report["ridge"])] == min(losses.values()) < losses["None"]
+
+
+def test_fine_repair_of_conv1d_writers_with_bias(tmp_path):
+    """GPT-2 (Conv1D writers with a bias): the repaired model computes the check loss the
+    report chose, and the saved run reloads equal."""
+    model = tiny_gpt2(seed=2)
+    plan = dc.plan_units(model, ["transformer.h.2.mlp.c_fc", "transformer.h.4.mlp.c_fc"])
+    _, check = halves(calib())
+    report = dc.repair(model, plan, calib(), progress=False)["fine"]
+    assert report["kept"] and len(report["writers"]) == 4
+    pruned = dc.apply(model, plan, inplace=True)
+    assert model_nll(pruned, check) == pytest.approx(min(report["check_nll"].values()), rel=1e-6)
+    dc.save(pruned, plan, tmp_path / "run", tiny_tokenizer())
+    loaded, _ = dc.load(tmp_path / "run")
+    ids = calib().input_ids[:2]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, pruned(ids).logits)
+
+
+def block_io(model, block: int, data) -> dict:
+    """Per fit batch: the down-projection's input and output, the block's output (real tokens)."""
+    seen = {"x": [], "m": [], "h": []}
+    down = model.get_submodule(f"model.layers.{block}.mlp.down_proj")
+    layer = model.get_submodule(f"model.layers.{block}")
+
+    def on_down(module, args, out):
+        seen["x"].append(args[0])
+        seen["m"].append(out)
+
+    def on_block(module, args, out):
+        seen["h"].append(out[0] if isinstance(out, tuple) else out)
+
+    hooks = [down.register_forward_hook(on_down), layer.register_forward_hook(on_block)]
+    masks = run_masked(model, data, hooks)
+    return {k: real_tokens(v, masks) for k, v in seen.items()}
+
+
+def test_fine_refit_is_weighted_ridge_least_squares_of_the_pruned_block():
+    """One edited block with dense input: its down-projection equals the independent solution
+    of min Σ w‖X Aᵀ − (M + Y − H)‖² + λ‖A − W‖² (w = 1/‖Y‖², λ = ridge · mean diag XᵀwX) by
+    ``torch.linalg.lstsq`` on the stacked system (the attention writer's fit is exact there:
+    its block input and attention are the dense ones)."""
+    model = tiny_llama(seed=0)
+    path = "model.layers.2.mlp.down_proj"
+    plan = dc.plan_units(model, ["model.layers.2.mlp.up_proj"])
+    fit, _ = halves(calib())
+    unrepaired = dc.apply(model, plan)
+    plain, dense = block_io(unrepaired, 2, fit), block_io(model, 2, fit)
+    report = dc.repair(model, plan, calib(), progress=False)["fine"]
+    assert report["kept"]
+    x, y = plain["x"], plain["m"] + dense["h"] - plain["h"]
+    root = dense["h"].pow(2).sum(-1, keepdim=True).rsqrt()  # the tokens' weights, square-rooted
+    lam = report["ridge"] * float((root * x).pow(2).sum(0).mean())
+    prior = unrepaired.get_submodule(path).weight.detach().double().T
+    ridge = torch.eye(x.shape[1], dtype=x.dtype) * lam**0.5
+    stacked = torch.linalg.lstsq(torch.cat([root * x, ridge]), torch.cat([root * y, ridge @ prior]))
+    refit = dc.apply(model, plan).get_submodule(path).weight.detach().double().T
+    torch.testing.assert_close(refit, stacked.solution, rtol=1e-4, atol=1e-5)
 
 
 def test_cli_prune_and_apply_repair(capsys, tiny_dir, pattern_file, tmp_path):

@@ -16,13 +16,14 @@ def comma_list(text: str) -> tuple[str, ...]:
 
 
 def resolve_repair(args: argparse.Namespace, units: tuple[str, ...]) -> str:
-    """``--repair auto``: ls where bench_repair / bench_quality measured it helping (head and
-    neuron plans pruned once), none for depth and fine-grained plans and prune→recover loops."""
+    """``--repair auto``: ls where bench_repair / bench_quality / bench_recovery measured it
+    helping (head and neuron plans, fine-grained plans, pruned once, with or without
+    ``--recover``), none for depth plans and ``--steps`` loops."""
     if args.repair != "auto":
         return args.repair
-    looped = getattr(args, "steps", 1) > 1 or getattr(args, "recover", None)
-    once = not looped and not getattr(args, "streaming", False)
-    return "ls" if units and set(units) <= {"head", "neuron"} and once else "none"
+    once = getattr(args, "steps", 1) == 1 and not getattr(args, "streaming", False)
+    helped = set(units) <= {"head", "neuron"} or set(units) == {"fine"}
+    return "ls" if units and helped and once else "none"
 
 
 # the recommended method (benchmarks/bench_quality.py): MLP neurons ranked by what the

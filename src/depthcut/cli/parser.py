@@ -66,9 +66,11 @@ def _repair_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument(
         "--repair",
         default=default,
-        help="none or ls: least-squares refit of kept weights after removal (block/sublayer "
-        "runs, head/neuron consumers), never worse on held-back calibration text; auto "
-        "(default): ls for head / neuron plans, where it helps, none otherwise",
+        help="none, ls or patch. ls: least-squares refit of kept weights after removal "
+        "(block/sublayer runs, head/neuron consumers, fine-grained blocks' writers), no "
+        "parameter added, never worse on held-back calibration text; patch: LinearPatch "
+        "(a d×d module on the stream after each removed run of blocks, a baseline); auto "
+        "(default): ls for head / neuron / fine-grained plans, where it helps, none otherwise",
     )
 
 

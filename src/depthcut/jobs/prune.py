@@ -90,8 +90,8 @@ def _auto_repair(job: PruneJob, streaming: bool) -> PruneJob:
 
 
 def _check_repair(job: PruneJob, streaming: bool) -> None:
-    """``--repair`` needs the model in memory and one prune: refuse the other paths (an
-    automatically streamed model included) before any work."""
+    """``--repair`` needs the model in memory: refuse streaming (chosen or automatic) before
+    any work."""
     recipe = job.recipe
     if recipe.prune.repair == "none":
         return
@@ -99,8 +99,6 @@ def _check_repair(job: PruneJob, streaming: bool) -> None:
         raise DepthcutError(
             "--repair with --streaming (chosen or automatic) is not supported yet: drop --repair"
         )
-    if recipe.steps > 1 or recipe.recover is not None:
-        raise DepthcutError("--repair with --steps/--recover is not supported yet: prune once")
 
 
 def _prune_and_measure(model, the_plan, tok, settings, fix) -> tuple:

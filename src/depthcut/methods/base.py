@@ -13,6 +13,7 @@ from depthcut.errors import UnsupportedModelError
 from depthcut.graph.structure import ModelStructure
 from depthcut.planning.plan import Plan
 from depthcut.scores import Scores
+from depthcut.surgery.patch import patch_params
 from depthcut.units.discover import count_params, embedding_params
 
 
@@ -60,7 +61,7 @@ def describe(model: nn.Module, structure: ModelStructure) -> dict[str, Any]:
 
 
 def check_plan_fits(model: nn.Module, structure: ModelStructure, plan: Plan) -> None:
-    n, total = structure.num_blocks, count_params(model)
+    n, total = structure.num_blocks, count_params(model) - patch_params(model)
     if n != plan.model["num_blocks"] or total != plan.model["params_all"]:
         raise UnsupportedModelError(
             f"plan was made for a model with {plan.model['num_blocks']} blocks and "

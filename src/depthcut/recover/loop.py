@@ -3,6 +3,7 @@ recomputed on the recovered model (the lesson's iterative pruning)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 
@@ -49,9 +50,9 @@ def prune_recover_loop(
     progress: bool = True,
 ) -> tuple[nn.Module, list[Plan], list[dict]]:
     """(pruned model, the plans applied in order, history): ``steps`` rounds of
-    score → plan → apply → perplexity → recover → perplexity. The dense ``model`` is the
-    distillation teacher and is left as it is."""
-    from depthcut.api import apply, plan, score
+    score → plan → (repair) → apply → perplexity → recover → perplexity. The dense ``model``
+    is the distillation teacher and is left as it is."""
+    from depthcut.api import plan, score
     from depthcut.eval.run import param_counts
     from depthcut.recover.run import recover
 
@@ -71,7 +72,7 @@ def prune_recover_loop(
         if step_cfg is None:
             continue
         the_plan = plan(score(current, step_cfg, calib, progress), step_cfg, current)
-        current = apply(current, the_plan)
+        current = _repaired_apply(current, model, the_plan, calib, step_cfg.repair, progress)
         plans.append(the_plan)
         row = {"step": step, **param_counts(current), "ppl_pruned": evaluate(current)}
         if recover_cfg is not None:
@@ -80,6 +81,18 @@ def prune_recover_loop(
         history.append(row)
         print(_line(row), flush=True)
     return current, plans, history
+
+
+def _repaired_apply(current, dense, the_plan: Plan, calib, method: str, progress: bool):
+    """``the_plan`` applied to a copy of ``current``, repaired first (``--repair``); the dense
+    model (the teacher) is never changed."""
+    from depthcut.api import apply, repair
+
+    if method == "none":
+        return apply(current, the_plan)
+    work = copy.deepcopy(current) if current is dense else current
+    repair(work, the_plan, calib, method, progress)
+    return apply(work, the_plan, inplace=True)
 
 
 def _brief(history: dict) -> dict:

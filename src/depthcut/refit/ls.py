@@ -226,12 +226,16 @@ def _normal_equations(cache: BlockCache, run: Run, targets, fit) -> tuple:
     return weighted_grams(rows())
 
 
-def solve(xtx: torch.Tensor, xty: torch.Tensor, ridge: float) -> torch.Tensor:
-    """argmin_T ‖X T − Y‖² + λ‖T − I‖² from XᵀX and XᵀY, λ = ridge × mean(diag XᵀX): the
-    ridge pulls towards the unrepaired layer (T = I), not towards zero."""
+def solve(
+    xtx: torch.Tensor, xty: torch.Tensor, ridge: float, prior: torch.Tensor | None = None
+) -> torch.Tensor:
+    """argmin_T ‖X T − Y‖² + λ‖T − P‖² from XᵀX and XᵀY, λ = ridge × mean(diag XᵀX): the
+    ridge pulls towards the unrepaired layer (``prior`` P; the identity map by default), not
+    towards zero."""
     lam = ridge * float(xtx.diagonal().mean())
     eye = torch.eye(xtx.shape[0], dtype=xtx.dtype, device=xtx.device)
-    return torch.linalg.solve(xtx + lam * eye, xty + lam * eye)
+    prior = eye if prior is None else prior.to(xtx.dtype)
+    return torch.linalg.solve(xtx + lam * eye, xty + lam * prior)
 
 
 @torch.no_grad()

@@ -2,7 +2,8 @@
 dense one, in place and before the plan is applied; never worse on held-back calibration text.
 
 Order: width consumers first (their refit zeroes the removed channels, so the unsliced model
-computes what the sliced one will), then the depth runs on those activations. The calibration
+computes what the sliced one will), then the depth runs on those activations, then the writers
+of blocks edited by fine-grained units (``refit.fine``). The calibration
 batches are split: even batches fit, odd batches check (next-token loss); a refit that does not
 lower the check loss is undone. Cost is reported in forward-equivalents of the whole set.
 """
@@ -21,7 +22,9 @@ from depthcut.graph.structure import ModelStructure, discover_structure
 from depthcut.importance import functional as F
 from depthcut.ops import out_features
 from depthcut.planning.plan import Plan
+from depthcut.refit.fine import repair_fine
 from depthcut.refit.ls import DEPTH_RIDGE, repair_depth, runs, split, writer_module
+from depthcut.refit.patch import repair_patch
 from depthcut.refit.width import consumers, input_grams, set_refit
 
 RIDGES = (1e-2, 1e-1)  # width candidates, chosen on the check batches (pulls towards W)
@@ -95,22 +98,23 @@ def repair(
         raise ConfigError(f"--repair {method!r} unknown; choose one of {', '.join(REPAIRS)}")
     if method == "none" or not plan.actions:
         return {"method": "none"}
-    if any(a.kind.family == "fine" for a in plan.actions):
-        raise ConfigError(
-            "--repair ls covers block, sublayer, head and neuron plans; fine-grained plans "
-            "are not covered yet (use --repair none)"
-        )
     started = time.perf_counter()
     model.eval()
     structure = discover_structure(model)
+    if method == "patch":
+        report = repair_patch(model, structure, plan, calib, progress)
+        return report | {"seconds": time.perf_counter() - started}
     fit, check = halves(calib)
     width = _repair_width(model, structure, plan, fit, check, progress)
     depth = _repair_runs(model, structure, plan, calib, fit, progress)
+    fine = repair_fine(model, structure, plan, calib, progress)
+    parts = (width, depth, fine)
     return {
         "method": method,
         "width": width,
         "depth": depth,
-        "forward_equivalents": width["forward_equivalents"] + depth["forward_equivalents"],
+        "fine": fine,
+        "forward_equivalents": sum(p["forward_equivalents"] for p in parts),
         "seconds": time.perf_counter() - started,
     }
 

@@ -30,7 +30,7 @@ def comparison_rows(before: dict[str, Any], after: dict[str, Any]) -> list[tuple
     for task, b in before.get("zeroshot", {}).items():
         a = after.get("zeroshot", {}).get(task)
         if a is not None:
-            for metric in ("acc", "acc_norm"):
+            for metric in (m for m in ("acc", "acc_norm") if m in b):
                 rows.append(
                     (f"{task} {metric} (n={b['n']})", f"{b[metric]:.3f}", f"{a[metric]:.3f}")
                 )

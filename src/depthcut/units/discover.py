@@ -85,7 +85,8 @@ def embedding_params(model: nn.Module, structure: ModelStructure) -> int:
         head = modules[path]
         if isinstance(head, nn.Linear) and head.out_features == vocab:
             parts.append(head)
-    return unique_params(parts)
+    own = {id(p): p.numel() for m in parts for p in m.parameters(recurse=False)}
+    return sum(own.values())  # not a stream patch hosted by the embedding
 
 
 def discover_units(

@@ -161,3 +161,24 @@ def kept_numel(
         labels = _axis_labels(dims, state, drop, node)
         n += math.prod(s if k is None else len(k) for s, k in zip(p.shape, labels))
     return n
+
+
+def refit_blocker(state: FineState, node: FNode) -> str | None:
+    """Why a kept module node's weights cannot be refit and written back (None when they can):
+    it is pruned, replaced by a constant stand-in, or takes folded concat columns."""
+    if node.name in state.pruned or node.name in state.removed:
+        return "pruned"
+    patches = patches_of(state)
+    if any(p.module == node.module or node.module.startswith(p.module + ".") for p in patches):
+        return "replaced by a constant"
+    if node.module in dropped_labels(state.g, patches):
+        return "takes folded concat columns"
+    return None
+
+
+def sliced_positions(state: FineState, node: FNode, module: nn.Module, name: str) -> torch.Tensor:
+    """For each element :func:`materialize` keeps of parameter ``name`` of a kept module node
+    (in the sliced shape), its flat position in the original parameter."""
+    p = getattr(module, name)
+    index = torch.arange(p.numel(), device=p.device).view(p.shape)
+    return _slice_tensor(index, param_dims(state.g, node, name, p, module), state, set(), node)
