@@ -96,12 +96,14 @@ bench: setup llama gemma
 	$(BIN)/python benchmarks/bench_encoder_width.py
 	$(BIN)/python benchmarks/bench_quantize.py
 	$(BIN)/python benchmarks/bench_repair.py
-	$(BIN)/python benchmarks/bench_quality.py --budgets 0.25 --limit 50  # ≈25 min, every method
+	$(BIN)/python benchmarks/bench_quality.py --budgets 0.25 --limit 50  # ≈60 min, every method
 	$(BIN)/python benchmarks/bench_quality.py --model gemma3-270m --budgets 0.25 --limit 50 \
-		--methods ShortGPT,Gromov,ReplaceMe,"ShortGPT + ls","depthcut neurons",thesis
+		--methods ShortGPT,Gromov,ReplaceMe,LinearPatch,"ShortGPT + ls","depthcut neurons",thesis
 	$(BIN)/python benchmarks/bench_quality.py --budgets 0.1,0.25,0.4 --limit 50 \
 		--methods ShortGPT,"depthcut neurons (ls" --plot benchmarks/results/quality
 	$(BIN)/python benchmarks/bench_recovery.py  # ≈35 min: 4 runs × 8 min of training
+	$(BIN)/python benchmarks/bench_recovery.py --start ls-neurons --minutes 4 \
+		--runs "LoRA (r=16), LM loss" "LoRA (r=16), KD from dense"  # ≈20 min
 	$(BIN)/python benchmarks/bench_iterative_recover.py
 	$(BIN)/python benchmarks/bench_fine.py
 	$(BIN)/python benchmarks/bench_vision.py
