@@ -15,7 +15,7 @@ from depthcut.refit.ls import fold, solve
 from depthcut.refit.run import halves, model_nll
 from depthcut.refit.width import input_grams, refit_columns
 from support import make_plan, real_tokens, run_masked
-from tiny import tiny_calib, tiny_gpt2, tiny_llama, tiny_neox, tiny_tokenizer
+from tiny import tiny_calib, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_neox, tiny_tokenizer
 
 
 def calib():
@@ -228,6 +228,18 @@ def test_fine_repair_of_conv1d_writers_with_bias(tmp_path):
     ids = calib().input_ids[:2]
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, pruned(ids).logits)
+
+
+def test_fine_repair_leaves_post_norm_writers_alone():
+    """Gemma3: every writer reaches the stream through a post-norm, so the fine refit fits
+    nothing, says why, and changes no weight."""
+    model = tiny_gemma3()
+    before = copy.deepcopy(model.state_dict())
+    plan = dc.plan_units(model, ["model.layers.1.mlp.up_proj", "model.layers.2.mlp.up_proj"])
+    report = dc.repair(model, plan, calib(), progress=False)["fine"]
+    assert report["writers"] == [] and not report["kept"] and len(report["skipped"]) == 4
+    assert all("through one linear layer" in why for why in report["skipped"])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def block_io(model, block: int, data) -> dict:

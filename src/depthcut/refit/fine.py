@@ -224,6 +224,8 @@ def repair_fine(
         for kind in (Kind.ATTENTION, Kind.MLP):
             found, why = _writer(fm, structure, cache, block, kind, states[block])
             writers.append(found) if found else skipped.append(why)
+    if not writers:  # e.g. Gemma3: every writer reaches the stream through a post-norm
+        return {"writers": [], "skipped": skipped, "kept": False, "forward_equivalents": 1.0}
     targets = {(w.block, w.kind): _targets(cache, w, fit) for w in writers}
     losses, best = {}, None
     for ridge in (None, *FINE_RIDGES):
