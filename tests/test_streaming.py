@@ -152,7 +152,16 @@ def _tensors(folder: Path) -> dict:
         ["--units", "block,mlp", "--importance", "kl"],
         ["--units", "head,neuron", "--heads", "0.25", "--neurons", "0.3", "--repair", "none"],
         ["--units", "neuron", "--width-importance", "taylor", "--repair", "none"],
-        ["--units", "fine", "--importance", "angular", "--budget", "params=0.2"],
+        [
+            "--units",
+            "fine",
+            "--importance",
+            "angular",
+            "--budget",
+            "params=0.2",
+            "--repair",
+            "none",
+        ],
     ],
     ids=["block", "sublayer", "kl", "width", "taylor", "fine"],
 )

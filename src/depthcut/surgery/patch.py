@@ -62,7 +62,3 @@ def patch_params(model: nn.Module) -> int:
     """Parameters of the model's stream patches."""
     patches = [m for m in model.modules() if isinstance(m, StreamPatch)]
     return sum(p.numel() for m in patches for p in m.parameters())
-
-
-def has_patches(model: nn.Module) -> bool:
-    return any(isinstance(m, StreamPatch) for m in model.modules())
