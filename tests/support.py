@@ -84,3 +84,18 @@ def real_tokens(tensors: list, masks: list):
     import torch
 
     return torch.cat([t[m] for t, m in zip(tensors, masks)]).double()
+
+
+def assert_reloads_equal(pruned, plan, path, ids):
+    """Save ``pruned`` (with ``plan``) to ``path`` and assert ``depthcut.load`` gives equal
+    logits on ``ids``; returns the loaded model."""
+    import torch
+
+    import depthcut as dc
+    from tiny import tiny_tokenizer
+
+    dc.save(pruned, plan, path, tiny_tokenizer())
+    loaded, _ = dc.load(path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, pruned(ids).logits)
+    return loaded

@@ -202,14 +202,15 @@ class BlockCache:
         self.removed.append(unit)
         self.refresh_from(unit.block)
 
-    def refresh_from(self, i: int) -> None:
+    def refresh_from(self, i: int, stop: int | None = None) -> None:
         """Recompute the cached inputs after block ``i`` (removed units bypassed), e.g. after
-        its weights changed."""
+        its weights changed; up to block ``stop``'s input (default: the last block's output)."""
         skip = self._skipped_blocks([])
+        stop = self.num_blocks if stop is None else stop
         with self._bypass(()):
             for b in range(len(self.batches)):
                 hidden = self.inputs[i][b]
-                for j in range(i, self.num_blocks):
+                for j in range(i, stop):
                     if j not in skip:
                         hidden = self.run_block(j, b, hidden)
                     self.inputs[j + 1][b] = hidden

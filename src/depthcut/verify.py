@@ -26,6 +26,7 @@ from depthcut.methods.width.surgery import layers_of
 from depthcut.planning.plan import Plan
 from depthcut.skeleton import build_from_config
 from depthcut.stream.source import read_tensors, shard_index, shell_and_structure
+from depthcut.surgery.patch import recorded_patches
 from depthcut.weights import checkpoint_to_model_keys, tied_keys
 
 
@@ -102,7 +103,7 @@ def blockwise_applies(model: nn.Module, plans: list[Plan]) -> bool:
     from depthcut.quantize import is_quantized
 
     sliced = all(a.kind.family in ("depth", "width") for a in plans[0].actions)
-    patched = plans[0].run.get("repair", {}).get("patches")
+    patched = recorded_patches(plans[0].run)
     return len(plans) == 1 and sliced and not patched and not is_quantized(model)
 
 

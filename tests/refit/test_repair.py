@@ -14,8 +14,8 @@ from depthcut.planning.plan import Plan
 from depthcut.refit.ls import fold, solve
 from depthcut.refit.run import halves, model_nll
 from depthcut.refit.width import input_grams, refit_columns
-from support import make_plan, real_tokens, run_masked
-from tiny import tiny_calib, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_neox, tiny_tokenizer
+from support import assert_reloads_equal, make_plan, real_tokens, run_masked
+from tiny import tiny_calib, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_neox
 
 
 def calib():
@@ -173,11 +173,7 @@ def test_saved_repaired_run_reloads_equal(tmp_path, kind):
         plan = make_plan(model, picks)[0]
     dc.repair(model, plan, calib(), progress=False)
     pruned = dc.apply(model, plan, inplace=True)
-    dc.save(pruned, plan, tmp_path / "run", tiny_tokenizer())
-    loaded, _ = dc.load(tmp_path / "run")
-    ids = calib().input_ids[:2]
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(ids).logits, pruned(ids).logits)
+    assert_reloads_equal(pruned, plan, tmp_path / "run", calib().input_ids[:2])
 
 
 def test_too_few_tokens_is_refused_with_the_minimum():
@@ -223,11 +219,7 @@ def test_fine_repair_of_conv1d_writers_with_bias(tmp_path):
     assert report["kept"] and len(report["writers"]) == 4
     pruned = dc.apply(model, plan, inplace=True)
     assert model_nll(pruned, check) == pytest.approx(min(report["check_nll"].values()), rel=1e-6)
-    dc.save(pruned, plan, tmp_path / "run", tiny_tokenizer())
-    loaded, _ = dc.load(tmp_path / "run")
-    ids = calib().input_ids[:2]
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(ids).logits, pruned(ids).logits)
+    assert_reloads_equal(pruned, plan, tmp_path / "run", calib().input_ids[:2])
 
 
 def test_fine_repair_leaves_post_norm_writers_alone():

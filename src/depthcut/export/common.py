@@ -21,6 +21,7 @@ class ExportError(DepthcutError):
 def load_run(run: str | Path):
     """(model, tokenizer) of a depthcut output; refuses quantized and patched runs."""
     from depthcut.io import load, read_meta
+    from depthcut.surgery.patch import recorded_patches
 
     meta = read_meta(run)
     if meta.get("quantization"):
@@ -28,7 +29,7 @@ def load_run(run: str | Path):
             f"{run}: an int8-quantized run cannot be exported; export the float run it came "
             "from (quantize the export instead, e.g. --format gguf --quant q4_k_m)"
         )
-    if any(p.get("run", {}).get("repair", {}).get("patches") for p in meta["plans"]):
+    if any(recorded_patches(p.get("run", {})) for p in meta["plans"]):
         raise UnsupportedModelError(
             f"{run}: a --repair patch run carries LinearPatch modules on the residual stream, "
             "which no export format has; export a run repaired with --repair ls or none"

@@ -16,7 +16,7 @@ from depthcut.methods.depth import DepthFamily
 from depthcut.methods.fine import FineFamily
 from depthcut.methods.width import WidthFamily
 from depthcut.planning.plan import Plan
-from depthcut.surgery.patch import insert_patches
+from depthcut.surgery.patch import insert_patches, recorded_patches
 
 # scoring and selection order: depth before width (width skips removed blocks)
 FAMILIES: tuple[Family, ...] = (FineFamily(), DepthFamily(), WidthFamily())
@@ -43,7 +43,7 @@ def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module
     if not any(f.name in EXCLUSIVE for f in chosen):
         structure = discover_structure(model)
         check_plan_fits(model, structure, plan)
-    insert_patches(model, plan.run.get("repair", {}).get("patches", []))
+    insert_patches(model, recorded_patches(plan.run))
     for family in sorted(chosen, key=lambda f: APPLY_ORDER.index(f.name)):
         model = family.apply(model, plan, structure)
     return model

@@ -44,10 +44,12 @@ from depthcut.refit.ls import (
     mid_stream,
     recording,
     require_sequential,
+    require_tokens,
     solve,
     split,
     token_weights,
     weighted_grams,
+    writes_through_one_linear,
 )
 
 # candidate ridges (fractions of mean diag XᵀX), chosen on the check batches: a writer's input
@@ -70,10 +72,6 @@ class Writer:
     after: str | None
 
 
-def _relative(path: str, root: str) -> str:
-    return path[len(root) + 1 :] if root else path
-
-
 def _node_of(fm: FineModel, rel: str) -> FNode | None:
     """The graph node of module ``rel``: its own (a Linear) or the attention region that holds
     it (whose weights are never sliced)."""
@@ -85,11 +83,10 @@ def _node_of(fm: FineModel, rel: str) -> FNode | None:
 
 def _writer(fm: FineModel, structure, cache, block: int, kind: Kind, state: FineState):
     """The block's ``kind`` writer when it can be refit, else (None, why not)."""
-    info = structure.blocks[block]
-    sub = info.sublayer(kind)
-    if sub is None or not sub.residual or sub.post_norms or sub.output is None:
+    root, sub = fm.root_of(block), structure.blocks[block].sublayer(kind)
+    if not writes_through_one_linear(sub):
         return None, f"{kind}:{block} does not write into the stream through one linear layer"
-    rel = _relative(sub.output, info.path)
+    rel = root.relative(sub.output)
     node = _node_of(fm, rel)
     why = "not in the block graph" if node is None else refit_blocker(state, node)
     if why:
@@ -98,7 +95,7 @@ def _writer(fm: FineModel, structure, cache, block: int, kind: Kind, state: Fine
     if kind is Kind.ATTENTION:
         try:
             require_sequential(cache, block)
-            after = _relative(mid_module_path(structure, block), info.path)
+            after = root.relative(mid_module_path(structure, block))
         except ConfigError:
             return None, f"{sub.output}: no stream between the block's attention and MLP"
     return Writer(block, kind, sub.output, rel, node, after), None
@@ -151,15 +148,6 @@ def _fit(cache: BlockCache, writer: Writer, pruned: nn.Module, targets, fit, rid
     _set_weight_t(module, solve(xtx, xty, ridge, prior).to(module.weight.dtype))
 
 
-def _advance(cache: BlockCache, start: int, stop: int) -> None:
-    """Recompute the cached inputs of blocks start+1 … stop from block ``start``'s input."""
-    for b in range(len(cache.batches)):
-        hidden = cache.inputs[start][b]
-        for j in range(start, stop):
-            hidden = cache.run_block(j, b, hidden)
-            cache.inputs[j + 1][b] = hidden
-
-
 def _write_back(model: nn.Module, writer: Writer, pruned: nn.Module, state: FineState) -> None:
     """Copy the refit writer of the pruned block into the unsliced model where ``apply``'s
     slicing will take it from."""
@@ -175,12 +163,7 @@ def _write_back(model: nn.Module, writer: Writer, pruned: nn.Module, state: Fine
 def _min_tokens(writers: list[Writer], copies: dict, fit: range, cache: BlockCache) -> None:
     tokens = sum(int(cache.masks(b).sum()) for b in fit)
     widths = [_weight_t(copies[w.block].get_submodule(w.rel)).shape[0] for w in writers]
-    if widths and tokens < max(widths):
-        raise ConfigError(
-            f"--repair ls: {tokens} fitting tokens for {max(widths)} unknowns per output (half "
-            f"of the calibration fits, half checks): give at least {2 * max(widths)} "
-            "calibration tokens (raise --n-samples or --seq-len)"
-        )
+    require_tokens(tokens, max(widths))
 
 
 def _fitted_copies(cache, fm, states, writers, targets, fit, ridge, progress) -> dict:
@@ -191,13 +174,13 @@ def _fitted_copies(cache, fm, states, writers, targets, fit, ridge, progress) ->
         cache.blocks[j] = pruned
     edited = sorted(copies)
     if ridge is None:
-        _advance(cache, edited[0], cache.num_blocks)
+        cache.refresh_from(edited[0])
         return copies
     desc = f"repair: fine (ridge {ridge:g})"
     for i, j in enumerate(tqdm(edited, desc=desc, disable=not progress)):
         for w in (w for w in writers if w.block == j):
             _fit(cache, w, copies[j], targets[(w.block, w.kind)], fit, ridge)
-        _advance(cache, j, edited[i + 1] if i + 1 < len(edited) else cache.num_blocks)
+        cache.refresh_from(j, edited[i + 1] if i + 1 < len(edited) else None)
     return copies
 
 

@@ -173,10 +173,27 @@ def dense_targets(cache: BlockCache, fits: list[Run]) -> dict[Slot, list[torch.T
     return out
 
 
+def writes_through_one_linear(sub) -> bool:
+    """Whether a sublayer adds its output to the residual stream straight from one linear layer
+    (no post-norm between), the layer a least-squares refit can change."""
+    return sub is not None and sub.residual and not sub.post_norms and sub.output is not None
+
+
+def require_tokens(tokens: int, unknowns: int) -> None:
+    """Refuse a fit with fewer fitting tokens than unknowns per output (half the calibration
+    fits, half checks), naming the calibration size that would do."""
+    if tokens < unknowns:
+        raise ConfigError(
+            f"--repair ls: {tokens} fitting tokens for {unknowns} unknowns per output (half of "
+            f"the calibration fits, half checks): give at least {2 * unknowns} calibration "
+            "tokens (raise --n-samples or --seq-len)"
+        )
+
+
 def writer_module(model: nn.Module, structure: ModelStructure, writer) -> nn.Module:
     block, kind = writer
     sub = structure.blocks[block].sublayer(kind)
-    if sub is None or not sub.residual or sub.post_norms or sub.output is None:
+    if not writes_through_one_linear(sub):
         raise UnsupportedModelError(
             f"--repair ls: {kind}:{block} does not write into the "
             "residual stream through one linear layer"

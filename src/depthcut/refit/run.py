@@ -23,7 +23,14 @@ from depthcut.importance import functional as F
 from depthcut.ops import out_features
 from depthcut.planning.plan import Plan
 from depthcut.refit.fine import repair_fine
-from depthcut.refit.ls import DEPTH_RIDGE, repair_depth, runs, split, writer_module
+from depthcut.refit.ls import (
+    DEPTH_RIDGE,
+    repair_depth,
+    require_tokens,
+    runs,
+    split,
+    writer_module,
+)
 from depthcut.refit.patch import repair_patch
 from depthcut.refit.width import consumers, input_grams, set_refit
 
@@ -44,14 +51,7 @@ def halves(calib: CalibData) -> tuple[CalibData, CalibData]:
 
 
 def _require_tokens(fit: CalibData, unknowns: int) -> None:
-    tokens = int(fit.attention_mask.sum())
-    if tokens < unknowns:
-        total = unknowns * 2
-        raise ConfigError(
-            f"--repair ls: {tokens} fitting tokens for {unknowns} unknowns per output (half of "
-            f"the calibration fits, half checks): give at least {total} calibration tokens "
-            "(raise --n-samples or --seq-len)"
-        )
+    require_tokens(int(fit.attention_mask.sum()), unknowns)
 
 
 @torch.no_grad()

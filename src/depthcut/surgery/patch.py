@@ -52,6 +52,11 @@ def insert_patch(model: nn.Module, host: str, width: int) -> StreamPatch:
     return patch.to(device=ref.device, dtype=ref.dtype)
 
 
+def recorded_patches(run: dict) -> list[dict]:
+    """The patches a plan's ``run`` record holds (``--repair patch``; empty otherwise)."""
+    return run.get("repair", {}).get("patches", [])
+
+
 def insert_patches(model: nn.Module, patches: list[dict]) -> None:
     """Identity patches at the recorded ``{"host": path, "width": d}`` (original numbering)."""
     for patch in patches:

@@ -38,6 +38,10 @@ class Root:
     def full(self, rel: str) -> str:
         return f"{self.path}.{rel}" if self.path else rel
 
+    def relative(self, path: str) -> str:
+        """The inverse of :meth:`full`: ``path`` relative to this root."""
+        return path[len(self.path) + 1 :] if self.path else path
+
 
 def _signature(module: nn.Module) -> tuple:
     return (type(module).__name__, tuple((n, tuple(p.shape)) for n, p in module.named_parameters()))
@@ -194,7 +198,7 @@ class FineModel:
     def local_at(self, block: int, path: str) -> tuple[Root, FineUnit]:
         """(root, graph-local unit) of the fine unit at module ``path`` in block ``block``."""
         root = self.root_of(block)
-        rel = path[len(root.path) + 1 :] if root.path else path
+        rel = root.relative(path)
         local = next((u for u in self.local_units() if u.module == rel), None)
         if local is None:
             raise UnsupportedModelError(f"{path}: not a fine-grained unit of this model")
