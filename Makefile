@@ -101,6 +101,9 @@ bench: setup llama gemma
 		--methods ShortGPT,Gromov,ReplaceMe,LinearPatch,"ShortGPT + ls","depthcut neurons",thesis
 	$(BIN)/python benchmarks/bench_quality.py --budgets 0.1,0.25,0.4 --limit 50 \
 		--methods ShortGPT,"depthcut neurons (ls" --plot benchmarks/results/quality
+	$(BIN)/python benchmarks/bench_quality.py --budgets 0.1,0.2,0.3,0.4 --limit 0 \
+		--methods ShortGPT,Gromov,LinearPatch,"depthcut neurons (ls",thesis \
+		--plot benchmarks/results/sweep  # ≈40 min: perplexity and KL only
 	$(BIN)/python benchmarks/bench_recovery.py  # ≈35 min: 4 runs × 8 min of training
 	$(BIN)/python benchmarks/bench_recovery.py --start ls-neurons --minutes 4 \
 		--runs "LoRA (r=16), LM loss" "LoRA (r=16), KD from dense"  # ≈20 min

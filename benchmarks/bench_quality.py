@@ -9,7 +9,10 @@ ppl(dense) as a multiple of ShortGPT's gap at the same budget; KL(dense ‖ prun
 token distribution on the held-out text; PIQA, ARC-easy, HellaSwag, WinoGrande (partial scoring)
 and LAMBADA (last word is the greedy continuation) accuracy (first ``--limit`` items of each);
 the share of greedy generations that loop; the selection's cost in forward-equivalents of the
-calibration set; then decode tokens/s ÷ dense (batch 1, all models measured interleaved).
+calibration set (and the wall time of score + plan + repair; methods that score the same way
+share one scoring, whose time only the first of them shows); then decode tokens/s ÷ dense
+(batch 1, all models measured interleaved). ``--limit 0`` skips the tasks (perplexity and KL
+only, for sweeps across budgets).
 
     python benchmarks/bench_quality.py --budgets 0.25 --limit 50
     python benchmarks/bench_quality.py --model gemma3-270m --budgets 0.25 --limit 50
@@ -84,6 +87,10 @@ METHODS = {
         dict(units=("neuron",), width_importance="ls"),
         "ls",
     ),
+    "depthcut fine (ls-aware, unified) + ls": (
+        dict(units=("fine",), importance="ls", strategy="unified"),
+        "ls",
+    ),
     "thesis Algorithm 8 (fine, interleave)": (
         dict(units=("fine",), importance="angular", strategy="interleave"),
         "none",
@@ -118,7 +125,10 @@ def held_out(model, dense, ids: torch.Tensor, bos_id: int | None) -> tuple[float
 
 
 def quality(model, dense, tok, ids, limit: int, bos_id: int | None) -> dict:
+    """Held-out perplexity and KL; with ``limit`` > 0 also the tasks and the looping share."""
     ppl, kl = held_out(model, dense, ids, bos_id)
+    if limit <= 0:
+        return {"ppl": ppl, "kl": kl}
     acc = zeroshot(model, tok, TASKS, limit=limit)
     loops = [s.looping for s in generate_samples(model, tok)]
     return {
@@ -130,9 +140,22 @@ def quality(model, dense, tok, ids, limit: int, bos_id: int | None) -> dict:
     }
 
 
+SCORES: dict = {}  # scores shared by methods (and budgets) that score the same way
+
+
+def scored(model, calib, cfg: dc.PruneConfig):
+    """``dc.score`` once per way of scoring: the budget enters only greedy and width scoring."""
+    by_budget = cfg.strategy == "iterative" or bool(cfg.width_units)
+    key = (cfg.units, cfg.importance, cfg.strategy, cfg.width_importance, cfg.budget, by_budget)
+    key = key if by_budget else key[:4]
+    if key not in SCORES:
+        SCORES[key] = dc.score(model, cfg, calib, progress=False)
+    return SCORES[key]
+
+
 def prune(model, calib, cfg: dc.PruneConfig) -> tuple:
     started = time.perf_counter()
-    scores = dc.score(model, cfg, calib, progress=False)
+    scores = scored(model, calib, cfg)
     plan = dc.plan(scores, cfg, model)
     work = model
     if cfg.repair != "none":
@@ -144,12 +167,12 @@ def prune(model, calib, cfg: dc.PruneConfig) -> tuple:
 
 
 def row(name, removed, q, gap_ratio, cost, seconds) -> str:
-    tasks = " | ".join(f"{q[t]:.3f}" for t in TASKS)
+    tasks = " | ".join(f"{q[t]:.3f}" for t in TASKS if t in q)
+    tasks += f" | {q['accuracy']:.3f} | {q['loops']:.0%} |" if "loops" in q else ""
     spent = "—" if math.isnan(cost) else f"{cost:.1f}"
     return (
         f"| {name} | {removed:.1%} | {q['ppl']:.2f} | "
-        f"{gap_ratio:.2f} | {q['kl']:.3f} | {tasks} | {q['loops']:.0%} | "
-        f"{spent} ({seconds:.0f} s) |"
+        f"{gap_ratio:.2f} | {q['kl']:.3f} | {tasks} {spent} ({seconds:.0f} s) |"
     )
 
 
@@ -157,7 +180,11 @@ def non_embedding(model) -> int:
     return param_counts(model)["params_non_embedding"]
 
 
-SLOW = ("BlockPruner (greedy sublayers, ppl)", "depthcut ls-aware greedy sublayers + ls")
+SLOW = (
+    "BlockPruner (greedy sublayers, ppl)",
+    "depthcut ls-aware greedy sublayers + ls",
+    "depthcut fine (ls-aware, unified) + ls",  # ≈ 30 forward-equivalents, 10 min here
+)
 
 
 def chosen(wanted: str) -> dict:
@@ -170,12 +197,10 @@ def chosen(wanted: str) -> dict:
 def run_budget(model, tok, calib, ids, dense_q, budget, methods, args, bos_id) -> dict:
     """One budget's table (printed as it goes) and the decode speeds; returns the rows."""
     print(f"### {budget:.0%} of non-embedding parameters\n")
-    print(
-        "| method | removed | ppl | gap ÷ ShortGPT's | KL | "
-        + " | ".join(TASKS)
-        + " | loops | selection cost (fwd-eq.) |"
-    )
-    print("|---|---:|---:|---:|---:|" + "---:|" * len(TASKS) + "---:|---:|")
+    tasks = [*TASKS, "mean", "loops"] if args.limit > 0 else []
+    print("| method | removed | ppl | gap ÷ ShortGPT's | KL | " + " | ".join([*tasks, ""]), end="")
+    print("selection cost (fwd-eq.) |")
+    print("|---|---:|---:|---:|---:|" + "---:|" * len(tasks) + "---:|")
     pruned, short_gap, rows = {"dense": model}, None, {}
     for name, (kw, repair) in methods.items():
         try:
@@ -211,6 +236,8 @@ def plot(results: dict, dense: dict, prefix: Path, title: str) -> None:
 
     methods = sorted({m for rows in results.values() for m in rows})
     for key, label, log in (("ppl", "held-out perplexity", True), ("accuracy", "mean acc.", False)):
+        if key not in dense:  # --limit 0: no tasks
+            continue
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for m in methods:
             points = sorted((r[m]["removed"], r[m][key]) for r in results.values() if m in r)
@@ -230,7 +257,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m", help="smollm2-135m or gemma3-270m")
     parser.add_argument("--budgets", default="0.25")
-    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--limit", type=int, default=200, help="items per task; 0: no tasks")
     parser.add_argument("--methods", default="", help="comma-separated prefixes (default all)")
     parser.add_argument("--plot", default=None, help="path prefix of the curves (+ .json)")
     args = parser.parse_args()
@@ -242,12 +269,10 @@ def main() -> None:
     calib = dc.calibration(tok, "wiki", n_samples=12, seq_len=256, bos=bos)
     ids = evaluation_tokens(tok, "wiki", WINDOW * WINDOWS)
     dense_q = quality(model, model, tok, ids, args.limit, bos_id)
-    print(
-        f"{args.model} dense: perplexity {dense_q['ppl']:.2f}, "
-        + ", ".join(f"{t} {dense_q[t]:.3f}" for t in TASKS)
-        + f", loops {dense_q['loops']:.0%} (first {args.limit} items per task)\n",
-        flush=True,
-    )
+    tasks = ", ".join(f"{t} {dense_q[t]:.3f}" for t in TASKS if t in dense_q)
+    if tasks:
+        tasks = f", {tasks}, loops {dense_q['loops']:.0%} (first {args.limit} items per task)"
+    print(f"{args.model} dense: perplexity {dense_q['ppl']:.2f}{tasks}\n", flush=True)
     methods, results = chosen(args.methods), {}
     for budget in [float(b) for b in args.budgets.split(",")]:
         results[budget] = run_budget(model, tok, calib, ids, dense_q, budget, methods, args, bos_id)

@@ -3,6 +3,7 @@ no parameter added, identity on an empty plan, never worse on the held-back batc
 → loaded == in memory for repaired block, sublayer, width and fine-grained plans."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -273,6 +274,44 @@ def test_fine_refit_is_weighted_ridge_least_squares_of_the_pruned_block():
     stacked = torch.linalg.lstsq(torch.cat([root * x, ridge]), torch.cat([root * y, ridge @ prior]))
     refit = dc.apply(model, plan).get_submodule(path).weight.detach().double().T
     torch.testing.assert_close(refit, stacked.solution, rtol=1e-4, atol=1e-5)
+
+
+def next_token_kl(dense, model, data) -> float:
+    """Mean KL(dense ‖ model) of the next-token distribution over ``data``'s real tokens."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in data.batches():
+            p = torch.log_softmax(dense(**batch).logits.double(), -1)
+            q = torch.log_softmax(model(**batch).logits.double(), -1)
+            mask = batch["attention_mask"].bool()
+            total += float((p.exp() * (p - q)).sum(-1)[mask].sum())
+            count += int(mask.sum())
+    return total / count
+
+
+@pytest.mark.parametrize("builder", [tiny_llama, tiny_gemma3])
+def test_fine_ls_importance_is_the_kl_left_after_the_fine_refit(builder, monkeypatch):
+    """Repair-aware fine importance (``ls``) of a unit = KL(dense ‖ pruned) of the next-token
+    distribution over the held-back batches' real tokens, for the model pruned by that unit
+    alone, repaired by the fine refit (its ridge pinned to the score's) and physically sliced.
+    Gemma3: no writer can be refit, so the plain KL."""
+    import depthcut.refit.fine as fine_refit
+
+    monkeypatch.setattr(fine_refit, "FINE_RIDGES", (3.0,))
+    model = builder(seed=0)
+    cfg = dc.PruneConfig(units=("fine",), importance="ls", strategy="unified")
+    cfg = dataclasses.replace(cfg, budget=dc.Budget(params_count=1))  # the first pick alone
+    scores = dc.score(model, cfg, calib(), progress=False)
+    plan = dc.plan(scores, cfg, model)
+    ((unit,),) = [(a.path,) for a in plan.actions]
+    repaired = copy.deepcopy(model)
+    report = dc.repair(repaired, plan, calib(), progress=False)["fine"]
+    assert report["kept"] == (builder is tiny_llama)
+    _, check = halves(calib())
+    expected = next_token_kl(model, dc.apply(repaired, plan, inplace=True), check)
+    assert scores.unit_scores[unit] == pytest.approx(expected, rel=1e-3)
+    if builder is tiny_llama:  # the refit makes up for part of the unit
+        assert expected < 0.9 * next_token_kl(model, dc.apply(model, plan), check)
 
 
 def test_cli_prune_and_apply_repair(capsys, tiny_dir, pattern_file, tmp_path):
