@@ -146,8 +146,8 @@ SCORES: dict = {}  # scores shared by methods (and budgets) that score the same 
 def scored(model, calib, cfg: dc.PruneConfig):
     """``dc.score`` once per way of scoring: the budget enters only greedy and width scoring."""
     by_budget = cfg.strategy == "iterative" or bool(cfg.width_units)
-    key = (cfg.units, cfg.importance, cfg.strategy, cfg.width_importance, cfg.budget, by_budget)
-    key = key if by_budget else key[:4]
+    key = (cfg.units, cfg.importance, cfg.strategy, cfg.width_importance)
+    key += (cfg.budget,) if by_budget else ()
     if key not in SCORES:
         SCORES[key] = dc.score(model, cfg, calib, progress=False)
     return SCORES[key]

@@ -3,7 +3,6 @@ no parameter added, identity on an empty plan, never worse on the held-back batc
 → loaded == in memory for repaired block, sublayer, width and fine-grained plans."""
 
 import copy
-import dataclasses
 
 import pytest
 import torch
@@ -299,11 +298,11 @@ def test_fine_ls_importance_is_the_kl_left_after_the_fine_refit(builder, monkeyp
 
     monkeypatch.setattr(fine_refit, "FINE_RIDGES", (3.0,))
     model = builder(seed=0)
-    cfg = dc.PruneConfig(units=("fine",), importance="ls", strategy="unified")
-    cfg = dataclasses.replace(cfg, budget=dc.Budget(params_count=1))  # the first pick alone
+    first = dc.Budget(params_count=1)  # the first pick alone
+    cfg = dc.PruneConfig(units=("fine",), importance="ls", strategy="unified", budget=first)
     scores = dc.score(model, cfg, calib(), progress=False)
     plan = dc.plan(scores, cfg, model)
-    ((unit,),) = [(a.path,) for a in plan.actions]
+    (unit,) = [a.path for a in plan.actions]
     repaired = copy.deepcopy(model)
     report = dc.repair(repaired, plan, calib(), progress=False)["fine"]
     assert report["kept"] == (builder is tiny_llama)

@@ -72,12 +72,16 @@ def block_distance(cache: BlockCache, i: int, pruned: nn.Module, scale: float, m
     return total / max(count, 1)
 
 
-def final_logits_metric(cache: BlockCache, i: int, pruned, scale: float, tokens: str, kind, ref):
+def final_logits_metric(
+    cache: BlockCache, i: int, pruned, scale: float, tokens: str, kind, ref, batches=None
+):
     """``kl``: mean KL(dense ‖ pruned) of the next-token distribution; ``ce``: increase of the
-    mean next-token cross-entropy (nats), both over real tokens; ``ref``: the dense logits."""
+    mean next-token cross-entropy (nats), both over the real tokens of ``batches`` (default
+    all); ``ref``: the dense logits."""
     total, count = 0.0, 0
     with cache.swapped(i, pruned, scale):
-        for b, batch in enumerate(cache.batches):
+        for b in range(len(cache.batches)) if batches is None else batches:
+            batch = cache.batches[b]
             logits = cache.logits(cache.run_from(i, b))
             if kind == "kl":
                 values = F.token_kl(F.log_probs(ref[b]), logits)
@@ -126,7 +130,7 @@ class _LogitRule(_FineRule):
 
 @register_importance("ls", family="fine")
 class _RepairedRule(_FineRule):
-    """Block-output error left after the fine refit of the pruned block's kept writers."""
+    """Next-token KL left after the fine refit of the pruned block's kept writers."""
 
     RIDGE = 3.0  # the fine refit's usual choice from FINE_RIDGES on SmolLM2-135M
 
@@ -141,22 +145,15 @@ class _RepairedRule(_FineRule):
             self.targets[key] = dense_targets(self.scorer.cache, writer, self.fit)
         return self.targets[key]
 
-    @torch.no_grad()
     def distance(self, block: int, pruned: nn.Module, scale: float, state=None) -> float:
-        cache, tokens = self.scorer.cache, self.scorer.tokens
-        writers, _ = block_writers(self.scorer.fm, cache, block, state)
+        sc = self.scorer
+        writers, _ = block_writers(sc.fm, sc.cache, block, state)
         targets = [self._targets(w) for w in writers]
-        ref = self.scorer.ref()
-        total, count = 0.0, 0
-        with cache.swapped(block, pruned, scale):
+        with sc.cache.swapped(block, pruned, scale):
             for writer, target in zip(writers, targets, strict=True):
-                fit_writer(cache, writer, pruned, target, self.fit, self.RIDGE)
-            for b in self.check:
-                logits = cache.logits(cache.run_from(block, b))
-                values = F.token_kl(F.log_probs(ref[b]), logits)
-                s, n = F.masked_sum(values, F.token_mask(cache.masks(b), tokens))
-                total, count = total + s, count + n
-        return total / max(count, 1)
+                fit_writer(sc.cache, writer, pruned, target, self.fit, self.RIDGE)
+        ref = sc.ref()
+        return final_logits_metric(sc.cache, block, pruned, scale, sc.tokens, "kl", ref, self.check)
 
 
 for _name in ("angular", "bi"):
