@@ -5,7 +5,10 @@ score. Budgets are fractions of the non-embedding parameters, ``--budget-mode ne
 
 Columns: non-embedding parameters actually removed (counted on the pruned model, so a
 LinearPatch's d × d modules count against it); held-out perplexity; gap = log ppl − log
-ppl(dense) as a multiple of ShortGPT's gap at the same budget; KL(dense ‖ pruned) of the next-
+ppl(dense) as a multiple of ShortGPT's gap at the same budget (``--latency``: budgets are
+fractions of the decode time in each method's measured per-unit latency table, ``--budget
+latency=F``, so methods are compared at equal planned speed-up; methods whose units a latency
+budget does not cover are reported as refused); KL(dense ‖ pruned) of the next-
 token distribution on the held-out text; PIQA, ARC-easy, HellaSwag, WinoGrande (partial scoring)
 and LAMBADA (last word is the greedy continuation) accuracy (first ``--limit`` items of each);
 the share of greedy generations that loop; the selection's cost in forward-equivalents of the
@@ -102,8 +105,11 @@ METHODS = {
 }
 
 
-def config(kw: dict, budget: float, repair: str) -> dc.PruneConfig:
-    target = dc.Budget(params=budget, count="non_embedding", mode="nearest")
+def config(kw: dict, budget: float, repair: str, latency: bool = False) -> dc.PruneConfig:
+    if latency:
+        target = dc.Budget(latency=budget, mode="nearest")
+    else:
+        target = dc.Budget(params=budget, count="non_embedding", mode="nearest")
     return dc.PruneConfig(**kw, budget=target, repair=repair)
 
 
@@ -196,7 +202,8 @@ def chosen(wanted: str) -> dict:
 
 def run_budget(model, tok, calib, ids, dense_q, budget, methods, args, bos_id) -> dict:
     """One budget's table (printed as it goes) and the decode speeds; returns the rows."""
-    print(f"### {budget:.0%} of non-embedding parameters\n")
+    of = "of the measured decode time" if args.latency else "of non-embedding parameters"
+    print(f"### {budget:.0%} {of}\n")
     tasks = [*TASKS, "mean", "loops"] if args.limit > 0 else []
     print("| method | removed | ppl | gap ÷ ShortGPT's | KL | " + " | ".join([*tasks, ""]), end="")
     print("selection cost (fwd-eq.) |")
@@ -204,7 +211,8 @@ def run_budget(model, tok, calib, ids, dense_q, budget, methods, args, bos_id) -
     pruned, short_gap, rows = {"dense": model}, None, {}
     for name, (kw, repair) in methods.items():
         try:
-            pruned[name], plan, cost, seconds = prune(model, calib, config(kw, budget, repair))
+            cfg = config(kw, budget, repair, args.latency)
+            pruned[name], plan, cost, seconds = prune(model, calib, cfg)
         except DepthcutError as err:
             print(f"| {name} | refused: {err} |", flush=True)
             continue
@@ -260,6 +268,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200, help="items per task; 0: no tasks")
     parser.add_argument("--methods", default="", help="comma-separated prefixes (default all)")
     parser.add_argument("--plot", default=None, help="path prefix of the curves (+ .json)")
+    parser.add_argument(
+        "--latency", action="store_true", help="budgets are fractions of decode time"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     model, tok = dc.load_model(args.model)

@@ -31,9 +31,10 @@ class Budget:
     ``params`` is a fraction in (0, 1) of the parameters counted by ``count`` ("all" or
     "non_embedding"), or, when ``params_count`` is given instead, an absolute number of
     parameters to remove, or, when ``latency`` is given instead, the fraction of the decode
-    time per token to remove (block / sublayer units; a per-unit latency table is measured on
-    the model's device when scoring). ``mode`` says on which side of the target the removed
-    total may land: ``at_least`` (never under), ``at_most`` (never over) or ``nearest`` (closest).
+    time per token to remove (block / sublayer units, or heads or neurons alone; a per-unit
+    latency table is measured on the model's device when scoring). ``mode`` says on which side
+    of the target the removed total may land: ``at_least`` (never under), ``at_most`` (never
+    over) or ``nearest`` (closest).
 
     >>> Budget(params=0.25).fraction
     0.25
@@ -156,10 +157,13 @@ class PruneConfig:
         if self.protect_first < 0 or self.protect_last < 0:
             raise ConfigError("protect_first/protect_last must be >= 0")
         self._check_width()
-        if self.budget.latency is not None and (self.fine or self.width_units):
+        if self.budget.latency is not None and (
+            self.fine or (self.width_units and not self.width_from_budget)
+        ):
             raise ConfigError(
-                "--budget latency covers block, attention and mlp units; give width and "
-                "fine-grained units a params budget"
+                "--budget latency covers block, attention and mlp units, or heads or neurons "
+                "alone (no --heads/--neurons fraction); give fine-grained and mixed units a "
+                "params budget"
             )
         if self.repair not in REPAIRS:
             raise ConfigError(f"repair {self.repair!r} unknown; choose one of {REPAIRS}")
@@ -188,13 +192,13 @@ class PruneConfig:
 
     @property
     def width_from_budget(self) -> bool:
-        """One width kind alone with no fraction given: its fraction follows the budget."""
+        """One width kind alone with no fraction given: how many go follows the budget (a
+        parameter or a latency target)."""
         return (
             len(self.units) == 1
             and self.units[0] in WIDTH_KINDS
             and self.width_fraction(self.units[0]) == 0.0
             and self.width_steps == 1
-            and self.budget.latency is None
         )
 
     def _check_width(self) -> None:

@@ -1,15 +1,23 @@
 """--budget latency=F: a per-unit decode-latency table measured once when scoring, saved with the
 scores, and plans that remove units until their measured time reaches F of a decoded token."""
 
+import copy
+
 import pytest
+import torch
 
 import depthcut as dc
-from depthcut.errors import ConfigError
+from depthcut.errors import BudgetError, ConfigError
 from depthcut.graph.structure import discover_structure
+from depthcut.methods.width.latency import _halved, _restore, width_latency
+from depthcut.methods.width.layers import width_layers
+from depthcut.methods.width.select import select_width_by_time, time_of
+from depthcut.methods.width.surgery import apply_width_actions
+from depthcut.planning.plan import Action
 from depthcut.scores import Scores
 from depthcut.units.discover import discover_units
 from depthcut.units.latency import unit_latency
-from tiny import tiny_calib, tiny_llama
+from tiny import tiny_calib, tiny_gpt2, tiny_llama
 
 UNITS = ("block", "attention", "mlp")
 
@@ -81,18 +89,23 @@ def test_bad_latency_budgets_are_refused(scored):
         dc.Budget(latency=1.5)
     with pytest.raises(ConfigError, match="--budget latency covers block, attention and mlp"):
         latency_config(units=("block", "neuron"), neurons=0.2)
+    with pytest.raises(ConfigError, match=r"or heads or neurons alone \(no --heads/--neurons"):
+        latency_config(units=("neuron",), neurons=0.2)
     plain = Scores.from_dict({**scored.to_dict(), "latency": None})
     with pytest.raises(ConfigError, match="these scores have no latency table"):
         dc.plan(plain, latency_config())
     assert dc.Budget.parse("latency=0.2", "nearest") == dc.Budget(latency=0.2, mode="nearest")
 
 
-def test_cli_prune_with_a_latency_budget(capsys, tiny_dir, pattern_file, tmp_path):
+@pytest.mark.parametrize("units", ["block,attention,mlp", "neuron"])
+def test_cli_prune_with_a_latency_budget(capsys, tiny_dir, pattern_file, tmp_path, units):
+    """Depth units and the CLI's default units (neurons) take a latency budget: the plan's
+    units cost what the table saved with the scores says, and the summary prints the target."""
     import json
 
     from support import prune_args, run
 
-    args = prune_args(tiny_dir, tmp_path / "r", pattern_file, "--units", "block,attention,mlp")
+    args = prune_args(tiny_dir, tmp_path / "r", pattern_file, "--units", units)
     args[args.index("params=0.2")] = "latency=0.25"
     code, out, err = run(capsys, *args, "--budget-mode", "nearest")
     assert code == 0, err
@@ -100,6 +113,96 @@ def test_cli_prune_with_a_latency_budget(capsys, tiny_dir, pattern_file, tmp_pat
     latency = plan["run"]["latency"]
     assert latency["target"] == pytest.approx(0.25 * latency["total"])
     scores = json.loads((tmp_path / "r" / "scores.json").read_text())
-    removed = sum(scores["latency"]["units"][f"{a['kind']}:{a['block']}"] for a in plan["actions"])
-    assert latency["removed"] == pytest.approx(removed)
+    actions = [Action.from_dict(a) for a in plan["actions"]]
+    if units == "neuron":  # seconds per neuron of each layer
+        table = scores["width"]["neuron"]["latency"]["layers"]
+        costs = [table[a.unit_id] * len(a.members) for a in actions]
+    else:
+        costs = [scores["latency"]["units"][a.unit_id] for a in actions]
+    assert latency["removed"] == pytest.approx(sum(costs))
+    assert {a["kind"] for a in plan["actions"]} <= set(units.split(","))
     assert "decode time per token: target −25.0%" in out
+
+
+def test_width_selection_by_time_lands_on_each_side_and_follows_the_costs():
+    """Two layers of 4 units, scores interleaved; layer b's units cost 3× layer a's. Lowest
+    scores first: a0 (0.1, 1 s), b0 (0.2, 3 s), a1 (0.3, 1 s), b1 (0.4, 3 s), …"""
+    layers = {"a": {"block": 1, "size": 4}, "b": {"block": 2, "size": 4}}
+    scores = {"a": [0.1, 0.3, 0.5, 0.7], "b": [0.2, 0.4, 0.6, 0.8]}
+    costs = {"a": 1.0, "b": 3.0}
+
+    def pick(target, mode, **kw):
+        args = (layers, scores, costs, target, 4, mode, (0, 0))
+        return select_width_by_time(*args, **kw)
+
+    assert pick(4.5, "at_least") == {"a": [0, 1], "b": [0]}  # 1 + 3 + 1 = 5 s
+    assert pick(4.5, "at_most") == {"a": [0], "b": [0]}  # 4 s: every next unit passes 4.5
+    assert pick(4.5, "nearest") == {"a": [0], "b": [0]}  # 0.5 under or over: the smaller
+    assert pick(4.0, "at_least") == {"a": [0], "b": [0]}  # exactly 4 s
+    assert time_of(pick(7.0, "at_least"), costs) == 8.0  # a0 b0 a1 b1
+    # min_units: one unit kept per layer; rounding to 2 kept drops the last-chosen removals
+    assert pick(100.0, "at_most") == {"a": [0, 1, 2], "b": [0, 1, 2]}
+    assert pick(4.5, "at_least", round_to=2) == {"a": [0, 1]}  # b keeps 3 → 4: b0 given back
+    with pytest.raises(BudgetError, match="budget unreachable: 100000.000 ms per token"):
+        pick(100.0, "at_least")
+
+
+@pytest.mark.parametrize(
+    "builder,kind", [(tiny_llama, "neuron"), (tiny_llama, "head"), (tiny_gpt2, "head")]
+)
+def test_width_latency_times_the_surgery_a_plan_uses_and_gives_the_model_back(builder, kind):
+    """The half-width copies swapped in compute what the model with those units sliced out by
+    the plan's own surgery computes; afterwards the model is its old self, module for module."""
+    model = builder(layers=4)
+    structure = discover_structure(model)
+    layers = width_layers(model, structure, kind)
+    ids = tiny_calib().input_ids[:2]
+    before = model(ids).logits
+    modules = {w.module: model.get_submodule(w.module) for w in layers}
+    sliced = copy.deepcopy(model)
+    actions = [Action(w.kind, w.block, w.module, 0, 0.0, tuple(range(w.size // 2))) for w in layers]
+    apply_width_actions(sliced, discover_structure(sliced), actions)
+    originals = _halved(model, layers)
+    try:
+        torch.testing.assert_close(model(ids).logits, sliced(ids).logits, rtol=0, atol=0)
+    finally:
+        _restore(model, originals)
+    table = width_latency(model, layers, context=16, steps=4, repeats=2)
+    assert set(table["layers"]) == {w.id for w in layers}
+    assert all(v > 0 for v in table["layers"].values()) and table["total"] > 0
+    assert all(model.get_submodule(p) is m for p, m in modules.items())
+    torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module", params=["neuron", "head"])
+def width_scored(request, tmp_path_factory):
+    """Width scores with their measured latency table, saved and loaded."""
+    cfg = latency_config(0.2, units=(request.param,), width_importance="magnitude")
+    scores = dc.score(tiny_llama(layers=6), cfg, tiny_calib(), progress=False)
+    path = tmp_path_factory.mktemp("w") / "scores.json"
+    scores.save(path)
+    return request.param, Scores.load(path)
+
+
+@pytest.mark.parametrize("mode", ["at_least", "at_most"])
+def test_width_plans_follow_a_latency_budget(width_scored, mode):
+    """Heads or neurons alone under --budget latency: the plan's units cost what the saved
+    table says, on the side of the target the mode asks for, and the plan applies. (The
+    table is replaced by a fixed one, layer b's unit costing b + 1 of 50 seconds: a tiny
+    model's measured savings are timer noise on a busy machine. Heads leave one KV group in
+    each of blocks 1-4, so at most 2 + 3 + 4 + 5 = 14 seconds are removable.)"""
+    kind, scores = width_scored
+    measured = scores.width[kind]["latency"]
+    assert measured["total"] > 0 and all(v > 0 for v in measured["layers"].values())
+    layers = scores.width[kind]["layers"]
+    measured |= {"layers": {lid: layers[lid]["block"] + 1.0 for lid in layers}, "total": 50.0}
+    plan = dc.plan(scores, latency_config(0.2, mode, units=(kind,)))
+    removed = sum(len(a.members) * (a.block + 1) for a in plan.actions)
+    assert plan.run["latency"] == pytest.approx({"target": 10.0, "removed": removed, "total": 50.0})
+    # at_most skips a unit that would pass the target: what is left is below the dearest unit
+    assert removed >= 10 if mode == "at_least" else 5 < removed <= 10
+    assert {a.kind.value for a in plan.actions} == {kind}
+    model = tiny_llama(layers=6)
+    pruned = dc.apply(model, plan)
+    kept = sum(p.numel() for p in pruned.parameters())
+    assert kept == sum(p.numel() for p in model.parameters()) - plan.removed_params

@@ -22,11 +22,13 @@ from depthcut.errors import ConfigError
 from depthcut.units.discover import Unit
 
 
-def _sync(device: torch.device) -> Callable[[], None]:
+def synchronizer(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def _decode(model: nn.Module, ids: torch.Tensor, steps: int, sync, start=lambda: None) -> float:
+def decode_seconds(
+    model: nn.Module, ids: torch.Tensor, steps: int, sync, start=lambda: None
+) -> float:
     """Seconds per token of ``steps`` cached decode steps after the prompt ``ids`` (``start``
     is called between the prompt and the steps)."""
     with torch.no_grad():
@@ -45,7 +47,7 @@ def _decode(model: nn.Module, ids: torch.Tensor, steps: int, sync, start=lambda:
     return (time.perf_counter() - started) / steps
 
 
-def _timing_hooks(modules: dict[str, nn.Module], spent: dict[str, float], sync) -> list:
+def timing_hooks(modules: dict[str, nn.Module], spent: dict[str, float], sync) -> list:
     started: dict[str, float] = {}
     handles = []
     for path in spent:
@@ -63,31 +65,44 @@ def _timing_hooks(modules: dict[str, nn.Module], spent: dict[str, float], sync) 
     return handles
 
 
+def prompt_ids(model: nn.Module, context: int, seed: int = 0) -> torch.Tensor:
+    """A fixed pseudo-random prompt of ``context`` tokens on the model's device."""
+    vocab = int(getattr(model.config, "vocab_size", 2))
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (1, context), generator=g).to(device_of(model))
+
+
+def timed_decode(
+    model: nn.Module, ids: torch.Tensor, paths: list[str], steps: int
+) -> tuple[float, dict[str, float]]:
+    """(seconds per token, {module path: its seconds per token}) of ``steps`` cached decode
+    steps after the prompt ``ids``, timed by forward hooks on the modules ``paths``."""
+    sync = synchronizer(torch.device(device_of(model)))
+    modules = dict(model.named_modules())
+    spent = dict.fromkeys(sorted(set(paths)), 0.0)
+    handles = timing_hooks(modules, spent, sync)
+    try:
+        reset = lambda: spent.update(dict.fromkeys(spent, 0.0))  # noqa: E731
+        total = decode_seconds(model, ids, steps, sync, start=reset)
+    finally:
+        for h in handles:
+            h.remove()
+    return total, {p: t / steps for p, t in spent.items()}
+
+
 def unit_latency(
     model: nn.Module, units: list[Unit], context: int = 64, steps: int = 16, seed: int = 0
 ) -> dict:
     """{"units": {unit id: seconds per decoded token}, "total": seconds per token, "device",
     "context", "steps"} of ``model`` on its own device."""
-    device = device_of(model)
-    sync = _sync(torch.device(device))
-    vocab = int(getattr(model.config, "vocab_size", 2))
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (1, context), generator=g).to(device)
-    _decode(model, ids, 2, sync)  # warm-up
-    modules = dict(model.named_modules())
-    spent = dict.fromkeys(sorted({p for u in units for p in u.modules}), 0.0)
-    handles = _timing_hooks(modules, spent, sync)
-    try:
-        reset = lambda: spent.update(dict.fromkeys(spent, 0.0))  # noqa: E731
-        total = _decode(model, ids, steps, sync, start=reset)
-    finally:
-        for h in handles:
-            h.remove()
-    per_unit = {u.id: sum(spent[p] for p in u.modules) / steps for u in units}
+    ids = prompt_ids(model, context, seed)
+    sync = synchronizer(torch.device(device_of(model)))
+    decode_seconds(model, ids, 2, sync)  # warm-up
+    total, spent = timed_decode(model, ids, [p for u in units for p in u.modules], steps)
     return {
-        "units": per_unit,
+        "units": {u.id: sum(spent[p] for p in u.modules) for u in units},
         "total": total,
-        "device": str(device),
+        "device": str(device_of(model)),
         "context": context,
         "steps": steps,
     }

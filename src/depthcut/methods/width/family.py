@@ -12,8 +12,9 @@ from depthcut.kinds import WIDTH_KINDS, Kind
 from depthcut.methods.base import require_materialized
 from depthcut.methods.width.importance import width_scores
 from depthcut.methods.width.iterative import iterative_width
+from depthcut.methods.width.latency import width_latency
 from depthcut.methods.width.layers import width_layers
-from depthcut.methods.width.plan import width_actions
+from depthcut.methods.width.plan import width_actions, width_latency_table
 from depthcut.methods.width.surgery import apply_width_actions
 from depthcut.planning.plan import Plan
 from depthcut.scores import Scores
@@ -30,6 +31,8 @@ def score_width(model, structure, cfg: PruneConfig, calib, progress: bool = True
             for w in layers
         }
         out[kind] = {"layers": info, "scores": values, "metric": cfg.width_importance}
+        if cfg.budget.latency is not None:
+            out[kind]["latency"] = width_latency(model, layers)
     if cfg.width_steps > 1:
         infos = {kind: out[kind]["layers"] for kind in out}
         removal, history = iterative_width(model, cfg, calib, infos, progress)
@@ -50,7 +53,10 @@ class WidthFamily:
     def select(self, scores: Scores, cfg: PruneConfig, model, plan: Plan) -> None:
         for kind in self.kinds:  # heads, then neurons (the lesson's order)
             if kind in cfg.width_units:
-                plan.actions += width_actions(scores, cfg, Kind(kind), plan)
+                actions = width_actions(scores, cfg, Kind(kind), plan)
+                plan.actions += actions
+                if cfg.budget.latency is not None:  # one width kind alone (config)
+                    plan.run["latency"] = latency_report(scores, cfg, Kind(kind), actions)
 
     def apply(self, model: nn.Module, plan: Plan, structure: ModelStructure | None) -> nn.Module:
         actions = [a for a in plan.actions if a.kind.family == self.name]
@@ -59,3 +65,11 @@ class WidthFamily:
 
     def manual_plan(self, model: nn.Module, unit_ids: list[str], example=None) -> Plan:
         raise ConfigError(f"hand-made plans take depth or fine units, not {unit_ids[0]!r}")
+
+
+def latency_report(scores, cfg: PruneConfig, kind: Kind, actions: list) -> dict:
+    """{"target", "removed", "total"} in seconds per token, as depth plans report it."""
+    table = width_latency_table(scores, kind)
+    removed = sum(len(a.members) * table["layers"][a.unit_id] for a in actions)
+    total = table["total"]
+    return {"target": cfg.budget.latency * total, "removed": removed, "total": total}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from depthcut.config import PruneConfig
 from depthcut.errors import BudgetError, ConfigError
 from depthcut.kinds import Kind
-from depthcut.methods.width.select import select_width
+from depthcut.methods.width.select import select_width, select_width_by_time
 from depthcut.planning.plan import Action, Plan
 from depthcut.planning.select import amount, budget_target
 from depthcut.scores import Scores
@@ -40,17 +40,7 @@ def width_actions(scores: Scores, cfg: PruneConfig, kind: Kind, plan: Plan) -> l
             " re-score with this fraction"
         )
     skip = frozenset(a.block for a in plan.actions if a.kind in (Kind.BLOCK, kind.sublayer))
-    removed = data.get("removal") or select_width(
-        data["layers"],
-        data["scores"],
-        width_fraction(scores, cfg, kind),
-        scores.model["num_blocks"],
-        (cfg.protect_first, cfg.protect_last),
-        cfg.min_heads if kind is Kind.HEAD else 1,
-        cfg.round_to if kind is Kind.NEURON else 1,
-        skip,
-        cfg.width_scope,
-    )
+    removed = data.get("removal") or _select(scores, cfg, kind, skip)
     actions = []
     for lid, units in sorted(removed.items(), key=lambda kv: data["layers"][kv[0]]["block"]):
         info = data["layers"][lid]
@@ -66,3 +56,35 @@ def width_actions(scores: Scores, cfg: PruneConfig, kind: Kind, plan: Plan) -> l
             )
         )
     return actions
+
+
+def _select(scores: Scores, cfg: PruneConfig, kind: Kind, skip: frozenset) -> dict:
+    """{layer id: units to remove} under the config's parameter or latency budget."""
+    data = scores.width[kind]
+    protect = (cfg.protect_first, cfg.protect_last)
+    min_units = cfg.min_heads if kind is Kind.HEAD else 1
+    round_to = cfg.round_to if kind is Kind.NEURON else 1
+    n = scores.model["num_blocks"]
+    if cfg.budget.latency is None:
+        fraction = width_fraction(scores, cfg, kind)
+        return select_width(
+            data["layers"], data["scores"], fraction, n, protect, min_units, round_to, skip,
+            cfg.width_scope,
+        )  # fmt: skip
+    table = width_latency_table(scores, kind)
+    target = cfg.budget.latency * table["total"]
+    return select_width_by_time(
+        data["layers"], data["scores"], table["layers"], target, n, cfg.budget.mode, protect,
+        min_units, round_to, skip,
+    )  # fmt: skip
+
+
+def width_latency_table(scores: Scores, kind: Kind) -> dict:
+    """The measured per-unit decode time of ``kind``'s layers (made when scoring)."""
+    table = scores.width[kind].get("latency")
+    if not table:
+        raise ConfigError(
+            f"--budget latency: these {kind} scores have no latency table; score with "
+            "--budget latency=F"
+        )
+    return table

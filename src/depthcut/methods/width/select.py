@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from depthcut.errors import BudgetError, ConfigError
-from depthcut.planning.select import protected_blocks
+from depthcut.planning.select import amount, protected_blocks, settle
 
 
 def select_width(
@@ -32,6 +32,56 @@ def select_width(
     removed = pick(layers, live, scores, fraction, min_units)
     rounded = {lid: sorted(_round(layers[lid]["size"], u, round_to)) for lid, u in removed.items()}
     return {lid: units for lid, units in rounded.items() if units}  # rounding may undo a layer
+
+
+def select_width_by_time(
+    layers: dict[str, dict],
+    scores: dict[str, list[float]],
+    costs: dict[str, float],
+    target: float,
+    num_blocks: int,
+    mode: str = "at_least",
+    protect: tuple[int, int] = (2, 2),
+    min_units: int = 1,
+    round_to: int = 1,
+    skip_blocks: frozenset[int] = frozenset(),
+) -> dict[str, list[int]]:
+    """{layer id: sorted unit indices to remove}: the lowest scores across layers until their
+    measured decode time (``costs``: seconds per unit of each layer) reaches ``target``, on
+    the side of it that ``mode`` asks for (``planning.select.settle``); then rounded as in
+    ``select_width`` (which can only lower the time removed)."""
+    banned = protected_blocks(num_blocks, *protect) | set(skip_blocks)
+    live = [lid for lid, info in layers.items() if info["block"] not in banned and lid in costs]
+    ranked = sorted(
+        (s, layers[lid]["block"], u, lid) for lid in live for u, s in enumerate(scores[lid])
+    )
+
+    def build(cap: bool) -> dict[str, list[int]]:
+        removed: dict[str, list[int]] = {}
+        spent = 0.0
+        for _, _, unit, lid in ranked:
+            if spent >= target:
+                break
+            room = layers[lid]["size"] - len(removed.get(lid, [])) > min_units
+            if room and not (cap and spent + costs[lid] > target):
+                removed.setdefault(lid, []).append(unit)
+                spent += costs[lid]
+        return removed
+
+    removed = settle(build, target, mode, lambda r: time_of(r, costs))
+    if mode == "at_least" and time_of(removed, costs) < target:
+        raise BudgetError(
+            f"budget unreachable: {amount(target, costs)} requested but only "
+            f"{amount(time_of(removed, costs), costs)} are removable with min_units={min_units} "
+            "in the unprotected blocks"
+        )
+    rounded = {lid: sorted(_round(layers[lid]["size"], u, round_to)) for lid, u in removed.items()}
+    return {lid: units for lid, units in rounded.items() if units}
+
+
+def time_of(removed: dict[str, list[int]], costs: dict[str, float]) -> float:
+    """Seconds per decoded token that removing ``removed`` saves."""
+    return sum(len(units) * costs[lid] for lid, units in removed.items())
 
 
 def _unreachable(want: int, got: int, min_units: int, live: dict) -> BudgetError:
