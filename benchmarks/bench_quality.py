@@ -78,6 +78,10 @@ METHODS = {
     ),
     "ShortGPT + ls": (dict(units=("block",), importance="bi"), "ls"),
     "depthcut ls-aware blocks + ls": (dict(units=("block",), importance="ls"), "ls"),
+    "depthcut ls-aware sublayers + ls": (
+        dict(units=("block", "attention", "mlp"), importance="ls"),
+        "ls",
+    ),
     "depthcut ls-aware greedy sublayers + ls": (
         dict(units=("block", "attention", "mlp"), importance="ls", strategy="iterative"),
         "ls",
@@ -234,9 +238,9 @@ def run_budget(model, tok, calib, ids, dense_q, budget, methods, args, bos_id) -
     return rows
 
 
-def plot(results: dict, dense: dict, prefix: Path, title: str) -> None:
-    """Perplexity and mean accuracy against non-embedding parameters removed, one curve per
-    method: ``<prefix>_ppl.png`` and ``<prefix>_acc.png``."""
+def plot(results: dict, dense: dict, prefix: Path, title: str, speed: bool = False) -> None:
+    """Perplexity and mean accuracy against non-embedding parameters removed (``speed``: the
+    measured decode speed-up), one curve per method: ``<prefix>_ppl.png``, ``<prefix>_acc.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,13 +252,16 @@ def plot(results: dict, dense: dict, prefix: Path, title: str) -> None:
             continue
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for m in methods:
-            points = sorted((r[m]["removed"], r[m][key]) for r in results.values() if m in r)
+            x = "speed" if speed else "removed"
+            points = sorted((r[m][x], r[m][key]) for r in results.values() if m in r)
             ax.plot(*zip(*points), marker="o", label=m)
         ax.axhline(dense[key], color="k", linestyle=":", label="dense")
-        ax.set(xlabel="non-embedding parameters removed", ylabel=label, title=title)
+        xlabel = "decode tokens/s ÷ dense (batch 1)" if speed else "non-embedding params removed"
+        ax.set(xlabel=xlabel, ylabel=label, title=title)
         if log:
             ax.set_yscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        if not speed:
+            ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(f"{prefix}_{key if key == 'ppl' else 'acc'}.png", dpi=110)
@@ -292,7 +299,7 @@ def main() -> None:
         prefix.parent.mkdir(parents=True, exist_ok=True)
         data = {"model": args.model, "dense": dense_q, "budgets": results}
         prefix.with_suffix(".json").write_text(json.dumps(data, indent=1))
-        plot(results, dense_q, prefix, args.model)
+        plot(results, dense_q, prefix, args.model, speed=args.latency)
 
 
 if __name__ == "__main__":
