@@ -11,7 +11,7 @@ from transformers.pytorch_utils import Conv1D
 import depthcut as dc
 from depthcut.errors import ConfigError
 from depthcut.planning.plan import Plan
-from depthcut.refit.ls import fold, solve
+from depthcut.refit.ls import DEPTH_RIDGES, fold, solve
 from depthcut.refit.run import halves, model_nll
 from depthcut.refit.width import input_grams, refit_columns
 from support import assert_reloads_equal, make_plan, real_tokens, run_masked
@@ -126,6 +126,12 @@ def test_never_worse_on_the_held_back_batches(which):
     if which == "width":
         losses = report["width"]["check_nll"]
         assert losses["None"] == pytest.approx(unrepaired, rel=1e-5)
+        assert repaired == pytest.approx(min(losses.values()), rel=1e-5)
+    if which in DEPTH_PICKS:  # the last run is checked on the whole plan: its pick is the model
+        last = report["depth"]["runs"][-1]
+        losses = last["check_nll"]
+        assert set(losses) == {"None", *map(str, DEPTH_RIDGES)}
+        assert losses[str(last["ridge"])] == min(losses.values())
         assert repaired == pytest.approx(min(losses.values()), rel=1e-5)
 
 

@@ -24,7 +24,6 @@ from depthcut.ops import out_features
 from depthcut.planning.plan import Plan
 from depthcut.refit.fine import repair_fine
 from depthcut.refit.ls import (
-    DEPTH_RIDGE,
     repair_depth,
     require_tokens,
     runs,
@@ -124,4 +123,4 @@ def _repair_runs(model, structure: ModelStructure, plan: Plan, calib, fit, progr
     writers = [writer_module(model, structure, r.writer) for r in fits if r.writer]
     if writers:
         _require_tokens(fit, max(out_features(m) for m in writers))
-    return repair_depth(model, structure, fits, calib, DEPTH_RIDGE, progress)
+    return repair_depth(model, structure, fits, calib, progress=progress)
