@@ -5,18 +5,27 @@ import copy
 import pytest
 import torch
 
+from depthcut.errors import CalibrationError
 from depthcut.graph.groups import build_graph
 from depthcut.methods.fine.reference import fine_reference
 from depthcut.methods.fine.state import FineState, fine_units
 from depthcut.methods.fine.surgery import materialize, state_params
-from depthcut.vision import cifar_test_set, load_cifar_cnn, split_calibration, top1
+from depthcut.vision import DATA_FILE, cifar_test_set, load_cifar_cnn, split_calibration, top1
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def cifar():
-    return load_cifar_cnn(), *cifar_test_set()
+    """Skipped (with the index's answer) only when no configured index has the data file:
+    on 2026-12-05 PyPI lists no bigbench 1.0.0 file any more (issue filed for a new source)."""
+    try:
+        images = cifar_test_set()
+    except CalibrationError as err:
+        if f"no {DATA_FILE}" not in str(err):
+            raise
+        pytest.skip(f"CIFAR-10 test images unavailable: {err}")
+    return load_cifar_cnn(), *images
 
 
 def test_packaged_cnn_top1_on_the_full_test_set(cifar):
