@@ -247,12 +247,12 @@ def plot(results: dict, dense: dict, prefix: Path, title: str, speed: bool = Fal
     import matplotlib.pyplot as plt
 
     methods = sorted({m for rows in results.values() for m in rows})
+    x = "speed" if speed else "removed"
     for key, label, log in (("ppl", "held-out perplexity", True), ("accuracy", "mean acc.", False)):
         if key not in dense:  # --limit 0: no tasks
             continue
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for m in methods:
-            x = "speed" if speed else "removed"
             points = sorted((r[m][x], r[m][key]) for r in results.values() if m in r)
             ax.plot(*zip(*points), marker="o", label=m)
         ax.axhline(dense[key], color="k", linestyle=":", label="dense")

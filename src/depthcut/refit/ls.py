@@ -42,9 +42,9 @@ from depthcut.units.discover import Unit
 SLOTS = (Kind.ATTENTION, Kind.MLP)
 DEPTH_RIDGE = 1e-2  # λ of repair-aware depth scoring, as a fraction of mean(diag XᵀX)
 # λ candidates of the depth repair, chosen per run on the held-back batches. On SmolLM2-135M
-# (ShortGPT's blocks, held-out perplexity without repair 39.1 at 20% / 82.0 at 30%) ridge
-# 0.01 / 0.1 / 1 gave 41.1 / 36.2 / 52.9 at 20% and 165 / 121 at 30%; the check loss picked
-# 0.1 both times.
+# (ShortGPT's blocks, held-out perplexity without repair 39.1 at 20% / 82.0 at 30%) a fixed
+# ridge 0.01 / 0.1 / 1 gave 41.1 / 36.2 / 52.9 at 20% and 165 / 121 at 30%; the per-run choice
+# picked 0.1 at 20% (36.2) but gave 76.2 at 25% where the fixed 0.01 gave 68.3 (none 58.7).
 DEPTH_RIDGES = (1e-2, 1e-1, 1.0)
 
 

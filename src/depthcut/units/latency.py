@@ -72,6 +72,13 @@ def prompt_ids(model: nn.Module, context: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, (1, context), generator=g).to(device_of(model))
 
 
+def warmed_prompt(model: nn.Module, context: int, seed: int = 0) -> torch.Tensor:
+    """``prompt_ids`` after two untimed decode steps with it (the warm-up every timing needs)."""
+    ids = prompt_ids(model, context, seed)
+    decode_seconds(model, ids, 2, synchronizer(torch.device(device_of(model))))
+    return ids
+
+
 def timed_decode(
     model: nn.Module, ids: torch.Tensor, paths: list[str], steps: int
 ) -> tuple[float, dict[str, float]]:
@@ -95,9 +102,7 @@ def unit_latency(
 ) -> dict:
     """{"units": {unit id: seconds per decoded token}, "total": seconds per token, "device",
     "context", "steps"} of ``model`` on its own device."""
-    ids = prompt_ids(model, context, seed)
-    sync = synchronizer(torch.device(device_of(model)))
-    decode_seconds(model, ids, 2, sync)  # warm-up
+    ids = warmed_prompt(model, context, seed)
     total, spent = timed_decode(model, ids, [p for u in units for p in u.modules], steps)
     return {
         "units": {u.id: sum(spent[p] for p in u.modules) for u in units},

@@ -5,7 +5,8 @@ says: small matrices run below peak and a layer keeps fixed costs (norms, the at
 softmax and cache reads) whatever its width. So the saving is measured, at two widths: every
 layer of the kind is timed by forward hooks during cached batch-1 decode steps of the dense
 model, and again with a copy of each layer swapped in that has half its units sliced out by the
-same surgery a plan uses (the copy of one layer's modules at a time is all the extra memory).
+same surgery a plan uses (all layers at once: the extra memory is half of every timed layer's
+weights, plus one layer's full copy while it is being sliced).
 A unit of a layer costs (time at full width − time at half width) ÷ units removed, seconds per
 decoded token: the mean slope over the half a plan can reach. Dense and sliced runs alternate,
 each timed ``repeats`` times, and the fastest of each is kept, so a busy machine does not make
@@ -16,14 +17,13 @@ from __future__ import annotations
 
 import copy
 
-import torch
 from torch import nn
 
 from depthcut.devices import device_of
 from depthcut.errors import UnsupportedModelError
 from depthcut.methods.width.apply import prune_width
 from depthcut.methods.width.layers import WidthLayer
-from depthcut.units.latency import decode_seconds, prompt_ids, synchronizer, timed_decode
+from depthcut.units.latency import timed_decode, warmed_prompt
 
 FLOOR = 1e-12  # seconds: a unit whose measured saving is not positive (timer noise)
 
@@ -79,9 +79,7 @@ def width_latency(
     """{"layers": {layer id: seconds per decoded token one unit costs}, "total": seconds per
     token of the dense model, "device", "context", "steps"}, measured on the model's device."""
     layers = [w for w in layers if w.size > 1]
-    ids = prompt_ids(model, context, seed)
-    with torch.no_grad():
-        decode_seconds(model, ids, 2, synchronizer(torch.device(device_of(model))))  # warm-up
+    ids = warmed_prompt(model, context, seed)
     paths = [w.module for w in layers]
     dense, halved = _fastest(model, ids, paths, steps, repeats, layers)
     full = {p: min(t[p] for _, t in dense) for p in paths}

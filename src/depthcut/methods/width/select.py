@@ -30,8 +30,7 @@ def select_width(
     live = {lid: info for lid, info in layers.items() if info["block"] not in banned}
     pick = _global_pick if scope == "global" else _per_layer_pick
     removed = pick(layers, live, scores, fraction, min_units)
-    rounded = {lid: sorted(_round(layers[lid]["size"], u, round_to)) for lid, u in removed.items()}
-    return {lid: units for lid, units in rounded.items() if units}  # rounding may undo a layer
+    return _rounded(layers, removed, round_to)
 
 
 def select_width_by_time(
@@ -75,6 +74,12 @@ def select_width_by_time(
             f"{amount(time_of(removed, costs), costs)} are removable with min_units={min_units} "
             "in the unprotected blocks"
         )
+    return _rounded(layers, removed, round_to)
+
+
+def _rounded(layers: dict, removed: dict[str, list[int]], round_to: int) -> dict[str, list[int]]:
+    """Every pruned layer's kept width rounded up to a multiple of ``round_to`` (removing
+    fewer); a layer that rounding undoes is dropped."""
     rounded = {lid: sorted(_round(layers[lid]["size"], u, round_to)) for lid, u in removed.items()}
     return {lid: units for lid, units in rounded.items() if units}
 
