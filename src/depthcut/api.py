@@ -36,14 +36,21 @@ def score(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool =
     started = time.perf_counter()
     model.eval()
     parallel.check_supported(cfg)  # under torch.distributed: this process scores its share
-    calib = parallel.shard(calib).to(device_of(model))
     structure = discover_structure(model)
+    _check_repair_tokens(model, structure, cfg, calib)  # before any scoring
+    calib = parallel.shard(calib).to(device_of(model))
     scores = Scores(cfg.importance, [], {}, describe(model, structure), cfg.to_dict())
     for family in families(cfg.units):
         family.score(model, structure, cfg, calib, scores, progress)
     parallel.reduce_scores(scores, cfg, calib)
     scores.cost["seconds"] = time.perf_counter() - started
     return scores
+
+
+def _check_repair_tokens(model, structure, cfg: PruneConfig, calib: CalibData) -> None:
+    from depthcut.refit.needs import check_calibration, repair_need
+
+    check_calibration(repair_need(model, structure, cfg), calib)
 
 
 def plan(scores: Scores, cfg: PruneConfig, model: nn.Module | None = None) -> Plan:

@@ -23,6 +23,7 @@ from depthcut.errors import UnsupportedModelError
 from depthcut.graph.capture import first_tensor, output_tensor
 from depthcut.graph.structure import ModelStructure
 from depthcut.kinds import Kind
+from depthcut.surgery.modules import set_module
 from depthcut.units.bypass import bypassed
 from depthcut.units.discover import Unit, unique_params
 
@@ -218,3 +219,77 @@ class BlockCache:
     def with_bypass(self, units: Iterable[Unit]) -> Any:
         """Context manager: the model with the removed units and ``units`` bypassed."""
         return self._bypass(units)
+
+
+class _Recorder(nn.Module):
+    """Stands in for block ``i`` during the recording forward: keeps its call, passes the
+    hidden state on in the shape the real block returns."""
+
+    def __init__(self, cache: RollingCache, i: int, arity: int | None):
+        super().__init__()
+        self.cache, self.i, self.arity = cache, i, arity
+
+    def forward(self, *args, **kwargs):
+        hidden = first_tensor(args, kwargs)
+        if self.i == 0:
+            self.cache.inputs[0].append(hidden.detach())
+        self.cache.calls[self.i].append(BlockCall.from_call(args, kwargs, hidden))
+        return hidden if self.arity is None else (hidden, *([None] * (self.arity - 1)))
+
+
+class RollingCache(BlockCache):
+    """A ``BlockCache`` filled one block at a time: a recording forward (blocks and LM head
+    replaced by stand-ins) gives block 0's inputs and every block's call, then ``advance(i)``
+    runs block i on its cached inputs. Without ``keep`` only the current block's inputs are
+    held, so a walk over the blocks costs one forward and the activations of one layer, and
+    a caller can hold one block's statistics at a time."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        structure: ModelStructure,
+        calib: CalibData,
+        progress: bool = True,
+        keep: bool = False,
+    ):
+        self.model, self.structure = model, structure
+        self.backward, self.keep = False, keep
+        self.blocks = model.get_submodule(structure.blocks_path)  # the live list: recorded
+        self._start(calib, progress)
+        self._record(self.head_paths())
+
+    def head_paths(self) -> list[str]:
+        """The tail's Linear layers (the LM head), skipped by the recording forward."""
+        tail = self.structure.tail or []
+        return [p for p in tail if isinstance(self.model.get_submodule(p), nn.Linear)]
+
+    def _record(self, heads: list[str]) -> None:
+        """One forward per batch with stand-ins for the blocks and ``heads``."""
+        shells = list(self.blocks)
+        originals = {p: self.model.get_submodule(p) for p in heads}
+        for i, info in enumerate(self.structure.blocks):
+            self.blocks[i] = _Recorder(self, i, info.out_arity)
+        for path in originals:
+            set_module(self.model, path, nn.Identity())
+        try:
+            with torch.no_grad():
+                for batch in tqdm(self.batches, desc="record", disable=not self.progress):
+                    self.model(**batch, use_cache=False)
+        finally:
+            for i, shell in enumerate(shells):
+                self.blocks[i] = shell
+            for path, head in originals.items():
+                set_module(self.model, path, head)
+        self.tail_runs += len(self.batches)
+
+    def advance(self, i: int, before=None) -> None:
+        """Block i's outputs (block i + 1's inputs); ``before(b)`` is called before batch b
+        runs; without ``keep`` block i's inputs are dropped after."""
+        outputs = []
+        for b in range(len(self.batches)):
+            if before is not None:
+                before(b)
+            outputs.append(self.run_block(i, b))
+        self.inputs[i + 1] = outputs
+        if not self.keep:
+            self.inputs[i] = []

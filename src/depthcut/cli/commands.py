@@ -123,7 +123,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         raise DepthcutError(f"{out} exists (use --overwrite to replace it)")
     parallel.init_from_env()  # under torchrun: each process scores a share of the rows
     model, tok = model_ref(args, args.model).load()
-    scores = score(model, cfg, calib_spec(args).data(tok))
+    scores = score(model, cfg, calib_spec(args).sized(model, cfg).data(tok))
     if parallel.world()[0] != 0:
         return  # rank 0 writes the combined scores
     scores.save(out)
@@ -157,8 +157,10 @@ def cmd_apply(args: argparse.Namespace) -> None:
     model, tok = model_ref(args, args.model).load()
     if args.repair != "none":
         from depthcut.api import repair
+        from depthcut.config import PruneConfig
 
-        repair(model, the_plan, calib_spec(args).data(tok), args.repair)
+        cfg = PruneConfig.from_dict({**the_plan.run["config"], "repair": args.repair})
+        repair(model, the_plan, calib_spec(args).sized(model, cfg).data(tok), args.repair)
     pruned = apply(model, the_plan, inplace=True)
     save(pruned, the_plan, args.out, tok, overwrite=args.overwrite)
     print(f"pruned model -> {args.out}")

@@ -76,7 +76,13 @@ def _repair_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
 
 def _calib_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", default="wiki", help="packaged text name or a text file")
-    p.add_argument("--n-samples", type=int, default=16)
+    p.add_argument(
+        "--n-samples",
+        type=int,
+        default=None,
+        help="calibration windows (default: 16, or as many as --repair ls needs for the "
+        "model's widest layer: half the windows fit, half check)",
+    )
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4)
 

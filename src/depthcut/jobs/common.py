@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
@@ -45,17 +45,32 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class CalibSpec:
-    """``n_samples`` windows of ``seq_len`` tokens of a packaged text or a text file."""
+    """``n_samples`` windows of ``seq_len`` tokens of a packaged text or a text file;
+    ``n_samples=None``: 16, or as many as the repair's widest fit needs (``sized``)."""
 
     source: str = "wiki"
-    n_samples: int = 16
+    n_samples: int | None = None
     seq_len: int = 256
     batch_size: int = 4
 
+    def sized(self, model, cfg) -> CalibSpec:
+        """This spec with ``n_samples`` fixed for ``cfg``'s repair on ``model`` (no forward):
+        chosen when not given, else checked, so a too-small size fails before scoring."""
+        from depthcut.graph.structure import discover_structure
+        from depthcut.refit.needs import auto_samples, check_samples, repair_need
+
+        need = repair_need(model, discover_structure(model), cfg)
+        if self.n_samples is None:
+            return replace(self, n_samples=auto_samples(need, self.seq_len, self.batch_size))
+        check_samples(need, self.n_samples, self.seq_len, self.batch_size)
+        return self
+
     def data(self, tokenizer):
         from depthcut.data import calibration
+        from depthcut.refit.needs import FLOOR_SAMPLES
 
-        return calibration(tokenizer, self.source, self.n_samples, self.seq_len, self.batch_size)
+        n = FLOOR_SAMPLES if self.n_samples is None else self.n_samples
+        return calibration(tokenizer, self.source, n, self.seq_len, self.batch_size)
 
 
 @dataclass(frozen=True)

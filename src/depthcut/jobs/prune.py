@@ -48,8 +48,8 @@ def run_prune(job: PruneJob) -> Path:
     if job.model.encoder and settings is not None:
         raise DepthcutError("--perplexity/--latency are for causal LMs, not --encoder models")
     model, tok = job.model.load()
-    calib = job.calib.data(tok)
     cfg = recipe.prune
+    calib = job.calib.sized(model, cfg).data(tok)  # a too-small size fails before scoring
     if recipe.steps > 1 or recipe.recover is not None:
         return _iterative(model, tok, calib, job)
     scores = score(model, cfg, calib)

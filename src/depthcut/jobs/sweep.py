@@ -24,10 +24,12 @@ class SweepJob:
 
 def recorded(job: SweepJob) -> SweepConfig:
     """The sweep config with the calibration and perplexity settings it is resumed on."""
+    from depthcut.refit.needs import FLOOR_SAMPLES
+
     ev = job.evaluation
     extra = {
         "calib": job.calib.source,
-        "n_samples": job.calib.n_samples,
+        "n_samples": job.calib.n_samples or FLOOR_SAMPLES,
         "seq_len": job.calib.seq_len,
         "window": ev.window,
         "max_windows": ev.max_windows,

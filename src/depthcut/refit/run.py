@@ -10,7 +10,9 @@ lower the check loss is undone. Cost is reported in forward-equivalents of the w
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -31,7 +33,7 @@ from depthcut.refit.ls import (
     writer_module,
 )
 from depthcut.refit.patch import repair_patch
-from depthcut.refit.width import consumers, input_grams, set_refit
+from depthcut.refit.width import Candidates, consumers, fit_candidates
 
 RIDGES = (1e-2, 1e-1)  # width candidates, chosen on the check batches (pulls towards W)
 
@@ -53,10 +55,18 @@ def _require_tokens(fit: CalibData, unknowns: int) -> None:
     require_tokens(int(fit.attention_mask.sum()), unknowns)
 
 
+def _rows(calib: CalibData):
+    """Every calibration sequence as a batch of its own: one sequence's logits alive at a
+    time (4 × 256 tokens × a 152k vocabulary are 0.6 GB of float32)."""
+    for batch in calib.batches():
+        for r in range(batch["input_ids"].shape[0]):
+            yield {k: v[r : r + 1] for k, v in batch.items()}
+
+
 @torch.no_grad()
 def model_nll(model: nn.Module, calib: CalibData) -> float:
     """Mean next-token loss of ``model`` over the real tokens of ``calib``."""
-    return F.mean_nll((model(**b, use_cache=False).logits, b) for b in calib.batches())
+    return F.mean_nll((model(**b, use_cache=False).logits, b) for b in _rows(calib))
 
 
 @torch.no_grad()
@@ -65,14 +75,15 @@ def _repair_width(model, structure, plan, fit, check, progress) -> dict:
     if not keep:
         return {"layers": 0, "forward_equivalents": 0.0}
     _require_tokens(fit, max(len(c) for c in keep.values()))
-    originals = {p: model.get_submodule(p).weight.detach().clone() for p in keep}
-    grams = input_grams(model, list(keep), fit, progress)
     losses = {}
-    for ridge in (None, *RIDGES):
-        set_refit(model, keep, grams, originals, ridge)
-        losses[ridge] = model_nll(model, check)
-    best = min(losses, key=losses.get)
-    set_refit(model, keep, grams, originals, best)
+    with tempfile.TemporaryDirectory(prefix="depthcut-refit-") as folder:
+        store = Candidates(Path(folder), keep)
+        fit_candidates(model, structure, store, fit, RIDGES, progress)
+        for ridge in (None, *RIDGES):
+            store.load_into(model, ridge)
+            losses[ridge] = model_nll(model, check)
+        best = min(losses, key=losses.get)
+        store.load_into(model, best)
     n_fit, n_check = len(fit), len(check)
     return {
         "layers": len(keep),

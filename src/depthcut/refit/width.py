@@ -15,10 +15,13 @@ mean diagonal of G_KK) pulls towards the unrepaired weights.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from depthcut.calibrate import RollingCache
 from depthcut.data import CalibData
 from depthcut.graph.structure import ModelStructure
 from depthcut.methods.width.surgery import layers_of
@@ -44,60 +47,136 @@ def consumers(model: nn.Module, structure: ModelStructure, plan: Plan) -> dict[s
     return out
 
 
-@torch.no_grad()
-def input_grams(model: nn.Module, paths: list[str], calib: CalibData, progress: bool) -> dict:
-    """{path: Xᵀ D X of that module's input over the real calibration tokens} in one forward;
-    D weights each token by 1 / mean(x²) (relative error: unweighted, the few tokens with huge
-    activations — attention sinks — decide the fit, and on SmolLM2-135M the refit after
-    activation-frequency neuron pruning then raised held-out perplexity 29.0 → 667; weighted it
-    drops to 19.5)."""
-    modules = dict(model.named_modules())
-    grams: dict[str, torch.Tensor] = {}
-    state: dict = {"mask": None}
+class InputGrams:
+    """Forward pre-hooks accumulating, for each module of ``paths``, Xᵀ D X of its input over
+    the real tokens; D weights each token by 1 / mean(x²) (relative error: unweighted, the few
+    tokens with huge activations — attention sinks — decide the fit, and on SmolLM2-135M the
+    refit after activation-frequency neuron pruning then raised held-out perplexity
+    29.0 → 667; weighted it drops to 19.5). ``state["mask"]`` holds the batch's mask."""
 
-    def hook_for(path: str):
+    def __init__(self, model: nn.Module, paths: list[str]):
+        self.grams: dict[str, torch.Tensor] = {}
+        self.state: dict = {"mask": None}
+        self.handles = [
+            model.get_submodule(p).register_forward_pre_hook(self._hook(p)) for p in paths
+        ]
+
+    def _hook(self, path: str):
         def hook(module, args):
-            x = args[0][state["mask"]].double()
+            x = args[0][self.state["mask"]].double()
             w = x / x.pow(2).mean(-1, keepdim=True).clamp_min(1e-12)
-            grams[path] = grams[path] + w.T @ x if path in grams else w.T @ x
+            old = self.grams.get(path)
+            self.grams[path] = w.T @ x if old is None else old + w.T @ x
 
         return hook
 
-    handles = [modules[p].register_forward_pre_hook(hook_for(p)) for p in paths]
-    try:
-        for batch in tqdm(calib.batches(), desc="repair: width", disable=not progress):
-            state["mask"] = batch["attention_mask"].bool()
-            model(**batch, use_cache=False)
-    finally:
-        for handle in handles:
+    def remove(self) -> None:
+        for handle in self.handles:
             handle.remove()
-    return grams
-
-
-def refit_columns(weight: torch.Tensor, gram: torch.Tensor, keep: list[int], ridge: float):
-    """The refit weight ([out, in], dense orientation): kept columns A, removed columns 0."""
-    w = weight.double()
-    k = torch.tensor(keep, dtype=torch.long, device=weight.device)
-    g_kk = gram[k][:, k]
-    lam = ridge * float(g_kk.diagonal().mean())
-    eye = torch.eye(len(keep), dtype=g_kk.dtype, device=g_kk.device)
-    rhs = w @ gram[:, k] + lam * w[:, k]
-    new = torch.zeros_like(w)
-    new[:, k] = torch.linalg.solve(g_kk + lam * eye, rhs.T).T
-    return new.to(weight.dtype)
 
 
 @torch.no_grad()
-def set_refit(model: nn.Module, keep: dict, grams: dict, originals: dict, ridge: float | None):
-    """Consumers refit with ``ridge`` from their ``originals``; ``ridge=None``: the removed
-    columns zeroed only (exactly the unrepaired sliced model)."""
-    for path, channels in keep.items():
-        module = model.get_submodule(path)
-        conv = is_conv1d(module)
-        weight = originals[path].T if conv else originals[path]
-        if ridge is None:
-            new = torch.zeros_like(weight)
-            new[:, channels] = weight[:, channels]
-        else:
-            new = refit_columns(weight, grams[path], channels, ridge)
-        module.weight.copy_(new.T if conv else new)
+def input_grams(model: nn.Module, paths: list[str], calib: CalibData, progress: bool) -> dict:
+    """{path: Xᵀ D X of that module's input} in one whole-model forward per batch (every
+    gram held at once; ``fit_candidates`` holds one block's)."""
+    hooks = InputGrams(model, paths)
+    try:
+        for batch in tqdm(calib.batches(), desc="repair: width", disable=not progress):
+            hooks.state["mask"] = batch["attention_mask"].bool()
+            model(**batch, use_cache=False)
+    finally:
+        hooks.remove()
+    return hooks.grams
+
+
+def refit_columns(weight: torch.Tensor, gram: torch.Tensor, keep: list[int], ridge: float):
+    """The refit weight ([out, in], dense orientation): kept columns A, removed columns 0.
+    Only kept × kept and out × in temporaries (no in × kept copy of ``gram``)."""
+    w = weight.double()
+    k = torch.tensor(keep, dtype=torch.long, device=weight.device)
+    g_kk = gram[k[:, None], k[None, :]]
+    lam = ridge * float(g_kk.diagonal().mean())
+    g_kk.diagonal().add_(lam)
+    rhs = (w @ gram)[:, k] + lam * w[:, k]
+    new = torch.zeros_like(w)
+    new[:, k] = torch.linalg.solve(g_kk, rhs.T).T
+    return new.to(weight.dtype)
+
+
+def _dense(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` as [out, in] (GPT-2's Conv1D stores it transposed) — its own inverse."""
+    return weight.T if is_conv1d(module) else weight
+
+
+def _zeroed(weight: torch.Tensor, channels: list[int]) -> torch.Tensor:
+    new = torch.zeros_like(weight)
+    new[:, channels] = weight[:, channels]
+    return new
+
+
+class Candidates:
+    """Every consumer's weight under each candidate ridge, kept on disk in ``folder`` (the
+    model holds its own weights only): ``None`` is the unrepaired slice (removed columns
+    zeroed), a number is the refit with that ridge."""
+
+    def __init__(self, folder: Path, keep: dict[str, list[int]]):
+        self.folder, self.keep = folder, keep
+
+    def _file(self, ridge: float | None, path: str) -> Path:
+        return self.folder / f"{ridge}-{path}.pt"
+
+    def save(self, ridge: float | None, path: str, weight: torch.Tensor) -> None:
+        torch.save(weight.detach().cpu().clone(), self._file(ridge, path))
+
+    @torch.no_grad()
+    def load_into(self, model: nn.Module, ridge: float | None) -> None:
+        """Write candidate ``ridge`` of every consumer into ``model``."""
+        for path in self.keep:
+            module = model.get_submodule(path)
+            module.weight.copy_(torch.load(self._file(ridge, path), weights_only=True))
+
+
+def _block_paths(structure: ModelStructure, keep: dict) -> list[list[str]]:
+    """The consumers of ``keep`` grouped by the block they sit in."""
+    return [[p for p in keep if p.startswith(b.path + ".")] for b in structure.blocks]
+
+
+@torch.no_grad()
+def fit_candidates(
+    model: nn.Module,
+    structure: ModelStructure,
+    store: Candidates,
+    fit: CalibData,
+    ridges: tuple[float, ...],
+    progress: bool,
+) -> None:
+    """Block by block on a rolling block-input cache of the ``fit`` batches (the dense model
+    computes every input, as one whole forward would): the grams of the block's consumers,
+    then every candidate saved to ``store``; one block's grams in memory at a time."""
+    cache = RollingCache(model, structure, fit, progress=False)
+    by_block = _block_paths(structure, store.keep)
+    for i in tqdm(range(cache.num_blocks), desc="repair: width", disable=not progress):
+        if not by_block[i]:
+            cache.advance(i)
+            continue
+        grams = _block_grams(model, cache, i, by_block[i])
+        for path in by_block[i]:
+            _save_candidates(model.get_submodule(path), path, grams.pop(path), store, ridges)
+
+
+def _block_grams(model: nn.Module, cache: RollingCache, i: int, paths: list[str]) -> dict:
+    """The grams of ``paths`` (consumers in block ``i``) while ``cache`` advances past it."""
+    hooks = InputGrams(model, paths)
+    try:
+        cache.advance(i, before=lambda b: hooks.state.update(mask=cache.masks(b).bool()))
+    finally:
+        hooks.remove()
+    return hooks.grams
+
+
+def _save_candidates(module, path: str, gram, store: Candidates, ridges) -> None:
+    weight, channels = _dense(module, module.weight.detach()), store.keep[path]
+    store.save(None, path, _dense(module, _zeroed(weight, channels)))
+    for ridge in ridges:
+        new = refit_columns(weight, gram.to(weight.device), channels, ridge)
+        store.save(ridge, path, _dense(module, new))

@@ -23,11 +23,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from depthcut.calibrate import BlockCache, BlockCall
+from depthcut.calibrate import RollingCache
 from depthcut.config import PruneConfig
 from depthcut.data import CalibData
 from depthcut.errors import ConfigError
-from depthcut.graph.capture import first_tensor
 from depthcut.importance.registry import get_importance
 from depthcut.importance.run import score_units
 from depthcut.kinds import Kind
@@ -35,7 +34,6 @@ from depthcut.methods.base import describe
 from depthcut.scores import Scores
 from depthcut.stream.source import BlockSource
 from depthcut.stream.width import STREAMED_WIDTH, WidthStream
-from depthcut.surgery.modules import set_module
 from depthcut.units.bypass import bypassed
 from depthcut.units.discover import discover_units
 
@@ -44,25 +42,9 @@ LOGIT_METRICS = ("ce", "kl", "ppl")
 STREAMED_METRICS = LOCAL_METRICS + LOGIT_METRICS
 
 
-class _Recorder(nn.Module):
-    """Stands in for block ``i`` during the recording forward: keeps its call, passes the
-    hidden state on in the shape the real block returns."""
-
-    def __init__(self, cache: StreamCache, i: int, arity: int | None):
-        super().__init__()
-        self.cache, self.i, self.arity = cache, i, arity
-
-    def forward(self, *args, **kwargs):
-        hidden = first_tensor(args, kwargs)
-        if self.i == 0:
-            self.cache.inputs[0].append(hidden.detach())
-        self.cache.calls[self.i].append(BlockCall.from_call(args, kwargs, hidden))
-        return hidden if self.arity is None else (hidden, *([None] * (self.arity - 1)))
-
-
-class StreamCache(BlockCache):
-    """A ``BlockCache`` whose blocks are those of a ``BlockSource`` (meta until loaded) and
-    whose inputs after block 0 are filled by ``advance``."""
+class StreamCache(RollingCache):
+    """A ``RollingCache`` whose blocks are those of a ``BlockSource`` (meta until loaded):
+    the embeddings are loaded for the recording forward and released after it."""
 
     def __init__(
         self, source: BlockSource, calib: CalibData, progress: bool = True, keep: bool = True
@@ -71,45 +53,13 @@ class StreamCache(BlockCache):
         self.backward, self.keep = False, keep
         self.finals: dict[str, list[torch.Tensor]] = {}  # candidate id → final hidden states
         self._start(calib.to(source.device), progress)
-        self._record()
+        source.load_rest()
+        self._record(source.head_paths())  # the LM head stays on ``meta``
+        source.release_embeddings()
 
     @property
     def blocks(self) -> nn.ModuleList:  # the live list: a loaded block is the real one
         return self.source.blocks
-
-    def _record(self) -> None:
-        """One forward per batch with stand-ins for the blocks and the LM head (which stays
-        on ``meta``); then the embeddings are released too."""
-        self.source.load_rest()
-        shells = list(self.blocks)
-        heads = {p: self.model.get_submodule(p) for p in self.source.head_paths()}
-        for i, info in enumerate(self.structure.blocks):
-            self.blocks[i] = _Recorder(self, i, info.out_arity)
-        for path in heads:
-            set_module(self.model, path, nn.Identity())
-        try:
-            with torch.no_grad():
-                for batch in tqdm(self.batches, desc="record", disable=not self.progress):
-                    self.model(**batch, use_cache=False)
-        finally:
-            for i, shell in enumerate(shells):
-                self.blocks[i] = shell
-            for path, head in heads.items():
-                set_module(self.model, path, head)
-        self.tail_runs += len(self.batches)
-        self.source.release_embeddings()
-
-    def advance(self, i: int, before=None) -> None:
-        """Block i's outputs (block i + 1's inputs); block i must be loaded. ``before(b)`` is
-        called before batch b runs; without ``keep`` block i's inputs are dropped after."""
-        outputs = []
-        for b in range(len(self.batches)):
-            if before is not None:
-                before(b)
-            outputs.append(self.run_block(i, b))
-        self.inputs[i + 1] = outputs
-        if not self.keep:
-            self.inputs[i] = []
 
     def run_from(self, i: int, b: int, units=(), hidden=None) -> torch.Tensor:
         """The final hidden state a logit metric asks for: carried along the pass."""

@@ -24,7 +24,7 @@ from depthcut.methods.width.importance import (
     token_stat,
 )
 from depthcut.methods.width.layers import WidthLayer, width_layers
-from depthcut.methods.width.repaired import GramHooks, layer_scores
+from depthcut.methods.width.repaired import block_ls_scores
 from depthcut.stream.reverse import block_backward, count_backward, output_grads
 from depthcut.stream.source import BlockSource
 
@@ -78,12 +78,7 @@ class WidthStream:
     def _ls(self, cache, i: int, modules: dict, layers: list[WidthLayer]) -> None:
         """Repair-aware scores: the consumers' grams while block ``i`` runs, then each layer's
         greedy order from the loaded weights."""
-        hooks = GramHooks(layers, self.source.blocks, modules)
-        try:
-            cache.advance(i, before=lambda b: hooks.state.update(mask=cache.masks(b).bool()))
-        finally:
-            hooks.remove()
-        for lid, values in layer_scores(modules, layers, hooks.grams).items():
+        for lid, values in block_ls_scores(cache, i, modules, layers).items():
             self.sums[lid] = torch.tensor(values, dtype=torch.float64)
 
     def backward(self, cache, progress: bool = True) -> None:

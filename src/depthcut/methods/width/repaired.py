@@ -27,8 +27,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from depthcut.calibrate import RollingCache
 from depthcut.data import CalibData
-from depthcut.graph.structure import find_block_list
+from depthcut.graph.structure import discover_structure
 from depthcut.methods.width.layers import WidthLayer
 from depthcut.ops import is_conv1d
 
@@ -105,8 +106,12 @@ def greedy_order(weight: torch.Tensor, gram: torch.Tensor, table, steps: int = S
     unit (``weight`` [out, in], dense orientation; ``table[u]``: the input channels unit u
     owns; ``gram``: Xᵀ D X of the consumer's input)."""
     w = weight.detach().double().clone()
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    hinv = torch.linalg.inv(gram + DAMP * float(gram.diagonal().mean()) * eye)
+    damp = DAMP * float(gram.diagonal().mean())
+    gram.diagonal().add_(damp)  # damped in place (no width² copy), restored below
+    try:
+        hinv = torch.linalg.inv(gram)
+    finally:
+        gram.diagonal().sub_(damp)
     idx = torch.tensor(table, dtype=torch.long, device=w.device)
     alive = torch.ones(len(table), dtype=torch.bool)
     chunk, order = max(1, len(table) // steps), []
@@ -119,7 +124,7 @@ def greedy_order(weight: torch.Tensor, gram: torch.Tensor, table, steps: int = S
         inv = torch.linalg.inv(hinv[cols][:, cols])
         order.append((picked.tolist(), float(torch.trace(w[:, cols] @ inv @ w[:, cols].T))))
         w -= w[:, cols] @ inv @ hinv[cols, :]
-        hinv -= hinv[:, cols] @ inv @ hinv[cols, :]
+        hinv.addmm_(hinv[:, cols] @ inv, hinv[cols, :], alpha=-1.0)  # no width² temporary
         alive[picked] = False
     return order
 
@@ -152,20 +157,33 @@ def layer_scores(modules: dict, layers: list[WidthLayer], grams: dict) -> dict[s
     return out
 
 
-@torch.no_grad()
-def ls_width_scores(model, layers, calib: CalibData, progress: bool = True):
-    """Repair-aware scores of every layer: one forward pass collects the grams, then the
-    greedy order of each layer."""
-    modules = dict(model.named_modules())
-    hooks = GramHooks(layers, find_block_list(model)[1], modules)
+def block_ls_scores(cache, i: int, modules: dict, layers: list[WidthLayer]) -> dict:
+    """{layer id: greedy scores} of block ``i``'s ``layers``: their grams collected while
+    ``cache`` advances through block ``i``, reduced across processes, ordered, released."""
+    hooks = GramHooks(layers, cache.blocks, modules)
     try:
-        for batch in tqdm(calib.batches(), desc="ls (grams)", disable=not progress):
-            hooks.state["mask"] = batch["attention_mask"].bool()
-            model(**batch, use_cache=False)
+        cache.advance(i, before=lambda b: hooks.state.update(mask=cache.masks(b).bool()))
     finally:
         hooks.remove()
     _all_reduce(hooks.grams)
     return layer_scores(modules, layers, hooks.grams)
+
+
+@torch.no_grad()
+def ls_width_scores(model, layers, calib: CalibData, progress: bool = True):
+    """Repair-aware scores of every layer, block by block on a rolling block-input cache:
+    one forward in all, one block's grams in memory at a time (all of them at once would be
+    layers × width² float64: 18 GB for a 1.5B model with an 8,960-wide MLP)."""
+    modules = dict(model.named_modules())
+    cache = RollingCache(model, discover_structure(model), calib, progress)
+    out: dict[str, list[float]] = {}
+    for i in tqdm(range(cache.num_blocks), desc="ls (grams)", disable=not progress):
+        here = [w for w in layers if w.block == i]
+        if here:
+            out |= block_ls_scores(cache, i, modules, here)
+        else:
+            cache.advance(i)
+    return out
 
 
 def _all_reduce(grams: dict) -> None:
