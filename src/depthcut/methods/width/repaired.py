@@ -37,6 +37,14 @@ STEPS = 64  # greedy steps per layer: size // STEPS units removed together per s
 DAMP = 1e-2  # λ as a fraction of G's mean diagonal (SparseGPT's dampening)
 
 
+def batch_gram(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Xᵀ diag(weights) X of one batch's tokens: the product in float32 (half the time of
+    float64 on a CPU, 2e-7 relative error for 1,024 tokens of an 8,960-wide input), returned
+    in float64, in which the batches are summed and every solve runs."""
+    xf = x.float()
+    return ((xf * weights.float()[:, None]).T @ xf).double()
+
+
 class GramHooks:
     """Forward hooks accumulating, for each of ``layers``, Xᵀ D X of its consumer's input over
     the real tokens, D = 1 / mean(h²) of its block's input h (times the post-norm's gain, see
@@ -85,7 +93,7 @@ class GramHooks:
         return hook
 
     def _add(self, layer: WidthLayer, x: torch.Tensor, weights: torch.Tensor) -> None:
-        gram = (x * weights[:, None]).T @ x
+        gram = batch_gram(x, weights)
         old = self.grams.get(layer.id)
         self.grams[layer.id] = gram if old is None else old + gram
 
