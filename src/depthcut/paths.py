@@ -15,11 +15,15 @@ import hashlib
 import html.parser
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import urllib.parse
 import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
@@ -34,6 +38,18 @@ def cache_dir(*parts: str) -> Path:
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A fresh folder under ``DEPTHCUT_CACHE/scratch`` for large intermediate files (on the
+    cache's disk, not a RAM-backed /tmp), removed on exit whatever happens."""
+    path = cache_dir("scratch") / f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def pip_indexes() -> list[str]:

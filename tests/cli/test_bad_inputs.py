@@ -54,7 +54,7 @@ CATALOGUE = {
     "export_quant_not_gguf": "--quant applies to --format gguf only",
     "export_unknown_gguf_type": "unknown GGUF type 'q3'; use one of f32, f16, q8_0, q4_k_m",
     "unknown_repair": "repair 'magic' unknown; choose one of ('none', 'ls', 'patch')",
-    "repair_too_few_tokens": "give at least 64 calibration tokens",
+    "repair_too_few_tokens": "give --n-samples 16 or more at --seq-len 8",
     "repair_patch_width": "--repair patch bridges removed blocks; use --repair ls for this plan",
 }
 

@@ -65,11 +65,17 @@ class CalibSpec:
         check_samples(need, self.n_samples, self.seq_len, self.batch_size)
         return self
 
-    def data(self, tokenizer):
-        from depthcut.data import calibration
+    @property
+    def sized_default(self) -> int:
+        """The windows used when ``n_samples`` is None and no repair asks for more."""
         from depthcut.refit.needs import FLOOR_SAMPLES
 
-        n = FLOOR_SAMPLES if self.n_samples is None else self.n_samples
+        return FLOOR_SAMPLES
+
+    def data(self, tokenizer):
+        from depthcut.data import calibration
+
+        n = self.sized_default if self.n_samples is None else self.n_samples
         return calibration(tokenizer, self.source, n, self.seq_len, self.batch_size)
 
 

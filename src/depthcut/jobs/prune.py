@@ -49,7 +49,7 @@ def run_prune(job: PruneJob) -> Path:
         raise DepthcutError("--perplexity/--latency are for causal LMs, not --encoder models")
     model, tok = job.model.load()
     cfg = recipe.prune
-    calib = job.calib.sized(model, cfg).data(tok)  # a too-small size fails before scoring
+    calib = _calibration(job, model, tok)
     if recipe.steps > 1 or recipe.recover is not None:
         return _iterative(model, tok, calib, job)
     scores = score(model, cfg, calib)
@@ -64,6 +64,19 @@ def run_prune(job: PruneJob) -> Path:
         write_report(tmp, the_plan, scores, results["before"], results["after"])
 
     return _save(pruned, the_plan, job, tok, extra)
+
+
+def _calibration(job: PruneJob, model, tok):
+    """The calibration batches, sized for the repair (or a given size checked against it)
+    before any scoring; an automatic size above the default is said in one line."""
+    spec = job.calib.sized(model, job.recipe.prune)
+    if job.calib.n_samples is None and spec.n_samples != job.calib.sized_default:
+        print(
+            f"depthcut: calibration {spec.n_samples} × {spec.seq_len} tokens of "
+            f"{spec.source} (sized for --repair ls on the model's widest layer)",
+            file=sys.stderr,
+        )
+    return spec.data(tok)
 
 
 def _repairer(method: str, the_plan, calib):

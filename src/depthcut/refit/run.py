@@ -10,9 +10,7 @@ lower the check loss is undone. Cost is reported in forward-equivalents of the w
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,6 +21,7 @@ from depthcut.errors import ConfigError
 from depthcut.graph.structure import ModelStructure, discover_structure
 from depthcut.importance import functional as F
 from depthcut.ops import out_features
+from depthcut.paths import scratch_dir
 from depthcut.planning.plan import Plan
 from depthcut.refit.fine import repair_fine
 from depthcut.refit.ls import (
@@ -76,8 +75,8 @@ def _repair_width(model, structure, plan, fit, check, progress) -> dict:
         return {"layers": 0, "forward_equivalents": 0.0}
     _require_tokens(fit, max(len(c) for c in keep.values()))
     losses = {}
-    with tempfile.TemporaryDirectory(prefix="depthcut-refit-") as folder:
-        store = Candidates(Path(folder), keep)
+    with scratch_dir("refit") as folder:
+        store = Candidates(folder, keep)
         fit_candidates(model, structure, store, fit, RIDGES, progress)
         for ridge in (None, *RIDGES):
             store.load_into(model, ridge)

@@ -1,0 +1,119 @@
+"""The default command, with default flags, on the packaged real models: wall time, peak RSS
+as a multiple of the float32 checkpoint, and held-out perplexity before / after.
+
+    python benchmarks/bench_default.py                                  # the three models
+    python benchmarks/bench_default.py --models qwen2.5-coder-1.5b
+
+Each run is ``depthcut prune MODEL --budget params=0.25:non_embedding --perplexity --out DIR``
+in a fresh subprocess (its peak RSS from ``getrusage(RUSAGE_CHILDREN)``: imports, model,
+statistics, activations and the save's verification all count). The rows go to
+``benchmarks/results/default.json`` with the command, commit, date and hardware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+RESULTS = ROOT / "benchmarks" / "results" / "default.json"
+MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-1.5b")
+BUDGET = "params=0.25:non_embedding"
+
+
+def run_default(model: str, out: Path) -> dict:
+    """One default prune of ``model`` into ``out``: seconds, peak RSS and what it logged."""
+    cmd = ["depthcut", "prune", model, "--budget", BUDGET, "--perplexity", "--out", str(out)]
+    code = "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+    code += "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+    exe = [sys.executable, "-m", "depthcut.cli", *cmd[1:]]
+    env = os.environ | {"PYTHONPATH": str(ROOT / "src")}
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", code, *exe], env=env, capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"command": _shown(cmd, out), "failed": tail, "seconds": seconds}
+    rss = int(done.stdout.strip().splitlines()[-1]) * 1024
+    return {"command": _shown(cmd, out), "seconds": seconds, "peak_rss": rss, "log": done.stderr}
+
+
+def _shown(cmd: list[str], out: Path) -> str:
+    return " ".join(cmd).replace(str(out), "OUT")
+
+
+def describe_run(model: str, out: Path, measured: dict) -> dict:
+    """The row of one finished run, read back from what it wrote."""
+    from depthcut.models import resolve
+
+    ckpt = sum(f.stat().st_size for f in resolve(model).glob("*.safetensors"))
+    report = json.loads((out / "report.json").read_text())
+    plan = report["plan"]
+    sized = re.search(r"calibration (\d+) × (\d+) tokens", measured.pop("log"))
+    repair = plan.get("run", {}).get("repair", {})
+    return {
+        "model": model,
+        **measured,
+        "checkpoint_bytes": ckpt,
+        "rss_over_checkpoint": measured["peak_rss"] / ckpt,
+        "calibration_windows": int(sized.group(1)) if sized else 16,
+        "removed_non_embedding": plan["removed_params"] / plan["model"]["params_non_embedding"],
+        "ppl_before": report["before"]["perplexity"]["perplexity"],
+        "ppl_after": report["after"]["perplexity"]["perplexity"],
+        "repair_ridge": repair.get("width", {}).get("ridge"),
+        "repair_seconds": repair.get("seconds"),
+    }
+
+
+def hardware() -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+
+
+def commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default=",".join(MODELS))
+    args = ap.parse_args()
+    rows = []
+    for model in args.models.split(","):
+        folder = Path(tempfile.mkdtemp(dir=os.environ.get("BENCH_TMP")))
+        measured = run_default(model, folder / "run")
+        row = measured if "failed" in measured else describe_run(model, folder / "run", measured)
+        rows.append(row | {"model": model})
+        shutil.rmtree(folder, ignore_errors=True)
+        print(json.dumps(rows[-1]), flush=True)
+    old = json.loads(RESULTS.read_text())["rows"] if RESULTS.exists() else []
+    kept = [r for r in old if r["model"] not in {r["model"] for r in rows}]
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "command": "python benchmarks/bench_default.py --models " + args.models,
+                "commit": commit(),
+                "date": time.strftime("%Y-%m-%d"),
+                "hardware": hardware(),
+                "rows": kept + rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
