@@ -6,6 +6,7 @@ weights are dequantized once into depthcut's cache as an ordinary safetensors ch
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import importlib.util
@@ -13,6 +14,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,11 +156,20 @@ def join_slices(slices: WheelSlices, target: Path) -> None:
 
 
 def _convert_gguf(name: str, spec: PackagedModel, target: Path) -> None:
-    """Dequantize the packaged GGUF once into ``target`` (written atomically)."""
+    """Dequantize the packaged GGUF once into ``target`` (written atomically: a failure, a
+    full disk included, leaves no ``target`` and no temporary folder)."""
     print(f"depthcut: converting {name} ({spec.note}) into {target} (once)", file=sys.stderr)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-gguf-") as scratch:
-        src = _gguf_dir(spec, Path(scratch))
-        _dequantize(name, spec, src, target)
+    try:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-gguf-") as scratch:
+            src = _gguf_dir(spec, Path(scratch))
+            _dequantize(name, spec, src, target)
+    except OSError as err:
+        full = err.errno == errno.ENOSPC
+        fix = "free space there" if full else "check that it is writable"
+        raise ModelLoadError(
+            f"converting {name} into {target.parent} failed ({err.strerror or err}); nothing "
+            f"was kept: {fix} or set DEPTHCUT_CACHE to another disk"
+        ) from err
 
 
 def _dequantize(name: str, spec: PackagedModel, src: Path, target: Path) -> None:
@@ -174,11 +186,17 @@ def _dequantize(name: str, spec: PackagedModel, src: Path, target: Path) -> None
     model.load_state_dict(gguf_model.state_dict(), assign=True)
     model.tie_weights()
     del gguf_model
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-tmp-"))
+    write_converted(model, tok, target, f"{spec.pip}: {spec.note}\n")
+
+
+def write_converted(model, tok, target: Path, source: str) -> None:
+    """Save ``model`` and ``tok`` into a temporary sibling of ``target``, then rename it into
+    place: ``target`` exists whole or not at all."""
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-tmp-"))
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / "DEPTHCUT_SOURCE.txt").write_text(f"{spec.pip}: {spec.note}\n")
+        (tmp / "DEPTHCUT_SOURCE.txt").write_text(source)
         tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -229,12 +247,29 @@ def load_encoder(name_or_path: str):
 
 
 def packaged_path(name: str) -> Path:
-    """Local directory of a packaged model, converting it on first use."""
-    spec = PACKAGED[name]
+    """Local directory of a packaged model, converting it on first use. Processes sharing a
+    cache convert once: the first holds a lock on ``.NAME.lock`` while it converts, the others
+    wait for it and then find the finished copy (a killed converter's lock dies with it)."""
     target = cache_dir("models") / name
-    if not (target / "config.json").exists():
-        _convert_gguf(name, spec, target)
+    if (target / "config.json").exists():
+        return target
+    with _locked(target.parent / f".{name}.lock"):
+        if not (target / "config.json").exists():
+            _convert_gguf(name, PACKAGED[name], target)
     return target
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` for the duration (blocking)."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def resolve(name_or_path: str, need_config: bool = True) -> Path:
