@@ -343,7 +343,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from depthcut.eval.run import evaluate_models
-    from depthcut.report.write import comparison_rows, table
+    from depthcut.report.write import comparison
 
     model, tok = model_ref(args, args.model).load()
     models = {"after": model}
@@ -351,7 +351,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         models = {"before": model_ref(args, args.base).load(False)[0], "after": model}
     results = evaluate_models(models, tok, eval_settings(args, default_ppl=True))
     if args.base:
-        print(table(comparison_rows(results["before"], results["after"])))
+        print(comparison(results["before"], results["after"]))
     else:
         print(json.dumps(results["after"], indent=2))
     if args.json:

@@ -15,14 +15,22 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from depthcut.devices import device_of
+from depthcut.timing import CpuWatch, reliability, spread
 
 
 @dataclass
 class LatencyResult:
+    """Medians of interleaved repeats; ``spread`` is each figure's (max − min) / median,
+    ``other_cpu`` the CPU other processes used meanwhile (% of one core, None where the OS
+    does not say), ``unreliable`` the reasons to distrust the figures (empty: none)."""
+
     prefill_ms: dict[int, float] = field(default_factory=dict)  # prompt length -> ms
     decode_tps: dict[int, float] = field(default_factory=dict)  # batch -> new tokens/s
     peak_rss_mb: float = 0.0
     threads: int = 1
+    spread: dict[str, float] = field(default_factory=dict)  # "prefill 128" -> relative spread
+    other_cpu: float | None = None
+    unreliable: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,12 +89,15 @@ def measure_many(
     repeats: int = 3,
     threads: int = 2,
 ) -> dict[str, LatencyResult]:
-    """Measure several models interleaved (A, B, A, B, ...) and report medians."""
+    """Measure several models interleaved (A, B, A, B, ...) and report medians, each with its
+    spread, and whether other processes' CPU use or the spread makes them unreliable."""
     torch.set_num_threads(threads)
     samples: dict[str, dict[tuple, list[float]]] = {k: {} for k in models}
     for model in models.values():  # warm-up
         prefill_ms(model, min(lengths))
         decode_tps(model, 1, 4)
+    watch = CpuWatch()
+    watch.start()
     for _ in range(repeats):
         for name, model in models.items():
             for length in lengths:
@@ -94,11 +105,16 @@ def measure_many(
             for batch in batches:
                 tps = decode_tps(model, batch, new_tokens)
                 samples[name].setdefault(("d", batch), []).append(tps)
-    out = {}
-    for name, got in samples.items():
-        res = LatencyResult(threads=threads, peak_rss_mb=peak_rss_mb())
-        for (kind, key), values in got.items():
-            target = res.prefill_ms if kind == "p" else res.decode_tps
-            target[key] = statistics.median(values)
-        out[name] = res
-    return out
+    other_cpu = watch.stop()
+    return {name: _result(got, threads, other_cpu) for name, got in samples.items()}
+
+
+def _result(got: dict[tuple, list[float]], threads: int, other_cpu: float | None):
+    res = LatencyResult(threads=threads, peak_rss_mb=peak_rss_mb(), other_cpu=other_cpu)
+    for (kind, key), values in got.items():
+        target = res.prefill_ms if kind == "p" else res.decode_tps
+        target[key] = statistics.median(values)
+        label = f"prefill {key}" if kind == "p" else f"decode b{key}"
+        res.spread[label] = spread(values)
+    res.unreliable = reliability(res.spread, other_cpu)
+    return res

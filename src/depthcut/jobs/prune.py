@@ -36,7 +36,7 @@ def run_prune(job: PruneJob) -> Path:
     >>> run_prune(job)  # doctest: +SKIP
     """
     from depthcut.api import plan, score
-    from depthcut.report.write import comparison_rows, table, write_report
+    from depthcut.report.write import comparison, write_report
 
     job.out.prepare()  # refuse before any expensive work
     streaming = job.streaming or _too_big(job.model)
@@ -57,7 +57,7 @@ def run_prune(job: PruneJob) -> Path:
     print(the_plan.summary())
     fix = _repairer(cfg.repair, the_plan, calib)
     pruned, results = _prune_and_measure(model, the_plan, tok, settings, fix)
-    print(table(comparison_rows(results["before"], results["after"])))
+    print(comparison(results["before"], results["after"]))
 
     def extra(tmp: Path) -> None:
         scores.save(tmp / "scores.json")
@@ -188,7 +188,7 @@ def _streamed(job: PruneJob) -> Path:
     from depthcut.devices import resolve_device, resolve_dtype
     from depthcut.io import atomic_dir
     from depthcut.models import load_tokenizer, resolve
-    from depthcut.report.write import comparison_rows, table
+    from depthcut.report.write import comparison
     from depthcut.stream.apply import apply_on_disk
     from depthcut.stream.fine import stream_fine_model
     from depthcut.stream.score import check_streamable, stream_score
@@ -209,7 +209,7 @@ def _streamed(job: PruneJob) -> Path:
     print(the_plan.summary())
     if settings is not None:
         results = _streamed_perplexity(source, the_plan, tok, settings)
-        print(table(comparison_rows(results["before"], results["after"])))
+        print(comparison(results["before"], results["after"]))
 
     def write(tmp: Path) -> None:
         how = apply_on_disk(source, the_plan, tmp, {"source": job.model.source})

@@ -136,6 +136,7 @@ class Plan:
                 f"removed units measured at −{latency['removed'] / latency['total']:.1%} "
                 f"({latency['removed'] * 1e3:.3f} of {latency['total'] * 1e3:.3f} ms)"
             )
+            lines += [f"⚠ latency table unreliable: {r}" for r in latency.get("unreliable", [])]
         target = self.run.get("target_params")
         if target and all(a.kind.family != "width" for a in self.actions):
             mode = self.run.get("config", {}).get("budget", {}).get("mode", "at_least")

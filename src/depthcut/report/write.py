@@ -35,16 +35,57 @@ def comparison_rows(before: dict[str, Any], after: dict[str, Any]) -> list[tuple
                     (f"{task} {metric} (n={b['n']})", f"{b[metric]:.3f}", f"{a[metric]:.3f}")
                 )
     if "latency" in before and "latency" in after:
-        b, a = before["latency"], after["latency"]
-        for length, ms in b["prefill_ms"].items():
-            rows.append(
-                (f"prefill {length} tok (ms)", f"{ms:.1f}", f"{a['prefill_ms'][length]:.1f}")
-            )
-        for batch, tps in b["decode_tps"].items():
-            rows.append(
-                (f"decode batch {batch} (tok/s)", f"{tps:.1f}", f"{a['decode_tps'][batch]:.1f}")
-            )
+        rows += _latency_rows(before, after)
     return rows
+
+
+def _latency_rows(before: dict, after: dict) -> list[tuple[str, str, str]]:
+    """Prefill and decode rows; every figure marked ⚠ when ``timing_warnings`` has any."""
+    b, a = before["latency"], after["latency"]
+    mark = " ⚠" if timing_warnings(before, after) else ""
+    rows = [
+        (f"prefill {n} tok (ms)", f"{ms:.1f}{mark}", f"{a['prefill_ms'][n]:.1f}{mark}")
+        for n, ms in b["prefill_ms"].items()
+    ]
+    rows += [
+        (f"decode batch {n} (tok/s)", f"{tps:.1f}{mark}", f"{a['decode_tps'][n]:.1f}{mark}")
+        for n, tps in b["decode_tps"].items()
+    ]
+    return rows
+
+
+def timing_warnings(before: dict, after: dict) -> list[str]:
+    """Why the before / after timings should not be trusted: what the measurement itself
+    flagged (a busy machine, spread between repeats), and a pruned model measured slower
+    than the dense one, which removing weights cannot cause."""
+    b, a = before.get("latency"), after.get("latency")
+    if not b or not a:
+        return []
+    reasons = list(dict.fromkeys([*b.get("unreliable", []), *a.get("unreliable", [])]))
+    slower = _slower_after_pruning(before, after)
+    if slower:
+        reasons.append(
+            f"the pruned model measured slower than the dense one ({', '.join(slower)}): "
+            "timing noise, not the pruning"
+        )
+    return reasons
+
+
+def _slower_after_pruning(before: dict, after: dict) -> list[str]:
+    """Figures where a model with fewer parameters measured > 5% slower than the dense one."""
+    if after["params_all"] >= before["params_all"]:
+        return []
+    b, a = before["latency"], after["latency"]
+    out = [f"prefill {n}" for n, ms in a["prefill_ms"].items() if ms > 1.05 * b["prefill_ms"][n]]
+    return out + [
+        f"decode b{n}" for n, t in a["decode_tps"].items() if t * 1.05 < b["decode_tps"][n]
+    ]
+
+
+def comparison(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """The before / after table, followed by one line per timing warning."""
+    warnings = [f"⚠ timings unreliable: {r}" for r in timing_warnings(before, after)]
+    return "\n".join([table(comparison_rows(before, after)), *warnings])
 
 
 def table(rows: list[tuple[str, str, str]]) -> str:
@@ -102,7 +143,7 @@ def markdown(plan: Plan, scores, before, after) -> str:
         "```",
     ]
     if before and after:
-        parts += ["", "## Before / after", "", table(comparison_rows(before, after))]
+        parts += ["", "## Before / after", "", comparison(before, after)]
     if scores is not None and scores.units:
         parts += ["", "![importance](importance.png)"]
         fe = scores.cost.get("forward_equivalents")

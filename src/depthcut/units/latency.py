@@ -11,6 +11,7 @@ and reused by every plan made from those scores.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from depthcut.devices import device_of
 from depthcut.errors import ConfigError
+from depthcut.timing import CpuWatch, timing_quality
 from depthcut.units.discover import Unit
 
 
@@ -98,16 +100,28 @@ def timed_decode(
 
 
 def unit_latency(
-    model: nn.Module, units: list[Unit], context: int = 64, steps: int = 16, seed: int = 0
+    model: nn.Module,
+    units: list[Unit],
+    context: int = 64,
+    steps: int = 16,
+    seed: int = 0,
+    repeats: int = 3,
 ) -> dict:
     """{"units": {unit id: seconds per decoded token}, "total": seconds per token, "device",
-    "context", "steps"} of ``model`` on its own device."""
+    "context", "steps", "spread", "other_cpu", "unreliable"} of ``model`` on its own device:
+    medians of ``repeats`` runs, with the total's spread and why to distrust it, if at all."""
     ids = warmed_prompt(model, context, seed)
-    total, spent = timed_decode(model, ids, [p for u in units for p in u.modules], steps)
+    paths = [p for u in units for p in u.modules]
+    watch = CpuWatch()
+    watch.start()
+    runs = [timed_decode(model, ids, paths, steps) for _ in range(repeats)]
+    other_cpu = watch.stop()
+    totals = [total for total, _ in runs]
+    per_unit = {u.id: [sum(t[p] for p in u.modules) for _, t in runs] for u in units}
     return {
-        "units": {u.id: sum(spent[p] for p in u.modules) for u in units},
-        "total": total,
+        "units": {uid: statistics.median(v) for uid, v in per_unit.items()},
+        "total": statistics.median(totals),
         "device": str(device_of(model)),
         "context": context,
         "steps": steps,
-    }
+    } | timing_quality(totals, other_cpu)

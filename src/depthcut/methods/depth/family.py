@@ -49,7 +49,9 @@ class DepthFamily:
             plan.run["target_params"] = target
         else:
             total = scores.latency["total"]
-            plan.run["latency"] = {"target": target, "removed": removed, "total": total}
+            plan.run["latency"] = {"target": target, "removed": removed, "total": total} | {
+                "unreliable": scores.latency.get("unreliable", [])
+            }
 
     def apply(self, model: nn.Module, plan: Plan, structure: ModelStructure | None) -> nn.Module:
         drop = set(plan.removed_blocks)

@@ -72,4 +72,9 @@ def latency_report(scores, cfg: PruneConfig, kind: Kind, actions: list) -> dict:
     table = width_latency_table(scores, kind)
     removed = sum(len(a.members) * table["layers"][a.unit_id] for a in actions)
     total = table["total"]
-    return {"target": cfg.budget.latency * total, "removed": removed, "total": total}
+    return {
+        "target": cfg.budget.latency * total,
+        "removed": removed,
+        "total": total,
+        "unreliable": table.get("unreliable", []),
+    }

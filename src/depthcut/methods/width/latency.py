@@ -23,6 +23,7 @@ from depthcut.devices import device_of
 from depthcut.errors import UnsupportedModelError
 from depthcut.methods.width.apply import prune_width
 from depthcut.methods.width.layers import WidthLayer
+from depthcut.timing import CpuWatch, timing_quality
 from depthcut.units.latency import timed_decode, warmed_prompt
 
 FLOOR = 1e-12  # seconds: a unit whose measured saving is not positive (timer noise)
@@ -81,7 +82,10 @@ def width_latency(
     layers = [w for w in layers if w.size > 1]
     ids = warmed_prompt(model, context, seed)
     paths = [w.module for w in layers]
+    watch = CpuWatch()
+    watch.start()
     dense, halved = _fastest(model, ids, paths, steps, repeats, layers)
+    other_cpu = watch.stop()
     full = {p: min(t[p] for _, t in dense) for p in paths}
     half = {p: min(t[p] for _, t in halved) for p in paths}
     return {
@@ -92,4 +96,4 @@ def width_latency(
         "device": str(device_of(model)),
         "context": context,
         "steps": steps,
-    }
+    } | timing_quality([total for total, _ in dense], other_cpu)

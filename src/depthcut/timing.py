@@ -1,0 +1,66 @@
+"""Whether a timing can be trusted: the spread of its repeats and the CPU other processes
+used while it ran (two cores are easily contended, and a busy machine makes a pruned model
+look slower than its dense original, or faster than removing weights can make it)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+
+SPREAD_LIMIT = 0.10  # (max − min) / median of the repeats above this: unreliable
+BUSY_LIMIT = 20.0  # other processes' CPU use (% of one core) above this: unreliable
+
+
+def spread(values: list[float]) -> float:
+    """(max − min) / median of repeated measurements (0 for one)."""
+    return (max(values) - min(values)) / statistics.median(values)
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(busy CPU seconds of the whole machine, of this process) now; None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields[:8]]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return busy / os.sysconf("SC_CLK_TCK"), own.ru_utime + own.ru_stime
+
+
+class CpuWatch:
+    """The CPU other processes use between ``start()`` and ``stop()``, in % of one core."""
+
+    def start(self) -> None:
+        self.begin, self.t0 = _cpu_seconds(), time.perf_counter()
+
+    def stop(self) -> float | None:
+        end, wall = _cpu_seconds(), time.perf_counter() - self.t0
+        if self.begin is None or end is None or wall <= 0:
+            return None
+        others = (end[0] - self.begin[0]) - (end[1] - self.begin[1])
+        return max(0.0, 100.0 * others / wall)
+
+
+def reliability(spread: dict[str, float], other_cpu: float | None) -> list[str]:
+    """Why a set of timings should not be trusted (empty when nothing says so)."""
+    reasons = []
+    if other_cpu is not None and other_cpu > BUSY_LIMIT:
+        reasons.append(f"machine busy: other processes used {other_cpu:.0f}% CPU meanwhile")
+    noisy = {k: v for k, v in spread.items() if v > SPREAD_LIMIT}
+    if noisy:
+        worst = max(noisy, key=noisy.get)
+        reasons.append(
+            f"{len(noisy)} figure(s) spread over {SPREAD_LIMIT:.0%} between repeats "
+            f"({worst}: {noisy[worst]:.0%})"
+        )
+    return reasons
+
+
+def timing_quality(values: list[float], other_cpu: float | None) -> dict:
+    """{"spread", "other_cpu", "unreliable"} of one repeated measurement, as tables store it."""
+    s = spread(values)
+    return {"spread": s, "other_cpu": other_cpu, "unreliable": reliability({"total": s}, other_cpu)}
