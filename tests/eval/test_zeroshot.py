@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from depthcut.eval.zeroshot import TASKS, evaluate_tasks, write_task_yaml
+from support import require_module
 from tiny import tiny_llama, tiny_tokenizer, words
 
-pytest.importorskip("lm_eval")
+require_module("lm_eval", "make setup installs lm-eval (the tasks extra)")
 
 
 def hand_made_task(folder, n=6):
