@@ -168,10 +168,28 @@ def test_width_latency_times_the_surgery_a_plan_uses_and_gives_the_model_back(bu
     finally:
         _restore(model, originals)
     table = width_latency(model, layers, context=16, steps=4, repeats=2)
-    assert set(table["layers"]) == {w.id for w in layers}
-    assert all(v > 0 for v in table["layers"].values()) and table["total"] > 0
+    assert set(table["layers"]) == {w.id for w in layers} and table["total"] > 0
     assert all(model.get_submodule(p) is m for p, m in modules.items())
     torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=0)
+
+
+def test_width_latency_is_the_saving_per_unit_of_the_fastest_runs(monkeypatch):
+    """Scripted timings (no clock): a unit costs (full − half) ÷ units sliced off, each side the
+    fastest of its repeats; a layer that got no faster costs the floor; the total is the
+    dense model's fastest."""
+    from depthcut.methods.width import latency as wl
+
+    model = tiny_llama(layers=4)
+    layers = width_layers(model, discover_structure(model), "neuron")  # 64 neurons: 32 sliced
+    full = {w.module: 1.0 + w.block for w in layers}
+    half = {w.module: 0.5 + w.block for w in layers} | {layers[-1].module: 9.0}
+    runs = iter(
+        [(11.0, full), (7.0, half), (10.0, {p: t + 0.5 for p, t in full.items()}), (8.0, half)]
+    )
+    monkeypatch.setattr(wl, "timed_decode", lambda *args: next(runs))
+    table = width_latency(model, layers, repeats=2)
+    assert table["total"] == 10.0 and table["spread"] == pytest.approx(1.0 / 10.5)
+    assert table["layers"] == {w.id: 0.5 / 32 for w in layers[:-1]} | {layers[-1].id: wl.FLOOR}
 
 
 @pytest.fixture(scope="module", params=["neuron", "head"])

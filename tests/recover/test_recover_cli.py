@@ -52,7 +52,9 @@ def test_iterative_prune_recover_loop(capsys, tmp_path, tiny_dir, text):
     params = [h["params_all"] for h in history]
     assert len(history) == 4 and all(a > b for a, b in zip(params, params[1:]))
     assert params[-1] <= 0.6 * params[0]  # the budget is reached (ranked overshoots)
-    assert all(h["ppl_recovered"] <= h["ppl_pruned"] + 1e-9 for h in history[1:])
+    # every round's recovery lowers held-out perplexity by a margin (measured on this seed:
+    # 99.2 → 91.6, 91.8 → 85.5, 86.0 → 79.7); a trainer that does nothing keeps step 0
+    assert all(h["ppl_recovered"] < 0.96 * h["ppl_pruned"] for h in history[1:])
     meta = json.loads((out / "depthcut.json").read_text())
     assert len(meta["plans"]) == 3 and (out / "plan-3.json").exists()
     assert (out / "history.png").read_bytes()[:8] == PNG
@@ -73,7 +75,7 @@ def test_repaired_prune_then_recovery(capsys, tmp_path, tiny_dir, text):
     plan = json.loads((out / "plan.json").read_text())
     assert plan["run"]["config"]["repair"] == "ls" and plan["run"]["repair"]["width"]["layers"]
     history = json.loads((out / "history.json").read_text())
-    assert history[1]["ppl_recovered"] <= history[1]["ppl_pruned"] + 1e-9
+    assert history[1]["ppl_recovered"] < 0.99 * history[1]["ppl_pruned"]  # 99.22 → 97.00
 
 
 def test_recover_verb_with_distillation(capsys, tmp_path, run_dir, text):
@@ -83,7 +85,8 @@ def test_recover_verb_with_distillation(capsys, tmp_path, run_dir, text):
     assert code == 0, err
     history = json.loads((out / "recovery.json").read_text())
     ppl = history["perplexity"]
-    assert ppl["dense"] is not None and ppl["recovered"] <= ppl["pruned"] + 1e-9
+    # distillation closes most of the (small) gap to the dense model: 0.92 on this seed
+    assert ppl["dense"] is not None and ppl["gap_closed"] > 0.5
     assert history["config"]["loss"] == "kd" and history["steps"] == 6
     assert (out / "recovery.png").read_bytes()[:8] == PNG
     meta = json.loads((out / "depthcut.json").read_text())
