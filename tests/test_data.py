@@ -45,3 +45,31 @@ def test_bos_windows_start_with_bos_and_keep_the_length():
     assert with_bos.input_ids.shape == (3, 8)
     assert with_bos.input_ids[:, 0].tolist() == [1, 1, 1]
     assert with_bos.input_ids[:, 1:].flatten().tolist() == list(range(10, 31))
+
+
+def _bos_first_tokenizer():
+    """The tiny tokenizer with a post-processor that puts <s> first, as Gemma's does."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = tiny_tokenizer()
+    tok._tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)]
+    )
+    return tok
+
+
+def test_bos_follows_what_the_tokenizer_puts_first(tmp_path):
+    from depthcut.data import expects_bos
+    from depthcut.eval.run import EvalSettings
+    from depthcut.jobs import CalibSpec
+
+    plain, bos_first = tiny_tokenizer(), _bos_first_tokenizer()
+    assert not expects_bos(plain) and expects_bos(bos_first)
+    text = tmp_path / "t.txt"
+    text.write_text("\n\n".join(words(300, seed=s) for s in range(6)))
+    first = CalibSpec(str(text), 4, 16, 2).data(bos_first).input_ids[:, 0]
+    assert first.tolist() == [bos_first.bos_token_id] * 4
+    assert CalibSpec(str(text), 4, 16, 2).data(plain).input_ids[0, 0] != plain.bos_token_id
+    assert EvalSettings().bos_id(bos_first) == bos_first.bos_token_id
+    assert EvalSettings().bos_id(plain) is None and EvalSettings(bos=True).bos_id(plain) == 1
+    assert EvalSettings(bos=False).bos_id(bos_first) is None

@@ -92,7 +92,13 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency", action="store_true", help="prefill ms, decode tok/s, RSS")
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--stride", type=int, default=None, help="default: the window")
-    p.add_argument("--bos", action="store_true", help="prepend BOS to every window")
+    p.add_argument(
+        "--bos",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="prepend BOS to every evaluation window (default: where the tokenizer puts one "
+        "first, e.g. Gemma)",
+    )
     p.add_argument("--max-windows", type=int, default=8)
     p.add_argument("--eval-text", default="wiki", help="held-out text: packaged name or a file")
     p.add_argument(

@@ -21,7 +21,7 @@ class EvalSettings:
     source: str = "wiki"
     window: int = 512
     stride: int = 512
-    bos: bool = False
+    bos: bool | None = None  # None: BOS where the tokenizer puts one first (data.expects_bos)
     max_windows: int = 8
     lengths: tuple[int, ...] = (128, 512)
     batches: tuple[int, ...] = (1, 8)
@@ -30,6 +30,13 @@ class EvalSettings:
     threads: int = 2
     tasks: tuple[str, ...] = ()  # zero-shot tasks through lm-eval (depthcut.eval.zeroshot)
     task_limit: int | None = None
+
+    def bos_id(self, tokenizer) -> int | None:
+        """The BOS id every evaluation window starts with, or None."""
+        from depthcut.data import expects_bos
+
+        use = expects_bos(tokenizer) if self.bos is None else self.bos
+        return tokenizer.bos_token_id if use else None
 
 
 def param_counts(model: nn.Module) -> dict[str, int]:
@@ -73,7 +80,7 @@ def evaluate_models(
 def perplexity_result_fn(tokenizer, settings: EvalSettings, progress: bool = False):
     """model -> PerplexityResult under ``settings`` (held-out tokens prepared once)."""
     ids = evaluation_tokens(tokenizer, settings.source, settings.window * settings.max_windows + 1)
-    bos = tokenizer.bos_token_id if settings.bos else None
+    bos = settings.bos_id(tokenizer)
 
     def measure(model):
         return perplexity(

@@ -73,10 +73,12 @@ class CalibSpec:
         return FLOOR_SAMPLES
 
     def data(self, tokenizer):
-        from depthcut.data import calibration
+        """The batches; each window starts with BOS where the tokenizer puts one first."""
+        from depthcut.data import calibration, expects_bos
 
         n = self.sized_default if self.n_samples is None else self.n_samples
-        return calibration(tokenizer, self.source, n, self.seq_len, self.batch_size)
+        bos = expects_bos(tokenizer)
+        return calibration(tokenizer, self.source, n, self.seq_len, self.batch_size, bos=bos)
 
 
 @dataclass(frozen=True)

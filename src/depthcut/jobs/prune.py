@@ -246,7 +246,7 @@ def _streamed_perplexity(source, the_plan, tok, settings: EvalSettings) -> dict:
     from depthcut.stream.perplexity import stream_perplexity
 
     ids = evaluation_tokens(tok, settings.source, settings.window * settings.max_windows + 1)
-    bos = tok.bos_token_id if settings.bos else None
+    bos = settings.bos_id(tok)
     out = {}
     for name, p in (("before", None), ("after", the_plan)):
         result = stream_perplexity(
