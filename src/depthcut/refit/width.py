@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from depthcut.calibrate import RollingCache
 from depthcut.data import CalibData
 from depthcut.graph.structure import ModelStructure
-from depthcut.methods.width.repaired import batch_gram
+from depthcut.methods.width.repaired import add_gram
 from depthcut.methods.width.surgery import layers_of
 from depthcut.ops import is_conv1d
 from depthcut.planning.plan import Plan
@@ -65,9 +65,7 @@ class InputGrams:
     def _hook(self, path: str):
         def hook(module, args):
             x = args[0][self.state["mask"]].double()
-            gram = batch_gram(x, 1.0 / x.pow(2).mean(-1).clamp_min(1e-12))
-            old = self.grams.get(path)
-            self.grams[path] = gram if old is None else old + gram
+            add_gram(self.grams, path, x, 1.0 / x.pow(2).mean(-1).clamp_min(1e-12))
 
         return hook
 
