@@ -112,17 +112,22 @@ def _unit_errors(w: torch.Tensor, hinv: torch.Tensor, idx: torch.Tensor) -> torc
     return (ws @ torch.linalg.inv(h) * ws).sum((1, 2))
 
 
-def greedy_order(weight: torch.Tensor, gram: torch.Tensor, table, steps: int = STEPS) -> list:
+def damped_inverse_(gram: torch.Tensor) -> torch.Tensor:
+    """(G + λI)⁻¹ computed in the storage of ``gram`` (Cholesky factor, then its inverse,
+    both in place: no second width² matrix; 8,960² float64 is 0.64 GB); returns ``gram``."""
+    gram.diagonal().add_(DAMP * float(gram.diagonal().mean()))
+    torch.linalg.cholesky(gram, out=gram)
+    return torch.cholesky_inverse(gram, out=gram)
+
+
+def greedy_order(
+    weight: torch.Tensor, gram: torch.Tensor, table, steps: int = STEPS, consume: bool = False
+) -> list:
     """[(units removed at this step, ΔE of the step)] of one layer's greedy removal down to one
     unit (``weight`` [out, in], dense orientation; ``table[u]``: the input channels unit u
-    owns; ``gram``: Xᵀ D X of the consumer's input)."""
+    owns; ``gram``: Xᵀ D X of the consumer's input, overwritten when ``consume``)."""
     w = weight.detach().double().clone()
-    damp = DAMP * float(gram.diagonal().mean())
-    gram.diagonal().add_(damp)  # damped in place (no width² copy), restored below
-    try:
-        hinv = torch.linalg.inv(gram)
-    finally:
-        gram.diagonal().sub_(damp)
+    hinv = damped_inverse_(gram if consume else gram.clone())
     idx = torch.tensor(table, dtype=torch.long, device=w.device)
     alive = torch.ones(len(table), dtype=torch.bool)
     chunk, order = max(1, len(table) // steps), []
@@ -140,12 +145,14 @@ def greedy_order(weight: torch.Tensor, gram: torch.Tensor, table, steps: int = S
     return order
 
 
-def greedy_scores(weight: torch.Tensor, gram: torch.Tensor, table, steps: int = STEPS):
+def greedy_scores(
+    weight: torch.Tensor, gram: torch.Tensor, table, steps: int = STEPS, consume: bool = False
+):
     """Per-unit scores of one layer: the marginal error per unit at the greedy step that
     removes it, non-decreasing along the greedy order; the last unit left scores above all."""
     scores = torch.zeros(len(table), dtype=torch.float64)
     level, left = 0.0, set(range(len(table)))
-    for units, delta in greedy_order(weight, gram, table, steps):
+    for units, delta in greedy_order(weight, gram, table, steps, consume):
         level = max(level, delta / len(units))
         scores[units] = level
         left -= set(units)
@@ -159,12 +166,14 @@ def consumer_weight(module: nn.Module) -> torch.Tensor:
 
 
 def layer_scores(modules: dict, layers: list[WidthLayer], grams: dict) -> dict[str, list[float]]:
-    """{layer id: greedy scores} from the consumers' grams."""
+    """{layer id: greedy scores} from the consumers' grams (taken out of ``grams`` and
+    consumed, one layer at a time)."""
     out = {}
     for w in layers:
         part = w.parts[-1]
         weight = consumer_weight(modules[part.path])
-        out[w.id] = greedy_scores(weight, grams[w.id].to(weight.device), part.table)
+        gram = grams.pop(w.id).to(weight.device)  # becomes its own inverse: one matrix
+        out[w.id] = greedy_scores(weight, gram, part.table, consume=True)
     return out
 
 
