@@ -296,3 +296,26 @@ def test_missing_head_attribute_table_entry_is_named(monkeypatch):
     monkeypatch.delitem(layers.HEAD_ATTRS, "phi3")
     with pytest.raises(UnsupportedModelError, match=r"phi3: attention fails after head pruning"):
         dc.apply(model, plan)
+
+
+@pytest.mark.parametrize("kind", ["neuron", "head"])
+def test_output_norm_is_the_mean_norm_of_each_units_consumer_input(kind):
+    """Hand computation: a neuron owns one input channel of down_proj, a head unit (a whole
+    KV group: 2 query heads × 8 dims here) 16 contiguous input channels of o_proj; the score is
+    the mean over real tokens of the L2 norm of the unit's channels."""
+    model = tiny_llama(layers=3)
+    layers = width_layers(model, discover_structure(model), kind)
+    calib = tiny_calib(n=4, pad_last=5)
+    consumer = model.model.layers[1].mlp.down_proj if kind == "neuron" else None
+    consumer = consumer or model.model.layers[1].self_attn.o_proj
+    seen = []
+    h = consumer.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    with torch.no_grad():
+        for batch in calib.batches():
+            model(**batch, use_cache=False)
+    h.remove()
+    acts = torch.cat([x[b["attention_mask"].bool()] for x, b in zip(seen, calib.batches())])
+    owned = 1 if kind == "neuron" else 16
+    expected = acts.double().view(acts.shape[0], -1, owned).norm(dim=-1).mean(0)
+    got = width_scores(model, layers, calib, "output_norm", progress=False)
+    torch.testing.assert_close(torch.tensor(got[f"{kind}:1"], dtype=torch.float64), expected)
