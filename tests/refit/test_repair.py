@@ -11,8 +11,9 @@ from transformers.pytorch_utils import Conv1D
 import depthcut as dc
 from depthcut.errors import ConfigError
 from depthcut.planning.plan import Plan
+from depthcut.refit.fine import FINE_RIDGES
 from depthcut.refit.ls import DEPTH_RIDGES, fold, solve
-from depthcut.refit.run import halves, model_nll
+from depthcut.refit.run import RIDGES, halves, model_nll
 from depthcut.refit.width import input_grams, refit_columns
 from support import assert_reloads_equal, make_plan, real_tokens, run_masked
 from tiny import tiny_calib, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_neox
@@ -123,10 +124,11 @@ def test_never_worse_on_the_held_back_batches(which):
     report = dc.repair(model, plan, data, progress=False)
     repaired = sliced_nll(model, plan, check)
     assert repaired <= unrepaired + 1e-9
-    if which == "width":
-        losses = report["width"]["check_nll"]
+    if which in ("width", "fine"):  # the guard's losses are the sliced model's, its pick the min
+        losses = report[which]["check_nll"]
         assert losses["None"] == pytest.approx(unrepaired, rel=1e-5)
         assert repaired == pytest.approx(min(losses.values()), rel=1e-5)
+        assert len(losses) == 1 + (len(RIDGES) if which == "width" else len(FINE_RIDGES))
     if which in DEPTH_PICKS:  # the last run is checked on the whole plan: its pick is the model
         last = report["depth"]["runs"][-1]
         losses = last["check_nll"]
