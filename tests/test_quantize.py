@@ -1,8 +1,11 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 import depthcut as dc
-from depthcut.errors import ConfigError, DepthcutError
+from depthcut.errors import ConfigError
 from depthcut.int4 import AlignmentError, check_alignment, misaligned, recipe_yaml
 from depthcut.io import logits_on_probe
 from depthcut.quantize import (
@@ -12,7 +15,7 @@ from depthcut.quantize import (
     quantize,
     size_mb,
 )
-from support import make_plan
+from support import make_plan, missing
 from tiny import tiny_calib, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 
@@ -45,20 +48,44 @@ def test_dynamic_int8_is_close_smaller_and_reloads_identically(tmp_path):
     torch.testing.assert_close(reloaded.generate(ids, **kw), q.generate(ids, **kw))
 
 
+TORCHAO_SITE = Path(sys.prefix) / "torchao-site"  # `make setup` installs torchao there
+TORCHAO_CHECK = """
+import sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import pytest, torch
+import depthcut as dc
+from depthcut.errors import DepthcutError
+from depthcut.io import logits_on_probe
+from depthcut.quantize import QuantizeConfig, quantize
+from tiny import tiny_gpt2
+
+model = tiny_gpt2(layers=2)
+q = quantize(model, QuantizeConfig("torchao_int8_weight_only"))
+assert type(q.lm_head.weight).__module__.startswith("torchao"), "not quantized"  # Linear only
+ref = logits_on_probe(model)
+assert (logits_on_probe(q) - ref).abs().max() < 0.05 * ref.abs().max()
+with pytest.raises(DepthcutError, match="only"):
+    dc.save(q, dc.Plan([], {}), sys.argv[3])
+print("torchao path ok")
+"""
+
+
 def test_torchao_is_an_optional_extra(tmp_path):
-    """Without the extra: one line naming it; with it: close logits and no saving."""
+    """Without the extra (this environment): one line naming it. With it (a subprocess that
+    adds the folder `make setup` installs torchao into): close logits, and saving refused."""
     import importlib.util
+    import subprocess
 
     model = tiny_gpt2(layers=2)
-    if importlib.util.find_spec("torchao") is None:
-        with pytest.raises(ConfigError, match=r"pip install 'depthcut\[torchao\]'"):
-            quantize(model, QuantizeConfig("torchao_int8_weight_only"))
-        return
-    q = quantize(model, QuantizeConfig("torchao_int8_weight_only"))
-    ref = logits_on_probe(model)
-    assert (logits_on_probe(q) - ref).abs().max() < 0.05 * ref.abs().max()
-    with pytest.raises(DepthcutError, match="only"):
-        dc.save(q, dc.Plan([], {}), tmp_path / "ao")
+    assert importlib.util.find_spec("torchao") is None
+    with pytest.raises(ConfigError, match=r"pip install 'depthcut\[torchao\]'"):
+        quantize(model, QuantizeConfig("torchao_int8_weight_only"))
+    if not TORCHAO_SITE.is_dir():
+        missing("make setup installs torchao into .venv/torchao-site")
+    tests = str(Path(__file__).parent)
+    argv = [sys.executable, "-c", TORCHAO_CHECK, str(TORCHAO_SITE), tests, str(tmp_path / "ao")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "torchao path ok" in done.stdout, done.stderr[-2000:]
     assert not (tmp_path / "ao").exists()
 
 
