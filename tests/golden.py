@@ -30,6 +30,15 @@ LLM_CASES = {
     "head_neuron": dict(
         units=("head", "neuron"), heads=0.25, neurons=0.25, width_importance="taylor"
     ),
+    # the CLI's default: neurons ranked by what the refit cannot recover, then the ls refit
+    "default": dict(
+        units=("neuron",),
+        width_importance="ls",
+        repair="ls",
+        budget=dc.Budget(params=0.25, count="non_embedding"),
+    ),
+    "block_ls": dict(units=("block",), importance="bi", budget=dc.Budget(0.3), repair="ls"),
+    "block_patch": dict(units=("block",), importance="bi", budget=dc.Budget(0.3), repair="patch"),
 }
 
 
@@ -45,6 +54,9 @@ def llm_case(name: str) -> dict:
     cfg = dc.PruneConfig(**LLM_CASES[name])
     scores = dc.score(model, cfg, tiny_calib(), progress=False)
     plan = dc.plan(scores, cfg, model)
+    if cfg.repair != "none":  # the refit's choices and check losses are in the plan
+        dc.repair(model, plan, tiny_calib(), cfg.repair, progress=False)
+        plan.run["repair"].pop("seconds")
     ids = torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         logits = dc.apply(model, plan)(input_ids=ids, use_cache=False).logits
