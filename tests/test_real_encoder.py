@@ -40,7 +40,9 @@ def test_minilm_heads_and_neurons(minilm, tmp_path):
     )
     assert removed == plan.removed_params > 2_000_000
     agree = embedding_agreement(model, pruned, tok, sentences)
-    assert 0.5 < agree < 0.9999
+    # pinned: 0.8796 measured on 2026-12-05 (output_norm, 25% heads + 30% neurons); a plan
+    # that removed the most important units instead lands far below
+    assert agree == pytest.approx(0.8796, abs=0.01)
     assert embedding_agreement(model, model, tok, sentences) == pytest.approx(1.0, abs=1e-6)
     out = dc.save(pruned, plan, tmp_path / "o", tok)
     reloaded, _ = load_encoder(str(out))
