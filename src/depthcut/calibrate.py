@@ -221,6 +221,12 @@ class BlockCache:
         return self._bypass(units)
 
 
+def linear_tail(model: nn.Module, structure: ModelStructure) -> list[str]:
+    """The Linear layers of the model's tail (its LM head): what a pass that only needs the
+    blocks' inputs can skip (a tied head shares the embedding's weight anyway)."""
+    return [p for p in structure.tail or [] if isinstance(model.get_submodule(p), nn.Linear)]
+
+
 class _Recorder(nn.Module):
     """Stands in for block ``i`` during the recording forward: keeps its call, passes the
     hidden state on in the shape the real block returns."""
@@ -260,8 +266,7 @@ class RollingCache(BlockCache):
 
     def head_paths(self) -> list[str]:
         """The tail's Linear layers (the LM head), skipped by the recording forward."""
-        tail = self.structure.tail or []
-        return [p for p in tail if isinstance(self.model.get_submodule(p), nn.Linear)]
+        return linear_tail(self.model, self.structure)
 
     def _record(self, heads: list[str]) -> None:
         """One forward per batch with stand-ins for the blocks and ``heads``."""

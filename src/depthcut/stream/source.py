@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from depthcut.calibrate import linear_tail
 from depthcut.errors import ModelLoadError
 from depthcut.graph.structure import BlockInfo, Sublayer, discover_structure
 from depthcut.surgery.hf import LAYER_COUNT_KEY, per_layer_keys
@@ -221,9 +222,8 @@ class BlockSource:
 
     def head_paths(self) -> list[str]:
         """The tail's Linear layers (the LM head): the streamed local metrics never apply it,
-        so it stays on ``meta`` (a tied head shares the embedding's weight anyway)."""
-        tail = self.structure.tail or []
-        return [p for p in tail if isinstance(self.model.get_submodule(p), nn.Linear)]
+        so it stays on ``meta``."""
+        return linear_tail(self.model, self.structure)
 
     def release_embeddings(self) -> None:
         """Put the embeddings back on ``meta`` once block 0's inputs are recorded."""
