@@ -4,10 +4,10 @@ constraints.txt, heavy parts optional and imported only where used."""
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
