@@ -10,6 +10,7 @@ Output is written to a temporary sibling directory and renamed when complete and
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -42,13 +43,48 @@ def prepare_output(out_dir: str | Path, overwrite: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)
     return out
+
+
+def _tmp_prefix(out: Path) -> str:
+    """A temporary sibling's name prefix; the writer's PID follows it, so that a folder left
+    by a killed writer (SIGKILL, OOM: no cleanup ran) can be told from a live one."""
+    return f".{out.name}.tmp-"
+
+
+def _writer_alive(name: str, prefix: str) -> bool:
+    pid = name[len(prefix) :].split("-", 1)[0]
+    if not pid.isdigit():
+        return True  # not ours to judge: left alone
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(out: Path) -> list[Path]:
+    """Remove the temporary siblings of ``out`` whose writer process no longer runs (a run
+    killed while writing); says so in one line on stderr each; returns them."""
+    prefix = _tmp_prefix(out)
+    stale = [
+        p
+        for p in sorted(out.parent.glob(prefix + "*"))
+        if p.is_dir() and not _writer_alive(p.name, prefix)
+    ]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+        print(f"depthcut: removed {path.name}, left by a killed run", file=sys.stderr)
+    return stale
 
 
 def atomic_dir(out: Path, write, overwrite: bool = False) -> Path:
     """Run ``write(tmp_dir)`` and rename the temp dir to ``out`` only when it succeeded."""
     try:
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{_tmp_prefix(out)}{os.getpid()}-"))
     except OSError as err:
         raise OutputWriteError(f"{out}: cannot write there ({err.strerror})") from None
     try:
