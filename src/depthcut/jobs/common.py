@@ -65,18 +65,12 @@ class CalibSpec:
         check_samples(need, self.n_samples, self.seq_len, self.batch_size)
         return self
 
-    @property
-    def sized_default(self) -> int:
-        """The windows used when ``n_samples`` is None and no repair asks for more."""
-        from depthcut.refit.needs import FLOOR_SAMPLES
-
-        return FLOOR_SAMPLES
-
     def data(self, tokenizer):
         """The batches; each window starts with BOS where the tokenizer puts one first."""
         from depthcut.data import calibration, expects_bos
+        from depthcut.refit.needs import FLOOR_SAMPLES
 
-        n = self.sized_default if self.n_samples is None else self.n_samples
+        n = FLOOR_SAMPLES if self.n_samples is None else self.n_samples
         bos = expects_bos(tokenizer)
         return calibration(tokenizer, self.source, n, self.seq_len, self.batch_size, bos=bos)
 

@@ -69,8 +69,10 @@ def run_prune(job: PruneJob) -> Path:
 def _calibration(job: PruneJob, model, tok):
     """The calibration batches, sized for the repair (or a given size checked against it)
     before any scoring; an automatic size above the default is said in one line."""
+    from depthcut.refit.needs import FLOOR_SAMPLES
+
     spec = job.calib.sized(model, job.recipe.prune)
-    if job.calib.n_samples is None and spec.n_samples != job.calib.sized_default:
+    if job.calib.n_samples is None and spec.n_samples != FLOOR_SAMPLES:
         print(
             f"depthcut: calibration {spec.n_samples} × {spec.seq_len} tokens of "
             f"{spec.source} (sized for --repair ls on the model's widest layer)",
