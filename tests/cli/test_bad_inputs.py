@@ -56,6 +56,7 @@ CATALOGUE = {
     "unknown_repair": "repair 'magic' unknown; choose one of ('none', 'ls', 'patch')",
     "repair_too_few_tokens": "give --n-samples 16 or more at --seq-len 8",
     "repair_patch_width": "--repair patch bridges removed blocks; use --repair ls for this plan",
+    "resume_unsupported": "--resume continues streamed scores of local depth metrics",
 }
 
 
@@ -272,6 +273,7 @@ CONFIG_CASES = {
     "max_memory_below_block": ["--max-memory", "cpu=1KB"],
     "unknown_repair": ["--repair", "magic"],
     "repair_patch_width": ["--units", "neuron", "--repair", "patch"],
+    "resume_unsupported": ["--streaming", "--resume", "--units", "block", "--importance", "kl"],
     "repair_too_few_tokens": [
         "--units",
         "block",

@@ -243,6 +243,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         args.eval_text,
         args.streaming,
         args.repair == "auto",
+        args.resume,
     )
     run_prune(job)
     if export is not None:

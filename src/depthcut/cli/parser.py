@@ -186,6 +186,12 @@ def add_prune(sub) -> None:
         help="one block in memory at a time (read from the shards, written on disk): blocks, "
         "sublayers, heads, neurons; one-shot; --perplexity streamed too",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --streaming: continue the scores of a killed run with the same --out from "
+        "its last finished block (local depth metrics, heads / neurons)",
+    )
     _train_args(p)
     p.set_defaults(func=commands.cmd_prune)
 

@@ -27,6 +27,7 @@ class PruneJob:
     eval_text: str = "wiki"
     streaming: bool = False  # one block in memory at a time (depth units; ``depthcut.stream``)
     repair_auto: bool = False  # the repair was chosen by ``--repair auto``: none if streamed
+    resume: bool = False  # streamed scores continue from the last block a killed run saved
 
 
 def run_prune(job: PruneJob) -> Path:
@@ -193,19 +194,24 @@ def _streamed(job: PruneJob) -> Path:
     from depthcut.report.write import comparison
     from depthcut.stream.apply import apply_on_disk
     from depthcut.stream.fine import stream_fine_model
+    from depthcut.stream.resume import check_resumable
     from depthcut.stream.score import check_streamable, stream_score
     from depthcut.stream.source import BlockSource
 
     recipe, settings = job.recipe, job.evaluation
     check_streamable(recipe.prune)
     _check_streamed_eval(job)
+    if job.resume:
+        check_resumable(recipe.prune)
     path = resolve(job.model.name)
     if (path / "depthcut.json").exists():
         raise DepthcutError(f"{path}: --streaming reads a plain checkpoint, not a depthcut run")
     tok = load_tokenizer(path, job.model.tokenizer)
     device = resolve_device(job.model.device)
     source = BlockSource(path, resolve_dtype(job.model.dtype, device), device)
-    scores = stream_score(source, recipe.prune, job.calib.data(tok))
+    calib = job.calib.data(tok)
+    checkpoint = _checkpoint(job, path, calib)
+    scores = stream_score(source, recipe.prune, calib, checkpoint=checkpoint)
     traced = stream_fine_model(source) if recipe.prune.fine else None  # not a random skeleton
     the_plan = plan(scores, recipe.prune, traced)
     print(the_plan.summary())
@@ -223,8 +229,28 @@ def _streamed(job: PruneJob) -> Path:
         print(f"depthcut: verified {job.out.path.name}: {how}", file=sys.stderr)
 
     out = atomic_dir(job.out.prepare(), write, job.out.overwrite)
+    if checkpoint is not None:
+        checkpoint.discard()
     print(f"depthcut: wrote {out} (streamed: one block in memory at a time)", file=sys.stderr)
     return out
+
+
+def _checkpoint(job: PruneJob, path: Path, calib):
+    """The per-block checkpoint of a streamed score beside ``--out`` (None for metrics that
+    cannot resume); a fresh run (no ``--resume``) starts by discarding an old one."""
+    from depthcut.errors import ConfigError
+    from depthcut.stream.resume import Checkpoint, check_resumable, run_key
+
+    try:
+        check_resumable(job.recipe.prune)
+    except ConfigError:
+        return None
+    out = job.out.path.resolve()
+    key = run_key(path, job.recipe.prune, calib)
+    checkpoint = Checkpoint(out.parent / f".{out.name}.scores-checkpoint.pt", key)
+    if not job.resume:
+        checkpoint.discard()
+    return checkpoint
 
 
 def _check_streamed_eval(job: PruneJob) -> None:

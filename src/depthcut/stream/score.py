@@ -32,6 +32,7 @@ from depthcut.importance.run import score_units
 from depthcut.kinds import Kind
 from depthcut.methods.base import describe
 from depthcut.scores import Scores
+from depthcut.stream.resume import Checkpoint
 from depthcut.stream.source import BlockSource
 from depthcut.stream.width import STREAMED_WIDTH, WidthStream
 from depthcut.units.bypass import bypassed
@@ -115,17 +116,24 @@ class _Candidates:
                 self.states[unit.id] = [cache.run_block(i, b) for b in range(len(cache.batches))]
 
 
-def forward_pass(source: BlockSource, progress: bool = True):
-    """Every block in order, each loaded while the caller works on it (``BlockSource.walk``),
-    with a progress bar."""
+def forward_pass(source: BlockSource, progress: bool = True, start: int = 0):
+    """Every block from ``start`` on, in order, each loaded while the caller works on it
+    (``BlockSource.walk``), with a progress bar."""
     n = source.structure.num_blocks
-    return tqdm(source.walk(range(n)), total=n, desc="stream blocks", disable=not progress)
+    walk = source.walk(range(start, n))
+    return tqdm(walk, total=n, initial=start, desc="stream blocks", disable=not progress)
 
 
 def stream_score(
-    source: BlockSource, cfg: PruneConfig, calib: CalibData, progress: bool = True
+    source: BlockSource,
+    cfg: PruneConfig,
+    calib: CalibData,
+    progress: bool = True,
+    checkpoint: Checkpoint | None = None,
 ) -> Scores:
-    """The scores ``depthcut.score`` gives, holding one block in memory at a time."""
+    """The scores ``depthcut.score`` gives, holding one block in memory at a time. With a
+    ``checkpoint`` the walk's state is saved after every block, and a saved state of the same
+    run is continued from (``stream.resume``)."""
     from depthcut.methods.depth.planner import reachable_pool
 
     check_streamable(cfg)
@@ -144,13 +152,16 @@ def stream_score(
     by_block = defaultdict(list)
     for unit in scores.units:
         by_block[unit.block].append(unit)
-    for i in forward_pass(source, progress):
+    start = _restore(checkpoint, cache, scores, width)
+    for i in forward_pass(source, progress, start):
         width.forward(cache, i) if width is not None else cache.advance(i)
         if carried is not None:
             carried.advance(i)
         elif metric is not None:
             for unit in by_block[i]:
                 scores.unit_scores[unit.id] = float(metric.score(cache, unit))
+        if checkpoint is not None:
+            _save(checkpoint, i, cache, scores, width)
     if carried is not None or (width is not None and width.metric == "taylor"):
         source.load_head()
     if carried is not None:
@@ -165,6 +176,33 @@ def stream_score(
     scores.cost["forward_equivalents"] = cache.forward_equivalents
     scores.cost["streamed"] = True
     return scores
+
+
+def _save(checkpoint: Checkpoint, i: int, cache, scores: Scores, width) -> None:
+    """The walk's state after block ``i``: what blocks i + 1.. read."""
+    checkpoint.save(
+        {
+            "next": i + 1,
+            "inputs": cache.inputs[i + 1],
+            "unit_scores": dict(scores.unit_scores),
+            "sums": None if width is None else width.sums,
+            "runs": (cache.block_runs, cache.tail_runs),
+        }
+    )
+
+
+def _restore(checkpoint: Checkpoint | None, cache, scores: Scores, width) -> int:
+    """The block to start from: 0, or the one after the last saved by this run."""
+    state = None if checkpoint is None else checkpoint.load()
+    if state is None:
+        return 0
+    start = state["next"]
+    cache.inputs[start] = state["inputs"]
+    scores.unit_scores = state["unit_scores"]
+    if width is not None:
+        width.sums = state["sums"]
+    cache.block_runs, cache.tail_runs = state["runs"]
+    return start
 
 
 def _stream_fine(
