@@ -262,15 +262,12 @@ class RollingCache(BlockCache):
         self.backward, self.keep = False, keep
         self.blocks = model.get_submodule(structure.blocks_path)  # the live list: recorded
         self._start(calib, progress)
-        self._record(self.head_paths())
+        self._record()
 
-    def head_paths(self) -> list[str]:
-        """The tail's Linear layers (the LM head), skipped by the recording forward."""
-        return linear_tail(self.model, self.structure)
-
-    def _record(self, heads: list[str]) -> None:
-        """One forward per batch with stand-ins for the blocks and ``heads``."""
+    def _record(self) -> None:
+        """One forward per batch with stand-ins for the blocks and the LM head."""
         shells = list(self.blocks)
+        heads = linear_tail(self.model, self.structure)
         originals = {p: self.model.get_submodule(p) for p in heads}
         for i, info in enumerate(self.structure.blocks):
             self.blocks[i] = _Recorder(self, i, info.out_arity)

@@ -194,8 +194,7 @@ def _streamed(job: PruneJob) -> Path:
     from depthcut.report.write import comparison
     from depthcut.stream.apply import apply_on_disk
     from depthcut.stream.fine import stream_fine_model
-    from depthcut.stream.resume import check_resumable
-    from depthcut.stream.score import check_streamable, stream_score
+    from depthcut.stream.score import check_resumable, check_streamable, stream_score
     from depthcut.stream.source import BlockSource
 
     recipe, settings = job.recipe, job.evaluation
@@ -239,7 +238,8 @@ def _checkpoint(job: PruneJob, path: Path, calib):
     """The per-block checkpoint of a streamed score beside ``--out`` (None for metrics that
     cannot resume); a fresh run (no ``--resume``) starts by discarding an old one."""
     from depthcut.errors import ConfigError
-    from depthcut.stream.resume import Checkpoint, check_resumable, run_key
+    from depthcut.stream.resume import Checkpoint, run_key
+    from depthcut.stream.score import check_resumable
 
     try:
         check_resumable(job.recipe.prune)

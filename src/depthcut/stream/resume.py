@@ -23,8 +23,6 @@ from depthcut.config import PruneConfig
 from depthcut.data import CalibData
 from depthcut.errors import ConfigError
 
-LOGIT_METRICS = ("ce", "kl", "ppl")
-
 
 def run_key(folder: Path, cfg: PruneConfig, calib: CalibData) -> str:
     """What a checkpoint must match to be resumed: the model, the config, the tokens."""
@@ -33,18 +31,6 @@ def run_key(folder: Path, cfg: PruneConfig, calib: CalibData) -> str:
     digest.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
     digest.update(calib.input_ids.numpy().tobytes() + calib.attention_mask.numpy().tobytes())
     return digest.hexdigest()
-
-
-def check_resumable(cfg: PruneConfig) -> None:
-    """Refuse, before any work, a resume the walk cannot give: scores made at the end from
-    every block's inputs or carried states (logit metrics, spans, Taylor, fine units)."""
-    if cfg.fine or (cfg.depth_units and cfg.importance in LOGIT_METRICS + ("gromov",)):
-        raise ConfigError(
-            "--resume continues streamed scores of local depth metrics (bi, angular, random) "
-            "and of heads / neurons; the chosen metric needs the whole walk at once"
-        )
-    if cfg.width_units and cfg.width_importance == "taylor":
-        raise ConfigError("--resume: taylor scores need a reverse pass; choose another metric")
 
 
 @dataclass

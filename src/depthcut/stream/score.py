@@ -55,7 +55,7 @@ class StreamCache(RollingCache):
         self.finals: dict[str, list[torch.Tensor]] = {}  # candidate id → final hidden states
         self._start(calib.to(source.device), progress)
         source.load_rest()
-        self._record(source.head_paths())  # the LM head stays on ``meta``
+        self._record()  # the LM head stays on ``meta``
         source.release_embeddings()
 
     @property
@@ -94,6 +94,18 @@ def check_streamable(cfg: PruneConfig) -> None:
             f"--streaming scores heads / neurons with {', '.join(STREAMED_WIDTH)}, "
             f"not {cfg.width_importance!r}"
         )
+
+
+def check_resumable(cfg: PruneConfig) -> None:
+    """Refuse, before any work, a resume the walk cannot give: scores made at the end from
+    every block's inputs or carried states (logit metrics, spans, Taylor, fine units)."""
+    if cfg.fine or (cfg.depth_units and cfg.importance in LOGIT_METRICS + ("gromov",)):
+        raise ConfigError(
+            "--resume continues streamed scores of local depth metrics (bi, angular, random) "
+            "and of heads / neurons; the chosen metric needs the whole walk at once"
+        )
+    if cfg.width_units and cfg.width_importance == "taylor":
+        raise ConfigError("--resume: taylor scores need a reverse pass; choose another metric")
 
 
 class _Candidates:
