@@ -3,9 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.depthcut-installed
-DEMO_OUT ?= out/smollm2-bi25
+DEMO_OUT ?= out/demo
 
-.PHONY: setup browser llama gemma vllm demo test test-fast test-vllm lint bench clean
+.PHONY: setup browser fashion llama gemma vllm demo test test-fast test-vllm lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,13 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends chromium) || \
 		echo "depthcut: chromium not installed; the HTML rendering test will be skipped"
+
+# Debian's Fashion-MNIST (60k train / 10k test images): the real image benchmark of the CNN path
+FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+fashion:
+	@test -f $(FASHION) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends dataset-fashion-mnist) || \
+		echo "depthcut: dataset-fashion-mnist not installed; the Fashion-MNIST tests will skip"
 
 setup: $(STAMP)
 
@@ -76,12 +83,16 @@ vllm: $(VLLM_VENV)/.depthcut-vllm
 test-vllm: setup vllm
 	$(BIN)/python -m pytest -q tests/export/test_export_vllm.py
 
+# the default (MLP neurons ranked by what the refit cannot recover, then the ls refit) beside
+# ShortGPT (blocks by BI, no repair) at the same budget, so a newcomer sees why it is the default
 demo: setup
+	$(BIN)/depthcut prune smollm2-135m --budget params=0.25 --out $(DEMO_OUT) --overwrite \
+		--perplexity --latency
 	$(BIN)/depthcut prune smollm2-135m --units block --importance bi --budget params=0.25 \
-		--out $(DEMO_OUT) --overwrite --perplexity --latency
-	cat $(DEMO_OUT)/report.md
+		--out $(DEMO_OUT)-shortgpt --overwrite --perplexity --latency
+	$(BIN)/depthcut compare $(DEMO_OUT) $(DEMO_OUT)-shortgpt
 
-test: setup browser llama
+test: setup browser fashion llama
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
@@ -92,7 +103,7 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports --no-cache
 
-bench: setup llama gemma
+bench: setup fashion llama gemma
 	$(BIN)/python benchmarks/bench_iterative_cache.py
 	$(BIN)/python benchmarks/bench_depth_speedup.py
 	$(BIN)/python benchmarks/bench_width_vs_depth.py

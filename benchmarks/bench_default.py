@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -26,7 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-RESULTS = ROOT / "benchmarks" / "results" / "default.json"
+import results_file  # noqa: E402
+
+RESULTS = results_file.RESULTS / "default.json"
 MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-1.5b")
 BUDGET = "params=0.25:non_embedding"
 
@@ -77,15 +78,6 @@ def describe_run(model: str, out: Path, measured: dict) -> dict:
     }
 
 
-def hardware() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-
-
-def commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join(MODELS))
@@ -100,18 +92,10 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     old = json.loads(RESULTS.read_text())["rows"] if RESULTS.exists() else []
     kept = [r for r in old if r["model"] not in {r["model"] for r in rows}]
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "command": "python benchmarks/bench_default.py --models " + args.models,
-                "commit": commit(),
-                "date": time.strftime("%Y-%m-%d"),
-                "hardware": hardware(),
-                "rows": kept + rows,
-            },
-            indent=2,
-        )
-        + "\n"
+    results_file.write(
+        "default",
+        {"rows": kept + rows},
+        "python benchmarks/bench_default.py --models " + args.models,
     )
 
 

@@ -22,21 +22,25 @@ LLM_CASES = {
     "block": dict(units=("block",), importance="bi", budget=dc.Budget(params=0.3)),
     "sublayer": dict(units=("attention", "mlp"), importance="angular", budget=dc.Budget(0.2)),
     "fine_interleave": dict(
-        units=("fine",), importance="angular", strategy="interleave", budget=dc.Budget(0.15)
+        units=("fine",),
+        importance="angular",
+        strategy="interleave",
+        budget=dc.Budget(0.15),
+        repair="none",
     ),
     "fine_iterative": dict(
-        units=("fine",), importance="angular", strategy="iterative", budget=dc.Budget(0.15)
+        units=("fine",),
+        importance="angular",
+        strategy="iterative",
+        budget=dc.Budget(0.15),
+        repair="none",
     ),
     "head_neuron": dict(
-        units=("head", "neuron"), heads=0.25, neurons=0.25, width_importance="taylor"
+        units=("head", "neuron"), heads=0.25, neurons=0.25, width_importance="taylor", repair="none"
     ),
-    # the CLI's default: neurons ranked by what the refit cannot recover, then the ls refit
-    "default": dict(
-        units=("neuron",),
-        width_importance="ls",
-        repair="ls",
-        budget=dc.Budget(params=0.25, count="non_embedding"),
-    ),
+    # PruneConfig's default (= the CLI's): neurons ranked by what the refit cannot recover,
+    # then the ls refit
+    "default": dict(budget=dc.Budget(params=0.25, count="non_embedding")),
     "block_ls": dict(units=("block",), importance="bi", budget=dc.Budget(0.3), repair="ls"),
     "block_patch": dict(units=("block",), importance="bi", budget=dc.Budget(0.3), repair="patch"),
 }
@@ -54,12 +58,11 @@ def llm_case(name: str) -> dict:
     cfg = dc.PruneConfig(**LLM_CASES[name])
     scores = dc.score(model, cfg, tiny_calib(), progress=False)
     plan = dc.plan(scores, cfg, model)
-    if cfg.repair != "none":  # the refit's choices and check losses are in the plan
-        dc.repair(model, plan, tiny_calib(), cfg.repair, progress=False)
-        plan.run["repair"].pop("seconds")
+    pruned = dc.apply(model, plan, tiny_calib(), progress=False)  # repaired by the plan's repair
+    plan.run.get("repair", {}).pop("seconds", None)  # the refit's choices and check losses stay
     ids = torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        logits = dc.apply(model, plan)(input_ids=ids, use_cache=False).logits
+        logits = pruned(input_ids=ids, use_cache=False).logits
     return {"scores": scores_json(scores), "plan": plan.to_json(), "logits": logits}
 
 

@@ -33,8 +33,9 @@ ARCHS = {
     "qwen2": ("Qwen2, q/k/v bias, sliding window", tiny_qwen2),
     "bert": ("BERT encoder, post-norm", tiny_bert),
 }
-DEPTH = {"protect_first": 1, "protect_last": 1}
-WIDTH = {"protect_first": 0, "protect_last": 0, "width_scope": "per_layer"}
+# no repair: the matrix checks pruned == original with the units bypassed
+DEPTH = {"protect_first": 1, "protect_last": 1, "repair": "none"}
+WIDTH = {"protect_first": 0, "protect_last": 0, "width_scope": "per_layer", "repair": "none"}
 KINDS = {
     "block": dict(units=("block",), budget=dc.Budget(params=0.2), **DEPTH),
     "attention": dict(units=("attention",), budget=dc.Budget(params=0.05), **DEPTH),

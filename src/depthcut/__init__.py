@@ -5,11 +5,11 @@ Public API (heavy modules are imported lazily so that ``import depthcut`` stays 
     import depthcut as dc
     model, tok = dc.load_model("smollm2-135m")
     calib = dc.calibration(tok, "wiki", n_samples=16, seq_len=256)
-    cfg = dc.PruneConfig(units=("block",), importance="bi", budget=dc.Budget(params=0.25))
+    cfg = dc.PruneConfig(budget=dc.Budget(params=0.25))  # the recommended method
     scores = dc.score(model, cfg, calib)
     plan = dc.plan(scores, cfg)
-    pruned = dc.apply(model, plan)
-    dc.save(pruned, plan, "out/smollm2-bi25", tok)
+    pruned = dc.apply(model, plan, calib)  # with its repair (the ls refit)
+    dc.save(pruned, plan, "out/smollm2-25", tok)
 """
 
 from __future__ import annotations

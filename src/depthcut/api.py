@@ -15,13 +15,13 @@ from depthcut.config import PruneConfig
 from depthcut.data import CalibData
 from depthcut.devices import device_of
 from depthcut.graph.structure import discover_structure
-from depthcut.methods import apply_plan, describe, families, plan_units
+from depthcut.methods import apply_plan, check_applies, describe, families, plan_units
 from depthcut.planning.plan import Plan
 from depthcut.quantize import refuse_quantized
 from depthcut.scores import Scores
 
-__all__ = ["apply", "describe", "fine_units", "ordering_ablation", "plan", "plan_units"]
-__all__ += ["prune", "repair", "score"]
+__all__ = ["apply", "check_applies", "describe", "fine_units", "ordering_ablation", "plan"]
+__all__ += ["plan_units", "prune", "repair", "score"]
 
 
 def score(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool = True) -> Scores:
@@ -33,6 +33,7 @@ def score(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool =
     >>> scores = dc.score(model, cfg, calib); scores.save("scores.json")  # doctest: +SKIP
     """
     refuse_quantized(model, "score")
+    cfg = cfg.resolved()
     started = time.perf_counter()
     model.eval()
     parallel.check_supported(cfg)  # under torch.distributed: this process scores its share
@@ -58,30 +59,45 @@ def plan(scores: Scores, cfg: PruneConfig, model: nn.Module | None = None) -> Pl
 
     Fine-grained plans simulate Prune(f) on the model's graph: ``model`` (any weights; a
     CNN must be given) or, for LLMs, a skeleton built from the config in ``scores``."""
+    cfg = cfg.resolved()
     the_plan = Plan([], scores.model, {"config": cfg.to_dict(), "metric": scores.metric})
     for family in families(cfg.units):
         family.select(scores, cfg, model, the_plan)
     return the_plan
 
 
-def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
-    """A copy of ``model`` (or ``model`` itself) with the plan's units physically removed."""
+def apply(
+    model: nn.Module,
+    plan: Plan,
+    calib: CalibData | None = None,
+    inplace: bool = False,
+    progress: bool = True,
+) -> nn.Module:
+    """A copy of ``model`` (or ``model`` itself) with the plan's units physically removed.
+
+    Given ``calib``, the kept weights are first refit by the plan's repair (its config's
+    ``repair``, e.g. ls for the default method), so ``apply(model, plan(score(…)), calib)``
+    is the model ``prune`` gives; without it, or when the plan was already repaired on this
+    model (``repair``), the units are only removed.
+    """
     refuse_quantized(model, "prune")
-    return apply_plan(model, plan, inplace=inplace)
+    check_applies(model, plan)  # before a repair works on it
+    method = plan.run.get("config", {}).get("repair", "none")
+    if calib is None or method in ("none", "auto"):
+        return apply_plan(model, plan, inplace=inplace)
+    work = model if inplace else copy.deepcopy(model)
+    repair(work, plan, calib, method, progress)
+    return apply_plan(work, plan, inplace=True)
 
 
 def prune(
     model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool = True
 ) -> tuple[nn.Module, Plan, Scores]:
-    """score, plan, (repair, with ``cfg.repair``) and apply in one call; ``model`` is left
-    as it was (a repair works on a copy)."""
+    """score, plan, repair (by ``cfg.repair``) and apply in one call; ``model`` is left as it
+    was (a repair works on a copy)."""
     scores = score(model, cfg, calib, progress)
     the_plan = plan(scores, cfg, model)
-    if cfg.repair == "none":
-        return apply_plan(model, the_plan), the_plan, scores
-    work = copy.deepcopy(model)
-    repair(work, the_plan, calib, cfg.repair, progress)
-    return apply_plan(work, the_plan, inplace=True), the_plan, scores
+    return apply(model, the_plan, calib, progress=progress), the_plan, scores
 
 
 def repair(

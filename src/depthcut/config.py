@@ -10,7 +10,10 @@ from typing import Any
 from depthcut.errors import ConfigError
 from depthcut.kinds import DEPTH_KINDS, UNIT_KINDS, WIDTH_KINDS
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
+# version 1 had other defaults: a version-1 config that leaves a field out replays with these
+V1_DEFAULTS = {"units": ["block"], "importance": "bi", "width_importance": "magnitude"}
+V1_DEFAULTS |= {"repair": "none"}
 STRATEGIES = ("ranked", "contiguous", "iterative", "interleave", "unified")
 # metric names, checked here so that a config is validated without loading the metric code
 # (the registry and the width metrics assert they implement exactly these)
@@ -21,7 +24,8 @@ ORDERS = ("ascending", "descending", "random")
 TOKEN_SETS = ("all", "last")
 PARAM_COUNTS = ("all", "non_embedding")
 BUDGET_MODES = ("at_least", "at_most", "nearest")
-REPAIRS = ("none", "ls", "patch")
+REPAIRS = ("auto", "none", "ls", "patch")
+REPAIRED_ONCE = {"head", "neuron"}  # width kinds that auto repairs (fine plans too)
 
 
 @dataclass(frozen=True)
@@ -100,15 +104,31 @@ class Budget:
 class PruneConfig:
     """Everything that decides a pruning run; serialisable with a version.
 
-    units: unit kinds to consider (subset of block, attention, mlp).
-    importance: registered importance metric name (see ``depthcut.importance.available()``).
+    The defaults are the recommended method (``benchmarks/bench_quality.py``): MLP neurons
+    ranked by what the least-squares refit of their down-projection cannot recover
+    (``width_importance="ls"``), as many as the budget asks, then that refit
+    (``repair="auto"``). Name other units to prune blocks, sublayers, heads or fine units.
+
+    units: unit kinds to consider (block, attention, mlp, head, neuron; or fine alone);
+        omitted: blocks when ``importance`` or ``strategy`` is named, the width kinds whose
+        ``heads`` / ``neurons`` fraction is given, else neurons (the recommended method).
+    importance: depth metric of block / sublayer / fine units (``depthcut.importance``; bi).
+    width_importance: metric of head / neuron units.
     strategy: ranked (one shot), contiguous (Gromov span), iterative (greedy re-scoring).
     protect_first/protect_last: blocks never pruned at the ends of the stack.
     tokens: token set of angular metrics ("all" non-padding tokens, or the "last" one).
+    repair: none, ls (least-squares refit of kept weights), patch (LinearPatch) or auto: ls
+        for head / neuron / fine plans pruned once in memory (where it was measured to help),
+        none otherwise; ``resolved()`` says which.
+
+    >>> PruneConfig().resolved().repair
+    'ls'
+    >>> PruneConfig(units=("block",)).resolved().repair
+    'none'
     """
 
-    units: tuple[str, ...] = ("block",)
-    importance: str = "bi"
+    units: tuple[str, ...] | None = None  # None: see ``default_units``
+    importance: str | None = None  # None: bi
     budget: Budget = field(default_factory=lambda: Budget(params=0.25))
     strategy: str | None = None  # None: "interleave" for fine units, else "ranked"
     protect_first: int = 1
@@ -117,14 +137,23 @@ class PruneConfig:
     seed: int = 0
     heads: float = 0.0
     neurons: float = 0.0
-    width_importance: str = "magnitude"
+    width_importance: str = "ls"
     min_heads: int = 1
     round_to: int = 1
     tau: float = 0.01
     width_steps: int = 1
     width_scope: str = "global"
     order: str = "ascending"
-    repair: str = "none"
+    repair: str = "auto"
+
+    def resolved(self, steps: int = 1, streamed: bool = False) -> PruneConfig:
+        """This config with ``repair="auto"`` made concrete: ls for head / neuron / fine plans
+        pruned once (``steps`` 1) with the model in memory, none otherwise."""
+        if self.repair != "auto":
+            return self
+        helped = set(self.units) <= REPAIRED_ONCE or self.fine
+        concrete = "ls" if helped and steps == 1 and not streamed else "none"
+        return dataclasses.replace(self, repair=concrete)
 
     @property
     def fine(self) -> bool:
@@ -142,7 +171,18 @@ class PruneConfig:
     def width_fraction(self, kind: str) -> float:
         return self.heads if kind == "head" else self.neurons
 
+    def default_units(self) -> tuple[str, ...]:
+        """The units of a config that names none (the CLI's ``--units`` omitted, too)."""
+        if self.importance is not None or self.strategy is not None:
+            return ("block",)
+        fractions = (("head", self.heads), ("neuron", self.neurons))
+        return tuple(kind for kind, f in fractions if f) or ("neuron",)
+
     def __post_init__(self) -> None:
+        if self.units is None:
+            object.__setattr__(self, "units", self.default_units())
+        if self.importance is None:
+            object.__setattr__(self, "importance", "bi")
         units = (self.units,) if isinstance(self.units, str) else tuple(self.units)
         object.__setattr__(self, "units", units)
         bad = [u for u in units if u not in UNIT_KINDS]
@@ -231,8 +271,10 @@ class PruneConfig:
     def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
         data = dict(data)
         version = data.pop("version", CONFIG_VERSION)
-        if version != CONFIG_VERSION:
+        if version not in (1, CONFIG_VERSION):
             raise ConfigError(f"config version {version} is not supported ({CONFIG_VERSION})")
+        if version == 1:
+            data = V1_DEFAULTS | data
         data["budget"] = Budget(**data["budget"])
         data["units"] = tuple(data["units"])
         return cls(**data)

@@ -14,13 +14,11 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from depthcut.errors import ModelLoadError
-from depthcut.paths import cache_dir
+from depthcut.paths import cache_dir, locked
 
 
 @dataclass(frozen=True)
@@ -253,23 +251,10 @@ def packaged_path(name: str) -> Path:
     target = cache_dir("models") / name
     if (target / "config.json").exists():
         return target
-    with _locked(target.parent / f".{name}.lock"):
+    with locked(target.parent / f".{name}.lock"):
         if not (target / "config.json").exists():
             _convert_gguf(name, PACKAGED[name], target)
     return target
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` for the duration (blocking)."""
-    import fcntl
-
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def resolve(name_or_path: str, need_config: bool = True) -> Path:

@@ -52,6 +52,20 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` for the duration (blocking): one process converts
+    or trains into the cache while the others wait for its result."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def pip_indexes() -> list[str]:
     """The simple-API index URLs pip is configured with, main index first."""
     main = os.environ.get("PIP_INDEX_URL") or _pip_config("index-url")

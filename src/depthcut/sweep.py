@@ -49,11 +49,13 @@ class SweepConfig:
             raise ConfigError(f"sweep budgets {self.budgets} must be fractions in (0, 1)")
 
     def prune_config(self, method: str, budget: float) -> PruneConfig:
+        """The config of one point: the selection method alone (a sweep does not repair)."""
         return PruneConfig(
             **METHODS[method],
             budget=Budget(params=budget, count=self.count),
             protect_first=self.protect_first,
             protect_last=self.protect_last,
+            repair="none",
         )
 
     def to_dict(self) -> dict:

@@ -8,6 +8,7 @@ import os
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 SPREAD_LIMIT = 0.10  # (max − min) / median of the repeats above this: unreliable
@@ -64,3 +65,22 @@ def timing_quality(values: list[float], other_cpu: float | None) -> dict:
     """{"spread", "other_cpu", "unreliable"} of one repeated measurement, as tables store it."""
     s = spread(values)
     return {"spread": s, "other_cpu": other_cpu, "unreliable": reliability({"total": s}, other_cpu)}
+
+
+def interleaved(
+    calls: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 1
+) -> tuple[dict[str, list[float]], float | None]:
+    """Seconds of each call over ``repeats`` interleaved rounds (A, B, A, B, …) after
+    ``warmup`` untimed rounds, and the CPU other processes used meanwhile (% of one core)."""
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    watch = CpuWatch()
+    watch.start()
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds, watch.stop()

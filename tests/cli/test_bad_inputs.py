@@ -53,7 +53,7 @@ CATALOGUE = {
     "export_unknown_format": "unknown export format 'onnx'; use one of hf, hf-hetero, gguf",
     "export_quant_not_gguf": "--quant applies to --format gguf only",
     "export_unknown_gguf_type": "unknown GGUF type 'q3'; use one of f32, f16, q8_0, q4_k_m",
-    "unknown_repair": "repair 'magic' unknown; choose one of ('none', 'ls', 'patch')",
+    "unknown_repair": "repair 'magic' unknown; choose one of ('auto', 'none', 'ls', 'patch')",
     "repair_too_few_tokens": "give --n-samples 16 or more at --seq-len 8",
     "repair_patch_width": "--repair patch bridges removed blocks; use --repair ls for this plan",
     "resume_unsupported": "--resume continues streamed scores of local depth metrics",

@@ -85,7 +85,8 @@ def test_score_plan_apply_verbs(capsys, tmp_path, tiny_dir, text_file):
     )
     code, stdout, _ = run(capsys, "plan", scores, "--budget", "params=0.3", "--out", plan)
     assert code == 0 and "removed" in stdout
-    assert run(capsys, "apply", tiny_dir, plan, "--out", tmp_path / "a")[0] == 0
+    applied = run(capsys, "apply", tiny_dir, plan, "--calib", text_file, "--out", tmp_path / "a")
+    assert applied[0] == 0
     assert json.loads(plan.read_text())["removed_params"] > 0
 
 
@@ -181,11 +182,12 @@ def test_input_model_directory_is_never_modified(capsys, tmp_path, tiny_dir, tex
 VERBS = sorted(build_parser()._subparsers._group_actions[0].choices)
 
 
-def test_the_thirteen_verbs():
+def test_the_fourteen_verbs():
     assert (
         sorted(
             [
                 "inspect",
+                "compare",
                 "score",
                 "plan",
                 "apply",

@@ -61,7 +61,7 @@ def test_contiguous_picks_smallest_span_distance():
 
 def test_contiguous_needs_gromov():
     model, cfg, scores = scored(importance="bi")
-    cfg2 = dc.PruneConfig(importance="bi", strategy="contiguous")
+    cfg2 = dc.PruneConfig(("block",), importance="bi", strategy="contiguous")
     with pytest.raises(dc.DepthcutError, match="gromov"):
         dc.plan(scores, cfg2)
 
@@ -86,7 +86,7 @@ def test_budget_outside_unit_interval_is_refused(params):
 
 def test_budget_unreachable_with_protections():
     model, cfg, scores = scored()
-    cfg2 = dc.PruneConfig(budget=dc.Budget(params=0.5), protect_first=3, protect_last=3)
+    cfg2 = dc.PruneConfig(("block",), budget=dc.Budget(0.5), protect_first=3, protect_last=3)
     with pytest.raises(dc.DepthcutError, match="budget unreachable"):
         dc.plan(scores, cfg2)
     with pytest.raises(dc.DepthcutError, match="budget unreachable"):
@@ -95,7 +95,7 @@ def test_budget_unreachable_with_protections():
 
 def test_budget_on_non_embedding_params():
     model, cfg, scores = scored()
-    cfg2 = dc.PruneConfig(budget=dc.Budget(params=0.3, count="non_embedding"))
+    cfg2 = dc.PruneConfig(("block",), budget=dc.Budget(params=0.3, count="non_embedding"))
     plan = dc.plan(scores, cfg2)
     assert plan.fraction("non_embedding") >= 0.3
     assert json.loads(plan.to_json())["run"]["config"]["budget"]["count"] == "non_embedding"

@@ -160,7 +160,8 @@ def test_recipe_replays_prune_recover_quantize(capsys, tmp_path, tiny_dir, text)
     argv = prune_args(tiny_dir, out, text, "--recipe", tmp_path / "recipe.json")
     code, _, err = run(capsys, *argv, "--eval-text", text, *SMALL)
     assert code == 0, err
-    assert Recipe.load(out / "recipe.json") == recipe
+    ran = Recipe(recipe.prune.resolved(steps=2), 2, recipe.recover, recipe.quantize)
+    assert ran.prune.repair == "none" and Recipe.load(out / "recipe.json") == ran  # what ran
     model, _ = dc.load(out)
     assert (
         is_quantized(model) and len(json.loads((out / "depthcut.json").read_text())["plans"]) == 2

@@ -15,48 +15,24 @@ def comma_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-def resolve_repair(args: argparse.Namespace, units: tuple[str, ...]) -> str:
-    """``--repair auto``: ls where bench_repair / bench_quality / bench_recovery measured it
-    helping (head and neuron plans, fine-grained plans, pruned once, with or without
-    ``--recover``), none for depth plans and ``--steps`` loops."""
-    if args.repair != "auto":
-        return args.repair
-    once = getattr(args, "steps", 1) == 1 and not getattr(args, "streaming", False)
-    helped = set(units) <= {"head", "neuron"} or set(units) == {"fine"}
-    return "ls" if units and helped and once else "none"
-
-
-# the recommended method (benchmarks/bench_quality.py): MLP neurons ranked by what the
-# least-squares refit of their down-projection cannot recover, then that refit
-RECOMMENDED = {"units": ("neuron",), "width_importance": "ls"}
-
-
-def resolve_units(args: argparse.Namespace, scored: dict) -> tuple[str, ...]:
-    """``--units`` as given; omitted: the scored units (``plan``), blocks when a depth metric or
-    strategy is named, the kinds whose fraction is given, else the recommended neurons."""
+def resolve_units(args: argparse.Namespace, scored: dict) -> tuple[str, ...] | None:
+    """``--units`` as given, else the scored units (``plan``), else None: PruneConfig's
+    default (``PruneConfig.default_units``)."""
     if args.units:
         return comma_list(args.units)
-    if scored.get("units"):
-        return tuple(scored["units"])
-    if args.importance is not None or args.strategy is not None:
-        return ("block",)
-    fractions = (("head", args.heads), ("neuron", args.neurons))
-    return tuple(kind for kind, f in fractions if f) or RECOMMENDED["units"]
+    return tuple(scored["units"]) if scored.get("units") else None
 
 
 def make_config(args: argparse.Namespace, scored: dict | None = None):
     """The PruneConfig of the flags; an omitted flag takes the value ``scored`` (the config the
-    scores were made with) holds, else the recommended method's (width importance of head /
-    neuron units), else PruneConfig's own default."""
+    scores were made with) holds, else PruneConfig's own default (the recommended method)."""
     from depthcut.config import Budget, PruneConfig
 
     scored = scored or {}
     units = resolve_units(args, scored)
-    width = bool({"head", "neuron"} & set(units))
 
-    def pick(name: str) -> str:
-        recommended = RECOMMENDED.get(name) if width else None
-        return getattr(args, name) or scored.get(name) or recommended or getattr(PruneConfig, name)
+    def pick(name: str) -> str | None:
+        return getattr(args, name) or scored.get(name) or getattr(PruneConfig, name)
 
     return PruneConfig(
         units=units,
@@ -75,7 +51,7 @@ def make_config(args: argparse.Namespace, scored: dict | None = None):
         tau=args.tau,
         width_steps=args.width_steps,
         width_scope=args.width_scope,
-        repair=resolve_repair(args, units),
+        repair=args.repair,
     )
 
 
@@ -104,6 +80,12 @@ def eval_settings(args: argparse.Namespace, default_ppl: bool = False):
         repeats=args.repeats,
         threads=args.threads,
     )
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from depthcut.report.runs import runs_table
+
+    print(runs_table([Path(p) for p in args.runs]))
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -148,20 +130,24 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> None:
-    from depthcut.api import apply
+    from depthcut.api import apply, check_applies
     from depthcut.io import prepare_output, save
     from depthcut.planning.plan import Plan
 
     the_plan = Plan.load(args.plan)
     prepare_output(args.out, args.overwrite)
     model, tok = model_ref(args, args.model).load()
-    if args.repair != "none":
-        from depthcut.api import repair
+    check_applies(model, the_plan)  # before calibration is read for its repair
+    recorded = the_plan.run.get("config", {})
+    method = recorded.get("repair", "none") if args.repair == "auto" else args.repair
+    calib = None
+    if method not in ("none", "auto"):
         from depthcut.config import PruneConfig
 
-        cfg = PruneConfig.from_dict({**the_plan.run["config"], "repair": args.repair})
-        repair(model, the_plan, calib_spec(args).sized(model, cfg).data(tok), args.repair)
-    pruned = apply(model, the_plan, inplace=True)
+        the_plan.run["config"] = {**recorded, "repair": method}
+        cfg = PruneConfig.from_dict(the_plan.run["config"])
+        calib = calib_spec(args).sized(model, cfg).data(tok)
+    pruned = apply(model, the_plan, calib, inplace=True)
     save(pruned, the_plan, args.out, tok, overwrite=args.overwrite)
     print(f"pruned model -> {args.out}")
 
@@ -242,7 +228,6 @@ def cmd_prune(args: argparse.Namespace) -> None:
         eval_settings(args) if wanted else None,
         args.eval_text,
         args.streaming,
-        args.repair == "auto",
         args.resume,
     )
     run_prune(job)

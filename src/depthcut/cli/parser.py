@@ -19,7 +19,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--importance",
         default=None,
-        help="bi (default), angular, gromov, kl, ce, ppl, ls (repair-aware); fine: angular, bi, "
+        help="depth metric of block / sublayer units (default bi): bi, angular, gromov, kl, ce, "
+        "ppl, ls (repair-aware); fine: angular, bi, "
         "taylor, kl, ce, ls (repair-aware; measured worse than angular, see README)",
     )
     p.add_argument(
@@ -62,15 +63,18 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     _repair_arg(p)
 
 
-def _repair_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
+AUTO_REPAIR = "auto (default): ls for head / neuron / fine-grained plans, where it helps, none "
+AUTO_REPAIR += "otherwise"
+
+
+def _repair_arg(p: argparse.ArgumentParser, auto: str = AUTO_REPAIR) -> None:
     p.add_argument(
         "--repair",
-        default=default,
+        default="auto",
         help="none, ls or patch. ls: least-squares refit of kept weights after removal "
         "(block/sublayer runs, head/neuron consumers, fine-grained blocks' writers), no "
         "parameter added, never worse on held-back calibration text; patch: LinearPatch "
-        "(a d×d module on the stream after each removed run of blocks, a baseline); auto "
-        "(default): ls for head / neuron / fine-grained plans, where it helps, none otherwise",
+        f"(a d×d module on the stream after each removed run of blocks, a baseline); {auto}",
     )
 
 
@@ -161,7 +165,8 @@ def add_plan(sub) -> None:
 def add_apply(sub) -> None:
     p = sub.add_parser("apply", help="apply plan.json to a model and save it")
     p.add_argument("model"), p.add_argument("plan")
-    _out_args(p), _repair_arg(p, "none"), _calib_args(p)
+    _out_args(p), _calib_args(p)
+    _repair_arg(p, "auto (default): the plan's own, as prune would have repaired it")
     p.add_argument("--encoder", action="store_true", help="an encoder (e.g. minilm-l6)")
     p.set_defaults(func=commands.cmd_apply)
 
@@ -277,6 +282,12 @@ def add_report(sub) -> None:
     p.set_defaults(func=commands.cmd_report)
 
 
+def add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="prune outputs side by side: method, removed, quality")
+    p.add_argument("runs", nargs="+", help="directories written by depthcut prune")
+    p.set_defaults(func=commands.cmd_compare)
+
+
 def add_eval_and_bench(sub) -> None:
     for verb, func, text in (
         ("eval", commands.cmd_eval, "perplexity / latency"),
@@ -302,6 +313,7 @@ VERBS = (
     add_sweep,
     add_explain,
     add_report,
+    add_compare,
     add_eval_and_bench,
 )
 

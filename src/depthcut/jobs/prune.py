@@ -26,7 +26,6 @@ class PruneJob:
     evaluation: EvalSettings | None = None
     eval_text: str = "wiki"
     streaming: bool = False  # one block in memory at a time (depth units; ``depthcut.stream``)
-    repair_auto: bool = False  # the repair was chosen by ``--repair auto``: none if streamed
     resume: bool = False  # streamed scores continue from the last block a killed run saved
 
 
@@ -41,7 +40,7 @@ def run_prune(job: PruneJob) -> Path:
 
     job.out.prepare()  # refuse before any expensive work
     streaming = job.streaming or _too_big(job.model)
-    job = _auto_repair(job, streaming)
+    job = _resolve_repair(job, streaming)
     _check_repair(job, streaming)
     if streaming:
         return _streamed(job)
@@ -94,15 +93,16 @@ def _repairer(method: str, the_plan, calib):
     return fix
 
 
-def _auto_repair(job: PruneJob, streaming: bool) -> PruneJob:
-    """An automatic ls repair is dropped when the model is streamed (the refit needs it in
-    memory), with one line saying so; an asked-for one is refused by ``_check_repair``."""
-    cfg = job.recipe.prune
-    if not (streaming and job.repair_auto and cfg.repair != "none"):
-        return job
-    print("depthcut: streamed, so no --repair (the least-squares refit needs the model in memory)")
-    recipe = replace(job.recipe, prune=replace(cfg, repair="none"))
-    return replace(job, recipe=recipe)
+def _resolve_repair(job: PruneJob, streaming: bool) -> PruneJob:
+    """The recipe with ``repair="auto"`` made concrete (``PruneConfig.resolved``), so the saved
+    recipe says what ran; an automatic ls dropped because the model is streamed (the refit
+    needs it in memory) is said in one line; an asked-for one is refused by ``_check_repair``."""
+    recipe = job.recipe
+    cfg = recipe.prune
+    concrete = cfg.resolved(recipe.steps, streaming)
+    if streaming and cfg.resolved(recipe.steps).repair != concrete.repair:
+        print("depthcut: streamed, so no --repair (the ls refit needs the model in memory)")
+    return replace(job, recipe=replace(recipe, prune=concrete))
 
 
 def _check_repair(job: PruneJob, streaming: bool) -> None:

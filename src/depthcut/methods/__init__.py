@@ -32,17 +32,27 @@ def families(kinds) -> list[Family]:
     return [f for f in FAMILIES if f.name in wanted]
 
 
-def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
-    """The model with the plan's units physically removed and its config synced."""
-    if not inplace:
-        model = copy.deepcopy(model)
+def check_applies(model: nn.Module, plan: Plan):
+    """Refuse a plan made for another model, or mixing fine-grained and other actions, before
+    any work; returns the model's structure (None for fine-grained plans, checked by their
+    family)."""
     chosen = families({a.kind for a in plan.actions})
     if len(chosen) > 1 and any(f.name in EXCLUSIVE for f in chosen):
         raise UnsupportedModelError("a plan cannot mix fine-grained and other actions")
-    structure = None
-    if not any(f.name in EXCLUSIVE for f in chosen):
-        structure = discover_structure(model)
-        check_plan_fits(model, structure, plan)
+    if any(f.name in EXCLUSIVE for f in chosen):
+        return None
+    structure = discover_structure(model)
+    check_plan_fits(model, structure, plan)
+    return structure
+
+
+def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
+    """The model with the plan's units physically removed and its config synced."""
+    structure = check_applies(model, plan)
+    if not inplace:
+        model = copy.deepcopy(model)
+        structure = structure and discover_structure(model)  # the copy's modules
+    chosen = families({a.kind for a in plan.actions})
     insert_patches(model, recorded_patches(plan.run))
     for family in sorted(chosen, key=lambda f: APPLY_ORDER.index(f.name)):
         model = family.apply(model, plan, structure)

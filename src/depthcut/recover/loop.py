@@ -63,6 +63,7 @@ def prune_recover_loop(
             "units 'fine' with steps > 1: after one round the blocks are no longer uniform, "
             "so the shared block graph does not apply; use steps=1 (with recovery)"
         )
+    cfg = cfg.resolved(steps)
     counts = param_counts(model)
     base = {"all": counts["params_all"], "non_embedding": counts["params_non_embedding"]}
     history = [{"step": 0, **counts, "ppl_pruned": evaluate(model), "ppl_recovered": None}]

@@ -94,7 +94,7 @@ def refit_columns(weight: torch.Tensor, gram: torch.Tensor, keep: list[int], rid
     w = weight.double()
     k = torch.tensor(keep, dtype=torch.long, device=weight.device)
     g_kk = gram[k[:, None], k[None, :]]
-    lam = ridge * float(g_kk.diagonal().mean())
+    lam = ridge * (float(g_kk.diagonal().mean()) or 1.0)  # inputs all zero: keeps W
     g_kk.diagonal().add_(lam)
     rhs = (w @ gram)[:, k] + lam * w[:, k]
     new = torch.zeros_like(w)

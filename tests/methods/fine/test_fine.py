@@ -18,7 +18,7 @@ from tiny_cnn import image_batch, tiny_resnet, tiny_yolo
 
 
 def fine_cfg(**kw):
-    base = {"units": ("fine",), "importance": "angular", "strategy": "interleave"}
+    base = {"units": ("fine",), "importance": "angular", "strategy": "interleave", "repair": "none"}
     return PruneConfig(**(base | {"budget": Budget(params=kw.pop("params", 0.1))} | kw))
 
 

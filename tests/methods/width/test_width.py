@@ -38,7 +38,7 @@ def zeroed_reference(model, kind, removal, ids, output="logits"):
 
 def width_cfg(kind, fraction=0.4, metric="magnitude", **kw):
     key = "heads" if kind == "head" else "neurons"
-    args = {"protect_first": 1, "protect_last": 1, key: fraction} | kw
+    args = {"protect_first": 1, "protect_last": 1, key: fraction, "repair": "none"} | kw
     return dc.PruneConfig(units=(kind,), width_importance=metric, **args)
 
 

@@ -1,0 +1,35 @@
+"""Where benchmark results go: ``benchmarks/results/NAME.json`` with the command that produced
+them, the commit, the date and the hardware, so the documentation's tables can say all four."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def hardware() -> dict:
+    """The CPU and its core count (what every table names its figures by)."""
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+
+
+def commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def write(name: str, fields: dict, command: str | None = None) -> Path:
+    """Write ``fields`` with the command (default: this script and its arguments), commit,
+    date and hardware into ``results/NAME.json``."""
+    script = Path(sys.argv[0])
+    shown = command or " ".join(["python", f"benchmarks/{script.name}", *sys.argv[1:]])
+    path = RESULTS / f"{name}.json"
+    head = {"command": shown, "commit": commit(), "date": time.strftime("%Y-%m-%d")}
+    path.write_text(json.dumps(head | {"hardware": hardware()} | fields, indent=2) + "\n")
+    return path
