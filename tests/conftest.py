@@ -43,7 +43,6 @@ def pattern_file(tmp_path_factory):
 # these skip there, each for a reason CI cannot change.
 CI_SKIPS_ALLOWED = {
     "tests/export/test_export_vllm.py": "opt-in: `make test-vllm` builds vLLM's own venv",
-    "tests/test_vision.py": "the CIFAR-10 test images left the package index (bigbench 1.0.0)",
 }
 _unexpected_skips: list[str] = []
 

@@ -2,6 +2,7 @@
 next run removes the temporary folder it left, saying so in one line."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -30,7 +31,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def test_sigkill_during_a_streamed_write_leaves_nothing_the_next_run_keeps(tmp_path, capsys):
+def test_sigkill_during_a_streamed_write_leaves_nothing_the_next_run_keeps(tmp_path, caplog):
     save_tiny(tmp_path / "model")
     (tmp_path / "text.txt").write_text("\n\n".join(words(200, seed=s) for s in range(8)))
     out = tmp_path / "run"
@@ -47,11 +48,10 @@ def test_sigkill_during_a_streamed_write_leaves_nothing_the_next_run_keeps(tmp_p
     left = list(tmp_path.glob(".run.tmp-*"))
     assert not out.exists() and len(left) == 1  # no output; the killed writer's folder
     assert left[0].name.startswith(f".run.tmp-{proc.pid}-")
-    capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="depthcut")
     prepare_output(out, overwrite=False)  # what the next run does before any work
     assert not list(tmp_path.glob(".run.tmp-*")) and not out.exists()
-    err = capsys.readouterr().err
-    assert err.strip() == f"depthcut: removed {left[0].name}, left by a killed run"
+    assert caplog.messages == [f"depthcut: removed {left[0].name}, left by a killed run"]
 
 
 def test_a_live_writers_folder_is_left_alone(tmp_path):

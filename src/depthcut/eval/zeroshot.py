@@ -16,7 +16,8 @@ import importlib.util
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,12 +188,26 @@ def write_task_yaml(task: str, jsonl: Path, folder: Path, template: str = YAML) 
     return path
 
 
-def offline_env() -> None:
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+@contextmanager
+def offline_env() -> Iterator[None]:
+    """lm-eval and datasets read the local task files without asking a hub, for the duration
+    only: the caller's environment is restored afterwards."""
     from depthcut.quantize import quiet_torchao
 
     quiet_torchao()
-    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ[key] = "1"
+    saved = {key: os.environ.get(key) for key in OFFLINE_ENV}
+    os.environ.update(dict.fromkeys(OFFLINE_ENV, "1"))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def evaluate_tasks(
@@ -208,21 +223,21 @@ def evaluate_tasks(
     from depthcut.extras import require
 
     require("lm_eval")
-    offline_env()
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
+    with offline_env():
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device="cpu")
-    manager = TaskManager(include_path=str(task_dir))
-    out = simple_evaluate(
-        model=lm,
-        tasks=tasks,
-        task_manager=manager,
-        limit=limit,
-        log_samples=log_samples,
-        bootstrap_iters=0,
-    )
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device="cpu")
+        manager = TaskManager(include_path=str(task_dir))
+        out = simple_evaluate(
+            model=lm,
+            tasks=tasks,
+            task_manager=manager,
+            limit=limit,
+            log_samples=log_samples,
+            bootstrap_iters=0,
+        )
     results = {}
     for task in tasks:
         r = out["results"][task]

@@ -86,7 +86,9 @@ def verify_hf(model: nn.Module, folder: Path, tokenizer=None) -> str:
     from transformers import AutoModelForCausalLM
 
     try:
-        plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        plain = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, local_files_only=True
+        ).eval()
     except (RuntimeError, ValueError, OSError) as err:
         raise ExportError(
             f"plain from_pretrained cannot load the export ({str(err).splitlines()[0][:160]}); "

@@ -16,6 +16,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+from depthcut import log
 from depthcut.export.common import ExportError
 
 VERSION = "0.3.36"
@@ -155,7 +156,8 @@ def read_arrays(path: Path) -> dict:
 
 
 if __name__ == "__main__":
+    log.show_in_terminal()
     if sys.argv[1:] == ["install"]:
-        print(f"llama.cpp converter: {converter_dir()}")
+        log.result(f"llama.cpp converter: {converter_dir()}")
         require_binding()
-        print("llama_cpp binding: installed")
+        log.result("llama_cpp binding: installed")

@@ -4,9 +4,9 @@ verified in its runtime before the directory appears."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+from depthcut import log
 from depthcut.errors import ConfigError
 from depthcut.export import gguf_file as gguf
 from depthcut.export import hetero, hf
@@ -66,7 +66,7 @@ def export_run(
             note["type"] = quant
         if verify:
             note["verified"] = check(model, tmp, tokenizer)
-            print(f"depthcut: verified {target.name}: {note['verified']}", file=sys.stderr)
+            log.status(f"depthcut: verified {target.name}: {note['verified']}")
         (tmp / "export.json").write_text(json.dumps(note, indent=2) + "\n")
 
     return atomic_dir(target, build, overwrite)

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from depthcut import log
 from depthcut.eval.run import EvalSettings
 from depthcut.jobs.common import ModelRef, Output
 
@@ -44,7 +45,7 @@ def run_explain(job: ExplainJob) -> Path:
         plot_leave_one_out(result, tmp / "explain.png")
 
     atomic_dir(out, write, job.out.overwrite)
-    print(summary(result))
+    log.result(summary(result))
     return out
 
 

@@ -4,10 +4,10 @@ of prune → recover → re-score, quantized last if the recipe says so."""
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from depthcut import log
 from depthcut.errors import DepthcutError
 from depthcut.eval.run import EvalSettings
 from depthcut.jobs.common import CalibSpec, ModelRef, Output
@@ -54,10 +54,10 @@ def run_prune(job: PruneJob) -> Path:
         return _iterative(model, tok, calib, job)
     scores = score(model, cfg, calib)
     the_plan = plan(scores, cfg, model)
-    print(the_plan.summary())
+    log.result(the_plan.summary())
     fix = _repairer(cfg.repair, the_plan, calib)
     pruned, results = _prune_and_measure(model, the_plan, tok, settings, fix)
-    print(comparison(results["before"], results["after"]))
+    log.result(comparison(results["before"], results["after"]))
 
     def extra(tmp: Path) -> None:
         scores.save(tmp / "scores.json")
@@ -73,10 +73,9 @@ def _calibration(job: PruneJob, model, tok):
 
     spec = job.calib.sized(model, job.recipe.prune)
     if job.calib.n_samples is None and spec.n_samples != FLOOR_SAMPLES:
-        print(
+        log.status(
             f"depthcut: calibration {spec.n_samples} × {spec.seq_len} tokens of "
-            f"{spec.source} (sized for --repair ls on the model's widest layer)",
-            file=sys.stderr,
+            f"{spec.source} (sized for --repair ls on the model's widest layer)"
         )
     return spec.data(tok)
 
@@ -101,7 +100,7 @@ def _resolve_repair(job: PruneJob, streaming: bool) -> PruneJob:
     cfg = recipe.prune
     concrete = cfg.resolved(recipe.steps, streaming)
     if streaming and cfg.resolved(recipe.steps).repair != concrete.repair:
-        print("depthcut: streamed, so no --repair (the ls refit needs the model in memory)")
+        log.status("depthcut: streamed, so no --repair (the ls refit needs the model in memory)")
     return replace(job, recipe=replace(recipe, prune=concrete))
 
 
@@ -157,7 +156,7 @@ def _save(model, plans, job: PruneJob, tok, extra) -> Path:
         model, plans, job.out.path, tok, overwrite=job.out.overwrite, extra=write_extra, meta=meta
     )
     extras = sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".md", ".png"))
-    print(f"depthcut: wrote {out} (model, {', '.join(extras)})", file=sys.stderr)
+    log.status(f"depthcut: wrote {out} (model, {', '.join(extras)})")
     return out
 
 
@@ -213,10 +212,10 @@ def _streamed(job: PruneJob) -> Path:
     scores = stream_score(source, recipe.prune, calib, checkpoint=checkpoint)
     traced = stream_fine_model(source) if recipe.prune.fine else None  # not a random skeleton
     the_plan = plan(scores, recipe.prune, traced)
-    print(the_plan.summary())
+    log.result(the_plan.summary())
     if settings is not None:
         results = _streamed_perplexity(source, the_plan, tok, settings)
-        print(comparison(results["before"], results["after"]))
+        log.result(comparison(results["before"], results["after"]))
 
     def write(tmp: Path) -> None:
         how = apply_on_disk(source, the_plan, tmp, {"source": job.model.source})
@@ -225,12 +224,12 @@ def _streamed(job: PruneJob) -> Path:
         recipe.save(tmp / "recipe.json")
         if settings is not None:
             (tmp / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
-        print(f"depthcut: verified {job.out.path.name}: {how}", file=sys.stderr)
+        log.status(f"depthcut: verified {job.out.path.name}: {how}")
 
     out = atomic_dir(job.out.prepare(), write, job.out.overwrite)
     if checkpoint is not None:
         checkpoint.discard()
-    print(f"depthcut: wrote {out} (streamed: one block in memory at a time)", file=sys.stderr)
+    log.status(f"depthcut: wrote {out} (streamed: one block in memory at a time)")
     return out
 
 
@@ -312,9 +311,8 @@ def _too_big(model: ModelRef) -> bool:
             f"--max-memory {model.max_memory} ({budget / 2**30:.3f} GiB) is smaller than one "
             f"block ({largest / 2**30:.3f} GiB)"
         )
-    print(
+    log.status(
         f"depthcut: {path.name} ({size / 2**30:.3f} GiB) does not fit --max-memory "
-        f"({budget / 2**30:.3f} GiB): streaming it one block at a time",
-        file=sys.stderr,
+        f"({budget / 2**30:.3f} GiB): streaming it one block at a time"
     )
     return True

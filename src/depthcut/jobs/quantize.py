@@ -4,10 +4,10 @@ the float run, and save it (int8) or prepare the 4-bit GPU step (AWQ/GPTQ)."""
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from depthcut import log
 from depthcut.errors import DepthcutError
 from depthcut.eval.run import EvalSettings
 from depthcut.jobs.common import ModelRef, Output
@@ -56,7 +56,7 @@ def _int8_dir(job: QuantizeJob) -> Path | None:
     results = evaluate_models({"float": model, "quantized": qmodel}, tok, job.evaluation)
     for name, m in (("float", model), ("quantized", qmodel)):
         results[name]["size_mb"] = size_mb(m)
-    print(_table(results))
+    log.result(_table(results))
     if not job.out:
         return None
     plans = [Plan.from_dict(p) for p in meta["plans"]]
@@ -112,5 +112,5 @@ def _int4_dir(job: QuantizeJob) -> Path:
         (tmp / "INT4.md").write_text(text)
 
     atomic_dir(out, write, job.out.overwrite)
-    print(f"depthcut: widths fit group size {job.group_size}; recipe -> {out}", file=sys.stderr)
+    log.status(f"depthcut: widths fit group size {job.group_size}; recipe -> {out}")
     return out

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from depthcut import log
 from depthcut.errors import DepthcutError
 from depthcut.eval.run import EvalSettings
 from depthcut.jobs.common import ModelRef, Output
@@ -59,7 +59,7 @@ def run_recover(job: RecoverJob) -> Path:
     history["perplexity"]["gap_closed"] = gap_closed(
         before["dense"], before["pruned"], history["perplexity"]["recovered"]
     )
-    print(_summary(history), file=sys.stderr)
+    log.status(_summary(history))
 
     def extra(tmp: Path) -> None:
         (tmp / "recovery.json").write_text(json.dumps(history, indent=2) + "\n")

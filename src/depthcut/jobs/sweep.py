@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from depthcut import log
 from depthcut.eval.run import EvalSettings
 from depthcut.jobs.common import CalibSpec, ModelRef, Output
 from depthcut.sweep import SweepConfig, run_sweep
@@ -75,17 +75,15 @@ def run_sweep_job(job: SweepJob) -> Path:
     calib = job.calib.data(tok)
 
     def progress(point: dict) -> None:
-        print(
-            f"depthcut: sweep {point['method']} {point['budget']}: ppl {point['perplexity']:.3f}",
-            file=sys.stderr,
-            flush=True,
+        log.status(
+            f"depthcut: sweep {point['method']} {point['budget']}: ppl {point['perplexity']:.3f}"
         )
 
     measure = make_measure(tok, cfg, job.evaluation)
     state = run_sweep(model, tok, calib, cfg, out, measure, job.out.overwrite, progress)
     plot_sweep(state, out)
     (out / "sweep.md").write_text(sweep_table(state) + "\n")
-    print(sweep_table(state))
+    log.result(sweep_table(state))
     return out
 
 

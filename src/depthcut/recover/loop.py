@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from depthcut import log
 from depthcut.config import Budget, PruneConfig
 from depthcut.data import CalibData
 from depthcut.errors import ConfigError
@@ -80,7 +81,7 @@ def prune_recover_loop(
             current, trained = recover(current, tokenizer, recover_cfg, model, progress)
             row |= {"ppl_recovered": evaluate(current), "recovery": _brief(trained)}
         history.append(row)
-        print(_line(row), flush=True)
+        log.result(_line(row))
     return current, plans, history
 
 
