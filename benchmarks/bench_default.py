@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # results_file, also when imported
 import results_file  # noqa: E402
 
 RESULTS = results_file.RESULTS / "default.json"

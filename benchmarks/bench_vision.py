@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # results_file, also when imported
 import depthcut as dc  # noqa: E402
 import results_file  # noqa: E402
 from depthcut.timing import interleaved, reliability, spread  # noqa: E402

@@ -3,6 +3,7 @@ trained on it, Algorithm 9 on real images; the packaged CIFAR-10 CNN's structure
 
 import copy
 import gzip
+import json
 
 import pytest
 import torch
@@ -179,6 +180,24 @@ def test_algorithm9_on_real_images_then_recovery(fashion, trained):
 
 
 @pytest.mark.slow
+def test_algorithm9_beats_ranking_once_at_the_same_budget(fashion, trained):
+    """Re-scoring after every removal (Algorithm 9) against the same Taylor importance ranked
+    once on the dense network: at 35% A9 removes more parameters and, after the same short
+    recovery, is more accurate (measured 79.41% at 38.3% removed vs 77.50% at 37.6%)."""
+    (train_x, train_y), (test_x, test_y) = fashion
+    batches = [(train_x[i : i + 250], train_y[i : i + 250]) for i in range(0, 2000, 250)]
+    top = {}
+    for rescore in (True, False):
+        plan = dc.cnn_plan(
+            trained, train_x[:2], batches, F.cross_entropy, 0.35, rescore, progress=False
+        )
+        pruned = dc.apply(trained, plan)
+        fit(pruned, train_x[:12000], train_y[:12000], Recipe(epochs=1, lr=1e-3, seed=1), False)
+        top[rescore] = (plan.removed_params, top1(pruned, test_x, test_y))
+    assert top[True][0] >= top[False][0] and top[True][1] > top[False][1] + 0.01, top
+
+
+@pytest.mark.slow
 def test_packaged_cifar_cnn_fine_units_and_surgery_equals_reference():
     require_module("cifar_10_model", "cifar-10-model (make setup installs it)")
     model = load_cifar_cnn()
@@ -197,3 +216,19 @@ def test_packaged_cifar_cnn_fine_units_and_surgery_equals_reference():
     assert pruned.fc1.out_features == 512 and sum(p.numel() for p in pruned.parameters()) == (
         state_params(state, model)
     )
+
+
+def test_the_readme_table_is_generated_from_the_results_file():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "bench_vision", root / "benchmarks/bench_vision.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = json.loads((root / "benchmarks/results/vision.json").read_text())
+    readme = (root / "README.md").read_text()
+    block = readme.split("<!-- vision table: python benchmarks/bench_vision.py --table -->\n")[1]
+    assert block.startswith(bench.table(results) + "\n"), "README is stale: paste --table again"
