@@ -240,6 +240,8 @@ def test_streamed_prune_measures_perplexity_as_in_memory(tmp_path):
         assert b[when]["perplexity"]["nll"] == pytest.approx(a[when]["perplexity"]["nll"], 1e-6)
         assert b[when]["params_all"] == a[when]["params_all"]
     assert a["after"]["perplexity"]["nll"] != a["before"]["perplexity"]["nll"]
+    cards = [(d / "README.md").read_text().split("## What was removed")[1] for d in (mem, streamed)]
+    assert cards[0] == cards[1]  # the same model card, numbers from eval.json when streamed
 
 
 def test_streamed_prune_refuses_latency(tmp_path, capsys):

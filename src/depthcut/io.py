@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from depthcut import log
+from depthcut.card import write_card
 from depthcut.errors import ModelLoadError, OutputExistsError, OutputWriteError
 from depthcut.graph.structure import probe_inputs
 from depthcut.planning.plan import Plan
@@ -149,6 +150,7 @@ def save(
         (tmp / "depthcut.json").write_text(json.dumps(info | meta, indent=2, sort_keys=True) + "\n")
         if extra is not None:
             extra(tmp)
+        write_card(tmp, out.name, info["plans"], meta)  # after extra: it reads report.json
         if verify:
             log.status(f"depthcut: verified {out.name}: {_verify(model, plans, tmp)}")
 

@@ -187,6 +187,7 @@ def _streamed(job: PruneJob) -> Path:
     """Score, plan and apply on disk with one block in memory (``--streaming``); with
     ``--perplexity`` the dense and the pruned model are measured streaming too."""
     from depthcut.api import plan
+    from depthcut.card import write_card
     from depthcut.devices import resolve_device, resolve_dtype
     from depthcut.io import atomic_dir
     from depthcut.models import load_tokenizer, resolve
@@ -224,6 +225,7 @@ def _streamed(job: PruneJob) -> Path:
         recipe.save(tmp / "recipe.json")
         if settings is not None:
             (tmp / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_card(tmp, job.out.path.name, [the_plan.to_dict()], {"source": job.model.source})
         log.status(f"depthcut: verified {job.out.path.name}: {how}")
 
     out = atomic_dir(job.out.prepare(), write, job.out.overwrite)
