@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.depthcut-installed
 DEMO_OUT ?= out/demo
 
-.PHONY: setup browser fashion llama gemma vllm demo test test-fast test-vllm lint package bench clean
+.PHONY: setup browser fashion llama gemma vllm demo test test-fast test-vllm lint docs package bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m venv $(VENV)
@@ -103,6 +103,11 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports --no-cache
 
+# the documentation site (MkDocs): warnings are errors; the CLI / Python references and the
+# results page are generated while it builds (docs/hooks.py)
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 # what users install: build the sdist and wheel, check them, install the wheel into a clean venv
 # (the CPU torch wheel first) and prune a tiny model with that install
 PKG_VENV := .venv-pkg
@@ -140,4 +145,4 @@ bench: setup fashion llama gemma
 	$(BIN)/python benchmarks/bench_llamacpp.py  # ≈10 min: 8 GGUF files measured in llama.cpp
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(PKG_VENV) dist out .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(PKG_VENV) dist site out .pytest_cache

@@ -254,7 +254,7 @@ def solve(
     """argmin_T ‖X T − Y‖² + λ‖T − P‖² from XᵀX and XᵀY, λ = ridge × mean(diag XᵀX): the
     ridge pulls towards the unrepaired layer (``prior`` P; the identity map by default), not
     towards zero."""
-    lam = ridge * float(xtx.diagonal().mean())
+    lam = ridge * (float(xtx.diagonal().mean()) or 1.0)  # all-zero inputs: T = P
     eye = torch.eye(xtx.shape[0], dtype=xtx.dtype, device=xtx.device)
     prior = eye if prior is None else prior.to(xtx.dtype)
     return torch.linalg.solve(xtx + lam * eye, xty + lam * prior)

@@ -115,7 +115,7 @@ def _unit_errors(w: torch.Tensor, hinv: torch.Tensor, idx: torch.Tensor) -> torc
 def damped_inverse_(gram: torch.Tensor) -> torch.Tensor:
     """(G + λI)⁻¹ computed in the storage of ``gram`` (Cholesky factor, then its inverse,
     both in place: no second width² matrix; 8,960² float64 is 0.64 GB); returns ``gram``."""
-    gram.diagonal().add_(DAMP * float(gram.diagonal().mean()))
+    gram.diagonal().add_(DAMP * (float(gram.diagonal().mean()) or 1.0))  # all-zero inputs too
     torch.linalg.cholesky(gram, out=gram)
     return torch.cholesky_inverse(gram, out=gram)
 
