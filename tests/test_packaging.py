@@ -80,3 +80,16 @@ def test_one_version_a_license_and_no_published_dev_extra():
     assert "dev" not in PROJECT["optional-dependencies"]
     assert (ROOT / "src" / "depthcut" / "py.typed").exists()
     assert f"## [{__version__}]" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_the_lazy_exports_are_visible_to_type_checkers_and_dir():
+    import ast
+
+    import depthcut
+
+    tree = ast.parse((ROOT / "src" / "depthcut" / "__init__.py").read_text())
+    guarded = next(n for n in tree.body if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.dump(n))
+    imported = {(i.module, a.name) for i in guarded.body for a in i.names}
+    assert imported == {(module, name) for name, module in depthcut._EXPORTS.items()}
+    assert depthcut.__all__ == sorted(depthcut._EXPORTS)
+    assert set(depthcut._EXPORTS) <= set(dir(depthcut))

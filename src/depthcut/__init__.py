@@ -15,9 +15,23 @@ Public API (heavy modules are imported lazily so that ``import depthcut`` stays 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from depthcut.version import __version__ as __version__
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each loads on first use
+    from depthcut.api import apply, fine_units, plan, plan_units, prune, repair, score
+    from depthcut.config import Budget, PruneConfig
+    from depthcut.data import calibration
+    from depthcut.errors import DepthcutError
+    from depthcut.io import load, save
+    from depthcut.methods.fine.cnn import cnn_plan
+    from depthcut.models import load_model
+    from depthcut.planning.plan import Plan
+    from depthcut.quantize import QuantizeConfig
+    from depthcut.recipe import Recipe
+    from depthcut.recover.config import RecoverConfig
+    from depthcut.scores import Scores
 
 _EXPORTS = {
     "Budget": "depthcut.config",
@@ -42,10 +56,36 @@ _EXPORTS = {
     "Recipe": "depthcut.recipe",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Budget",
+    "DepthcutError",
+    "Plan",
+    "PruneConfig",
+    "QuantizeConfig",
+    "Recipe",
+    "RecoverConfig",
+    "Scores",
+    "apply",
+    "calibration",
+    "cnn_plan",
+    "fine_units",
+    "load",
+    "load_model",
+    "plan",
+    "plan_units",
+    "prune",
+    "repair",
+    "save",
+    "score",
+]
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'depthcut' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazy exports too, so that ``dir(depthcut)`` and completion list them."""
+    return sorted({*globals(), *_EXPORTS})
