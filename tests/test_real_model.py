@@ -85,7 +85,9 @@ def test_fine_ascending_order_beats_descending_on_heldout_text(smol):
 
     model, tok = smol
     calib = dc.calibration(tok, "wiki", n_samples=2, seq_len=128)
-    cfg = dc.PruneConfig(units=("fine",), importance="angular", budget=dc.Budget(params=0.1))
+    cfg = dc.PruneConfig(
+        units=("fine",), importance="angular", budget=dc.Budget(params=0.1), repair="none"
+    )
     scores = dc.score(model, cfg, calib, progress=False)
     ids = evaluation_tokens(tok, "wiki", 256 + 1)
 
