@@ -81,10 +81,10 @@ def apply(
     model (``repair``), the units are only removed.
     """
     refuse_quantized(model, "prune")
-    check_applies(model, plan)  # before a repair works on it
     method = plan.run.get("config", {}).get("repair", "none")
     if calib is None or method in ("none", "auto"):
         return apply_plan(model, plan, inplace=inplace)
+    check_applies(model, plan)  # before a repair works on it (apply_plan checks otherwise)
     work = model if inplace else copy.deepcopy(model)
     repair(work, plan, calib, method, progress)
     return apply_plan(work, plan, inplace=True)

@@ -71,7 +71,7 @@ def _writer_alive(name: str, prefix: str) -> bool:
 
 def remove_stale(out: Path) -> list[Path]:
     """Remove the temporary siblings of ``out`` whose writer process no longer runs (a run
-    killed while writing); says so in one line on stderr each; returns them."""
+    killed while writing); says so in one status line each (``depthcut.log``); returns them."""
     prefix = _tmp_prefix(out)
     stale = [
         p

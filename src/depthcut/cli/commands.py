@@ -137,13 +137,13 @@ def cmd_apply(args: argparse.Namespace) -> None:
     the_plan = Plan.load(args.plan)
     prepare_output(args.out, args.overwrite)
     model, tok = model_ref(args, args.model).load()
-    check_applies(model, the_plan)  # before calibration is read for its repair
     recorded = the_plan.run.get("config", {})
     method = recorded.get("repair", "none") if args.repair == "auto" else args.repair
     calib = None
     if method not in ("none", "auto"):
         from depthcut.config import PruneConfig
 
+        check_applies(model, the_plan)  # before calibration is read for its repair
         the_plan.run["config"] = {**recorded, "repair": method}
         cfg = PruneConfig.from_dict(the_plan.run["config"])
         calib = calib_spec(args).sized(model, cfg).data(tok)

@@ -48,10 +48,9 @@ def check_applies(model: nn.Module, plan: Plan):
 
 def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
     """The model with the plan's units physically removed and its config synced."""
-    structure = check_applies(model, plan)
     if not inplace:
         model = copy.deepcopy(model)
-        structure = structure and discover_structure(model)  # the copy's modules
+    structure = check_applies(model, plan)
     chosen = families({a.kind for a in plan.actions})
     insert_patches(model, recorded_patches(plan.run))
     for family in sorted(chosen, key=lambda f: APPLY_ORDER.index(f.name)):
