@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from depthcut.version import __version__ as __version__
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each loads on first use
-    from depthcut.api import apply, fine_units, plan, plan_units, prune, repair, score
+    from depthcut.api import apply, fine_units, frontier, plan, plan_units, prune, repair, score
     from depthcut.config import Budget, PruneConfig
     from depthcut.data import calibration
     from depthcut.errors import DepthcutError
@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each loads on 
     from depthcut.recipe import Recipe
     from depthcut.recover.config import RecoverConfig
     from depthcut.scores import Scores
+    from depthcut.search.budgets import Budgets
 
 _EXPORTS = {
     "Budget": "depthcut.config",
@@ -45,6 +46,8 @@ _EXPORTS = {
     "repair": "depthcut.api",
     "plan_units": "depthcut.api",
     "fine_units": "depthcut.api",
+    "frontier": "depthcut.api",
+    "Budgets": "depthcut.search.budgets",
     "cnn_plan": "depthcut.methods.fine.cnn",
     "save": "depthcut.io",
     "load": "depthcut.io",
@@ -58,6 +61,7 @@ _EXPORTS = {
 
 __all__ = [
     "Budget",
+    "Budgets",
     "DepthcutError",
     "Plan",
     "PruneConfig",
@@ -69,6 +73,7 @@ __all__ = [
     "calibration",
     "cnn_plan",
     "fine_units",
+    "frontier",
     "load",
     "load_model",
     "plan",

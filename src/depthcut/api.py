@@ -21,7 +21,7 @@ from depthcut.quantize import refuse_quantized
 from depthcut.scores import Scores
 
 __all__ = ["apply", "check_applies", "describe", "fine_units", "ordering_ablation", "plan"]
-__all__ += ["plan_units", "prune", "repair", "score"]
+__all__ += ["frontier", "plan_units", "prune", "repair", "score"]
 
 
 def score(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool = True) -> Scores:
@@ -34,6 +34,7 @@ def score(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool =
     """
     refuse_quantized(model, "score")
     cfg = cfg.resolved()
+    _refuse_auto(cfg, "dc.score")
     started = time.perf_counter()
     model.eval()
     parallel.check_supported(cfg)  # under torch.distributed: this process scores its share
@@ -60,6 +61,7 @@ def plan(scores: Scores, cfg: PruneConfig, model: nn.Module | None = None) -> Pl
     Fine-grained plans simulate Prune(f) on the model's graph: ``model`` (any weights; a
     CNN must be given) or, for LLMs, a skeleton built from the config in ``scores``."""
     cfg = cfg.resolved()
+    _refuse_auto(cfg, "dc.plan")
     the_plan = Plan([], scores.model, {"config": cfg.to_dict(), "metric": scores.metric})
     for family in families(cfg.units):
         family.select(scores, cfg, model, the_plan)
@@ -94,10 +96,57 @@ def prune(
     model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool = True
 ) -> tuple[nn.Module, Plan, Scores]:
     """score, plan, repair (by ``cfg.repair``) and apply in one call; ``model`` is left as it
-    was (a repair works on a copy)."""
+    was (a repair works on a copy). ``units="auto"``: the joint search (``frontier``) for the
+    config's budget; its scores are the option table's costs."""
+    if cfg.auto:
+        return _prune_joint(model, cfg, calib, progress)
     scores = score(model, cfg, calib, progress)
     the_plan = plan(scores, cfg, model)
     return apply(model, the_plan, calib, progress=progress), the_plan, scores
+
+
+def frontier(
+    model: nn.Module,
+    calib: CalibData,
+    budgets: list,
+    table=None,
+    k: int = 3,
+    progress: bool = True,
+) -> tuple:
+    """(option table, {budget label: plan}): the measured best joint plan — one option per
+    block across blocks, sublayers, KV groups and MLP widths — for each of ``budgets``
+    (``depthcut.search.Budgets`` or their text, ``"latency=0.3"``). A quarter of ``calib``'s
+    batches is held back to measure candidates; ``apply(model, plan, calib)`` realises one.
+
+    >>> table, plans = dc.frontier(model, calib, ["latency=0.2", "latency=0.3"])  # doctest: +SKIP
+    """
+    from depthcut.search.budgets import Budgets
+    from depthcut.search.frontier import frontier as run_frontier
+
+    refuse_quantized(model, "prune")
+    model.eval()
+    wanted = [b if isinstance(b, Budgets) else Budgets.parse(b.split("+")) for b in budgets]
+    return run_frontier(model, calib, wanted, table, k, progress)
+
+
+def _prune_joint(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool):
+    from depthcut.search.budgets import Budgets
+    from depthcut.search.frontier import held_back
+
+    table, plans = frontier(model, calib, [Budgets.from_budget(cfg.budget)], k=3, progress=progress)
+    the_plan = next(iter(plans.values()))
+    fit, _ = held_back(calib)
+    scores = Scores("joint", [], {}, table.model, cfg.resolved().to_dict(), cost=table.cost)
+    return apply(model, the_plan, fit, progress=progress), the_plan, scores
+
+
+def _refuse_auto(cfg: PruneConfig, what: str) -> None:
+    from depthcut.errors import ConfigError
+
+    if cfg.auto:
+        raise ConfigError(
+            f"units='auto' is the joint search: use dc.prune or dc.frontier, not {what}"
+        )
 
 
 def repair(

@@ -26,6 +26,7 @@ PARAM_COUNTS = ("all", "non_embedding")
 BUDGET_MODES = ("at_least", "at_most", "nearest")
 REPAIRS = ("auto", "none", "ls", "patch")
 REPAIRED_ONCE = {"head", "neuron"}  # width kinds that auto repairs (fine plans too)
+AUTO = "auto"  # units="auto": the joint search over every unit kind
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,18 @@ class Budget:
     count: str = "all"
     mode: str = "at_least"
     latency: float | None = None
+    kv: float | None = None  # share of the KV cache to remove (units="auto" only)
 
     def __post_init__(self) -> None:
-        given = [x is not None for x in (self.params, self.params_count, self.latency)]
+        given = [x is not None for x in (self.params, self.params_count, self.latency, self.kv)]
         if sum(given) != 1:
             raise ConfigError(
-                "budget: give exactly one of params (fraction), params_count or latency"
+                "budget: give exactly one of params (fraction), params_count, latency or kv"
             )
-        if self.latency is not None and not 0.0 < float(self.latency) < 1.0:
-            raise ConfigError(f"budget latency={self.latency} must be a fraction in (0, 1)")
+        for key in ("latency", "kv"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 < float(value) < 1.0:
+                raise ConfigError(f"budget {key}={value} must be a fraction in (0, 1)")
         if self.params is not None and not 0.0 < float(self.params) < 1.0:
             raise ConfigError(f"budget params={self.params} must be a fraction in (0, 1)")
         if self.params_count is not None and int(self.params_count) <= 0:
@@ -74,9 +78,9 @@ class Budget:
 
     def target(self, total_all: int, total_non_embedding: int) -> int:
         """Number of parameters to remove."""
-        if self.latency is not None:
+        if self.latency is not None or self.kv is not None:
             raise ConfigError(
-                "--budget latency has no parameter target: --steps and sweeps count parameters"
+                "--budget latency / kv has no parameter target: --steps and sweeps count parameters"
             )
         if self.params_count is not None:
             return int(self.params_count)
@@ -93,11 +97,13 @@ class Budget:
                 return cls(params=float(value), count=count or "all", mode=mode)
             if key == "count":
                 return cls(params_count=int(float(value)), count=count or "all", mode=mode)
-            if key == "latency" and not count:
-                return cls(latency=float(value), mode=mode)
+            if key in ("latency", "kv") and not count:
+                return cls(**{key: float(value)}, mode=mode)
         except ValueError as err:
             raise ConfigError(f"budget {text!r}: {err}") from None
-        raise ConfigError(f"budget {text!r}: use params=FRACTION, count=N or latency=FRACTION")
+        raise ConfigError(
+            f"budget {text!r}: use params=FRACTION, count=N, latency=FRACTION or kv=FRACTION"
+        )
 
 
 @dataclass(frozen=True)
@@ -109,9 +115,11 @@ class PruneConfig:
     (``width_importance="ls"``), as many as the budget asks, then that refit
     (``repair="auto"``). Name other units to prune blocks, sublayers, heads or fine units.
 
-    units: unit kinds to consider (block, attention, mlp, head, neuron; or fine alone);
-        omitted: blocks when ``importance`` or ``strategy`` is named, the width kinds whose
-        ``heads`` / ``neurons`` fraction is given, else neurons (the recommended method).
+    units: unit kinds to consider (block, attention, mlp, head, neuron; or fine alone; or
+        ``auto``: the joint search, one option per block across all of them, ``dc.frontier``);
+        omitted: blocks when ``importance`` or ``strategy`` is named, auto under a latency or
+        kv budget, the width kinds whose ``heads`` / ``neurons`` fraction is given, else
+        neurons (the recommended method).
     importance: depth metric of block / sublayer / fine units (``depthcut.importance``; bi).
     width_importance: metric of head / neuron units.
     strategy: ranked (one shot), contiguous (Gromov span), iterative (greedy re-scoring).
@@ -151,7 +159,7 @@ class PruneConfig:
         pruned once (``steps`` 1) with the model in memory, none otherwise."""
         if self.repair != "auto":
             return self
-        helped = set(self.units) <= REPAIRED_ONCE or self.fine
+        helped = set(self.units) <= REPAIRED_ONCE or self.fine or self.auto
         concrete = "ls" if helped and steps == 1 and not streamed else "none"
         return dataclasses.replace(self, repair=concrete)
 
@@ -161,12 +169,18 @@ class PruneConfig:
         return "fine" in self.units
 
     @property
+    def auto(self) -> bool:
+        """The joint search (``depthcut.search``): one option per block across blocks,
+        sublayers, KV groups and MLP widths, under measured budgets."""
+        return self.units == (AUTO,)
+
+    @property
     def depth_units(self) -> tuple[str, ...]:
-        return tuple(u for u in self.units if u in DEPTH_KINDS)
+        return DEPTH_KINDS if self.auto else tuple(u for u in self.units if u in DEPTH_KINDS)
 
     @property
     def width_units(self) -> tuple[str, ...]:
-        return tuple(u for u in self.units if u in WIDTH_KINDS)
+        return WIDTH_KINDS if self.auto else tuple(u for u in self.units if u in WIDTH_KINDS)
 
     def width_fraction(self, kind: str) -> float:
         return self.heads if kind == "head" else self.neurons
@@ -175,6 +189,8 @@ class PruneConfig:
         """The units of a config that names none (the CLI's ``--units`` omitted, too)."""
         if self.importance is not None or self.strategy is not None:
             return ("block",)
+        if self.budget.latency is not None or self.budget.kv is not None:
+            return (AUTO,)  # buying decode time or KV cache: the joint search
         fractions = (("head", self.heads), ("neuron", self.neurons))
         return tuple(kind for kind, f in fractions if f) or ("neuron",)
 
@@ -185,9 +201,12 @@ class PruneConfig:
             object.__setattr__(self, "importance", "bi")
         units = (self.units,) if isinstance(self.units, str) else tuple(self.units)
         object.__setattr__(self, "units", units)
+        if AUTO in units:
+            self._check_auto(units)
+            return
         bad = [u for u in units if u not in UNIT_KINDS]
         if not units or bad:
-            raise ConfigError(f"units {bad or units} unknown; choose from {UNIT_KINDS}")
+            raise ConfigError(f"units {bad or units} unknown; choose from {UNIT_KINDS} or auto")
         if self.strategy is None:  # the same default in the API and the CLI
             object.__setattr__(self, "strategy", "interleave" if self.fine else "ranked")
         if self.strategy not in STRATEGIES:
@@ -197,6 +216,8 @@ class PruneConfig:
         if self.protect_first < 0 or self.protect_last < 0:
             raise ConfigError("protect_first/protect_last must be >= 0")
         self._check_width()
+        if self.budget.kv is not None:
+            raise ConfigError("--budget kv=F is a budget of the joint search: use --units auto")
         if self.budget.latency is not None and (
             self.fine or (self.width_units and not self.width_from_budget)
         ):
@@ -217,6 +238,14 @@ class PruneConfig:
         if self.importance not in DEPTH_METRICS:
             known = ", ".join(DEPTH_METRICS)
             raise ConfigError(f"unknown importance {self.importance!r}; known: {known}")
+
+    def _check_auto(self, units: tuple[str, ...]) -> None:
+        if units != (AUTO,):
+            raise ConfigError("units 'auto' (the joint search) cannot be mixed with unit kinds")
+        if self.repair not in REPAIRS:
+            raise ConfigError(f"repair {self.repair!r} unknown; choose one of {REPAIRS}")
+        if self.budget.params_count is not None:
+            raise ConfigError("units 'auto': give a fraction budget (latency=F, kv=F, params=F)")
 
     def _check_fine(self) -> None:
         if self.units != ("fine",):

@@ -9,7 +9,7 @@ import torch
 import depthcut as dc
 from depthcut.errors import BudgetError, ConfigError
 from depthcut.graph.structure import discover_structure
-from depthcut.methods.width.latency import _halved, _restore, width_latency
+from depthcut.methods.width.latency import _halved, restore, width_latency
 from depthcut.methods.width.layers import width_layers
 from depthcut.methods.width.select import select_width_by_time, time_of
 from depthcut.methods.width.surgery import apply_width_actions
@@ -166,7 +166,7 @@ def test_width_latency_times_the_surgery_a_plan_uses_and_gives_the_model_back(bu
     try:
         torch.testing.assert_close(model(ids).logits, sliced(ids).logits, rtol=0, atol=0)
     finally:
-        _restore(model, originals)
+        restore(model, originals)
     table = width_latency(model, layers, context=16, steps=4, repeats=2)
     assert set(table["layers"]) == {w.id for w in layers} and table["total"] > 0
     assert all(model.get_submodule(p) is m for p, m in modules.items())

@@ -152,6 +152,54 @@ def cmd_apply(args: argparse.Namespace) -> None:
     print(f"pruned model -> {args.out}")
 
 
+def frontier_budgets(args: argparse.Namespace) -> list:
+    """``--budgets`` as one ``Budgets`` per frontier point, checked before any work."""
+    from depthcut.errors import ConfigError
+    from depthcut.search.budgets import Budgets
+
+    points = [Budgets.parse(p.split("+"), args.budget_mode) for p in comma_list(args.budgets)]
+    if len({p.label for p in points}) != len(points):
+        raise ConfigError(f"--budgets {args.budgets!r} names a point twice: give each once")
+    if args.k < 1:
+        raise ConfigError(f"--k {args.k}: assemble and measure at least one solution")
+    return points
+
+
+def cmd_frontier(args: argparse.Namespace) -> None:
+    import json
+
+    from depthcut.api import frontier
+    from depthcut.config import AUTO, PruneConfig
+    from depthcut.io import atomic_dir, prepare_output
+    from depthcut.search.library import OptionTable
+
+    points = frontier_budgets(args)
+    table = OptionTable.load(args.table) if args.table else None
+    out = prepare_output(args.out, args.overwrite)
+    model, tok = model_ref(args, args.model).load()
+    cfg = PruneConfig(units=(AUTO,), budget=points[0].to_budget(), repair="ls")
+    calib = calib_spec(args).sized(model, cfg).held_back_too(args.n_samples is None).data(tok)
+    table, plans = frontier(model, calib, points, table, args.k)
+
+    def write(folder):
+        table.save(folder / "options.json")
+        (folder / "plans").mkdir()
+        rows = {}
+        for label, plan in plans.items():
+            plan.save(folder / "plans" / f"{label}.json")
+            rows[label] = plan.run["search"]
+        text = json.dumps({"model": args.model, "points": rows}, indent=1)
+        (folder / "frontier.json").write_text(text + "\n", encoding="utf-8")
+
+    atomic_dir(out, write, args.overwrite)
+    for label, plan in plans.items():
+        m = plan.run["search"]["measured"]
+        print(
+            f"{label}: decode time −{m['saved']:.1%} measured (−{m['predicted']:.1%} "
+            f"predicted), KL {m['kl']:.4f} -> {out}/plans/{label}.json"
+        )
+
+
 def recover_config(args: argparse.Namespace):
     from depthcut.recover.config import RecoverConfig
 

@@ -201,6 +201,26 @@ def add_prune(sub) -> None:
     p.set_defaults(func=commands.cmd_prune)
 
 
+def add_frontier(sub) -> None:
+    p = sub.add_parser(
+        "frontier", help="joint plans (every unit kind, one option per block) for several budgets"
+    )
+    p.add_argument("model")
+    p.add_argument(
+        "--budgets",
+        required=True,
+        help="points of the frontier, comma-separated; '+' joins budgets of one point: "
+        "latency=0.1,latency=0.2 or latency=0.3+kv=0.5 (keys latency, kv, params[:non_embedding])",
+    )
+    p.add_argument("--budget-mode", default="at_least", help="at_least, at_most or nearest")
+    p.add_argument("--k", type=int, default=3, help="best solutions assembled and measured")
+    p.add_argument("--table", default=None, help="an options.json of an earlier run to reuse")
+    p.add_argument("--out", required=True, help="folder: options.json, plans/, frontier.json")
+    p.add_argument("--overwrite", action="store_true")
+    _calib_args(p)
+    p.set_defaults(func=commands.cmd_frontier)
+
+
 def add_recover(sub) -> None:
     p = sub.add_parser("recover", help="fine-tune a pruned run (LoRA / full / distillation)")
     p.add_argument("run", help="a directory written by prune/apply")
@@ -307,6 +327,7 @@ VERBS = (
     add_plan,
     add_apply,
     add_prune,
+    add_frontier,
     add_recover,
     add_quantize,
     add_export,

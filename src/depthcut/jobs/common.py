@@ -65,6 +65,14 @@ class CalibSpec:
         check_samples(need, self.n_samples, self.seq_len, self.batch_size)
         return self
 
+    def held_back_too(self, chosen: bool) -> CalibSpec:
+        """With ``n_samples`` chosen automatically: a third more windows, so that what the
+        joint search holds back (a quarter of the batches) leaves the refit what it needs."""
+        if not chosen:
+            return self
+        more = -(-self.n_samples * 4 // 3 // self.batch_size) * self.batch_size
+        return replace(self, n_samples=max(more, self.n_samples + self.batch_size))
+
     def data(self, tokenizer):
         """The batches; each window starts with BOS where the tokenizer puts one first."""
         from depthcut.data import calibration, expects_bos

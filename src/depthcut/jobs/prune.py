@@ -52,8 +52,11 @@ def run_prune(job: PruneJob) -> Path:
     calib = _calibration(job, model, tok)
     if recipe.steps > 1 or recipe.recover is not None:
         return _iterative(model, tok, calib, job)
-    scores = score(model, cfg, calib)
-    the_plan = plan(scores, cfg, model)
+    if cfg.auto:
+        scores, the_plan, calib = _joint(model, cfg, calib)
+    else:
+        scores = score(model, cfg, calib)
+        the_plan = plan(scores, cfg, model)
     log.result(the_plan.summary())
     fix = _repairer(cfg.repair, the_plan, calib)
     pruned, results = _prune_and_measure(model, the_plan, tok, settings, fix)
@@ -66,12 +69,26 @@ def run_prune(job: PruneJob) -> Path:
     return _save(pruned, the_plan, job, tok, extra)
 
 
+def _joint(model, cfg, calib):
+    """(scores, plan, the calibration its repair fits on) of the joint search (``--units
+    auto``): the option table's costs stand for the scores."""
+    from depthcut.api import frontier
+    from depthcut.scores import Scores
+    from depthcut.search.budgets import Budgets
+    from depthcut.search.frontier import held_back
+
+    table, plans = frontier(model, calib, [Budgets.from_budget(cfg.budget)])
+    scores = Scores("joint", [], {}, table.model, cfg.to_dict(), cost=dict(table.cost))
+    return scores, next(iter(plans.values())), held_back(calib)[0]
+
+
 def _calibration(job: PruneJob, model, tok):
     """The calibration batches, sized for the repair (or a given size checked against it)
     before any scoring; an automatic size above the default is said in one line."""
     from depthcut.refit.needs import FLOOR_SAMPLES
 
-    spec = job.calib.sized(model, job.recipe.prune)
+    cfg = job.recipe.prune
+    spec = job.calib.sized(model, cfg).held_back_too(cfg.auto and job.calib.n_samples is None)
     if job.calib.n_samples is None and spec.n_samples != FLOOR_SAMPLES:
         log.status(
             f"depthcut: calibration {spec.n_samples} × {spec.seq_len} tokens of "
@@ -108,6 +125,8 @@ def _check_repair(job: PruneJob, streaming: bool) -> None:
     """``--repair`` needs the model in memory: refuse streaming (chosen or automatic) before
     any work."""
     recipe = job.recipe
+    if recipe.prune.auto and (recipe.steps > 1 or recipe.recover is not None):
+        raise DepthcutError("--units auto prunes once: drop --steps / --recover (recover after)")
     if recipe.prune.repair == "none":
         return
     if streaming:

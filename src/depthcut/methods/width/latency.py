@@ -37,6 +37,12 @@ def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
 def _halved(model: nn.Module, layers: list[WidthLayer]) -> dict[str, nn.Module]:
     """Swap in a copy of every layer's module with half its units sliced out; returns the
     originals ({module path: module}) to put back."""
+    return swap_sliced(model, layers, lambda layer: layer.size // 2)
+
+
+def swap_sliced(model: nn.Module, layers: list[WidthLayer], removed) -> dict[str, nn.Module]:
+    """Swap in a copy of every layer's module with its first ``removed(layer)`` units sliced
+    out; returns the originals ({module path: module}) for ``restore``."""
     originals = {}
     for layer in layers:
         if any(not p.path.startswith(layer.module + ".") for p in layer.parts):
@@ -46,11 +52,11 @@ def _halved(model: nn.Module, layers: list[WidthLayer]) -> dict[str, nn.Module]:
         parent, name = _parent(model, layer.module)
         originals[layer.module] = getattr(parent, name)
         setattr(parent, name, copy.deepcopy(originals[layer.module]))
-        prune_width(model, layer, list(range(layer.size // 2)))
+        prune_width(model, layer, list(range(removed(layer))))
     return originals
 
 
-def _restore(model: nn.Module, originals: dict[str, nn.Module]) -> None:
+def restore(model: nn.Module, originals: dict[str, nn.Module]) -> None:
     for path, module in originals.items():
         parent, name = _parent(model, path)
         setattr(parent, name, module)
@@ -65,7 +71,7 @@ def _fastest(model, ids, paths, steps, repeats, layers) -> tuple[list, list]:
         try:
             halved.append(timed_decode(model, ids, paths, steps))
         finally:
-            _restore(model, originals)
+            restore(model, originals)
     return dense, halved
 
 

@@ -105,11 +105,18 @@ class GramHooks:
             handle.remove()
 
 
+def spd_inverse(h: torch.Tensor) -> torch.Tensor:
+    """Inverse of (a batch of) symmetric positive definite matrices, through Cholesky: the
+    batched LU inverse of this torch build fails on CPU for 3 × 192 × 192 float64 blocks
+    (MKL's DLASWP rejects a parameter; SmolLM2's KV groups are 192 channels wide)."""
+    return torch.cholesky_inverse(torch.linalg.cholesky(h))
+
+
 def _unit_errors(w: torch.Tensor, hinv: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """ΔE of removing each unit alone: idx [units, owned] channel indices."""
     h = hinv[idx[:, :, None], idx[:, None, :]]  # [units, owned, owned]
     ws = w[:, idx].permute(1, 0, 2)  # [units, out, owned]
-    return (ws @ torch.linalg.inv(h) * ws).sum((1, 2))
+    return (ws @ spd_inverse(h) * ws).sum((1, 2))
 
 
 def damped_inverse_(gram: torch.Tensor) -> torch.Tensor:
@@ -137,7 +144,7 @@ def greedy_order(
         take = min(chunk, len(live) - 1)
         picked = live[torch.topk(errors, take, largest=False).indices.cpu()]
         cols = idx[picked].flatten()
-        inv = torch.linalg.inv(hinv[cols][:, cols])
+        inv = spd_inverse(hinv[cols][:, cols])
         order.append((picked.tolist(), float(torch.trace(w[:, cols] @ inv @ w[:, cols].T))))
         w -= w[:, cols] @ inv @ hinv[cols, :]
         hinv.addmm_(hinv[:, cols] @ inv, hinv[cols, :], alpha=-1.0)  # no width² temporary

@@ -1,0 +1,219 @@
+"""The joint plan (``depthcut.search``) on a packaged model: how well its summed option costs
+rank real plans, and what it buys at measured decode-time budgets.
+
+Calibration: the first 12 of 16 windows of 256 tokens of the wiki calibration articles (the
+same 12 × 256 as ``bench_quality.py``); the search's held-back batches: the last 4. Evaluation:
+held-out perplexity and KL(dense ‖ pruned) on 8 × 512 tokens of other articles, and decode
+tokens/s at batch 1 measured interleaved with the dense model (``measure_many``).
+
+1. The option table (one rolling walk for the quality costs + the latency table), its cost in
+   forward-equivalents and seconds.
+2. ``--plans N`` random mixed plans (each block keeps with a probability drawn per plan from
+   0.6–0.95, else takes a random other option), each refit by ls: Spearman's rank correlation
+   between the summed option costs and the measured KL on the first 4 held-out windows.
+3. For each latency budget: the search (top-3, up to 3 correction rounds) and its measured
+   result next to the single-family methods of ``results/latency.json``.
+
+    python benchmarks/bench_frontier.py --budgets 0.1,0.2,0.3,0.4 --plans 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections import Counter
+
+import torch
+from scipy.stats import spearmanr
+
+import depthcut as dc
+from bench_quality import held_out
+from depthcut.data import CalibData, evaluation_tokens
+from depthcut.eval.latency import measure_many
+from depthcut.importance import functional as F
+from depthcut.search.budgets import Budgets
+from depthcut.search.joint import assemble, realise, search
+from depthcut.search.library import build_table
+from results_file import RESULTS, write
+
+
+def split(calib: CalibData, first: int) -> tuple[CalibData, CalibData]:
+    ids, mask = calib.input_ids, calib.attention_mask
+    return (
+        CalibData(ids[:first], mask[:first], calib.batch_size),
+        CalibData(ids[first:], mask[first:], calib.batch_size),
+    )
+
+
+def random_plan(table, rng: random.Random):
+    keep = rng.uniform(0.6, 0.95)
+    chosen = []
+    for i in range(len(table.blocks)):
+        options = table.options(i)
+        chosen.append(options[0] if rng.random() < keep else rng.choice(options[1:]))
+    return chosen
+
+
+KL_WINDOWS = 4  # held-out windows of 512 tokens for the random plans' KL
+
+
+@torch.no_grad()
+def window_kl(model, dense, ids, bos_id) -> float:
+    """Mean KL(dense ‖ model) per next token over the held-out windows in ``ids``."""
+    total, count = 0.0, 0
+    for w in range(len(ids) // 512):
+        chunk = torch.tensor(ids[w * 512 : (w + 1) * 512]).unsqueeze(0)
+        if bos_id is not None:
+            chunk = torch.cat([torch.tensor([[bos_id]]), chunk], dim=1)
+        ref = F.log_probs(dense(chunk).logits)
+        total += float(F.token_kl(ref, model(chunk).logits).sum())
+        count += chunk.shape[1]
+    return total / count
+
+
+def correlation(model, table, calib, ids, n: int, bos_id) -> dict:
+    rng, rows = random.Random(0), []
+    for _ in range(n):
+        chosen = random_plan(table, rng)
+        plan = assemble(table, chosen, Budgets(params=0.5))
+        pruned = realise(model, plan, calib)
+        ppl, kl = held_out(pruned, model, ids, bos_id)
+        cost = sum(map(table.quality, chosen))
+        rows.append(
+            {"cost": cost, "kl": kl, "ppl": ppl, "changed": sum(not o.is_keep for o in chosen)}
+        )
+        print(
+            f"plan {len(rows)}: {rows[-1]['changed']} blocks changed, cost {cost:.1f}, KL {kl:.3f}",
+            flush=True,
+        )
+    rho = spearmanr([r["cost"] for r in rows], [r["kl"] for r in rows]).statistic
+    return {"spearman": float(rho), "plans": rows}
+
+
+def frontier(model, table, calib, heldback, ids, budgets, bos_id, k: int) -> dict:
+    out = {}
+    for budget in budgets:
+        started = time.perf_counter()
+        plan, rounds = search(model, table, Budgets(latency=budget), calib, heldback, k=k)
+        seconds = time.perf_counter() - started
+        pruned = realise(model, plan, calib)
+        ppl, kl = held_out(pruned, model, ids, bos_id)
+        lat = measure_many(
+            {"dense": model, "joint": pruned}, lengths=(64,), batches=(1,), new_tokens=24, repeats=3
+        )
+        speed = lat["joint"].decode_tps[1] / lat["dense"].decode_tps[1]
+        options = plan.run["search"]["options"]
+        out[str(budget)] = {
+            "ppl": ppl,
+            "kl": kl,
+            "speed": speed,
+            "seconds": seconds,
+            "rounds": len(rounds),
+            "options": options,
+            "measured": plan.run["search"]["measured"],
+            "unreliable": lat["joint"].unreliable + lat["dense"].unreliable,
+        }
+        print(
+            f"latency {budget}: ppl {ppl:.2f} KL {kl:.3f} speed ×{speed:.2f} "
+            f"({seconds:.0f} s, {len(rounds)} rounds): {options}",
+            flush=True,
+        )
+    return out
+
+
+def summary(options: list[str]) -> str:
+    """``3 × block, 2 × mlp 1/2, …``: what a plan chose, most frequent first (keep left out)."""
+    counts = Counter(o for o in options if o != "keep")
+    return ", ".join(f"{n} × {name}" for name, n in counts.most_common())
+
+
+def doc_table(results: dict, single: dict | None = None) -> str:
+    """The documentation's table: the joint plan per latency budget, then the single-family
+    methods of ``results/latency.json`` (their own run) at the same budgets."""
+    corr = results.get("correlation", {})
+    lines = [
+        f"`{results['command']}` — {results['date']}, {results['hardware']['cores']} cores "
+        f"({results['hardware']['cpu']}), commit {results['commit']}; dense perplexity "
+        f"{results['dense']['ppl']:.2f}; option table {results['table']['seconds']:.0f} s, "
+        f"{results['table']['forward_equivalents']:.2f} forward-equivalents of the "
+        f"calibration set"
+        + (
+            f"; Spearman ρ (summed option cost vs KL, {len(corr['plans'])} random plans) "
+            f"{corr['spearman']:.3f}"
+            if corr
+            else ""
+        ),
+        "",
+        "| latency budget | method | decode time saved (search's check) | decode speed-up | "
+        "perplexity | KL | rounds | chosen |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for budget, row in results["frontier"].items():
+        warn = " ⚠" if row["unreliable"] else ""
+        lines.append(
+            f"| {float(budget):.0%} | joint | {row['measured']['saved']:.1%} | "
+            f"{row['speed']:.2f}×{warn} | {row['ppl']:.2f} | {row['kl']:.3f} | "
+            f"{row['rounds']} | {summary(row['options'])} |"
+        )
+        for name, other in (single or {}).get("budgets", {}).get(budget, {}).items():
+            lines.append(
+                f"| {float(budget):.0%} | {name} | | {other['speed']:.2f}× | {other['ppl']:.2f} "
+                f"| {other['kl']:.3f} | | |"
+            )
+    if single:
+        lines.append(
+            "\nSingle-family rows: `results/latency.json` (`python benchmarks/bench_quality.py "
+            "--latency`, an earlier run on this machine, commit cd76321), at the same budgets "
+            "of their own latency tables; ⚠: the timing flagged itself."
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--budgets", default="0.1,0.2,0.3,0.4")
+    parser.add_argument("--plans", type=int, default=20)
+    parser.add_argument("--k", type=int, default=3, help="candidates re-measured per round")
+    parser.add_argument("--table", action="store_true", help="print the results file's table")
+    args = parser.parse_args()
+    name = f"frontier_{args.model.split('-')[0]}"
+    if args.table:
+        single = json.loads((RESULTS / "latency.json").read_text())
+        print(doc_table(json.loads((RESULTS / f"{name}.json").read_text()), single))
+        return
+    torch.set_num_threads(2)
+    model, tok = dc.load_model(args.model)
+    bos = args.model.startswith("gemma")
+    bos_id = tok.bos_token_id if bos else None
+    calib, heldback = split(dc.calibration(tok, "wiki", n_samples=16, seq_len=256, bos=bos), 12)
+    ids = evaluation_tokens(tok, "wiki", 512 * 8)
+    started = time.perf_counter()
+    options = build_table(model, calib, progress=False)
+    built = time.perf_counter() - started
+    print(
+        f"option table: {built:.0f} s, "
+        f"{options.cost['forward_equivalents']:.2f} forward-equivalents",
+        flush=True,
+    )
+    dense_ppl, _ = held_out(model, model, ids, bos_id)
+    fields = {
+        "model": args.model,
+        "dense": {"ppl": dense_ppl},
+        "table": {"seconds": built} | options.cost,
+    }
+    fields["table"]["ratios"] = options.latency["ratios"]
+    if args.plans:
+        fields["correlation"] = correlation(model, options, calib, ids, args.plans, bos_id)
+        print(
+            f"Spearman rho (summed cost vs KL): {fields['correlation']['spearman']:.3f}", flush=True
+        )
+    budgets = [float(b) for b in args.budgets.split(",") if b]
+    fields["frontier"] = frontier(model, options, calib, heldback, ids, budgets, bos_id, args.k)
+    write(name, fields)
+
+
+if __name__ == "__main__":
+    main()

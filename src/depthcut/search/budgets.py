@@ -1,0 +1,77 @@
+"""Budgets of a joint search: ``latency=F`` (share of the decode time per token to remove),
+``kv=F`` (share of the KV cache), ``params=F`` or ``params=F:non_embedding``; several at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from depthcut.config import BUDGET_MODES, PARAM_COUNTS, Budget
+from depthcut.errors import ConfigError
+
+KEYS = ("latency", "kv", "params")
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Fractions to remove (``None``: no limit) and on which side ``mode`` lets them land."""
+
+    latency: float | None = None
+    kv: float | None = None
+    params: float | None = None
+    count: str = "all"
+    mode: str = "at_least"
+
+    def __post_init__(self) -> None:
+        given = {k: getattr(self, k) for k in KEYS if getattr(self, k) is not None}
+        if not given:
+            raise ConfigError("give at least one budget: latency=F, kv=F or params=F")
+        for key, value in given.items():
+            if not 0.0 < float(value) < 1.0:
+                raise ConfigError(f"budget {key}={value} must be a fraction in (0, 1)")
+        if self.count not in PARAM_COUNTS:
+            raise ConfigError(f"budget params=F:{self.count}; use one of {PARAM_COUNTS}")
+        if self.mode not in BUDGET_MODES:
+            raise ConfigError(f"budget mode {self.mode!r} unknown; choose one of {BUDGET_MODES}")
+
+    def given(self) -> dict[str, float]:
+        return {k: float(getattr(self, k)) for k in KEYS if getattr(self, k) is not None}
+
+    @property
+    def label(self) -> str:
+        """``latency-0.3`` or ``latency-0.3+kv-0.5``: a file name for the plan."""
+        return "+".join(f"{k}-{v:g}" for k, v in self.given().items())
+
+    def to_budget(self) -> Budget:
+        """The first given budget (latency, kv, then params) as a config ``Budget``."""
+        key, value = next(iter(self.given().items()))
+        if key == "params":
+            return Budget(params=value, count=self.count, mode=self.mode)
+        return Budget(**{key: value}, mode=self.mode)
+
+    @classmethod
+    def from_budget(cls, budget: Budget) -> Budgets:
+        """A config's single ``Budget`` (a fraction of parameters, decode time or KV cache)."""
+        if budget.fraction is None and budget.latency is None and budget.kv is None:
+            raise ConfigError("units 'auto': give a fraction budget (latency=F, kv=F, params=F)")
+        return cls(budget.latency, budget.kv, budget.fraction, budget.count, budget.mode)
+
+    @classmethod
+    def parse(cls, texts: list[str], mode: str = "at_least") -> Budgets:
+        """``["latency=0.3", "kv=0.5"]`` → Budgets; unknown keys and repeats are refused."""
+        values: dict[str, float | str] = {}
+        for text in texts:
+            key, sep, value = text.partition("=")
+            value, _, count = value.partition(":")
+            if not sep or key not in KEYS or (count and key != "params"):
+                raise ConfigError(
+                    f"budget {text!r}: use latency=F, kv=F or params=F[:non_embedding]"
+                )
+            if key in values:
+                raise ConfigError(f"budget {key} given twice: give each budget once")
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise ConfigError(f"budget {text!r}: {value!r} is not a number") from None
+            if count:
+                values["count"] = count
+        return cls(**values, mode=mode)  # type: ignore[arg-type]

@@ -1,0 +1,54 @@
+"""Joint plans for one budget (``PruneConfig(units="auto")``) or many (the frontier), built on
+one option table: the calibration's last quarter of batches is held back for the search's
+measurements, the rest scores the options and fits the repairs."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from depthcut.data import CalibData
+from depthcut.errors import CalibrationError
+from depthcut.planning.plan import Plan
+from depthcut.search.budgets import Budgets
+from depthcut.search.joint import reference, search
+from depthcut.search.library import OptionTable, build_table, check_table
+
+
+def held_back(calib: CalibData) -> tuple[CalibData, CalibData]:
+    """(fit, check): the last quarter of the batches (at least one) held back for measuring."""
+    batches = len(calib.batches())
+    if batches < 2:
+        raise CalibrationError(
+            "the joint search holds back a quarter of the calibration batches: give at least "
+            f"two batches (now {batches}; raise --n-samples)"
+        )
+    rows = (batches - max(1, batches // 4)) * calib.batch_size
+    ids, mask = calib.input_ids, calib.attention_mask
+    return (
+        CalibData(ids[:rows], mask[:rows], calib.batch_size),
+        CalibData(ids[rows:], mask[rows:], calib.batch_size),
+    )
+
+
+def frontier(
+    model: nn.Module,
+    calib: CalibData,
+    budgets: list[Budgets],
+    table: OptionTable | None = None,
+    k: int = 3,
+    progress: bool = True,
+) -> tuple[OptionTable, dict[str, Plan]]:
+    """The option table and the measured best joint plan of each budget ({label: plan})."""
+    from depthcut.graph.structure import discover_structure
+    from depthcut.methods.base import describe
+
+    fit, check = held_back(calib)
+    if table is None:
+        table = build_table(model, fit, progress)
+    else:
+        check_table(table, describe(model, discover_structure(model)))
+    ref = reference(model, check)
+    plans = {}
+    for b in budgets:
+        plans[b.label], _ = search(model, table, b, fit, check, k=k, ref=ref)
+    return table, plans

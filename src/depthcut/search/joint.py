@@ -1,0 +1,218 @@
+"""The joint plan for one set of budgets: solve, assemble the k best, re-measure, correct.
+
+``solve_plans`` turns the option table into the 0/1 program of ``search.solve`` and returns the
+k best plans by predicted cost. ``search`` assembles each (refit by ``--repair ls``, units
+removed), measures its decode time against the dense model (interleaved, batch 1, cached) and
+its next-token KL to the dense model on held-back batches, and keeps the measured best among
+those whose measured speed-up honours the latency budget. When none does, the predicted
+savings are scaled by what was measured (measured ÷ predicted) and the program re-solved:
+the report lists every round.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+
+import numpy as np
+import torch
+from torch import nn
+
+from depthcut.config import AUTO, PruneConfig
+from depthcut.data import CalibData
+from depthcut.importance import functional as F
+from depthcut.methods import apply_plan
+from depthcut.planning.plan import Plan
+from depthcut.refit.run import repair
+from depthcut.search.budgets import Budgets
+from depthcut.search.library import OptionTable
+from depthcut.search.options import Option
+from depthcut.search.solve import Limit, best_k
+from depthcut.timing import interleaved
+from depthcut.units.latency import decode_seconds, synchronizer, warmed_prompt
+
+TOLERANCE = 0.05  # a measured latency saving within 5% (relative) of the budget honours it
+
+
+def flat_options(table: OptionTable) -> tuple[list[Option], list[list[int]]]:
+    """Every option of every block in one list, and each block's indices into it."""
+    options, groups = [], []
+    for i in range(len(table.blocks)):
+        here = table.options(i)
+        groups.append(list(range(len(options), len(options) + len(here))))
+        options += here
+    return options, groups
+
+
+def limits(table: OptionTable, options: list[Option], budgets: Budgets, scale: float) -> list:
+    """The program's budget rows; ``scale`` corrects the predicted time savings."""
+    mode, out = budgets.mode, []
+    given = budgets.given()
+    if "latency" in given:
+        total = table.latency["total"]
+        saving = np.array([_time_saved(table, o) for o in options]) * scale
+        out.append(_limit("latency", saving, given["latency"] * total, total, mode))
+    if "kv" in given:
+        full = np.array([table.kv(_keep_of(table, o)) for o in options], dtype=float)
+        saving = full - np.array([table.kv(o) for o in options], dtype=float)
+        total = sum(
+            table.kv(_keep_of(table, table.options(i)[0])) for i in range(len(table.blocks))
+        )
+        out.append(_limit("kv", saving, given["kv"] * total, total, mode))
+    if "params" in given:
+        key = "params_all" if budgets.count == "all" else "params_non_embedding"
+        total = table.model[key]
+        saving = np.array([table.params(o) for o in options], dtype=float)
+        out.append(_limit("params", saving, given["params"] * total, total, mode))
+    return out
+
+
+def _limit(name: str, saving, target: float, total: float, mode: str) -> Limit:
+    if mode == "at_most":
+        return Limit(name, saving, -np.inf, target, total)
+    if mode == "nearest":
+        return Limit(name, saving, target * (1 - TOLERANCE), target * (1 + TOLERANCE), total)
+    return Limit(name, saving, target, np.inf, total)
+
+
+def _keep_of(table: OptionTable, o: Option) -> Option:
+    return table.options(o.block)[0]
+
+
+def _time_saved(table: OptionTable, o: Option) -> float:
+    return table.seconds(_keep_of(table, o)) - table.seconds(o)
+
+
+def assemble(table: OptionTable, chosen: list[Option], budgets: Budgets) -> Plan:
+    """The plan realising ``chosen`` (one option per block), refit by ls when applied."""
+    actions = [a for o in chosen for a in table.actions(o)]
+    saved = sum(_time_saved(table, o) for o in chosen)
+    cfg = PruneConfig(units=(AUTO,), budget=budgets.to_budget(), repair="ls")
+    total = table.latency["total"]
+    run = {
+        "config": cfg.to_dict(),
+        "metric": "joint",
+        "search": {
+            "budgets": budgets.given() | {"count": budgets.count, "mode": budgets.mode},
+            "options": [o.name for o in chosen],
+            "predicted_cost": sum(map(table.quality, chosen)),
+        },
+        "latency": {"target": (budgets.latency or 0.0) * total, "removed": saved, "total": total},
+    }
+    return Plan(actions, table.model, run)
+
+
+def solve_plans(table: OptionTable, budgets: Budgets, k: int = 3, scale: float = 1.0) -> list[Plan]:
+    """The ``k`` plans of least summed quality cost under ``budgets``, best first."""
+    options, groups = flat_options(table)
+    quality = np.array([table.quality(o) for o in options])
+    found = best_k(quality, groups, limits(table, options, budgets, scale), k)
+    plans = []
+    for sol in found:
+        chosen = [options[g[c]] for g, c in zip(groups, sol.choice)]
+        plan = assemble(table, chosen, budgets)
+        plan.run["search"] |= {"objective": sol.objective, "solver_seconds": sol.seconds}
+        plans.append(plan)
+    return plans
+
+
+@torch.no_grad()
+def reference(model: nn.Module, heldout: CalibData) -> list[torch.Tensor]:
+    """The dense model's next-token log-probabilities on every held-back batch."""
+    return [F.log_probs(model(**b, use_cache=False).logits) for b in heldout.batches()]
+
+
+@torch.no_grad()
+def mean_kl(model: nn.Module, heldout: CalibData, ref: list[torch.Tensor]) -> float:
+    """Mean KL(dense ‖ model) over the real tokens of the held-back batches."""
+    total, count = 0.0, 0
+    for batch, logp in zip(heldout.batches(), ref):
+        kl = F.token_kl(logp, model(**batch, use_cache=False).logits)
+        mask = batch["attention_mask"].bool()
+        total, count = total + float(kl[mask].sum()), count + int(mask.sum())
+    return total / max(count, 1)
+
+
+def decode_ratio(dense: nn.Module, pruned: nn.Module, steps: int = 16, repeats: int = 5):
+    """(pruned ÷ dense decode seconds per token, other CPU %): medians of interleaved runs."""
+    sync = synchronizer(next(dense.parameters()).device)
+    ids = warmed_prompt(dense, 64)
+    warmed_prompt(pruned, 64)
+    calls = {
+        "dense": lambda: decode_seconds(dense, ids, steps, sync),
+        "pruned": lambda: decode_seconds(pruned, ids, steps, sync),
+    }
+    seconds, other = interleaved(calls, repeats=repeats)
+    return statistics.median(seconds["pruned"]) / statistics.median(seconds["dense"]), other
+
+
+def realise(model: nn.Module, plan: Plan, calib: CalibData) -> nn.Module:
+    """A refit copy of ``model`` with the plan's units removed."""
+    work = copy.deepcopy(model)
+    plan.run["repair"] = repair(work, plan, calib, "ls", progress=False)
+    return apply_plan(work, plan, inplace=True)
+
+
+def measure(model, plan: Plan, calib: CalibData, heldout: CalibData, ref) -> dict:
+    """Held-back KL and measured decode-time saving of the refit, pruned plan."""
+    pruned = realise(model, plan, calib)
+    ratio, other = decode_ratio(model, pruned)
+    kl = mean_kl(pruned, heldout, ref)
+    predicted = plan.run["latency"]["removed"] / plan.run["latency"]["total"]
+    return {"kl": kl, "saved": 1.0 - ratio, "predicted": predicted, "other_cpu": other}
+
+
+def honours(measured: float, target: float | None, mode: str) -> bool:
+    """Whether a measured latency saving honours the budget on ``mode``'s side."""
+    if target is None:
+        return True
+    slack = TOLERANCE * target
+    if mode == "at_least":
+        return measured >= target - slack
+    if mode == "at_most":
+        return measured <= target + slack
+    return abs(measured - target) <= slack
+
+
+def search(
+    model: nn.Module,
+    table: OptionTable,
+    budgets: Budgets,
+    calib: CalibData,
+    heldout: CalibData,
+    k: int = 3,
+    rounds: int = 3,
+    ref: list[torch.Tensor] | None = None,
+) -> tuple[Plan, list[dict]]:
+    """The measured best joint plan under ``budgets`` and the report of every round."""
+    ref = reference(model, heldout) if ref is None else ref
+    scale, report, best = 1.0, [], None
+    for r in range(rounds):
+        plans = solve_plans(table, budgets, k, scale)
+        found = [(p, measure(model, p, calib, heldout, ref)) for p in plans]
+        report.append({"round": r, "scale": scale, "candidates": [_row(p, m) for p, m in found]})
+        ok = [(p, m) for p, m in found if honours(m["saved"], budgets.latency, budgets.mode)]
+        if ok:
+            best = min(ok, key=lambda pm: pm[1]["kl"])
+            break
+        best = min(found, key=lambda pm: abs(pm[1]["saved"] - (budgets.latency or 0)))
+        if budgets.latency is None:
+            break
+        scale *= _correction(found)
+    plan, measured = best
+    plan.run["search"] |= {"measured": measured, "rounds": report}
+    return plan, report
+
+
+def _row(plan: Plan, measured: dict) -> dict:
+    return {
+        "options": plan.run["search"]["options"],
+        "objective": plan.run["search"]["objective"],
+    } | measured
+
+
+def _correction(found: list) -> float:
+    """The median of measured ÷ predicted time saving over the candidates: the factor the
+    predicted savings are scaled by before the next round."""
+    ratios = [m["saved"] / m["predicted"] for _, m in found if m["predicted"] > 0]
+    return statistics.median(ratios) if ratios else 1.0

@@ -1,0 +1,233 @@
+"""The option table: every block's options with their measured costs, saved as JSON.
+
+Built once per model and calibration set (``build_table``: one rolling walk for the quality
+costs, one latency measurement), then solved for any number of budgets.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from depthcut.calibrate import RollingCache
+from depthcut.data import CalibData
+from depthcut.errors import ConfigError
+from depthcut.graph.structure import ModelStructure, discover_structure
+from depthcut.kinds import Kind
+from depthcut.methods.base import describe
+from depthcut.methods.width.layers import WidthLayer, width_layers
+from depthcut.methods.width.repaired import GramHooks
+from depthcut.planning.plan import Action
+from depthcut.search.cost import kv_bytes, latency_table, option_seconds
+from depthcut.search.options import Option, block_options, levels
+from depthcut.search.quality import DepthHooks, width_levels
+from depthcut.units.discover import discover_units
+
+TABLE_VERSION = 1
+SUBLAYERS = {"attention": Kind.HEAD, "mlp": Kind.NEURON}
+
+
+@dataclass
+class OptionTable:
+    """Per block (``blocks[i]``): sizes, paths, unit parameters, and for each sublayer level
+    its quality cost and removed units; ``latency``: the measured decode table."""
+
+    model: dict[str, Any]
+    blocks: list[dict[str, Any]]
+    latency: dict[str, Any]
+    cost: dict[str, Any] = field(default_factory=dict)
+    version: int = TABLE_VERSION
+
+    def options(self, i: int) -> list[Option]:
+        b = self.blocks[i]
+        return block_options(i, b["attention"]["size"], b["mlp"]["size"])
+
+    def quality(self, o: Option) -> float:
+        b = self.blocks[o.block]
+        if o.removes_block:
+            return b["block"]["error"]
+        return _level(b["attention"], o.attention)["error"] + _level(b["mlp"], o.mlp)["error"]
+
+    def seconds(self, o: Option) -> float:
+        ratios = self.latency["ratios"]
+        a = ratios["attention"][_key(ratios["attention"], o.attention)]
+        m = ratios["mlp"][_key(ratios["mlp"], o.mlp)]
+        return option_seconds(self.latency, o.block, a, m)
+
+    def kv(self, o: Option) -> int:
+        return o.attention * self.blocks[o.block]["attention"]["bytes_per_unit"]
+
+    def params(self, o: Option) -> int:
+        """Parameters the option removes."""
+        b = self.blocks[o.block]
+        if o.removes_block:
+            return b["block"]["params"]
+        return _removed_params(b["attention"], o.attention) + _removed_params(b["mlp"], o.mlp)
+
+    def actions(self, o: Option) -> list[Action]:
+        """The plan actions that realise ``o`` (none for ``keep``)."""
+        b = self.blocks[o.block]
+        if o.removes_block:
+            return [Action(Kind.BLOCK, o.block, b["block"]["path"], b["block"]["params"])]
+        out = []
+        for sub, kept in (("attention", o.attention), ("mlp", o.mlp)):
+            info = b[sub]
+            if kept == info["size"]:
+                continue
+            if kept == 0:
+                out.append(Action(Kind(sub), o.block, info["path"], info["params"]))
+                continue
+            level = _level(info, kept)
+            removed = tuple(level["removed"])
+            params = len(removed) * info["unit_params"]
+            out.append(Action(SUBLAYERS[sub], o.block, info["module"], params, members=removed))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "model": self.model,
+            "blocks": self.blocks,
+            "latency": self.latency,
+            "cost": self.cost,
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> OptionTable:
+        from depthcut.files import check_version, read_json
+
+        data = read_json(path, "option table")
+        check_version(data.get("version"), TABLE_VERSION, "option table")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OptionTable:
+        blocks = [_int_keys(b) for b in data["blocks"]]
+        latency = dict(data["latency"])
+        latency["ratios"] = {
+            k: {int(n): v for n, v in r.items()} for k, r in latency["ratios"].items()
+        }
+        return cls(data["model"], blocks, latency, data.get("cost", {}), data["version"])
+
+
+def _key(ratios: dict[int, float], kept: int) -> int:
+    return kept if kept in ratios else min(ratios, key=lambda k: abs(k - kept))
+
+
+def _level(info: dict, kept: int) -> dict:
+    if kept == info["size"]:
+        return {"error": 0.0, "removed": []}
+    return info["levels"][kept]
+
+
+def _removed_params(info: dict, kept: int) -> int:
+    if kept == 0:
+        return info["params"]
+    return (info["size"] - kept) * info["unit_params"]
+
+
+def _int_keys(block: dict) -> dict:
+    out = dict(block)
+    for sub in ("attention", "mlp"):
+        info = dict(block[sub])
+        info["levels"] = {int(k): v for k, v in info["levels"].items()}
+        out[sub] = info
+    return out
+
+
+def build_table(
+    model: nn.Module, calib: CalibData, progress: bool = True, latency: dict | None = None
+) -> OptionTable:
+    """Score every option of every block of ``model`` on ``calib`` and measure its costs
+    (``latency``: a table measured before, to reuse)."""
+    started = time.perf_counter()
+    model.eval()
+    structure = discover_structure(model)
+    widths = {"attention": width_layers(model, structure, "head")}
+    widths["mlp"] = width_layers(model, structure, "neuron")
+    blocks, walk = _quality(model, structure, widths, calib, progress)
+    _add_sizes(model, structure, widths, blocks)
+    if latency is None:
+        units = discover_units(model, structure, ("block", "attention", "mlp"))
+        kept = {k: levels(v[0].size) for k, v in widths.items()}
+        latency = latency_table(model, units, widths, kept)
+    info = describe(model, structure)
+    cost = {"forward_equivalents": walk, "seconds": time.perf_counter() - started}
+    return OptionTable(info, blocks, latency, cost)
+
+
+@torch.no_grad()
+def _quality(model, structure: ModelStructure, widths, calib: CalibData, progress: bool):
+    """Per block: every level's quality cost and removed units (one rolling walk)."""
+    modules = dict(model.named_modules())
+    cache = RollingCache(model, structure, calib, progress)
+    previous, blocks = None, []
+    for i in tqdm(range(cache.num_blocks), desc="options", disable=not progress):
+        layers = [widths["attention"][i], widths["mlp"][i]]
+        grams = GramHooks(layers, cache.blocks, modules)
+        depth = DepthHooks(model, structure, i, previous)
+        try:
+            cache.advance(i, before=_masking(cache, grams, depth))
+        finally:
+            grams.remove()
+            depth.remove()
+        blocks.append(_block_entry(modules, layers, grams.grams, depth))
+        previous = depth.written if all(w is not None for w in depth.written) else None
+    return blocks, cache.forward_equivalents
+
+
+def _masking(cache: RollingCache, grams: GramHooks, depth: DepthHooks):
+    """The ``before(b)`` of a walk step: both hook sets learn batch b's real tokens."""
+
+    def before(b: int) -> None:
+        mask = cache.masks(b).bool()
+        grams.state.update(mask=mask)
+        depth.state = {"mask": mask, "batch": b}
+
+    return before
+
+
+def _block_entry(modules, layers: list[WidthLayer], grams: dict, depth: DepthHooks) -> dict:
+    errors = depth.errors()
+    entry: dict[str, Any] = {"block": errors["block"]}
+    for sub, layer in zip(("attention", "mlp"), layers):
+        gram = grams.pop(layer.id)
+        found = width_levels(modules, layer, gram, levels(layer.size), depth.tokens)
+        found[0] = {"error": errors[sub]["error"], "raw": errors[sub]["raw"], "removed": []}
+        entry[sub] = {"size": layer.size, "module": layer.module, "levels": found}
+        entry[sub]["repaired"] = errors[sub]["repaired"]
+    return entry
+
+
+def _add_sizes(model, structure: ModelStructure, widths: dict, blocks: list[dict]) -> None:
+    """Paths and parameter counts of every block's units, KV bytes of its attention units."""
+    units = discover_units(model, structure, ("block", "attention", "mlp"))
+    by_id = {u.id: u for u in units}
+    dtype = next(model.parameters()).dtype
+    for i, entry in enumerate(blocks):
+        entry["block"] |= {"path": by_id[f"block:{i}"].path, "params": by_id[f"block:{i}"].params}
+        for sub in ("attention", "mlp"):
+            unit, layer = by_id[f"{sub}:{i}"], widths[sub][i]
+            entry[sub] |= {"path": unit.path, "params": unit.params}
+            entry[sub]["unit_params"] = layer.unit_params
+        entry["attention"]["bytes_per_unit"] = kv_bytes(1, widths["attention"][i].head_dim, dtype)
+
+
+def check_table(table: OptionTable, model_info: dict) -> None:
+    """Refuse a table made for another model, naming the difference."""
+    for key in ("model_type", "num_blocks", "params_all"):
+        if table.model.get(key) != model_info.get(key):
+            raise ConfigError(
+                f"this option table was made for another model ({key} "
+                f"{table.model.get(key)!r}, this model {model_info.get(key)!r}): build it again"
+            )

@@ -1,0 +1,76 @@
+"""The option library of a joint plan: what each block can become.
+
+A block keeps or loses its attention and its MLP independently, and a kept sublayer can also
+be narrowed: the attention to fewer KV groups (each with the query heads that share it), the
+MLP to 3/4, 1/2 or 1/4 of its neurons. An option is one such pair of levels, counted in the
+units kept (0: the sublayer is removed; both 0: the whole block goes). The search picks exactly
+one option per block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.0)  # shares of a sublayer's units an option keeps
+
+
+@dataclass(frozen=True)
+class Option:
+    """Block ``block`` with ``attention`` of its ``kv_size`` KV groups and ``mlp`` of its
+    ``mlp_size`` neurons kept (0 removes the sublayer; both 0 remove the block)."""
+
+    block: int
+    attention: int
+    mlp: int
+    kv_size: int
+    mlp_size: int
+
+    @property
+    def is_keep(self) -> bool:
+        return self.attention == self.kv_size and self.mlp == self.mlp_size
+
+    @property
+    def removes_block(self) -> bool:
+        return self.attention == 0 and self.mlp == 0
+
+    @property
+    def name(self) -> str:
+        """``keep``, ``block``, ``attention``, ``mlp``, ``kv 1/3``, ``mlp 1/2``, or both parts
+        joined by ``+`` (``kv 2/3 + mlp 3/4``)."""
+        if self.is_keep:
+            return "keep"
+        if self.removes_block:
+            return "block"
+        parts = []
+        if self.attention != self.kv_size:
+            parts.append(
+                "attention" if self.attention == 0 else f"kv {_ratio(self.attention, self.kv_size)}"
+            )
+        if self.mlp != self.mlp_size:
+            parts.append("mlp" if self.mlp == 0 else f"mlp {_ratio(self.mlp, self.mlp_size)}")
+        return " + ".join(parts)
+
+
+def _ratio(kept: int, size: int) -> str:
+    from fractions import Fraction
+
+    f = Fraction(kept, size)
+    return f"{f.numerator}/{f.denominator}" if f.denominator <= 8 else f"{kept}/{size}"
+
+
+def levels(size: int) -> list[int]:
+    """Units kept at each of ``FRACTIONS`` of a sublayer with ``size`` units: distinct, full
+    first, 0 last (a narrowed sublayer keeps at least one unit)."""
+    out: list[int] = []
+    for f in FRACTIONS:
+        kept = 0 if f == 0 else max(1, round(size * f))
+        if kept not in out:
+            out.append(kept)
+    return out
+
+
+def block_options(block: int, kv_size: int, mlp_size: int) -> list[Option]:
+    """Every option of one block, ``keep`` first."""
+    return [
+        Option(block, a, m, kv_size, mlp_size) for a in levels(kv_size) for m in levels(mlp_size)
+    ]

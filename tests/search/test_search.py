@@ -1,0 +1,252 @@
+"""The joint search: option levels, the fold's closed-form error, the exact solver (against
+brute force), budgets, the option table on a tiny Llama (parameter accounting against real
+surgery, a hand-computed block error) and the correction rounds of the search."""
+
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from depthcut.errors import BudgetError, ConfigError
+from depthcut.methods import apply_plan
+from depthcut.planning.plan import Plan
+from depthcut.search import joint
+from depthcut.search.budgets import Budgets
+from depthcut.search.library import OptionTable, build_table
+from depthcut.search.options import block_options, levels
+from depthcut.search.quality import fit_error, greedy_levels
+from depthcut.search.solve import Limit, best_k
+from depthcut.units.discover import count_params
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny import tiny_calib, tiny_llama  # noqa: E402
+
+
+def test_levels_keep_full_first_and_removal_last():
+    assert levels(96) == [96, 72, 48, 24, 0]
+    assert levels(3) == [3, 2, 1, 0]  # 3/4 and 1/2 of 3 KV groups round to 2
+    assert levels(2) == [2, 1, 0]
+    assert levels(1) == [1, 0]
+    names = [o.name for o in block_options(4, 2, 96)]
+    assert len(names) == 15 and names[0] == "keep" and names[-1] == "block"
+    assert "kv 1/2 + mlp 3/4" in names and "attention" in names and "mlp 1/4" in names
+
+
+def test_fit_error_is_the_least_squares_residual():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    z = m @ torch.randn(6, 6, generator=g, dtype=torch.float64) + 0.1 * torch.randn(
+        200, 6, generator=g, dtype=torch.float64
+    )
+    t = torch.linalg.lstsq(m, z).solution
+    want = float((m @ t - z).pow(2).sum())
+    got = fit_error(m.T @ m, m.T @ z, float(z.pow(2).sum()), ridge=1e-12)
+    assert got == pytest.approx(want, rel=1e-6)
+    # a large ridge pulls T towards I: the error tends to Σ‖Z − M‖² (no fit)
+    none = float((z - m).pow(2).sum())
+    assert fit_error(m.T @ m, m.T @ z, float(z.pow(2).sum()), ridge=1e9) == pytest.approx(
+        none, rel=1e-3
+    )
+
+
+def test_greedy_levels_follow_the_order_pro_rata():
+    order = [([3, 1], 2.0), ([0, 5], 4.0), ([2], 1.0)]
+    got = greedy_levels(order, 6, [6, 5, 3, 1, 0])
+    assert got[5] == {"error": 1.0, "removed": [3]}
+    assert got[3] == {"error": 4.0, "removed": [0, 1, 3]}
+    assert got[1] == {"error": 7.0, "removed": [0, 1, 2, 3, 5]}
+    assert set(got) == {5, 3, 1}
+
+
+def _instance(seed: int):
+    rng = np.random.default_rng(seed)
+    groups = [[3 * b, 3 * b + 1, 3 * b + 2] for b in range(4)]
+    quality = rng.uniform(0, 10, 12)
+    saving = rng.uniform(0, 5, 12)
+    for g in groups:  # option 0 of every block is "keep": costs and saves nothing
+        quality[g[0]] = saving[g[0]] = 0.0
+    return groups, quality, saving
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_solver_finds_the_k_best_choices_of_brute_force(seed):
+    groups, quality, saving = _instance(seed)
+    target = 0.4 * sum(max(saving[g]) for g in groups)
+    feasible = []
+    for combo in itertools.product(range(3), repeat=4):
+        idx = [g[c] for g, c in zip(groups, combo)]
+        if saving[idx].sum() >= target:
+            feasible.append((quality[idx].sum(), list(combo)))
+    feasible.sort()
+    found = best_k(quality, groups, [Limit("latency", saving, target)], k=3)
+    assert [s.objective for s in found] == pytest.approx([f[0] for f in feasible[:3]])
+    assert len({tuple(s.choice) for s in found}) == 3
+    assert found[0].choice == feasible[0][1]
+
+
+def test_an_unreachable_budget_is_named_with_what_is_reachable():
+    groups, quality, saving = _instance(0)
+    most = sum(max(saving[g]) for g in groups)
+    with pytest.raises(
+        BudgetError, match=r"budget kv=1\.2 cannot be met: the options save at most kv=1"
+    ):
+        best_k(quality, groups, [Limit("kv", saving, 1.2 * most, total=most)])
+
+
+def test_budgets_parse_and_refuse():
+    b = Budgets.parse(["latency=0.3", "kv=0.5", "params=0.2:non_embedding"], mode="nearest")
+    assert (b.latency, b.kv, b.params, b.count, b.mode) == (
+        0.3,
+        0.5,
+        0.2,
+        "non_embedding",
+        "nearest",
+    )
+    assert b.label == "latency-0.3+kv-0.5+params-0.2"
+    for bad, match in [
+        (["speed=0.3"], "use latency=F"),
+        (["latency=0.3", "latency=0.2"], "given twice"),
+        (["latency=1.5"], r"fraction in \(0, 1\)"),
+        (["kv=0.2:non_embedding"], "use latency=F"),
+        (["latency=fast"], "not a number"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            Budgets.parse(bad)
+
+
+@pytest.fixture(scope="module")
+def tiny_table():
+    model = tiny_llama(layers=4, intermediate_size=96)
+    table = build_table(model, tiny_calib(n=16, length=32), progress=False)
+    return model, table
+
+
+def test_options_remove_exactly_the_parameters_they_count(tiny_table):
+    model, table = tiny_table
+    chosen = [table.options(i)[n] for i, n in enumerate((0, 4, 6, 14))]
+    assert [o.name for o in chosen] == ["keep", "mlp", "kv 1/2 + mlp 3/4", "block"]
+    plan = joint.assemble(table, chosen, Budgets(params=0.1))
+    pruned = apply_plan(model, plan)
+    assert count_params(model) - count_params(pruned) == sum(map(table.params, chosen))
+    assert pruned.config.num_hidden_layers == 3
+    layer = pruned.model.layers[2]  # original block 2
+    assert layer.mlp.down_proj.in_features == 72 and layer.self_attn.o_proj.in_features == 16
+    # KV bytes per token: one KV head of 8 channels, keys and values, float32
+    assert table.kv(chosen[0]) == 2 * 2 * 8 * 4 and table.kv(chosen[3]) == 0
+
+
+def test_a_block_without_a_writer_costs_its_raw_stream_error(tiny_table):
+    model, table = tiny_table
+    calib = tiny_calib(n=16, length=32)
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for batch in calib.batches():
+            hs = model(**batch, output_hidden_states=True).hidden_states
+            x, y = hs[0].double(), hs[1].double()
+            total += float(((y - x).pow(2).sum(-1) / x.pow(2).mean(-1)).sum())
+            tokens += x.shape[0] * x.shape[1]
+    first = table.blocks[0]
+    assert first["block"]["error"] == pytest.approx(total / tokens, rel=1e-6)
+    assert not first["attention"]["repaired"] and first["mlp"]["repaired"]
+    later = table.blocks[2]["block"]
+    assert later["repaired"] and later["error"] <= later["raw"]
+
+
+def test_the_table_round_trips_through_json(tiny_table, tmp_path):
+    _, table = tiny_table
+    table.save(tmp_path / "options.json")
+    again = OptionTable.load(tmp_path / "options.json")
+    o = again.options(1)[6]
+    assert again.quality(o) == table.quality(o) and again.seconds(o) == table.seconds(o)
+    assert again.actions(o) == table.actions(o)
+
+
+def test_search_corrects_the_prediction_by_what_it_measures(tiny_table, monkeypatch):
+    """The measured saving is half the predicted one: round 0 misses the budget, round 1
+    solves with the savings halved and lands."""
+    model, table = tiny_table
+    calib = tiny_calib(n=16, length=32)
+
+    def fake(model, plan, calib, heldout, ref):
+        predicted = plan.run["latency"]["removed"] / plan.run["latency"]["total"]
+        return {"kl": predicted, "saved": predicted / 2, "predicted": predicted}
+
+    monkeypatch.setattr(joint, "measure", fake)
+    plan, rounds = joint.search(model, table, Budgets(latency=0.2), calib, calib, k=2, ref=[])
+    assert [r["scale"] for r in rounds] == [1.0, 0.5]
+    assert all(c["saved"] < 0.19 for c in rounds[0]["candidates"])
+    measured = plan.run["search"]["measured"]
+    assert measured["saved"] >= 0.19 and measured["predicted"] >= 0.38
+    assert isinstance(plan, Plan) and plan.run["config"]["repair"] == "ls"
+
+
+def test_units_auto_prunes_through_the_joint_search():
+    import depthcut as dc
+
+    model = tiny_llama(layers=4, intermediate_size=96)
+    cfg = dc.PruneConfig(units="auto", budget=dc.Budget(params=0.2, mode="at_least"))
+    assert cfg.units == ("auto",) and cfg.resolved().repair == "ls"
+    assert cfg.width_units == ("head", "neuron") and cfg.depth_units == (
+        "block",
+        "attention",
+        "mlp",
+    )
+    assert dc.PruneConfig.from_dict(cfg.to_dict()) == cfg
+    pruned, plan, scores = dc.prune(model, cfg, tiny_calib(n=16, length=32), progress=False)
+    assert count_params(model) - count_params(pruned) == plan.removed_params
+    assert plan.fraction("all") >= 0.2 and plan.run["repair"]["method"] == "ls"
+    assert scores.metric == "joint" and scores.cost["forward_equivalents"] == 1.0
+    with pytest.raises(ConfigError, match="use dc.prune or dc.frontier, not dc.score"):
+        dc.score(model, cfg, tiny_calib())
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (dict(units=("auto", "block")), "cannot be mixed"),
+        (dict(units="auto", budget="count"), "give a fraction budget"),
+        (dict(units=("neuron",), budget="kv"), "use --units auto"),
+    ],
+)
+def test_auto_configs_are_checked(kw, message):
+    import depthcut as dc
+
+    budgets = {"count": dc.Budget(params_count=1000), "kv": dc.Budget(kv=0.3)}
+    if "budget" in kw:
+        kw = kw | {"budget": budgets[kw["budget"]]}
+    with pytest.raises(ConfigError, match=message):
+        dc.PruneConfig(**kw)
+
+
+def test_wide_kv_groups_are_scored_without_the_batched_lu_inverse():
+    """Three KV groups of 192 channels (SmolLM2's shape): torch's batched LU inverse fails on
+    this CPU build; the Cholesky inverse gives each group's error, checked one by one."""
+    from depthcut.methods.width.repaired import _unit_errors
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 576, generator=g, dtype=torch.float64)
+    hinv = torch.linalg.inv(x.T @ x)
+    w = torch.randn(16, 576, generator=g, dtype=torch.float64)
+    idx = torch.arange(576).view(3, 192)
+    got = _unit_errors(w, hinv, idx)
+    for u in range(3):
+        cols = idx[u]
+        want = torch.trace(w[:, cols] @ torch.linalg.inv(hinv[cols][:, cols]) @ w[:, cols].T)
+        torch.testing.assert_close(got[u], want)
+
+
+def test_the_solver_s_own_writes_to_the_c_streams_are_silenced(capfd):
+    """HiGHS's MIP code sometimes writes diagnostics to file descriptor 1 directly."""
+    import os
+
+    from depthcut.search.solve import _silenced
+
+    with _silenced():
+        os.write(1, b"transformNewIntegerFeasibleSolution\n")
+        os.write(2, b"diagnostic\n")
+    os.write(1, b"after\n")
+    out, err = capfd.readouterr()
+    assert out == "after\n" and err == ""
