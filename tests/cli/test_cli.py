@@ -182,11 +182,12 @@ def test_input_model_directory_is_never_modified(capsys, tmp_path, tiny_dir, tex
 VERBS = sorted(build_parser()._subparsers._group_actions[0].choices)
 
 
-def test_the_fourteen_verbs():
+def test_the_fifteen_verbs():
     assert (
         sorted(
             [
                 "inspect",
+                "frontier",
                 "compare",
                 "score",
                 "plan",
