@@ -292,6 +292,8 @@ class PruneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        if data["budget"]["kv"] is None:  # saved configs stay as they were before kv budgets
+            del data["budget"]["kv"]
         data["units"] = list(self.units)
         data["version"] = CONFIG_VERSION
         return data
