@@ -129,14 +129,21 @@ def frontier(
     return run_frontier(model, calib, wanted, table, k, progress)
 
 
-def _prune_joint(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool):
+def joint_plan(
+    model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool = True
+) -> tuple[Scores, Plan, CalibData]:
+    """(scores, plan, the calibration its repair fits on) of ``units="auto"``: the joint
+    search for the config's budget; the option table's costs stand for the scores."""
     from depthcut.search.budgets import Budgets
     from depthcut.search.frontier import held_back
 
-    table, plans = frontier(model, calib, [Budgets.from_budget(cfg.budget)], k=3, progress=progress)
-    the_plan = next(iter(plans.values()))
-    fit, _ = held_back(calib)
-    scores = Scores("joint", [], {}, table.model, cfg.resolved().to_dict(), cost=table.cost)
+    table, plans = frontier(model, calib, [Budgets.from_budget(cfg.budget)], progress=progress)
+    scores = Scores("joint", [], {}, table.model, cfg.resolved().to_dict(), cost=dict(table.cost))
+    return scores, next(iter(plans.values())), held_back(calib)[0]
+
+
+def _prune_joint(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool):
+    scores, the_plan, fit = joint_plan(model, cfg, calib, progress)
     return apply(model, the_plan, fit, progress=progress), the_plan, scores
 
 

@@ -35,7 +35,7 @@ def run_prune(job: PruneJob) -> Path:
     >>> job = PruneJob(ModelRef("smollm2-135m"), Recipe(cfg), Output(Path("out/x")))
     >>> run_prune(job)  # doctest: +SKIP
     """
-    from depthcut.api import plan, score
+    from depthcut.api import joint_plan, plan, score
     from depthcut.report.write import comparison, write_report
 
     job.out.prepare()  # refuse before any expensive work
@@ -53,7 +53,7 @@ def run_prune(job: PruneJob) -> Path:
     if recipe.steps > 1 or recipe.recover is not None:
         return _iterative(model, tok, calib, job)
     if cfg.auto:
-        scores, the_plan, calib = _joint(model, cfg, calib)
+        scores, the_plan, calib = joint_plan(model, cfg, calib)
     else:
         scores = score(model, cfg, calib)
         the_plan = plan(scores, cfg, model)
@@ -67,19 +67,6 @@ def run_prune(job: PruneJob) -> Path:
         write_report(tmp, the_plan, scores, results["before"], results["after"])
 
     return _save(pruned, the_plan, job, tok, extra)
-
-
-def _joint(model, cfg, calib):
-    """(scores, plan, the calibration its repair fits on) of the joint search (``--units
-    auto``): the option table's costs stand for the scores."""
-    from depthcut.api import frontier
-    from depthcut.scores import Scores
-    from depthcut.search.budgets import Budgets
-    from depthcut.search.frontier import held_back
-
-    table, plans = frontier(model, calib, [Budgets.from_budget(cfg.budget)])
-    scores = Scores("joint", [], {}, table.model, cfg.to_dict(), cost=dict(table.cost))
-    return scores, next(iter(plans.values())), held_back(calib)[0]
 
 
 def _calibration(job: PruneJob, model, tok):
