@@ -81,15 +81,17 @@ def correlation(model, table, calib, ids, n: int, bos_id) -> dict:
         pruned = realise(model, plan, calib)
         ppl, kl = held_out(pruned, model, ids, bos_id)
         cost = sum(map(table.quality, chosen))
-        rows.append(
-            {"cost": cost, "kl": kl, "ppl": ppl, "changed": sum(not o.is_keep for o in chosen)}
-        )
+        stream = sum(map(table.stream_error, chosen))
+        changed = sum(not o.is_keep for o in chosen)
+        rows.append({"cost": cost, "stream": stream, "kl": kl, "ppl": ppl, "changed": changed})
         print(
             f"plan {len(rows)}: {rows[-1]['changed']} blocks changed, cost {cost:.1f}, KL {kl:.3f}",
             flush=True,
         )
-    rho = spearmanr([r["cost"] for r in rows], [r["kl"] for r in rows]).statistic
-    return {"spearman": float(rho), "plans": rows}
+    kls = [r["kl"] for r in rows]
+    rho = spearmanr([r["cost"] for r in rows], kls).statistic
+    stream = spearmanr([r["stream"] for r in rows], kls).statistic
+    return {"spearman": float(rho), "spearman_stream": float(stream), "plans": rows}
 
 
 def frontier(model, table, calib, heldback, ids, budgets, bos_id, k: int) -> dict:

@@ -54,9 +54,10 @@ class Budget:
 
     def __post_init__(self) -> None:
         given = [x is not None for x in (self.params, self.params_count, self.latency, self.kv)]
-        if sum(given) != 1:
+        if not any(given) or (self.params_count is not None and sum(given) > 1):
             raise ConfigError(
-                "budget: give exactly one of params (fraction), params_count, latency or kv"
+                "budget: give params (fraction), latency or kv (several at once for the joint "
+                "search), or params_count alone"
             )
         for key in ("latency", "kv"):
             value = getattr(self, key)
@@ -75,6 +76,11 @@ class Budget:
     @property
     def fraction(self) -> float | None:
         return None if self.params is None else float(self.params)
+
+    @property
+    def several(self) -> bool:
+        """Whether more than one budget is given (a joint search's, ``units="auto"``)."""
+        return sum(x is not None for x in (self.params, self.latency, self.kv)) > 1
 
     def target(self, total_all: int, total_non_embedding: int) -> int:
         """Number of parameters to remove."""
@@ -104,6 +110,24 @@ class Budget:
         raise ConfigError(
             f"budget {text!r}: use params=FRACTION, count=N, latency=FRACTION or kv=FRACTION"
         )
+
+    @classmethod
+    def parse_all(cls, texts: list[str], mode: str = "at_least") -> Budget:
+        """Several ``--budget`` flags as one budget (``latency=0.3``, ``kv=0.5``: the joint
+        search meets both); a budget given twice is refused."""
+        fields: dict[str, Any] = {}
+        for text in texts:
+            one = dataclasses.asdict(cls.parse(text, mode))
+            for key in ("params", "params_count", "latency", "kv"):
+                if one[key] is None:
+                    continue
+                name = "params" if key == "params_count" else key
+                if name in fields or (name == "params" and "params_count" in fields):
+                    raise ConfigError(f"--budget {name} given twice: give each budget once")
+                fields[key] = one[key]
+            if one["params"] is not None or one["params_count"] is not None:
+                fields["count"] = one["count"]
+        return cls(**fields, mode=mode)
 
 
 @dataclass(frozen=True)
@@ -189,7 +213,7 @@ class PruneConfig:
         """The units of a config that names none (the CLI's ``--units`` omitted, too)."""
         if self.importance is not None or self.strategy is not None:
             return ("block",)
-        if self.budget.latency is not None or self.budget.kv is not None:
+        if self.budget.latency is not None or self.budget.kv is not None or self.budget.several:
             return (AUTO,)  # buying decode time or KV cache: the joint search
         fractions = (("head", self.heads), ("neuron", self.neurons))
         return tuple(kind for kind, f in fractions if f) or ("neuron",)
@@ -216,6 +240,10 @@ class PruneConfig:
         if self.protect_first < 0 or self.protect_last < 0:
             raise ConfigError("protect_first/protect_last must be >= 0")
         self._check_width()
+        if self.budget.several:
+            raise ConfigError(
+                "several budgets at once are met by the joint search: use --units auto"
+            )
         if self.budget.kv is not None:
             raise ConfigError("--budget kv=F is a budget of the joint search: use --units auto")
         if self.budget.latency is not None and (

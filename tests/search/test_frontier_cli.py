@@ -36,6 +36,9 @@ def test_frontier_writes_a_plan_per_point(frontier_out):
     gone = sum(len(a.members) if a.kind == "head" else groups.get(a.kind, 0) for a in both.actions)
     assert gone >= 0.2 * 12  # at least a fifth of the 12 KV groups (the kv budget)
     assert len(both.run["search"]["options"]) == 6 and (frontier_out / "options.json").exists()
+    measured = points["params-0.2"]["measured"]
+    assert measured["ppl"] > 1.0 and points["params-0.2"]["dense_ppl"] > 1.0
+    assert (frontier_out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_frontier_plan_applies_with_its_repair(
@@ -129,5 +132,62 @@ def test_prune_units_auto_runs_the_joint_search(tiny_dir, pattern_file, tmp_path
     assert plan["run"]["config"]["units"] == ["auto"] and plan["run"]["repair"]["method"] == "ls"
     assert plan["removed_params"] >= 0.2 * plan["model"]["params_all"]
     assert len(plan["run"]["search"]["options"]) == 6
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "## Chosen option per block (joint search)" in report
+    assert (tmp_path / "r" / "options.png").read_bytes()[:4] == b"\x89PNG"
     code, _, err = run(capsys, *args, pattern_file, "--steps", "2", "--out", tmp_path / "s")
     assert code == 2 and "--units auto prunes once" in err
+
+
+def test_prune_meets_several_budgets_at_once(tiny_dir, pattern_file, tmp_path, capsys):
+    """Two --budget flags and no --units: the joint search meets both."""
+    args = ["prune", tiny_dir, "--budget", "params=0.2", "--budget", "kv=0.3", "--calib"]
+    code, _, err = run(capsys, *args, pattern_file, *CALIB, "--out", tmp_path / "r")
+    assert code == 0, err
+    plan = json.loads((tmp_path / "r" / "plan.json").read_text())
+    budget = plan["run"]["config"]["budget"]
+    assert (budget["params"], budget["kv"], plan["run"]["config"]["units"]) == (0.2, 0.3, ["auto"])
+    assert plan["removed_params"] >= 0.2 * plan["model"]["params_all"]
+    groups = 0  # KV groups removed, of 6 blocks × 2
+    for action in plan["actions"]:
+        if action["kind"] in ("block", "attention"):
+            groups += 2
+        elif action["kind"] == "head":
+            groups += len(action["indices"])
+    assert groups >= 0.3 * 12
+
+
+@pytest.mark.parametrize(
+    ("budgets", "message"),
+    [
+        (["params=0.2", "count=5000"], "--budget params given twice"),
+        (["kv=0.2", "kv=0.3"], "--budget kv given twice"),
+        (["count=5000", "kv=0.3"], "params_count alone"),
+    ],
+)
+def test_several_budgets_are_checked(budgets, message, tiny_dir, tmp_path, capsys):
+    flags = [x for b in budgets for x in ("--budget", b)]
+    code, _, err = run(capsys, "prune", tiny_dir, *flags, "--out", tmp_path / "x")
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_several_budgets_need_the_joint_search():
+    import depthcut as dc
+    from depthcut.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="several budgets at once are met by the joint"):
+        dc.PruneConfig(units=("neuron",), budget=dc.Budget(params=0.2, latency=0.2))
+    assert dc.PruneConfig(budget=dc.Budget(params=0.2, latency=0.2)).units == ("auto",)
+
+
+def test_the_report_draws_each_block_s_option():
+    from depthcut.report.structure import joint_markdown, joint_structure
+
+    options = ["keep", "block", "kv 2/3 + mlp 1/2", "attention", "mlp 3/4", "mlp"]
+    plan = Plan([], {"num_blocks": 6}, {"search": {"options": options}})
+    data = joint_structure(plan)
+    assert data["kept"] == [[1, 0, 2 / 3, 0, 1, 1], [1, 0, 0.5, 1, 0.75, 0]]
+    assert data["labels"][1] == ["·", "x", "1/2", "·", "3/4", "x"]
+    assert "| attention | · | x | 2/3 | x | · | · |" in joint_markdown(data)
+    assert joint_structure(Plan([], {"num_blocks": 6}, {})) is None

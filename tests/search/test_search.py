@@ -2,6 +2,7 @@
 brute force), budgets, the option table on a tiny Llama (parameter accounting against real
 surgery, a hand-computed block error) and the correction rounds of the search."""
 
+import copy
 import itertools
 import sys
 from pathlib import Path
@@ -11,15 +12,21 @@ import pytest
 import torch
 
 from depthcut.errors import BudgetError, ConfigError
+from depthcut.graph.structure import discover_structure
+from depthcut.importance import functional as F
 from depthcut.methods import apply_plan
 from depthcut.planning.plan import Plan
+from depthcut.refit.ls import fold
 from depthcut.search import joint
 from depthcut.search.budgets import Budgets
+from depthcut.search.frontier import held_back
 from depthcut.search.library import OptionTable, build_table
 from depthcut.search.options import block_options, levels
-from depthcut.search.quality import fit_error, greedy_levels
+from depthcut.search.probe import STRIDE
+from depthcut.search.quality import DepthHooks, fit_error, greedy_levels
 from depthcut.search.solve import Limit, best_k
-from depthcut.units.discover import count_params
+from depthcut.units.bypass import bypassed
+from depthcut.units.discover import count_params, discover_units
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny import tiny_calib, tiny_llama  # noqa: E402
@@ -164,6 +171,42 @@ def test_the_table_round_trips_through_json(tiny_table, tmp_path):
     assert again.actions(o) == table.actions(o)
 
 
+def test_the_probe_measures_the_kl_of_the_folded_removal(tiny_table, monkeypatch):
+    """Each removal's probed KL equals the KL of a copy of the model with the fold applied
+    for real to the writer (the last block's down_proj, or this block's o_proj for an MLP)
+    and the unit bypassed, on the probed first batch."""
+    model, calib = tiny_table[0], tiny_calib(n=16, length=32)
+    folds, transforms = [], DepthHooks.transforms
+
+    def kept(self):
+        folds.append(transforms(self))
+        return folds[-1]
+
+    monkeypatch.setattr(DepthHooks, "transforms", kept)
+    table = build_table(model, calib, progress=False, latency=tiny_table[1].latency)
+    batch = next(iter(calib.batches()))
+    with torch.no_grad():
+        ref = F.log_probs(model(**batch).logits)
+    structure = discover_structure(model)
+    units = {u.id: u for u in discover_units(model, structure, ("block", "attention", "mlp"))}
+    assert sum(t is not None for f in folds for t in f.values()) >= 3  # folds are exercised
+    for i, kind in itertools.product(range(4), ("attention", "mlp", "block")):
+        work, t = copy.deepcopy(model), folds[i][kind]
+        if t is not None:
+            layers = work.model.layers
+            fold(layers[i].self_attn.o_proj if kind == "mlp" else layers[i - 1].mlp.down_proj, t)
+        with torch.no_grad(), bypassed(work, structure, [units[f"{kind}:{i}"]]):
+            want = float(F.token_kl(ref, work(**batch).logits)[:, ::STRIDE].mean())
+        assert table.blocks[i]["kl"][kind] == pytest.approx(want, rel=1e-4, abs=1e-7), (i, kind)
+    # the table prices removals by their KL, narrower sublayers pro rata of their stream error
+    b = table.blocks[2]
+    assert table.quality(table.options(2)[-1]) == b["kl"]["block"]
+    half = next(o for o in table.options(2) if o.name == "mlp 1/2")
+    share = b["mlp"]["levels"][48]["error"] / b["mlp"]["levels"][0]["error"]
+    assert table.quality(half) == pytest.approx(b["kl"]["mlp"] * min(share, 1.0))
+    assert table.stream_error(half) == b["mlp"]["levels"][48]["error"]
+
+
 def test_search_corrects_the_prediction_by_what_it_measures(tiny_table, monkeypatch):
     """The measured saving is half the predicted one: round 0 misses the budget, round 1
     solves with the savings halved and lands."""
@@ -198,7 +241,16 @@ def test_units_auto_prunes_through_the_joint_search():
     pruned, plan, scores = dc.prune(model, cfg, tiny_calib(n=16, length=32), progress=False)
     assert count_params(model) - count_params(pruned) == plan.removed_params
     assert plan.fraction("all") >= 0.2 and plan.run["repair"]["method"] == "ls"
-    assert scores.metric == "joint" and scores.cost["forward_equivalents"] == 1.0
+    # the walk (4 blocks and a tail per fitting batch) plus the probe on batch 0: the dense
+    # reference (4 blocks, 1 tail) and per block i: attention and MLP removed (block i and the
+    # 3 − i after it), the block removed (3 − i after it), each with a tail on 1/4 of the tokens
+    n = len(held_back(tiny_calib(n=16, length=32))[0].batches())
+    block = count_params(model.model.layers[0])
+    tail = count_params(model.model.norm) + count_params(model.lm_head)
+    runs = 4 * n + 4 + sum(2 * (4 - i) + (3 - i) for i in range(4))
+    want = (runs * block + (n + 1 + 3) * tail) / (n * (4 * block + tail))
+    assert scores.metric == "joint"
+    assert scores.cost["forward_equivalents"] == pytest.approx(want)
     with pytest.raises(ConfigError, match="use dc.prune or dc.frontier, not dc.score"):
         dc.score(model, cfg, tiny_calib())
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from depthcut.errors import DepthcutError
 
+DEFAULT_BUDGET = "params=0.25"  # --budget when none is given
+
 
 def comma_list(text: str) -> tuple[str, ...]:
     """``"a, b,,c"`` → ``("a", "b", "c")``: the CLI's comma-separated options."""
@@ -37,7 +39,7 @@ def make_config(args: argparse.Namespace, scored: dict | None = None):
     return PruneConfig(
         units=units,
         importance=pick("importance"),
-        budget=Budget.parse(args.budget, args.budget_mode),
+        budget=Budget.parse_all(args.budget or [DEFAULT_BUDGET], args.budget_mode),
         strategy=args.strategy,
         order=args.order,
         protect_first=args.protect_first,
@@ -165,12 +167,26 @@ def frontier_budgets(args: argparse.Namespace) -> list:
     return points
 
 
+def frontier_curve(rows: dict) -> dict[str, list[tuple[float, float]]]:
+    """{"joint": [(measured decode speed-up, held-back perplexity)]} of a frontier's points."""
+    out = []
+    for row in rows.values():
+        m = row["measured"]
+        out.append((1.0 / max(1.0 - m["saved"], 1e-9), m["ppl"]))
+    return {"joint": out}
+
+
+def dense_ppl(rows: dict) -> float:
+    return next(iter(rows.values()))["dense_ppl"]
+
+
 def cmd_frontier(args: argparse.Namespace) -> None:
     import json
 
     from depthcut.api import frontier
     from depthcut.config import AUTO, PruneConfig
     from depthcut.io import atomic_dir, prepare_output
+    from depthcut.report.curves import plot_frontier
     from depthcut.search.library import OptionTable
 
     points = frontier_budgets(args)
@@ -190,6 +206,7 @@ def cmd_frontier(args: argparse.Namespace) -> None:
             rows[label] = plan.run["search"]
         text = json.dumps({"model": args.model, "points": rows}, indent=1)
         (folder / "frontier.json").write_text(text + "\n", encoding="utf-8")
+        plot_frontier(frontier_curve(rows), dense_ppl(rows), folder / "frontier.png")
 
     atomic_dir(out, write, args.overwrite)
     for label, plan in plans.items():

@@ -34,8 +34,11 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--budget",
-        default="params=0.25",
-        help="params=F[:non_embedding], count=N or latency=F (of the measured decode time)",
+        action="append",
+        default=None,
+        help=f"params=F[:non_embedding], count=N, latency=F (of the measured decode time) or "
+        f"kv=F (of the KV cache); repeat it for several at once (the joint search meets them "
+        f"all); default {commands.DEFAULT_BUDGET}",
     )
     p.add_argument(
         "--budget-mode",

@@ -104,3 +104,27 @@ def _plot_series(series: dict, label: str, scale: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_frontier(
+    curves: dict[str, list[tuple[float, float]]],
+    dense_ppl: float,
+    path: str | Path,
+    title: str = "perplexity against measured decode speed-up",
+) -> Path:
+    """One line per method of (measured batch-1 decode speed-up, perplexity) points, the
+    dense model at (1, its perplexity); perplexity on a log scale."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in curves.items():
+        points = sorted(points)
+        style = "o-" if name == "joint" else "s--"
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, label=name)
+    ax.plot([1.0], [dense_ppl], "k*", markersize=10, label="dense")
+    ax.set_yscale("log")
+    ax.set(xlabel="decode speed-up (measured, batch 1)", ylabel="perplexity", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -80,6 +80,74 @@ def _status(fm, root, state, unit, patches) -> str:
     return "narrowed" if kept < full else "kept"
 
 
+def joint_structure(plan: Plan) -> dict | None:
+    """A joint plan's chosen option per block (``plan.run["search"]["options"]``) as the kept
+    share of each sublayer: {"rows": ["attention", "mlp"], "blocks", "kept": [row][block]
+    fractions, "labels": [row][block] ``·`` kept, ``x`` removed, ``2/3`` of its KV groups or
+    neurons}; None for other plans."""
+    options = plan.run.get("search", {}).get("options")
+    if not options:
+        return None
+    kept: list[list[float]] = [[], []]
+    labels: list[list[str]] = [[], []]
+    for name in options:
+        parts = {"attention": 1.0, "mlp": 1.0}
+        marks = {"attention": "·", "mlp": "·"}
+        for part in name.split(" + "):
+            if part in ("block", "attention", "mlp"):
+                for row in ("attention", "mlp") if part == "block" else (part,):
+                    parts[row], marks[row] = 0.0, "x"
+            elif part != "keep":
+                row, ratio = part.split(" ")
+                num, den = ratio.split("/")
+                row = "attention" if row == "kv" else row
+                parts[row], marks[row] = int(num) / int(den), ratio
+        for r, row in enumerate(("attention", "mlp")):
+            kept[r].append(parts[row])
+            labels[r].append(marks[row])
+    return {
+        "rows": ["attention", "mlp"],
+        "blocks": list(range(len(options))),
+        "kept": kept,
+        "labels": labels,
+    }
+
+
+def joint_markdown(data: dict) -> str:
+    head = "| sublayer | " + " | ".join(str(b) for b in data["blocks"]) + " |"
+    lines = [head, "|---|" + "---|" * len(data["blocks"])]
+    for row, values in zip(data["rows"], data["labels"]):
+        lines.append(f"| {row} | " + " | ".join(values) + " |")
+    legend = "· kept, x removed, a/b: that share of its KV groups (attention) or neurons kept"
+    return "\n".join(lines + ["", f"Legend: {legend}."])
+
+
+def plot_joint(data: dict, path: str | Path, title: str = "chosen option per block") -> Path:
+    """The blocks × sublayers picture of a joint plan, shaded by the share kept."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = len(data["blocks"])
+    fig, ax = plt.subplots(figsize=(max(6, cols * 0.35 + 2), 2.2))
+    image = ax.imshow(data["kept"], aspect="auto", cmap="Greens", vmin=0, vmax=1)
+    for r, row in enumerate(data["labels"]):
+        for b, label in enumerate(row):
+            if label != "·":
+                color = "white" if data["kept"][r][b] > 0.6 else "black"
+                ax.text(b, r, label, ha="center", va="center", fontsize=6, color=color)
+    ax.set_yticks(range(len(data["rows"])), data["rows"])
+    ax.set_xticks(range(cols), [str(b) for b in data["blocks"]])
+    ax.set_xlabel("block")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="share kept", fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def structure_markdown(data: dict) -> str:
     short = {"kept": "·", "narrowed": "n", "identity": "I", "patched 0": "0", "patched 1": "1"}
     short |= {"dropped copy": "∅", "removed": "x"}

@@ -9,7 +9,14 @@ from typing import Any
 from depthcut.kinds import Kind
 from depthcut.planning.plan import Plan
 from depthcut.report.heatmap import plot_heatmap
-from depthcut.report.structure import plan_structure, plot_structure, structure_markdown
+from depthcut.report.structure import (
+    joint_markdown,
+    joint_structure,
+    plan_structure,
+    plot_joint,
+    plot_structure,
+    structure_markdown,
+)
 from depthcut.scores import Scores
 
 
@@ -116,11 +123,18 @@ def write_report(
     if structure is not None:
         data["structure"] = structure
         paths["structure"] = plot_structure(structure, out / "structure.png")
+    joint = joint_structure(plan)
+    if joint is not None:
+        data["joint"] = joint
+        paths["joint"] = plot_joint(joint, out / "options.png")
     paths["json"].write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     text = markdown(plan, scores, before, after)
     if structure is not None:
         text += "\n## Pruned structure\n\n" + structure_markdown(structure)
         text += "\n\n![structure](structure.png)\n"
+    if joint is not None:
+        text += "\n## Chosen option per block (joint search)\n\n" + joint_markdown(joint)
+        text += "\n\n![options](options.png)\n"
     paths["md"].write_text(text)
     return paths
 

@@ -42,15 +42,14 @@ class Budgets:
         return "+".join(f"{k}-{v:g}" for k, v in self.given().items())
 
     def to_budget(self) -> Budget:
-        """The first given budget (latency, kv, then params) as a config ``Budget``."""
-        key, value = next(iter(self.given().items()))
-        if key == "params":
-            return Budget(params=value, count=self.count, mode=self.mode)
-        return Budget(**{key: value}, mode=self.mode)
+        """Every given budget as one config ``Budget``."""
+        return Budget(
+            params=self.params, count=self.count, mode=self.mode, latency=self.latency, kv=self.kv
+        )
 
     @classmethod
     def from_budget(cls, budget: Budget) -> Budgets:
-        """A config's single ``Budget`` (a fraction of parameters, decode time or KV cache)."""
+        """A config's ``Budget`` (fractions of parameters, decode time and KV cache)."""
         if budget.fraction is None and budget.latency is None and budget.kv is None:
             raise ConfigError("units 'auto': give a fraction budget (latency=F, kv=F, params=F)")
         return cls(budget.latency, budget.kv, budget.fraction, budget.count, budget.mode)

@@ -10,7 +10,7 @@ from depthcut.data import CalibData
 from depthcut.errors import CalibrationError
 from depthcut.planning.plan import Plan
 from depthcut.search.budgets import Budgets
-from depthcut.search.joint import reference, search
+from depthcut.search.joint import dense_perplexity, reference, search
 from depthcut.search.library import OptionTable, build_table, check_table
 
 
@@ -51,4 +51,5 @@ def frontier(
     plans = {}
     for b in budgets:
         plans[b.label], _ = search(model, table, b, fit, check, k=k, ref=ref)
+        plans[b.label].run["search"]["dense_ppl"] = dense_perplexity(check, ref)
     return table, plans

@@ -12,6 +12,7 @@ the report lists every round.
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 
 import numpy as np
@@ -32,6 +33,7 @@ from depthcut.timing import interleaved
 from depthcut.units.latency import decode_seconds, synchronizer, warmed_prompt
 
 TOLERANCE = 0.05  # a measured latency saving within 5% (relative) of the budget honours it
+DIFFER = 3  # blocks in which each re-measured candidate differs from the better ones
 
 
 def flat_options(table: OptionTable) -> tuple[list[Option], list[list[int]]]:
@@ -106,7 +108,8 @@ def solve_plans(table: OptionTable, budgets: Budgets, k: int = 3, scale: float =
     """The ``k`` plans of least summed quality cost under ``budgets``, best first."""
     options, groups = flat_options(table)
     quality = np.array([table.quality(o) for o in options])
-    found = best_k(quality, groups, limits(table, options, budgets, scale), k)
+    differ = min(DIFFER, len(groups))
+    found = best_k(quality, groups, limits(table, options, budgets, scale), k, differ)
     plans = []
     for sol in found:
         chosen = [options[g[c]] for g, c in zip(groups, sol.choice)]
@@ -123,14 +126,23 @@ def reference(model: nn.Module, heldout: CalibData) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def mean_kl(model: nn.Module, heldout: CalibData, ref: list[torch.Tensor]) -> float:
-    """Mean KL(dense ‖ model) over the real tokens of the held-back batches."""
-    total, count = 0.0, 0
+def mean_kl(model: nn.Module, heldout: CalibData, ref: list[torch.Tensor]) -> tuple[float, float]:
+    """(mean KL(dense ‖ model) over the real tokens of the held-back batches, the model's
+    perplexity on them)."""
+    total, count, nll, targets = 0.0, 0, 0.0, 0
     for batch, logp in zip(heldout.batches(), ref):
-        kl = F.token_kl(logp, model(**batch, use_cache=False).logits)
+        logits = model(**batch, use_cache=False).logits
+        kl = F.token_kl(logp, logits)
         mask = batch["attention_mask"].bool()
         total, count = total + float(kl[mask].sum()), count + int(mask.sum())
-    return total / max(count, 1)
+        n = int(F.target_mask(batch["input_ids"], batch["attention_mask"], "all").sum())
+        nll, targets = nll + F.mean_nll([(logits, batch)]) * n, targets + n
+    return total / max(count, 1), math.exp(nll / max(targets, 1))
+
+
+def dense_perplexity(heldout: CalibData, ref: list[torch.Tensor]) -> float:
+    """The dense model's perplexity on the held-back batches, from its ``reference``."""
+    return math.exp(F.mean_nll(zip(ref, heldout.batches())))
 
 
 def decode_ratio(dense: nn.Module, pruned: nn.Module, steps: int = 16, repeats: int = 5):
@@ -157,9 +169,9 @@ def measure(model, plan: Plan, calib: CalibData, heldout: CalibData, ref) -> dic
     """Held-back KL and measured decode-time saving of the refit, pruned plan."""
     pruned = realise(model, plan, calib)
     ratio, other = decode_ratio(model, pruned)
-    kl = mean_kl(pruned, heldout, ref)
+    kl, ppl = mean_kl(pruned, heldout, ref)
     predicted = plan.run["latency"]["removed"] / plan.run["latency"]["total"]
-    return {"kl": kl, "saved": 1.0 - ratio, "predicted": predicted, "other_cpu": other}
+    return {"kl": kl, "ppl": ppl, "saved": 1.0 - ratio, "predicted": predicted, "other_cpu": other}
 
 
 def honours(measured: float, target: float | None, mode: str) -> bool:

@@ -27,10 +27,12 @@ from depthcut.methods.width.repaired import GramHooks
 from depthcut.planning.plan import Action
 from depthcut.search.cost import kv_bytes, latency_table, option_seconds
 from depthcut.search.options import Option, block_options, levels
+from depthcut.search.probe import Probe
 from depthcut.search.quality import DepthHooks, width_levels
 from depthcut.units.discover import discover_units
 
 TABLE_VERSION = 1
+PROBE_BATCHES = 1  # calibration batches the probe measures removals' KL on
 SUBLAYERS = {"attention": Kind.HEAD, "mlp": Kind.NEURON}
 
 
@@ -50,6 +52,16 @@ class OptionTable:
         return block_options(i, b["attention"]["size"], b["mlp"]["size"])
 
     def quality(self, o: Option) -> float:
+        """The option's cost: the probe's KL where the table has it, else its stream error."""
+        b = self.blocks[o.block]
+        if "kl" not in b:
+            return self.stream_error(o)
+        if o.removes_block:
+            return b["kl"]["block"]
+        return _priced(b, "attention", o.attention) + _priced(b, "mlp", o.mlp)
+
+    def stream_error(self, o: Option) -> float:
+        """The error the option adds to the residual stream, after its repair."""
         b = self.blocks[o.block]
         if o.removes_block:
             return b["block"]["error"]
@@ -130,6 +142,18 @@ def _level(info: dict, kept: int) -> dict:
     return info["levels"][kept]
 
 
+def _priced(block: dict, sub: str, kept: int) -> float:
+    """A sublayer level's KL: the probe's for removal; a narrower one's stream error times
+    the removal's KL per unit of its error (never more than the removal)."""
+    info, kl = block[sub], block["kl"][sub]
+    if kept == info["size"]:
+        return 0.0
+    removed = info["levels"][0]["error"]
+    if kept == 0 or removed <= 0:
+        return kl
+    return kl * min(info["levels"][kept]["error"] / removed, 1.0)
+
+
 def _removed_params(info: dict, kept: int) -> int:
     if kept == 0:
         return info["params"]
@@ -146,16 +170,21 @@ def _int_keys(block: dict) -> dict:
 
 
 def build_table(
-    model: nn.Module, calib: CalibData, progress: bool = True, latency: dict | None = None
+    model: nn.Module,
+    calib: CalibData,
+    progress: bool = True,
+    latency: dict | None = None,
+    probe: int = PROBE_BATCHES,
 ) -> OptionTable:
     """Score every option of every block of ``model`` on ``calib`` and measure its costs
-    (``latency``: a table measured before, to reuse)."""
+    (``latency``: a table measured before, to reuse; ``probe``: calibration batches the
+    removals' KL is measured on, 0 for stream errors alone)."""
     started = time.perf_counter()
     model.eval()
     structure = discover_structure(model)
     widths = {"attention": width_layers(model, structure, "head")}
     widths["mlp"] = width_layers(model, structure, "neuron")
-    blocks, walk = _quality(model, structure, widths, calib, progress)
+    blocks, walk = _quality(model, structure, widths, calib, progress, probe)
     _add_sizes(model, structure, widths, blocks)
     if latency is None:
         units = discover_units(model, structure, ("block", "attention", "mlp"))
@@ -167,22 +196,30 @@ def build_table(
 
 
 @torch.no_grad()
-def _quality(model, structure: ModelStructure, widths, calib: CalibData, progress: bool):
-    """Per block: every level's quality cost and removed units (one rolling walk)."""
+def _quality(model, structure: ModelStructure, widths, calib, progress: bool, probe: int):
+    """Per block: every level's quality cost and removed units, and the probe's KLs (one
+    rolling walk, plus the probe's runs)."""
     modules = dict(model.named_modules())
     cache = RollingCache(model, structure, calib, progress)
-    previous, blocks = None, []
+    probed = range(probe if len(cache.batches) > probe else 0)  # others fit the folds
+    prober = Probe(model, structure, cache, probed) if probed else None
+    previous, full, blocks = None, None, []
     for i in tqdm(range(cache.num_blocks), desc="options", disable=not progress):
         layers = [widths["attention"][i], widths["mlp"][i]]
         grams = GramHooks(layers, cache.blocks, modules)
-        depth = DepthHooks(model, structure, i, previous)
+        depth = DepthHooks(model, structure, i, previous, probed)
+        if prober:
+            prober.hold(i)
         try:
             cache.advance(i, before=_masking(cache, grams, depth))
         finally:
             grams.remove()
             depth.remove()
         blocks.append(_block_entry(modules, layers, grams.grams, depth))
+        if prober:
+            blocks[-1]["kl"] = prober.measure(i, depth, full if previous else None)
         previous = depth.written if all(w is not None for w in depth.written) else None
+        full = depth.full
     return blocks, cache.forward_equivalents
 
 

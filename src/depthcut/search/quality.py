@@ -28,17 +28,22 @@ from depthcut.graph.structure import ModelStructure
 from depthcut.kinds import Kind
 from depthcut.methods.width.layers import WidthLayer
 from depthcut.methods.width.repaired import consumer_weight, greedy_order
-from depthcut.refit.ls import DEPTH_RIDGE, writes_through_one_linear
+from depthcut.refit.ls import DEPTH_RIDGE, DEPTH_RIDGES, writes_through_one_linear
 from depthcut.units.bypass import hook_target
 from depthcut.units.discover import Unit
+
+
+def fit_transform(a: torch.Tensor, b: torch.Tensor, ridge: float = DEPTH_RIDGE) -> torch.Tensor:
+    """The ridge-regularised T of min Σ‖M T − Z‖² + λ‖T − I‖², from A = MᵀM and B = MᵀZ."""
+    eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+    lam = ridge * float(a.diagonal().mean()) or ridge
+    return torch.linalg.solve(a + lam * eye, b + lam * eye)
 
 
 def fit_error(a: torch.Tensor, b: torch.Tensor, c: float, ridge: float = DEPTH_RIDGE) -> float:
     """Σ‖M T − Z‖² at the ridge-regularised optimum T, from A = MᵀM, B = MᵀZ and c = Σ‖Z‖²
     (T = I, no fit, leaves Σ‖Z − M‖²)."""
-    eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
-    lam = ridge * float(a.diagonal().mean()) or ridge
-    t = torch.linalg.solve(a + lam * eye, b + lam * eye)
+    t = fit_transform(a, b, ridge)
     return max(c - 2 * float((t * b).sum()) + float((t * (a @ t)).sum()), 0.0)
 
 
@@ -49,6 +54,7 @@ class _Sums:
         self.a: torch.Tensor | None = None
         self.b: torch.Tensor | None = None
         self.c = 0.0
+        self.n = 0  # tokens
 
     def add(self, m: torch.Tensor, z: torch.Tensor, d: torch.Tensor) -> None:
         md = m * d[:, None]
@@ -56,22 +62,35 @@ class _Sums:
         self.a = a if self.a is None else self.a + a
         self.b = b if self.b is None else self.b + b
         self.c += float((z.pow(2).sum(-1) * d).sum())
+        self.n += m.shape[0]
 
     def error(self) -> float:
         return fit_error(self.a, self.b, self.c)
+
+    def transform(self, ridge: float = DEPTH_RIDGE) -> torch.Tensor:
+        return fit_transform(self.a, self.b, ridge)
+
+    def error_of(self, t: torch.Tensor) -> float:
+        """Σ D ‖M T − Z‖² of these statistics under a given T."""
+        return self.c - 2 * float((t * self.b).sum()) + float((t * (self.a @ t)).sum())
 
 
 class DepthHooks:
     """Per block: the raw and fold errors of removing its attention, its MLP or all of it.
 
     ``previous`` holds the last block's MLP writer output (per batch, real tokens), the writer
-    a removal of this block's attention or of the block folds into."""
+    a removal of this block's attention or of the block folds into. For the batches in
+    ``probed`` the writers' whole outputs are kept too (``full[b]``), for ``search.probe``."""
 
-    def __init__(self, model: nn.Module, structure: ModelStructure, i: int, previous):
+    def __init__(
+        self, model: nn.Module, structure: ModelStructure, i: int, previous, probed=()
+    ) -> None:
         self.state: dict = {}
+        self.probed, self.full = set(probed), {}
         self.previous, self.written = previous, []
         self.raw = {"attention": 0.0, "mlp": 0.0, "block": 0.0}
         self.fits = {"attention": _Sums(), "mlp": _Sums(), "block": _Sums()}
+        self.checks = {"attention": _Sums(), "mlp": _Sums(), "block": _Sums()}  # probed
         self.tokens = 0
         info, modules = structure.blocks[i], dict(model.named_modules())
         self.handles = [modules[info.path].register_forward_hook(self._block, with_kwargs=True)]
@@ -85,7 +104,10 @@ class DepthHooks:
 
     def _keep(self, key: str):
         def hook(module, args, output):
-            self.state[key] = output_tensor(output)[self.state["mask"]].double()
+            out = output_tensor(output)
+            self.state[key] = out[self.state["mask"]].double()
+            if self.state["batch"] in self.probed and key.endswith(".writer"):
+                self.full.setdefault(self.state["batch"], {})[key] = out.detach()
 
         return hook
 
@@ -102,14 +124,31 @@ class DepthHooks:
         self.tokens += x.shape[0]
 
     def _add_fits(self, a, m, delta, d) -> None:
+        """The fold statistics of this batch: fitted on, or (a probed batch) checked on."""
         b = self.state["batch"]
+        sums = self.checks if b in self.probed else self.fits
         prev = self.previous[b] if self.previous else None
         if prev is not None:
-            self.fits["attention"].add(prev, prev + a, d)
-            self.fits["block"].add(prev, prev + delta, d)
+            sums["attention"].add(prev, prev + a, d)
+            sums["block"].add(prev, prev + delta, d)
         if self.state.get("attention.writer") is not None:
             w = self.state["attention.writer"]
-            self.fits["mlp"].add(w, w + m, d)
+            sums["mlp"].add(w, w + m, d)
+
+    def transforms(self) -> dict[str, torch.Tensor | None]:
+        """{kind: T of its fold, None where it is not repaired}: fitted on the batches not
+        probed, with the ridge of ``DEPTH_RIDGES`` (or no fold) whose error on the probed
+        batches is least — as the repair picks its ridge on held-back batches."""
+        out = {}
+        for key in self.raw:
+            fit, check = self.fits[key], self.checks[key]
+            if fit.a is None or check.a is None:
+                out[key] = None
+                continue
+            eye = torch.eye(fit.a.shape[0], dtype=fit.a.dtype, device=fit.a.device)
+            candidates = [None, *(fit.transform(r) for r in DEPTH_RIDGES)]
+            out[key] = min(candidates, key=lambda t: check.error_of(eye if t is None else t))
+        return out
 
     def errors(self) -> dict[str, dict]:
         """{kind: {"error", "raw", "repaired"}} per token."""
@@ -118,8 +157,8 @@ class DepthHooks:
         for key, raw in self.raw.items():
             fit = self.fits[key]
             repaired = fit.a is not None
-            error = min(fit.error(), raw) if repaired else raw
-            out[key] = {"error": error / n, "raw": raw / n, "repaired": repaired}
+            error = min(fit.error() / fit.n, raw / n) if repaired else raw / n
+            out[key] = {"error": error, "raw": raw / n, "repaired": repaired}
         return out
 
     def remove(self) -> None:

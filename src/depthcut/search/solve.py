@@ -4,7 +4,9 @@ With x[i, o] = 1 when block i takes option o: minimise Σ q[i, o] x[i, o] subjec
 Σ_o x[i, o] = 1 for every block and, per budget, Σ s[i, o] x[i, o] ≥ target (s: what the option
 saves of decode time, KV bytes or parameters; ``at_most`` budgets bound it from above). Solved
 exactly by HiGHS through ``scipy.optimize.milp``. The k best distinct solutions come from
-re-solving with each found one cut off (Σ over its chosen x ≤ blocks − 1).
+re-solving with each found one cut off (Σ over its chosen x ≤ blocks − ``differ``: the next
+solution changes the choice of at least ``differ`` blocks, so that re-measured candidates are
+not near-copies of one another).
 """
 
 from __future__ import annotations
@@ -80,10 +82,15 @@ def _run(cost: np.ndarray, constraints: list) -> tuple[np.ndarray | None, float]
 
 
 def best_k(
-    quality: np.ndarray, groups: list[list[int]], limits: list[Limit], k: int = 3
+    quality: np.ndarray,
+    groups: list[list[int]],
+    limits: list[Limit],
+    k: int = 3,
+    differ: int = 1,
 ) -> list[Solution]:
-    """The ``k`` cheapest distinct feasible choices, cheapest first (fewer when fewer exist);
-    raises ``BudgetError`` naming the binding budget when none is feasible."""
+    """The ``k`` cheapest feasible choices, each differing from every earlier one in at least
+    ``differ`` blocks, cheapest first (fewer when fewer exist); raises ``BudgetError`` naming
+    the binding budget when none is feasible."""
     constraints = _constraints(groups, limits, len(quality))
     out: list[Solution] = []
     for _ in range(k):
@@ -97,7 +104,7 @@ def best_k(
         out[-1].seconds = time.perf_counter() - started
         cut = np.zeros((1, len(quality)))
         cut[0, chosen] = 1.0
-        constraints.append(LinearConstraint(cut, -np.inf, len(groups) - 1))
+        constraints.append(LinearConstraint(cut, -np.inf, len(groups) - differ))
     if not out:
         raise _unreachable(groups, limits)
     return out
