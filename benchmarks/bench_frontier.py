@@ -144,6 +144,11 @@ def doc_table(results: dict, single: dict | None = None) -> str:
         + (
             f"; Spearman ρ (summed option cost vs KL, {len(corr['plans'])} random plans) "
             f"{corr['spearman']:.3f}"
+            + (
+                f" (stream errors alone: {corr['spearman_stream']:.3f})"
+                if "spearman_stream" in corr
+                else ""
+            )
             if corr
             else ""
         ),
