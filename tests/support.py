@@ -30,6 +30,8 @@ def run(capsys, *argv):
 
 
 def prune_args(model, out, text, *extra):
+    """A tiny ``prune`` command line; ``--budget params=0.2`` unless ``extra`` gives one."""
+    budget = [] if "--budget" in extra else ["--budget", "params=0.2"]
     return [
         "prune",
         model,
@@ -41,8 +43,7 @@ def prune_args(model, out, text, *extra):
         "4",
         "--seq-len",
         "32",
-        "--budget",
-        "params=0.2",
+        *budget,
         *extra,
     ]
 
