@@ -118,11 +118,11 @@ def _prune(tmp_path, model_dir, name, *extra):
     if not text.exists():
         text.write_text("\n\n".join(words(200, seed=s) for s in range(10)))
     out = tmp_path / name
+    budget = [] if "--budget" in extra else ["--budget", "params=0.3"]  # one --budget each
     argv = [
         "prune",
         model_dir,
-        "--budget",
-        "params=0.3",
+        *budget,
         "--calib",
         text,
         "--n-samples",
