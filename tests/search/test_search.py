@@ -207,6 +207,15 @@ def test_the_probe_measures_the_kl_of_the_folded_removal(tiny_table, monkeypatch
     assert table.stream_error(half) == b["mlp"]["levels"][48]["error"]
 
 
+def test_held_back_scores_of_the_dense_model(tiny_table):
+    """The dense model against its own reference: KL 0, and the perplexity of the reference."""
+    model, calib = tiny_table[0], tiny_calib(n=16, length=32)
+    ref = joint.reference(model, calib)
+    kl, ppl = joint.held_back_scores(model, calib, ref)
+    assert kl == pytest.approx(0.0, abs=1e-6)
+    assert ppl == pytest.approx(joint.dense_perplexity(calib, ref), rel=1e-6) and ppl > 1.0
+
+
 def test_search_corrects_the_prediction_by_what_it_measures(tiny_table, monkeypatch):
     """The measured saving is half the predicted one: round 0 misses the budget, round 1
     solves with the savings halved and lands."""

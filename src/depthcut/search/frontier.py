@@ -48,8 +48,8 @@ def frontier(
     else:
         check_table(table, describe(model, discover_structure(model)))
     ref = reference(model, check)
-    plans = {}
+    plans, dense = {}, dense_perplexity(check, ref)
     for b in budgets:
         plans[b.label], _ = search(model, table, b, fit, check, k=k, ref=ref)
-        plans[b.label].run["search"]["dense_ppl"] = dense_perplexity(check, ref)
+        plans[b.label].run["search"]["dense_ppl"] = dense
     return table, plans

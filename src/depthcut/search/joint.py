@@ -126,18 +126,20 @@ def reference(model: nn.Module, heldout: CalibData) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def mean_kl(model: nn.Module, heldout: CalibData, ref: list[torch.Tensor]) -> tuple[float, float]:
+def held_back_scores(
+    model: nn.Module, heldout: CalibData, ref: list[torch.Tensor]
+) -> tuple[float, float]:
     """(mean KL(dense ‖ model) over the real tokens of the held-back batches, the model's
-    perplexity on them)."""
-    total, count, nll, targets = 0.0, 0, 0.0, 0
+    perplexity on them), one forward per batch."""
+    kl, kl_count, nll, nll_count = 0.0, 0, 0.0, 0
     for batch, logp in zip(heldout.batches(), ref):
         logits = model(**batch, use_cache=False).logits
-        kl = F.token_kl(logp, logits)
-        mask = batch["attention_mask"].bool()
-        total, count = total + float(kl[mask].sum()), count + int(mask.sum())
-        n = int(F.target_mask(batch["input_ids"], batch["attention_mask"], "all").sum())
-        nll, targets = nll + F.mean_nll([(logits, batch)]) * n, targets + n
-    return total / max(count, 1), math.exp(nll / max(targets, 1))
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        s, n = F.masked_sum(F.token_kl(logp, logits), mask.bool())
+        kl, kl_count = kl + s, kl_count + n
+        s, n = F.masked_sum(F.token_nll(logits, ids), F.target_mask(ids, mask, "all"))
+        nll, nll_count = nll + s, nll_count + n
+    return kl / max(kl_count, 1), math.exp(nll / max(nll_count, 1))
 
 
 def dense_perplexity(heldout: CalibData, ref: list[torch.Tensor]) -> float:
@@ -169,7 +171,7 @@ def measure(model, plan: Plan, calib: CalibData, heldout: CalibData, ref) -> dic
     """Held-back KL and measured decode-time saving of the refit, pruned plan."""
     pruned = realise(model, plan, calib)
     ratio, other = decode_ratio(model, pruned)
-    kl, ppl = mean_kl(pruned, heldout, ref)
+    kl, ppl = held_back_scores(pruned, heldout, ref)
     predicted = plan.run["latency"]["removed"] / plan.run["latency"]["total"]
     return {"kl": kl, "ppl": ppl, "saved": 1.0 - ratio, "predicted": predicted, "other_cpu": other}
 

@@ -62,8 +62,8 @@ class Probe:
             for b in self.batches:
                 hidden = self._without(i, b, kind, folds[kind], depth.full, previous)
                 kl = F.token_kl(self.ref[b], self._logits(hidden[:, ::STRIDE]))
-                mask = self.cache.masks(b)[:, ::STRIDE].bool()
-                total, count = total + float(kl[mask].sum()), count + int(mask.sum())
+                s, n = F.masked_sum(kl, self.cache.masks(b)[:, ::STRIDE].bool())
+                total, count = total + s, count + n
             out[kind] = total / max(count, 1)
         return out
 

@@ -40,11 +40,15 @@ def fit_transform(a: torch.Tensor, b: torch.Tensor, ridge: float = DEPTH_RIDGE) 
     return torch.linalg.solve(a + lam * eye, b + lam * eye)
 
 
+def residual(a: torch.Tensor, b: torch.Tensor, c: float, t: torch.Tensor) -> float:
+    """Σ‖M T − Z‖² from A = MᵀM, B = MᵀZ and c = Σ‖Z‖², for a given T."""
+    return c - 2 * float((t * b).sum()) + float((t * (a @ t)).sum())
+
+
 def fit_error(a: torch.Tensor, b: torch.Tensor, c: float, ridge: float = DEPTH_RIDGE) -> float:
     """Σ‖M T − Z‖² at the ridge-regularised optimum T, from A = MᵀM, B = MᵀZ and c = Σ‖Z‖²
     (T = I, no fit, leaves Σ‖Z − M‖²)."""
-    t = fit_transform(a, b, ridge)
-    return max(c - 2 * float((t * b).sum()) + float((t * (a @ t)).sum()), 0.0)
+    return max(residual(a, b, c, fit_transform(a, b, ridge)), 0.0)
 
 
 class _Sums:
@@ -72,7 +76,7 @@ class _Sums:
 
     def error_of(self, t: torch.Tensor) -> float:
         """Σ D ‖M T − Z‖² of these statistics under a given T."""
-        return self.c - 2 * float((t * self.b).sum()) + float((t * (self.a @ t)).sum())
+        return residual(self.a, self.b, self.c, t)
 
 
 class DepthHooks:
