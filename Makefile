@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.depthcut-installed
 DEMO_OUT ?= out/demo
 
-.PHONY: setup browser fashion llama gemma vllm demo test test-fast test-vllm lint docs package bench clean
+.PHONY: setup browser fashion llama gemma vllm llmcompressor demo test test-fast test-vllm lint docs package bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m venv $(VENV)
@@ -83,6 +83,19 @@ vllm: $(VLLM_VENV)/.depthcut-vllm
 test-vllm: setup vllm
 	$(BIN)/python -m pytest -q tests/export/test_export_vllm.py
 
+# llm-compressor (AWQ / GPTQ `oneshot`) pins transformers<=5.17, older than depthcut's: its own
+# environment beside .venv, with the same CPU torch wheel first (so no CUDA build is pulled);
+# `depthcut quantize --method awq|gptq` runs it there (≈1.5 GB, a minute or two from the cache)
+LLMC_VENV := .venv-llmcompressor
+$(LLMC_VENV)/.depthcut-llmcompressor:
+	$(PY) -m venv $(LLMC_VENV)
+	$(LLMC_VENV)/bin/pip install -q --upgrade pip
+	$(LLMC_VENV)/bin/pip install -q torch==2.13.0
+	$(LLMC_VENV)/bin/pip install -q llmcompressor==0.14.0.1 torch==2.13.0
+	touch $@
+
+llmcompressor: $(LLMC_VENV)/.depthcut-llmcompressor
+
 # the default (MLP neurons ranked by what the refit cannot recover, then the ls refit) beside
 # ShortGPT (blocks by BI, no repair) at the same budget, so a newcomer sees why it is the default
 demo: setup
@@ -92,7 +105,7 @@ demo: setup
 		--out $(DEMO_OUT)-shortgpt --overwrite --perplexity --latency
 	$(BIN)/depthcut compare $(DEMO_OUT) $(DEMO_OUT)-shortgpt
 
-test: setup browser fashion llama
+test: setup browser fashion llama llmcompressor
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
@@ -145,4 +158,4 @@ bench: setup fashion llama gemma
 	$(BIN)/python benchmarks/bench_llamacpp.py  # ≈10 min: 8 GGUF files measured in llama.cpp
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(PKG_VENV) dist site out .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(LLMC_VENV) $(PKG_VENV) dist site out .pytest_cache

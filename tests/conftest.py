@@ -39,6 +39,18 @@ def pattern_file(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def block_run(tmp_path_factory, tiny_dir, pattern_file):
+    """A run directory: the tiny Llama with 30% of its parameters removed as whole blocks."""
+    import depthcut.cli
+    from support import prune_args
+
+    out = tmp_path_factory.mktemp("r") / "pruned"
+    argv = prune_args(tiny_dir, out, pattern_file, "--units", "block", "--budget", "params=0.3")
+    assert depthcut.cli.main([str(a) for a in argv]) == 0
+    return out
+
+
 # Under CI every dependency CI installs must be there: a skip would hide its breakage. Only
 # these skip there, each for a reason CI cannot change.
 CI_SKIPS_ALLOWED = {

@@ -6,7 +6,7 @@ import torch
 
 import depthcut as dc
 from depthcut.errors import ConfigError
-from depthcut.int4 import AlignmentError, check_alignment, misaligned, recipe_yaml
+from depthcut.int4 import AlignmentError, check_alignment, misaligned
 from depthcut.io import logits_on_probe
 from depthcut.quantize import (
     QuantizeConfig,
@@ -138,5 +138,3 @@ def test_alignment_check_catches_non_divisible_widths():
     ok = dc.apply(model, dc.plan(dc.score(model, rounded, tiny_calib(), progress=False), rounded))
     assert misaligned(ok, 16) == {}
     check_alignment(ok, 16)
-    assert "group_size: 16" in recipe_yaml("gptq", 16) and "GPTQModifier" in recipe_yaml("gptq", 16)
-    assert "AWQModifier" in recipe_yaml("awq", 128)

@@ -70,3 +70,29 @@ def test_verbose_shows_what_a_load_error_came_from(capsys, tmp_path):
     assert err.startswith(f"depthcut: error: {folder}: cannot load its weights")
     code, _, err = run(capsys, "inspect", folder, "--verbose")
     assert code == 2 and "Traceback (most recent call last)" in err
+
+
+RECOVER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from depthcut.data import pack_tokens
+from depthcut.recover.config import RecoverConfig
+from depthcut.recover.run import recover
+from tiny import VOCAB, tiny_llama
+model = tiny_llama(layers=4)
+ids = [3 + (7 * i) % (VOCAB - 3) for i in range(1200)]
+data = pack_tokens(ids[:960], 32, 30, 4), pack_tokens(ids[960:], 8, 30, 4)
+for method, loss in (("lora", "kd"), ("full", "lm")):
+    cfg = RecoverConfig(method=method, loss=loss, max_steps=4, eval_every=2)
+    recover(model, None, cfg, teacher=tiny_llama(layers=4, seed=3), progress=False, data=data)
+"""
+
+
+def test_recovery_on_the_trainer_prints_nothing():
+    """The Trainer's checkpoint bars, its logger's warnings and peft's deprecation notes are
+    held back: LoRA + distillation and full fine-tuning, with checkpoints, print nothing."""
+    done = subprocess.run(
+        [sys.executable, "-c", RECOVER, str(TESTS)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == ("", "")

@@ -1,19 +1,31 @@
-"""4-bit AWQ/GPTQ after pruning: the GPU path, prepared and checked on the CPU.
+"""4-bit AWQ / GPTQ after pruning, executed by llm-compressor's ``oneshot``.
 
 AWQ and GPTQ quantize each Linear's input dimension in groups of ``group_size`` (128 by
 default): a pruned width that is not a multiple fails or falls back to slow kernels. depthcut
-checks every Linear here, suggests the ``--round-to`` that fixes it, and writes an
-llm-compressor recipe (``int4_recipe.yaml``) to run with ``oneshot`` on a GPU machine.
+checks every Linear first and names the ``--round-to`` that fixes it. llm-compressor 0.14 pins
+transformers <= 5.17 (older than depthcut's), so it runs in its own environment
+(``make llmcompressor`` creates ``.venv-llmcompressor`` beside ``.venv``; or
+``DEPTHCUT_LLMCOMPRESSOR_PYTHON`` names its interpreter) on the run exported as a Hugging Face
+checkpoint, through ``depthcut/int4_worker.py``; the 4-bit model is saved in compressed-tensors
+format and reloaded there to measure its perplexity on the CPU (GPUs run the same recipe).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
 from torch import nn
 
 from depthcut.errors import DepthcutError
 
 INT4_METHODS = ("gptq", "awq")
-MODIFIER = {"gptq": "GPTQModifier", "awq": "AWQModifier"}
+PYTHON_VARIABLE = "DEPTHCUT_LLMCOMPRESSOR_PYTHON"
+WORKER = Path(__file__).with_name("int4_worker.py")
 
 
 class AlignmentError(DepthcutError):
@@ -49,34 +61,41 @@ def check_alignment(model: nn.Module, group_size: int) -> None:
         )
 
 
-def recipe_yaml(method: str, group_size: int, ignore: tuple[str, ...] = ("lm_head",)) -> str:
-    """An llm-compressor recipe: 4-bit symmetric weights in groups, activations in 16 bit."""
-    if method not in INT4_METHODS:
-        raise DepthcutError(f"int4 method {method!r}; choose one of {INT4_METHODS}")
-    ignored = ", ".join(f'"{name}"' for name in ignore)
-    return (
-        "quant_stage:\n"
-        "  quant_modifiers:\n"
-        f"    {MODIFIER[method]}:\n"
-        f"      ignore: [{ignored}]\n"
-        "      config_groups:\n"
-        "        group_0:\n"
-        '          targets: ["Linear"]\n'
-        "          weights: {num_bits: 4, type: int, symmetric: true, strategy: group, "
-        f"group_size: {group_size}}}\n"
-    )
+def llmcompressor_python() -> Path:
+    """The interpreter of llm-compressor's environment; a one-line fix when it is missing."""
+    given = os.environ.get(PYTHON_VARIABLE)
+    path = Path(given) if given else Path(sys.prefix).parent / ".venv-llmcompressor/bin/python"
+    if not path.exists():
+        raise DepthcutError(
+            f"AWQ / GPTQ run in llm-compressor's own environment ({path} not found): create it "
+            f"with 'make llmcompressor', or set {PYTHON_VARIABLE} to its python"
+        )
+    return path
 
 
-GPU_STEPS = """# 4-bit {method} of this pruned model (GPU)
-
-Widths checked on the CPU: every Linear input width is a multiple of {group_size}.
-On a machine with a GPU and `llmcompressor` installed:
-
-```python
-from llmcompressor import oneshot
-oneshot(model="{model_dir}", recipe="int4_recipe.yaml", dataset="<calibration text>",
-        output_dir="{model_dir}-w4a16", max_seq_length=512, num_calibration_samples=256)
-```
-Load heterogeneous (per-layer width) models with `depthcut.load` first and pass the model
-object instead of the path; whole-block and uniform-width plans load with `from_pretrained`.
-"""
+def run_worker(
+    python: Path,
+    model_dir: Path,
+    inputs: dict,
+    out: Path,
+    method: str,
+    group_size: int,
+    ignore: tuple[str, ...],
+) -> dict:
+    """Quantize the checkpoint ``model_dir`` in llm-compressor's environment into ``out``;
+    its ``int4_result.json`` (float and 4-bit held-out NLL, seconds, bytes)."""
+    file = out.parent / f".{out.name}-inputs.pt"
+    torch.save(inputs, file)
+    try:
+        # -P: the worker's folder (depthcut's, whose io.py and inspect.py would shadow the
+        # standard library) is not put on sys.path
+        args = [str(python), "-P", str(WORKER), str(model_dir), str(file), str(out), method]
+        done = subprocess.run(
+            [*args, str(group_size), ",".join(ignore)], capture_output=True, text=True
+        )
+    finally:
+        file.unlink(missing_ok=True)
+    if done.returncode != 0:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        raise DepthcutError(f"llm-compressor {method} failed (exit {done.returncode}): {tail}")
+    return json.loads((out / "int4_result.json").read_text())

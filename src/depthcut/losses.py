@@ -1,5 +1,6 @@
-"""The math of recovery, apart from the loop: next-token cross-entropy and distillation KL.
-Both average over real (unpadded) target positions only."""
+"""The math of recovery, apart from the training engine: next-token cross-entropy, and
+distillation KL to a live teacher's full distribution or to stored top-k targets. Each
+averages over real (unpadded) positions only."""
 
 from __future__ import annotations
 
@@ -34,9 +35,23 @@ def kd_loss(
     return kl.mean() * temperature**2
 
 
-def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
-    """Learning-rate multiplier: linear warmup to 1, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / max(1, warmup)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + torch.cos(torch.tensor(torch.pi * min(1.0, progress))).item())
+def sparse_kd_loss(
+    student_logits: torch.Tensor,
+    indices: torch.Tensor,
+    logprobs: torch.Tensor,
+    tail: torch.Tensor,
+    attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """KL(teacher ‖ student) over k + 1 outcomes — the teacher's stored top-k tokens
+    (``indices``, ``logprobs`` [B, T, k]) and "any other token" (log-mass ``tail`` [B, T]) —
+    mean over real positions. It equals the full KL when the tail mass is 0 and bounds it
+    from below otherwise (the tail's distribution is not compared)."""
+    mask = attention_mask.bool()
+    s = F.log_softmax(student_logits[mask].float(), dim=-1)
+    idx, t, t_tail = indices[mask], logprobs[mask].float(), tail[mask].float()
+    s_k = s.gather(-1, idx)
+    s_tail = torch.logsumexp(s.scatter(-1, idx, float("-inf")), dim=-1)
+    floor = -1e4  # an empty tail (k = vocabulary) contributes 0, not nan
+    t_tail, s_tail = t_tail.clamp(min=floor), s_tail.clamp(min=floor)
+    kl = (t.exp() * (t - s_k)).sum(-1) + t_tail.exp() * (t_tail - s_tail)
+    return kl.mean()

@@ -4,8 +4,8 @@ Measured on this 2-core AVX2 CPU (``benchmarks/bench_quantize.py``): only PyTorc
 int8 ``Linear`` (int8 weights, activations quantized per batch) makes a Llama faster; torchao's
 int8 weight-only shrinks memory but decodes slower. So ``dynamic_int8`` is the default and the
 only method saved to disk (int8 weights + per-channel scales in ``quantized.safetensors``);
-``torchao_int8_weight_only`` is offered for measurement. 4-bit AWQ/GPTQ need a GPU: depthcut
-checks the widths against their group size here and writes the recipe to run there.
+``torchao_int8_weight_only`` is offered for measurement. 4-bit AWQ / GPTQ are executed by
+llm-compressor in its own environment (``depthcut.int4``).
 """
 
 from __future__ import annotations

@@ -115,35 +115,6 @@ def test_quantize_verb_saves_and_pruning_it_is_refused(capsys, tmp_path, run_dir
     assert code == 2 and "measurement only" in err
 
 
-def test_int4_recipe_checks_group_size(capsys, tmp_path, run_dir):
-    code, _, err = run(
-        capsys,
-        "quantize",
-        run_dir,
-        "--method",
-        "gptq",
-        "--group-size",
-        "24",
-        "--out",
-        tmp_path / "bad",
-    )
-    assert code == 2 and "not divisible by group size 24" in err
-    assert not (tmp_path / "bad").exists()
-    code, _, err = run(
-        capsys,
-        "quantize",
-        run_dir,
-        "--method",
-        "awq",
-        "--group-size",
-        "16",
-        "--out",
-        tmp_path / "ok",
-    )
-    assert code == 0, err
-    assert "AWQModifier" in (tmp_path / "ok" / "int4_recipe.yaml").read_text()
-
-
 def test_recipe_replays_prune_recover_quantize(capsys, tmp_path, tiny_dir, text):
     from depthcut.quantize import is_quantized
     from depthcut.recipe import Recipe

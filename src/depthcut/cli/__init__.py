@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose and err.__cause__ is not None:  # what went wrong underneath
             traceback.print_exception(err.__cause__, file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("depthcut: interrupted; no partial output was kept", file=sys.stderr)
+    except KeyboardInterrupt as err:  # a job that keeps checkpoints says how to resume
+        print(f"depthcut: {str(err) or 'interrupted; no partial output was kept'}", file=sys.stderr)
         return 130
     return 0

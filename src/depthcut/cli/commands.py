@@ -235,6 +235,9 @@ def recover_config(args: argparse.Namespace):
         temperature=args.temperature,
         lm_weight=args.lm_weight,
         source=args.calib,
+        teacher_topk=args.teacher_topk,
+        save_every=args.save_every,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
 
 
@@ -306,6 +309,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 def cmd_recover(args: argparse.Namespace) -> None:
     from depthcut.jobs import RecoverJob, run_recover
+    from depthcut.recover.config import rank
 
     job = RecoverJob(
         model_ref(args, args.run),
@@ -313,8 +317,13 @@ def cmd_recover(args: argparse.Namespace) -> None:
         output(args),
         args.teacher,
         eval_settings(args, default_ppl=True),
+        resume=args.resume,
+        teacher_targets=args.teacher_targets,
+        stream_teacher=args.stream_teacher,
     )
-    print(f"recovered model -> {run_recover(job)}")
+    out = run_recover(job)
+    if rank() == 0:  # under torchrun the first process saved it
+        print(f"recovered model -> {out}")
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
@@ -338,6 +347,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         not args.quantize_mlp_out,
         args.group_size,
         eval_settings(args, default_ppl=True),
+        calib_spec(args),
     )
     out = run_quantize(job)
     if out is not None:

@@ -133,6 +133,22 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--temperature", type=float, default=1.0, help="KD softmax temperature")
     p.add_argument("--lm-weight", type=float, default=0.0, help="KD: + weight × LM loss")
+    p.add_argument(
+        "--teacher-topk",
+        type=int,
+        default=64,
+        help="KD reads the teacher's K most likely tokens and the rest's mass, computed once "
+        "and stored (default 64); 0: the live teacher's full distribution",
+    )
+    p.add_argument(
+        "--save-every",
+        type=int,
+        default=None,
+        help="checkpoint every N steps (default: --eval-every)",
+    )
+    p.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute activations: less memory"
+    )
 
 
 def _out_args(p: argparse.ArgumentParser) -> None:
@@ -230,12 +246,31 @@ def add_recover(sub) -> None:
     p.add_argument("--method", default="lora", help="lora or full")
     p.add_argument("--teacher", default=None, help="dense model for --loss kd (default: source)")
     p.add_argument("--calib", default="wiki", help="training text: packaged name or a file")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed or interrupted run from its last checkpoint (OUT.checkpoints)",
+    )
+    p.add_argument(
+        "--teacher-targets",
+        default=None,
+        help="the stored top-k teacher targets (default OUT.checkpoints/teacher-topK.safetensors"
+        "): reused when computed for the same tokenizer, text and K",
+    )
+    p.add_argument(
+        "--stream-teacher",
+        action="store_true",
+        help="compute the teacher's targets one block in memory at a time (a teacher too big "
+        "to load beside the student)",
+    )
     _train_args(p), _eval_args(p), _out_args(p)
     p.set_defaults(func=commands.cmd_recover)
 
 
 def add_quantize(sub) -> None:
-    p = sub.add_parser("quantize", help="quantize a pruned run (int8 on CPU; AWQ/GPTQ recipe)")
+    p = sub.add_parser(
+        "quantize", help="quantize a pruned run: int8, 4-bit AWQ / GPTQ (llm-compressor), GGUF"
+    )
     p.add_argument("run", help="a directory written by prune/apply/recover")
     p.add_argument(
         "--method",
@@ -245,6 +280,7 @@ def add_quantize(sub) -> None:
     )
     p.add_argument("--skip", nargs="*", default=[], help="module path suffixes kept float")
     p.add_argument("--group-size", type=int, default=128, help="gptq/awq input-width group")
+    _calib_args(p)
     p.add_argument(
         "--quantize-mlp-out",
         action="store_true",

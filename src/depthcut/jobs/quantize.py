@@ -1,22 +1,26 @@
 """``depthcut quantize RUN_DIR``: quantize a pruned (and recovered) run, measure it against
-the float run, and save it (int8) or prepare the 4-bit GPU step (AWQ/GPTQ)."""
+the float run, and save it: int8 (PyTorch), or 4-bit AWQ / GPTQ (llm-compressor)."""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from depthcut import log
 from depthcut.errors import DepthcutError
 from depthcut.eval.run import EvalSettings
-from depthcut.jobs.common import ModelRef, Output
+from depthcut.jobs.common import CalibSpec, ModelRef, Output
 
 
 @dataclass(frozen=True)
 class QuantizeJob:
-    """Quantize ``run`` with ``method`` (int8 on the CPU, or the AWQ/GPTQ recipe for a GPU);
-    ``skip``: module path suffixes kept float; without ``out`` only the measurement runs."""
+    """Quantize ``run`` with ``method`` (int8, or 4-bit AWQ / GPTQ through llm-compressor on
+    ``calibration``); ``skip``: module path suffixes kept float; without ``out`` only the
+    int8 measurement runs."""
 
     run: ModelRef
     method: str = "dynamic_int8"
@@ -25,6 +29,7 @@ class QuantizeJob:
     keep_mlp_out: bool = True
     group_size: int = 128
     evaluation: EvalSettings = field(default_factory=lambda: EvalSettings(perplexity=True))
+    calibration: CalibSpec = field(default_factory=lambda: CalibSpec(n_samples=32))
 
 
 def run_quantize(job: QuantizeJob) -> Path | None:
@@ -94,23 +99,75 @@ def _table(results: dict) -> str:
 
 
 def _int4_dir(job: QuantizeJob) -> Path:
-    from depthcut.int4 import GPU_STEPS, check_alignment, recipe_yaml
+    """AWQ / GPTQ executed by llm-compressor in its own environment on the run exported as a
+    Hugging Face checkpoint; the 4-bit model (compressed-tensors) with quantize.json."""
+    import tempfile
+
+    from depthcut.int4 import check_alignment, llmcompressor_python, run_worker
     from depthcut.io import atomic_dir
 
     if not job.out:
-        raise DepthcutError(f"--method {job.method} writes a GPU recipe: give --out")
+        raise DepthcutError(f"--method {job.method} writes the 4-bit model: give --out")
     out = job.out.prepare()
-    model, _ = job.run.load(need_tokenizer=False)
+    python = llmcompressor_python()  # before any work
+    model, tok = job.run.load()
     check_alignment(model, job.group_size)
-    recipe = recipe_yaml(job.method, job.group_size, job.skip or ("lm_head",))
+    inputs = _int4_inputs(job, tok)
+    with tempfile.TemporaryDirectory(prefix="depthcut-int4-") as scratch:
+        checkpoint = _hf_checkpoint(job.run.name, Path(scratch))
 
-    def write(tmp: Path) -> None:
-        (tmp / "int4_recipe.yaml").write_text(recipe)
-        text = GPU_STEPS.format(
-            method=job.method, group_size=job.group_size, model_dir=Path(job.run.name).resolve()
-        )
-        (tmp / "INT4.md").write_text(text)
+        def write(tmp: Path) -> None:
+            ignore = job.skip or ("lm_head",)
+            result = run_worker(python, checkpoint, inputs, tmp, job.method, job.group_size, ignore)
+            report = _int4_report(result, model)
+            (tmp / "quantize.json").write_text(json.dumps(report, indent=2) + "\n")
+            log.result(_int4_line(report))
 
-    atomic_dir(out, write, job.out.overwrite)
-    log.status(f"depthcut: widths fit group size {job.group_size}; recipe -> {out}")
+        atomic_dir(out, write, job.out.overwrite)
     return out
+
+
+def _int4_inputs(job: QuantizeJob, tok) -> dict:
+    """Calibration windows and the held-out perplexity windows (depthcut's protocol)."""
+    from depthcut.data import evaluation_tokens
+    from depthcut.eval.perplexity import protocol_spans, window_ids
+
+    s = job.evaluation
+    ids = evaluation_tokens(tok, s.source, s.window * s.max_windows + 1)
+    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+    _, spans = protocol_spans(len(ids), s.window, s.stride, s.max_windows)
+    bos = s.bos_id(tok)
+    windows = [window_ids(ids, begin, end, bos) for begin, end, _ in spans]
+    calib = job.calibration.data(tok).input_ids
+    return {"calibration": calib, "windows": windows, "targets": [n for _, _, n in spans]}
+
+
+def _hf_checkpoint(run: str, scratch: Path) -> Path:
+    """The run as a plain Hugging Face checkpoint, or with remote code when its layers differ."""
+    from depthcut.export.run import export_run
+
+    try:
+        return export_run(run, "hf", scratch / "hf", verify=False)
+    except DepthcutError:
+        return export_run(run, "hf-hetero", scratch / "hf-hetero", verify=False)
+
+
+def _int4_report(result: dict, model) -> dict:
+    from depthcut.quantize import size_mb
+
+    count = result["count"]
+    ppl = {k: math.exp(result[f"{k}_nll"] / count) for k in ("float", "quantized")}
+    return result | {
+        "perplexity": ppl,
+        "float_mb": size_mb(model),
+        "quantized_mb": result["bytes"] / 1e6,
+    }
+
+
+def _int4_line(report: dict) -> str:
+    p = report["perplexity"]
+    return (
+        f"depthcut: {report['method']} W4A16 (group {report['group_size']}): perplexity "
+        f"{p['float']:.3f} → {p['quantized']:.3f}, {report['float_mb']:.1f} MB → "
+        f"{report['quantized_mb']:.1f} MB on disk ({report['oneshot_seconds']:.0f} s)"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 from depthcut.errors import ConfigError
@@ -9,6 +10,11 @@ from depthcut.errors import ConfigError
 METHODS = ("lora", "full")
 LOSSES = ("lm", "kd")
 DEFAULT_LR = {"full": 2e-5, "lora": 2e-4}  # lesson: 5e-6–2e-5 for full; LoRA needs ~10× more
+
+
+def rank() -> int:
+    """This process's rank under ``torchrun`` / ``accelerate launch`` (0 alone)."""
+    return int(os.environ.get("RANK", "0"))
 
 
 @dataclass(frozen=True)
@@ -21,7 +27,11 @@ class RecoverConfig:
     Training stops at ``max_steps`` optimizer steps, ``epochs`` passes over the training text,
     ``max_minutes`` of wall time, or when the held-out loss has not improved for ``patience``
     evaluations (every ``eval_every`` steps); the best held-out state is kept. Cosine
-    schedule with ``warmup`` (a fraction of the steps) linear warmup.
+    schedule with ``warmup`` (a fraction of the steps) linear warmup. Distillation reads the
+    teacher's ``teacher_topk`` most likely tokens and the rest's mass per position, computed
+    once and stored (0: the live teacher's full distribution). Checkpoints every
+    ``save_every`` steps (default ``eval_every``; a multiple of it), from which a killed run
+    resumes.
 
     >>> RecoverConfig(method="lora").learning_rate
     0.0002
@@ -48,6 +58,9 @@ class RecoverConfig:
     lm_weight: float = 0.0
     source: str = "wiki"
     seed: int = 0
+    teacher_topk: int = 64
+    save_every: int | None = None
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -62,6 +75,20 @@ class RecoverConfig:
             raise ConfigError("recover seq_len >= 2, epochs > 0 and temperature > 0 are needed")
         if not 0.0 <= self.warmup < 1.0:
             raise ConfigError(f"recover warmup={self.warmup} must be a fraction in [0, 1)")
+        if self.teacher_topk < 0:
+            raise ConfigError(f"recover teacher_topk={self.teacher_topk} must be >= 0")
+        if self.save_every is not None and (
+            self.save_every < 1 or self.save_every % self.eval_every
+        ):
+            raise ConfigError(
+                f"recover save_every={self.save_every} must be a multiple of "
+                f"eval_every={self.eval_every} (the best state is kept from the checkpoints)"
+            )
+        if self.teacher_topk and self.loss == "kd" and self.temperature != 1.0:
+            raise ConfigError(
+                f"recover temperature={self.temperature} with stored top-{self.teacher_topk} "
+                "teacher targets (kept at temperature 1); pass teacher_topk=0 for a live teacher"
+            )
         if self.lr is not None and not 0.0 < self.lr < 1.0:
             raise ConfigError(f"recover lr={self.lr} must be in (0, 1)")
 

@@ -3,6 +3,8 @@ not from module names), merged back into plain weights before saving."""
 
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 from depthcut.errors import UnsupportedModelError
@@ -40,7 +42,9 @@ def add_lora(model: nn.Module, cfg: RecoverConfig) -> nn.Module:
         target_modules=lora_targets(model),
         bias="none",
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft asks transformers a name deprecated in v6
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def merge_lora(peft_model: nn.Module) -> nn.Module:
