@@ -1,10 +1,11 @@
 """The whole pipeline on the real packaged SmolLM2-135M, step by step: dense → pruned (the
-default: 25% of the non-embedding parameters as MLP neurons ranked by ls) → repaired (its ls
-refit) → recovered (LoRA r=16 + distillation from the dense model's stored top-64 targets, a
-fixed budget of CPU minutes) → 4-bit: AWQ and GPTQ (llm-compressor, W4A16, group 64: the
-hidden size 576 is not a multiple of 128) and llama.cpp's Q4_K_M.
+default: 25% of the non-embedding parameters as MLP neurons ranked by ls, kept widths rounded
+to multiples of 64) → repaired (its ls refit) → recovered (LoRA r=16 + distillation from the
+dense model's stored top-64 targets, a fixed number of steps) → 4-bit: AWQ and GPTQ
+(llm-compressor, W4A16, group 64: the hidden size 576 is not a multiple of 128) and llama.cpp's
+Q4_K_M.
 
-    python benchmarks/bench_pipeline.py --minutes 10
+    python benchmarks/bench_pipeline.py --steps 90
 
 Columns: held-out perplexity and mean next-token KL to the dense model (8 × 512 evaluation
 tokens, PyTorch; AWQ / GPTQ perplexity from the reloaded compressed-tensors model in
@@ -16,6 +17,7 @@ rounds) where the format runs there. Writes results/pipeline_smollm2.json."""
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import subprocess
@@ -28,7 +30,6 @@ import torch
 import depthcut as dc
 from bench_llamacpp import DECODE, MEASURE, PREFILL, ROUNDS, THREADS
 from bench_quality import WINDOW, WINDOWS, held_out
-from bench_recovery import starting_points
 from depthcut.data import evaluation_tokens
 from depthcut.eval.run import EvalSettings
 from depthcut.export.gguf_file import write_gguf
@@ -44,13 +45,25 @@ def f16_mb(model) -> float:
     return 2 * sum(p.numel() for p in model.parameters()) / 1e6
 
 
-def torch_rows(model, tok, ids, minutes: float) -> tuple[dict, dict]:
+def starting_points(model, calib) -> tuple:
+    """(pruned, repaired, plan): the default's plan with kept MLP widths rounded to the 4-bit
+    group size (AWQ / GPTQ need every Linear input width to be a multiple of it)."""
+    budget = dc.Budget(params=0.25, count="non_embedding", mode="nearest")
+    cfg = dc.PruneConfig(units=("neuron",), width_importance="ls", budget=budget, round_to=GROUP)
+    plan = dc.plan(dc.score(model, cfg, calib, progress=False), cfg, model)
+    work = copy.deepcopy(model)
+    dc.repair(work, plan, calib, "ls", progress=False)
+    return dc.apply(model, plan), dc.apply(work, plan, inplace=True), plan
+
+
+def torch_rows(model, tok, ids, steps: int) -> tuple[dict, dict]:
     """(rows of the PyTorch steps, their models)."""
     calib = dc.calibration(tok, "wiki", n_samples=12, seq_len=256)
-    starts = starting_points(model, calib, "ls-neurons")
-    (pruned, plan), (repaired, _) = starts.values()
+    pruned, repaired, plan = starting_points(model, calib)
+    # a fixed number of steps (≈ 6 CPU-minutes here at ≈ 3.7 s per step of 4 × 128 tokens),
+    # not a time limit, so that a busy machine changes the seconds, not the result
     cfg = RecoverConfig(
-        method="lora", loss="kd", max_steps=10_000, max_minutes=minutes, patience=99
+        method="lora", loss="kd", max_steps=steps, seq_len=128, eval_every=10, patience=99
     )
     recovered, history = recover(repaired, tok, cfg, teacher=model, progress=False)
     models = {"dense": model, "pruned": pruned, "repaired (ls)": repaired}
@@ -158,7 +171,7 @@ def doc_table(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--minutes", type=float, default=10.0, help="recovery budget")
+    parser.add_argument("--steps", type=int, default=90, help="recovery steps (4 × 128 tokens)")
     parser.add_argument("--table", action="store_true", help="print the docs table and stop")
     args = parser.parse_args()
     if args.table:
@@ -167,7 +180,7 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     model, tok = dc.load_model("smollm2-135m")
     ids = evaluation_tokens(tok, "wiki", WINDOW * WINDOWS)
-    rows, models = torch_rows(model, tok, ids, args.minutes)
+    rows, models = torch_rows(model, tok, ids, args.steps)
     print(json.dumps(rows, indent=1), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         recovered = models["recovered (LoRA + top-64 KD)"]
