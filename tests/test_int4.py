@@ -9,7 +9,7 @@ import pytest
 import depthcut as dc
 import depthcut.cli
 from depthcut.eval.run import EvalSettings, perplexity_fn
-from support import run
+from support import prune_args, run
 
 pytestmark = pytest.mark.slow  # llm-compressor's environment: `make test`, not `make test-fast`
 
@@ -63,3 +63,20 @@ def test_int4_refusals_come_before_any_work(capsys, tmp_path, run_dir, pattern_f
     code, _, err = _quantize(capsys, run_dir, tmp_path / "b", pattern_file, "awq")
     assert code == 2 and "make llmcompressor" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_gptq_of_per_layer_widths_through_remote_code(capsys, tmp_path, tiny_dir, pattern_file):
+    """Neurons pruned per layer (rounded to the group): the run goes to llm-compressor as the
+    ``hf-hetero`` export, whose remote code it must trust; its float perplexity is depthcut's."""
+    run_dir = tmp_path / "neurons"
+    argv = prune_args(tiny_dir, run_dir, pattern_file, "--units", "neuron", "--neurons", "0.3")
+    code, _, err = run(capsys, *argv, "--round-to", "16")
+    assert code == 0, err
+    code, _, err = _quantize(capsys, run_dir, tmp_path / "q", pattern_file, "gptq")
+    assert code == 0, err
+    report = json.loads((tmp_path / "q" / "quantize.json").read_text())
+    model, tok = dc.load(run_dir)
+    settings = EvalSettings(source=str(pattern_file), window=32, stride=32, max_windows=2)
+    assert report["perplexity"]["float"] == pytest.approx(
+        perplexity_fn(tok, settings)(model), rel=1e-4
+    )

@@ -79,11 +79,12 @@ def main(model_dir: str, inputs: str, out: str, method: str, group_size: str, ig
         recipe=recipe(method, int(group_size), ignore.split(",")),
         max_seq_length=calib.shape[1],
         num_calibration_samples=len(calib),
+        trust_remote_code_model=True,  # hf-hetero exports (per-layer widths) carry their code
     )
     seconds = time.perf_counter() - began
     model.to(torch.float16)  # what is not 4-bit (embeddings, norms, LM head, scales) in 16 bit
     model.save_pretrained(out, save_compressed=True)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True).save_pretrained(out)
     reloaded = AutoModelForCausalLM.from_pretrained(out, **load).eval()
     result = {
         "method": method,
