@@ -90,9 +90,16 @@ for method, loss in (("lora", "kd"), ("full", "lm")):
 
 def test_recovery_on_the_trainer_prints_nothing():
     """The Trainer's checkpoint bars, its logger's warnings and peft's deprecation notes are
-    held back: LoRA + distillation and full fine-tuning, with checkpoints, print nothing."""
+    held back: LoRA + distillation and full fine-tuning, with checkpoints, print nothing. (In
+    a caller's default environment: a CLI test run with --verbose earlier in this process sets
+    TRANSFORMERS_VERBOSITY=info, under which everything rightly goes through.)"""
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}
     done = subprocess.run(
-        [sys.executable, "-c", RECOVER, str(TESTS)], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", RECOVER, str(TESTS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     assert (done.stdout, done.stderr) == ("", "")
