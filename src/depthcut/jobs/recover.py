@@ -36,6 +36,11 @@ class RecoverJob:
         out = self.out.path.resolve()
         return out.with_name(out.name + ".checkpoints")
 
+    @property
+    def stamp(self) -> Path:
+        """The record of what the checkpoints belong to (``identity`` and the model's shapes)."""
+        return self.checkpoints / "depthcut-recover.json"
+
     def identity(self) -> dict:
         """What a resumed run must share with the run that left the checkpoints."""
         return {
@@ -88,7 +93,7 @@ def _recover_and_save(job: RecoverJob, meta: dict, teacher_name: str | None) -> 
     from depthcut.eval.run import perplexity_fn
     from depthcut.io import save
     from depthcut.planning.plan import Plan
-    from depthcut.recover.run import Checkpoints, recover
+    from depthcut.recover.run import Checkpoints, recover, recovery_data
     from depthcut.report.curves import plot_recovery
 
     cfg = job.recover
@@ -100,9 +105,10 @@ def _recover_and_save(job: RecoverJob, meta: dict, teacher_name: str | None) -> 
         teacher = teacher_ref.load(need_tokenizer=False)[0]
     ppl = perplexity_fn(tok, job.evaluation)
     before = {"pruned": ppl(model), "dense": ppl(teacher) if teacher is not None else None}
-    guide = distillation_teacher(job, tok, teacher, teacher_ref)
+    data = recovery_data(tok, cfg)  # tokenized once: the targets are keyed by these windows
+    guide = distillation_teacher(job, tok, teacher, teacher_ref, data[0])
     where = Checkpoints(job.checkpoints, job.resume)
-    recovered, history = recover(model, tok, cfg, guide, checkpoints=where)
+    recovered, history = recover(model, tok, cfg, guide, data=data, checkpoints=where)
     if rank() != 0:  # data-parallel: one process evaluates and saves
         return job.out.path
     history["perplexity"] = before | {"recovered": ppl(recovered)}
@@ -123,8 +129,7 @@ def _recover_and_save(job: RecoverJob, meta: dict, teacher_name: str | None) -> 
 def check_checkpoints(job: RecoverJob) -> None:
     """Before any work: checkpoints left by a killed run are continued only with
     ``resume`` and only by the same run; ``resume`` needs them."""
-    folder, identity = job.checkpoints, job.identity()
-    stamp = folder / "depthcut-recover.json"
+    folder, identity, stamp = job.checkpoints, job.identity(), job.stamp
     if not job.resume:
         if folder.exists():
             raise DepthcutError(
@@ -137,8 +142,8 @@ def check_checkpoints(job: RecoverJob) -> None:
     if not stamp.exists():
         raise DepthcutError(f"nothing to resume: {folder} holds no checkpoints; drop --resume")
     found = json.loads(stamp.read_text())
-    for key in ("run", "teacher", "recover", "model"):
-        if key in identity and found.get(key) != identity[key]:
+    for key in identity:
+        if found.get(key) != identity[key]:
             what = _what(key, found, identity)
             raise DepthcutError(
                 f"--resume: the checkpoints in {folder} are of another {what}; resume with the "
@@ -149,7 +154,7 @@ def check_checkpoints(job: RecoverJob) -> None:
 def check_model(job: RecoverJob, model) -> None:
     """The loaded model's tensor names and shapes against the checkpoints' (a resumed run
     must train the same pruned model); recorded on a fresh start."""
-    stamp = job.checkpoints / "depthcut-recover.json"
+    stamp = job.stamp
     found = json.loads(stamp.read_text()) if stamp.exists() else {}
     shapes = {name: list(t.shape) for name, t in model.state_dict().items()}
     key = hashlib.sha256(json.dumps(shapes, sort_keys=True).encode()).hexdigest()[:16]
@@ -171,11 +176,10 @@ def _what(key: str, found: dict, identity: dict) -> str:
     return f"recovery setting ({diff})"
 
 
-def distillation_teacher(job: RecoverJob, tok, teacher, teacher_ref):
+def distillation_teacher(job: RecoverJob, tok, teacher, teacher_ref, train_data):
     """What the KD loss reads: the live teacher (``teacher_topk`` 0), or its top-k targets,
     read from the targets file when it was computed for these windows, else computed (from
     the teacher in memory, or streamed from its checkpoint) and stored there."""
-    from depthcut.recover.run import recovery_data
     from depthcut.recover.targets import (
         compute_targets,
         fingerprint,
@@ -190,7 +194,6 @@ def distillation_teacher(job: RecoverJob, tok, teacher, teacher_ref):
         return teacher if teacher is not None else teacher_ref.load(need_tokenizer=False)[0]
     k = cfg.teacher_topk
     path = Path(job.teacher_targets or job.checkpoints / f"teacher-top{k}.safetensors")
-    train_data, _ = recovery_data(tok, cfg)
     expected = fingerprint(tok, train_data, k)
     if path.exists():
         return load_targets(path, expected)
