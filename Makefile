@@ -115,6 +115,7 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 # the documentation site (MkDocs): warnings are errors; the CLI / Python references and the
 # results page are generated while it builds (docs/hooks.py)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from depthcut.methods import apply_plan, check_applies, describe, families, plan
 from depthcut.planning.plan import Plan
 from depthcut.quantize import refuse_quantized
 from depthcut.scores import Scores
+
+if TYPE_CHECKING:
+    from depthcut.methods.fine.model import FineModel
 
 __all__ = ["apply", "check_applies", "describe", "fine_units", "ordering_ablation", "plan"]
 __all__ += ["frontier", "plan_units", "prune", "repair", "score"]
@@ -41,7 +45,7 @@ def score(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool =
     structure = discover_structure(model)
     _check_repair_tokens(model, structure, cfg, calib)  # before any scoring
     calib = parallel.shard(calib).to(device_of(model))
-    scores = Scores(cfg.importance, [], {}, describe(model, structure), cfg.to_dict())
+    scores = Scores(cfg.metric, [], {}, describe(model, structure), cfg.to_dict())
     for family in families(cfg.units):
         family.score(model, structure, cfg, calib, scores, progress)
     parallel.reduce_scores(scores, cfg, calib)
@@ -55,11 +59,12 @@ def _check_repair_tokens(model, structure, cfg: PruneConfig, calib: CalibData) -
     check_calibration(repair_need(model, structure, cfg), calib)
 
 
-def plan(scores: Scores, cfg: PruneConfig, model: nn.Module | None = None) -> Plan:
+def plan(scores: Scores, cfg: PruneConfig, model: nn.Module | FineModel | None = None) -> Plan:
     """Cheap and pure: which units go under ``cfg``'s budget and strategy.
 
     Fine-grained plans simulate Prune(f) on the model's graph: ``model`` (any weights; a
-    CNN must be given) or, for LLMs, a skeleton built from the config in ``scores``."""
+    CNN must be given; or its traced ``FineModel``) or, for LLMs, a skeleton built from the
+    config in ``scores``."""
     cfg = cfg.resolved()
     _refuse_auto(cfg, "dc.plan")
     the_plan = Plan([], scores.model, {"config": cfg.to_dict(), "metric": scores.metric})

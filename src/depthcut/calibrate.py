@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from depthcut.data import CalibData
 from depthcut.errors import UnsupportedModelError
-from depthcut.graph.capture import first_tensor, output_tensor
+from depthcut.graph.capture import first_tensor, hidden_of
 from depthcut.graph.structure import ModelStructure
 from depthcut.kinds import Kind
 from depthcut.surgery.modules import set_module
@@ -47,7 +47,7 @@ class BlockCall:
         args, kwargs = list(self.args), dict(self.kwargs)
         if self.hidden_pos is not None:
             args[self.hidden_pos] = hidden
-        else:
+        elif self.hidden_key is not None:
             kwargs[self.hidden_key] = hidden
         return block(*args, **kwargs)
 
@@ -67,7 +67,7 @@ class BlockCache:
         self.backward = backward  # also accumulate LM-loss gradients (Taylor) in the pass
         self.structure = structure
         modules = dict(model.named_modules())
-        self.blocks = [modules[b.path] for b in structure.blocks]
+        self._blocks: list[nn.Module] | nn.ModuleList = [modules[b.path] for b in structure.blocks]
         self._start(calib, progress)
         self._capture()
 
@@ -80,12 +80,17 @@ class BlockCache:
         self.batches = calib.batches()
         self.removed: list[Unit] = []
         self.block_runs = 0.0
-        self.tail_runs = 0
+        self.tail_runs = 0.0
         self.scale: dict[int, float] = {}  # cost of a swapped-in (pruned) block, as a fraction
         self.progress = progress
         # inputs[i][b]: input of block i for batch b; inputs[L][b]: output of the last block
         self.inputs: list[list[torch.Tensor]] = [[] for _ in range(len(self.blocks) + 1)]
         self.calls: list[list[BlockCall]] = [[] for _ in self.blocks]
+
+    @property
+    def blocks(self) -> list[nn.Module] | nn.ModuleList:
+        """The model's blocks, in order (entries are swapped while units are bypassed)."""
+        return self._blocks
 
     @property
     def num_blocks(self) -> int:
@@ -117,7 +122,7 @@ class BlockCache:
             return hook
 
         def post(module, args, kwargs, output):
-            self.inputs[-1].append(output_tensor(output).detach())
+            self.inputs[-1].append(hidden_of(output).detach())
 
         try:
             for i, block in enumerate(self.blocks):
@@ -165,7 +170,7 @@ class BlockCache:
         hidden = self.inputs[i][b] if hidden is None else hidden
         self.block_runs += self.scale.get(i, 1.0)
         with torch.no_grad():
-            return output_tensor(self.calls[i][b].run(self.blocks[i], hidden))
+            return hidden_of(self.calls[i][b].run(self.blocks[i], hidden))
 
     def run_from(
         self, i: int, b: int, units: Iterable[Unit] = (), hidden: torch.Tensor | None = None
@@ -191,7 +196,7 @@ class BlockCache:
         self.tail_runs += 1
         with torch.no_grad():
             for module in self.tail:
-                hidden = output_tensor(module(hidden))
+                hidden = hidden_of(module(hidden))
         return hidden
 
     def _bypass(self, units: Iterable[Unit]):
@@ -260,7 +265,8 @@ class RollingCache(BlockCache):
     ):
         self.model, self.structure = model, structure
         self.backward, self.keep = False, keep
-        self.blocks = model.get_submodule(structure.blocks_path)  # the live list: recorded
+        # the live list: recorded
+        self._blocks = cast(nn.ModuleList, model.get_submodule(structure.blocks_path))
         self._start(calib, progress)
         self._record()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 from depthcut.errors import ConfigError
 from depthcut.kinds import DEPTH_KINDS, UNIT_KINDS, WIDTH_KINDS
@@ -14,19 +14,34 @@ CONFIG_VERSION = 2
 # version 1 had other defaults: a version-1 config that leaves a field out replays with these
 V1_DEFAULTS = {"units": ["block"], "importance": "bi", "width_importance": "magnitude"}
 V1_DEFAULTS |= {"repair": "none"}
-STRATEGIES = ("ranked", "contiguous", "iterative", "interleave", "unified")
+# every string option of the configs: a Literal type for type checkers and IDEs, and its tuple of
+# values (derived from it: one list) that ``__post_init__`` validates against, in one place
+Strategy = Literal["ranked", "contiguous", "iterative", "interleave", "unified"]
 # metric names, checked here so that a config is validated without loading the metric code
 # (the registry and the width metrics assert they implement exactly these)
-DEPTH_METRICS = ("angular", "bi", "ce", "gromov", "kl", "ls", "ppl", "random")
-WIDTH_METRICS = ("magnitude", "taylor", "output_norm", "activation_frequency", "ls")
-FINE_METRICS = ("angular", "bi", "taylor", "kl", "ce", "ls")
-ORDERS = ("ascending", "descending", "random")
-TOKEN_SETS = ("all", "last")
-PARAM_COUNTS = ("all", "non_embedding")
-BUDGET_MODES = ("at_least", "at_most", "nearest")
-REPAIRS = ("auto", "none", "ls", "patch")
+DepthMetric = Literal["angular", "bi", "ce", "gromov", "kl", "ls", "ppl", "random"]
+WidthMetric = Literal["magnitude", "taylor", "output_norm", "activation_frequency", "ls"]
+FineMetric = Literal["angular", "bi", "taylor", "kl", "ce", "ls"]
+Order = Literal["ascending", "descending", "random"]
+TokenSet = Literal["all", "last"]
+ParamCount = Literal["all", "non_embedding"]
+BudgetMode = Literal["at_least", "at_most", "nearest"]
+Repair = Literal["auto", "none", "ls", "patch"]
+WidthScope = Literal["global", "per_layer"]
+UnitName = Literal["block", "attention", "mlp", "head", "neuron", "fine", "auto"]
+
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+DEPTH_METRICS: tuple[str, ...] = get_args(DepthMetric)
+WIDTH_METRICS: tuple[str, ...] = get_args(WidthMetric)
+FINE_METRICS: tuple[str, ...] = get_args(FineMetric)
+ORDERS: tuple[str, ...] = get_args(Order)
+TOKEN_SETS: tuple[str, ...] = get_args(TokenSet)
+PARAM_COUNTS: tuple[str, ...] = get_args(ParamCount)
+BUDGET_MODES: tuple[str, ...] = get_args(BudgetMode)
+REPAIRS: tuple[str, ...] = get_args(Repair)
+WIDTH_SCOPES: tuple[str, ...] = get_args(WidthScope)
 REPAIRED_ONCE = {"head", "neuron"}  # width kinds that auto repairs (fine plans too)
-AUTO = "auto"  # units="auto": the joint search over every unit kind
+AUTO: Literal["auto"] = "auto"  # units="auto": the joint search over every unit kind
 
 
 @dataclass(frozen=True)
@@ -47,8 +62,8 @@ class Budget:
 
     params: float | None = None
     params_count: int | None = None
-    count: str = "all"
-    mode: str = "at_least"
+    count: ParamCount = "all"
+    mode: BudgetMode = "at_least"
     latency: float | None = None
     kv: float | None = None  # share of the KV cache to remove (units="auto" only)
 
@@ -75,6 +90,7 @@ class Budget:
 
     @property
     def fraction(self) -> float | None:
+        """The parameter fraction to remove, or None for a count, latency or KV budget."""
         return None if self.params is None else float(self.params)
 
     @property
@@ -91,20 +107,23 @@ class Budget:
         if self.params_count is not None:
             return int(self.params_count)
         base = total_all if self.count == "all" else total_non_embedding
-        return int(round(float(self.params) * base))
+        return int(round(float(self.params or 0.0) * base))
 
     @classmethod
-    def parse(cls, text: str, mode: str = "at_least") -> Budget:
+    def parse(cls, text: str, mode: BudgetMode = "at_least") -> Budget:
         """Parse CLI text: ``params=0.25``, ``params=0.25:non_embedding`` or ``count=5000000``."""
         key, _, value = text.partition("=")
         value, _, count = value.partition(":")
         try:
+            counted = cast(ParamCount, count or "all")  # checked by __post_init__
             if key == "params":
-                return cls(params=float(value), count=count or "all", mode=mode)
+                return cls(params=float(value), count=counted, mode=mode)
             if key == "count":
-                return cls(params_count=int(float(value)), count=count or "all", mode=mode)
-            if key in ("latency", "kv") and not count:
-                return cls(**{key: float(value)}, mode=mode)
+                return cls(params_count=int(float(value)), count=counted, mode=mode)
+            if key == "latency" and not count:
+                return cls(latency=float(value), mode=mode)
+            if key == "kv" and not count:
+                return cls(kv=float(value), mode=mode)
         except ValueError as err:
             raise ConfigError(f"budget {text!r}: {err}") from None
         raise ConfigError(
@@ -112,7 +131,7 @@ class Budget:
         )
 
     @classmethod
-    def parse_all(cls, texts: list[str], mode: str = "at_least") -> Budget:
+    def parse_all(cls, texts: list[str], mode: BudgetMode = "at_least") -> Budget:
         """Several ``--budget`` flags as one budget (``latency=0.3``, ``kv=0.5``: the joint
         search meets both); a budget given twice is refused."""
         fields: dict[str, Any] = {}
@@ -159,24 +178,24 @@ class PruneConfig:
     'none'
     """
 
-    units: tuple[str, ...] | None = None  # None: see ``default_units``
-    importance: str | None = None  # None: bi
+    units: tuple[UnitName, ...] = ()  # empty (or None): see ``default_units``
+    importance: DepthMetric | FineMetric | None = None  # None: bi
     budget: Budget = field(default_factory=lambda: Budget(params=0.25))
-    strategy: str | None = None  # None: "interleave" for fine units, else "ranked"
+    strategy: Strategy | None = None  # None: "interleave" for fine units, else "ranked"
     protect_first: int = 1
     protect_last: int = 1
-    tokens: str = "all"
+    tokens: TokenSet = "all"
     seed: int = 0
     heads: float = 0.0
     neurons: float = 0.0
-    width_importance: str = "ls"
+    width_importance: WidthMetric = "ls"
     min_heads: int = 1
     round_to: int = 1
     tau: float = 0.01
     width_steps: int = 1
-    width_scope: str = "global"
-    order: str = "ascending"
-    repair: str = "auto"
+    width_scope: WidthScope = "global"
+    order: Order = "ascending"
+    repair: Repair = "auto"
 
     def resolved(self, steps: int = 1, streamed: bool = False) -> PruneConfig:
         """This config with ``repair="auto"`` made concrete: ls for head / neuron / fine plans
@@ -184,8 +203,13 @@ class PruneConfig:
         if self.repair != "auto":
             return self
         helped = set(self.units) <= REPAIRED_ONCE or self.fine or self.auto
-        concrete = "ls" if helped and steps == 1 and not streamed else "none"
+        concrete: Repair = "ls" if helped and steps == 1 and not streamed else "none"
         return dataclasses.replace(self, repair=concrete)
+
+    @property
+    def metric(self) -> str:
+        """The depth / fine metric: ``importance`` with its default (bi) filled in."""
+        return self.importance or "bi"
 
     @property
     def fine(self) -> bool:
@@ -200,26 +224,33 @@ class PruneConfig:
 
     @property
     def depth_units(self) -> tuple[str, ...]:
+        """The depth kinds (block, attention, mlp) among the units."""
         return DEPTH_KINDS if self.auto else tuple(u for u in self.units if u in DEPTH_KINDS)
 
     @property
     def width_units(self) -> tuple[str, ...]:
+        """The width kinds (head, neuron) among the units."""
         return WIDTH_KINDS if self.auto else tuple(u for u in self.units if u in WIDTH_KINDS)
 
     def width_fraction(self, kind: str) -> float:
+        """The fraction of ``kind`` (head or neuron) to remove in each layer (0: follow the
+        budget)."""
         return self.heads if kind == "head" else self.neurons
 
-    def default_units(self) -> tuple[str, ...]:
+    def default_units(self) -> tuple[UnitName, ...]:
         """The units of a config that names none (the CLI's ``--units`` omitted, too)."""
         if self.importance is not None or self.strategy is not None:
             return ("block",)
         if self.budget.latency is not None or self.budget.kv is not None or self.budget.several:
             return (AUTO,)  # buying decode time or KV cache: the joint search
-        fractions = (("head", self.heads), ("neuron", self.neurons))
+        fractions: tuple[tuple[UnitName, float], ...] = (
+            ("head", self.heads),
+            ("neuron", self.neurons),
+        )
         return tuple(kind for kind, f in fractions if f) or ("neuron",)
 
     def __post_init__(self) -> None:
-        if self.units is None:
+        if not self.units:
             object.__setattr__(self, "units", self.default_units())
         if self.importance is None:
             object.__setattr__(self, "importance", "bi")
@@ -229,7 +260,7 @@ class PruneConfig:
             self._check_auto(units)
             return
         bad = [u for u in units if u not in UNIT_KINDS]
-        if not units or bad:
+        if bad:
             raise ConfigError(f"units {bad or units} unknown; choose from {UNIT_KINDS} or auto")
         if self.strategy is None:  # the same default in the API and the CLI
             object.__setattr__(self, "strategy", "interleave" if self.fine else "ranked")
@@ -267,7 +298,7 @@ class PruneConfig:
             known = ", ".join(DEPTH_METRICS)
             raise ConfigError(f"unknown importance {self.importance!r}; known: {known}")
 
-    def _check_auto(self, units: tuple[str, ...]) -> None:
+    def _check_auto(self, units: tuple[UnitName, ...]) -> None:
         if units != (AUTO,):
             raise ConfigError("units 'auto' (the joint search) cannot be mixed with unit kinds")
         if self.repair not in REPAIRS:
@@ -311,7 +342,7 @@ class PruneConfig:
                 f"unknown width importance {self.width_importance!r}; known: "
                 + ", ".join(WIDTH_METRICS)
             )
-        if self.width_scope not in ("global", "per_layer"):
+        if self.width_scope not in WIDTH_SCOPES:
             raise ConfigError(f"width_scope {self.width_scope!r}; choose global or per_layer")
         if self.width_steps > 1 and self.depth_units:
             raise ConfigError("width_steps > 1 (iterative width) needs width-only units")
@@ -319,6 +350,7 @@ class PruneConfig:
             raise ConfigError("min_heads, round_to and width_steps must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready data with its version (what recipes and plans record)."""
         data = dataclasses.asdict(self)
         if data["budget"]["kv"] is None:  # saved configs stay as they were before kv budgets
             del data["budget"]["kv"]
@@ -328,6 +360,7 @@ class PruneConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
+        """The config ``to_dict`` wrote (version 1 replays with its own defaults)."""
         data = dict(data)
         version = data.pop("version", CONFIG_VERSION)
         if version not in (1, CONFIG_VERSION):

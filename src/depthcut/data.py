@@ -34,6 +34,11 @@ class CalibData:
     attention_mask: torch.Tensor
     batch_size: int = 4
 
+    @classmethod
+    def of(cls, batch: dict[str, torch.Tensor]) -> CalibData:
+        """One batch (``input_ids`` and ``attention_mask``) as calibration data."""
+        return cls(batch["input_ids"], batch["attention_mask"])
+
     def __post_init__(self) -> None:
         if self.input_ids.numel() == 0 or int(self.attention_mask.sum()) == 0:
             raise CalibrationError("calibration data is empty: no tokens to calibrate on")

@@ -7,7 +7,7 @@ from collections import Counter
 from torch import nn
 
 from depthcut.graph.structure import discover_structure
-from depthcut.kinds import DEPTH_KINDS
+from depthcut.kinds import DEPTH_KINDS, Kind
 from depthcut.units.discover import count_params, discover_units, embedding_params
 
 
@@ -23,7 +23,7 @@ def inspect_text(model: nn.Module) -> str:
         f"model: {type(model).__name__} ({getattr(model.config, 'model_type', '?')})",
         f"params: {total:,} all, {total - emb:,} non-embedding ({emb:,} embedding/head)",
         f"blocks: {structure.num_blocks} at {structure.blocks_path}; tail: {structure.tail}",
-        "units: " + ", ".join(f"{counts[k]} {k}" for k in kinds),
+        "units: " + ", ".join(f"{counts[Kind(k)]} {k}" for k in kinds),
         _width_line(model, structure),
         f"block 0: attention {first.attention.modules if first.attention else None}",
         f"         mlp {first.mlp.modules if first.mlp else None}",

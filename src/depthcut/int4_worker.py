@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -64,7 +65,7 @@ def main(model_dir: str, inputs: str, out: str, method: str, group_size: str, ig
     torch.manual_seed(0)
     data = torch.load(inputs)
     load = {"dtype": torch.float32, "trust_remote_code": True}
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **load)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, **load)
     model.eval()
     float_nll = summed_nll(model, data["windows"], data["targets"])
     calib = data["calibration"]

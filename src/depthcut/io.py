@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from depthcut import log
 from depthcut.card import write_card
 from depthcut.errors import ModelLoadError, OutputExistsError, OutputWriteError
 from depthcut.graph.structure import probe_inputs
+from depthcut.hftypes import HFModel
 from depthcut.planning.plan import Plan
 from depthcut.skeleton import build_from_config
 from depthcut.version import FORMAT_VERSION
@@ -142,15 +144,12 @@ def save(
             tokenizer.save_pretrained(tmp)
         for n, p in enumerate(plans, 1):
             p.save(tmp / ("plan.json" if len(plans) == 1 else f"plan-{n}.json"))
-        info = {
-            "format": FORMAT_VERSION,
-            "depthcut": _version(),
-            "plans": [p.to_dict() for p in plans],
-        }
+        plan_dicts = [p.to_dict() for p in plans]
+        info = {"format": FORMAT_VERSION, "depthcut": _version(), "plans": plan_dicts}
         (tmp / "depthcut.json").write_text(json.dumps(info | meta, indent=2, sort_keys=True) + "\n")
         if extra is not None:
             extra(tmp)
-        write_card(tmp, out.name, info["plans"], meta)  # after extra: it reads report.json
+        write_card(tmp, out.name, plan_dicts, meta)  # after extra: it reads report.json
         if verify:
             log.status(f"depthcut: verified {out.name}: {_verify(model, plans, tmp)}")
 
@@ -205,7 +204,7 @@ def _no_transformers_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _write_weights(model: nn.Module, tmp: Path, meta: dict) -> None:
+def _write_weights(model: HFModel, tmp: Path, meta: dict) -> None:
     """Float models via ``save_pretrained``; int8 models as ``quantized.safetensors`` (no
     ``model.safetensors``, so plain ``from_pretrained`` cannot misread them)."""
     from depthcut.quantize import QuantizeConfig, is_quantized, quantized_state
@@ -226,11 +225,12 @@ def _load_quantized(model: nn.Module, path: Path, info: dict) -> nn.Module:
 
     from depthcut.quantize import QuantizeConfig, load_quantized_state
 
-    cfg = QuantizeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info.items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in info.items()}
+    cfg = QuantizeConfig(**fields)
     return load_quantized_state(model, cfg, load_file(path / QUANTIZED_FILE))
 
 
-def _load_weights(model: nn.Module, path: Path) -> None:
+def _load_weights(model: HFModel, path: Path) -> None:
     from safetensors.torch import load_file
 
     state: dict[str, torch.Tensor] = {}

@@ -93,7 +93,7 @@ def offline() -> None:
     quiet_torchao()
 
 
-def _package_dir(spec: PackagedModel) -> Path:
+def _package_dir(spec: PackagedModel | PackagedEncoder) -> Path:
     found = importlib.util.find_spec(spec.module)
     if found is None or found.origin is None:
         raise ModelLoadError(

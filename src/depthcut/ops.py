@@ -4,6 +4,8 @@ op names that mark attention, norms and transformations in a trace."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -31,9 +33,17 @@ def out_axis(module: nn.Module) -> int:
     return 0 if isinstance(module, nn.Linear) else 1
 
 
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """The ``weight`` of a transformation, norm or embedding (torch types a module attribute
+    as ``Tensor | Module``)."""
+    return cast(torch.Tensor, module.weight)
+
+
 def out_features(module: nn.Module) -> int:
-    return module.weight.shape[out_axis(module)]
+    """Output features of a transformation (``Linear`` or ``Conv1D``)."""
+    return weight_of(module).shape[out_axis(module)]
 
 
 def in_features(module: nn.Module) -> int:
-    return module.weight.shape[1 - out_axis(module)]
+    """Input features of a transformation (``Linear`` or ``Conv1D``)."""
+    return weight_of(module).shape[1 - out_axis(module)]

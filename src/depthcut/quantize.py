@@ -14,11 +14,13 @@ import copy
 import logging
 import warnings
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from depthcut.errors import ConfigError, DepthcutError
+from depthcut.hftypes import HFModel
 
 METHODS = ("dynamic_int8", "torchao_int8_weight_only")
 SAVED_METHODS = ("dynamic_int8",)
@@ -148,7 +150,7 @@ def _quantize_torchao(model: nn.Module, targets: set[str]) -> nn.Module:
     return model
 
 
-def untie_lm_head(model: nn.Module) -> None:
+def untie_lm_head(model: HFModel) -> None:
     """Give a tied output projection its own weight so quantizing it leaves the embedding."""
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if out is not None and isinstance(out, nn.Linear):
@@ -208,7 +210,8 @@ def load_quantized_state(model: nn.Module, cfg: QuantizeConfig, state: dict) -> 
     qmodel = _quantize_dynamic(model.eval(), set(qnames))  # exactly the modules saved
     for name, (ints, scales, zeros) in stored.items():
         weight = torch._make_per_channel_quantized_tensor(ints, scales, zeros, 0)
-        qmodel.get_submodule(name).set_weight_bias(weight, biases[name])
+        packed: Any = qmodel.get_submodule(name)  # a dynamic-int8 Linear
+        packed.set_weight_bias(weight, biases[name])
     return qmodel
 
 

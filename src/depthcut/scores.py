@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from depthcut.errors import ConfigError
 from depthcut.units.discover import Unit
 
 SCORES_VERSION = 1
@@ -27,6 +28,13 @@ class Scores:
     cost: dict[str, float] = field(default_factory=dict)
     version: int = SCORES_VERSION
     width: dict[str, Any] | None = None  # kind -> {"layers": {id: info}, "scores": {id: [..]}}
+
+    def width_of(self, kind: str) -> dict[str, Any]:
+        """The width scores of ``kind`` (``layers``, ``scores``…); an error when not scored."""
+        if self.width is None or kind not in self.width:
+            raise ConfigError(f"these scores hold no {kind} units: score them first")
+        return self.width[kind]
+
     fine: dict[str, Any] | None = None  # channel Taylor scores, params removed alone, sequence
     latency: dict[str, Any] | None = None  # per-unit decode seconds (units.latency)
 

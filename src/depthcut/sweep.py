@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from depthcut.config import Budget, PruneConfig
+from depthcut.config import Budget, ParamCount, PruneConfig
 from depthcut.errors import ConfigError, OutputExistsError
 
 METHODS: dict[str, dict] = {
@@ -33,7 +33,7 @@ SWEEP_VERSION = 1
 class SweepConfig:
     methods: tuple[str, ...] = ("random", "bi", "gromov", "iterative", "sublayer")
     budgets: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
-    count: str = "all"  # budgets as a fraction of all or of non-embedding params
+    count: ParamCount = "all"  # budgets as a fraction of all or of non-embedding params
     protect_first: int = 1
     protect_last: int = 1
     latency: bool = False

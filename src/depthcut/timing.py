@@ -53,7 +53,7 @@ def reliability(spread: dict[str, float], other_cpu: float | None) -> list[str]:
         reasons.append(f"machine busy: other processes used {other_cpu:.0f}% CPU meanwhile")
     noisy = {k: v for k, v in spread.items() if v > SPREAD_LIMIT}
     if noisy:
-        worst = max(noisy, key=noisy.get)
+        worst = max(noisy, key=lambda k: noisy[k])
         reasons.append(
             f"{len(noisy)} figure(s) spread over {SPREAD_LIMIT:.0%} between repeats "
             f"({worst}: {noisy[worst]:.0%})"

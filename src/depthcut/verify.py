@@ -15,6 +15,7 @@ run).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ def _rebuilt(plan: Plan) -> tuple[nn.Module, ModelStructure]:
     if width:  # sliced first, as apply_plan does; shapes only (meta)
         layers = layers_of(model, structure, width)
         for action in width:
-            prune_width(model, layers[action.unit_id], list(action.members))
+            prune_width(model, layers[action.unit_id], list(action.members or ()))
     return DepthFamily().apply(model, plan, structure), structure
 
 
@@ -77,8 +78,8 @@ def _check_blocks(model: nn.Module, rebuilt: nn.Module, saved: dict) -> None:
     from depthcut.data import CalibData
 
     structure = discover_structure(model)
-    cache = BlockCache(model, structure, CalibData(**probe_inputs(model, 16)), progress=False)
-    shells = rebuilt.get_submodule(structure.blocks_path)
+    cache = BlockCache(model, structure, CalibData.of(probe_inputs(model, 16)), progress=False)
+    shells = cast(nn.ModuleList, rebuilt.get_submodule(structure.blocks_path))
     if len(shells) != cache.num_blocks:
         raise OutputWriteError(
             f"the plan rebuilds {len(shells)} blocks, the model has {cache.num_blocks}"

@@ -6,8 +6,10 @@ import re
 
 from torch import nn
 
+from depthcut.hftypes import HFModel
 
-def checkpoint_to_model_keys(model: nn.Module, state: dict) -> dict:
+
+def checkpoint_to_model_keys(model: HFModel, state: dict) -> dict:
     """Undo the legacy key renames that ``save_pretrained`` applies (e.g. GPT-NeoX
     ``lm_head`` is saved as ``embed_out``), using transformers' own rename table."""
     from transformers.conversion_mapping import get_model_conversion_mapping

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from depthcut.errors import DepthcutError
 
@@ -17,12 +18,12 @@ def comma_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-def resolve_units(args: argparse.Namespace, scored: dict) -> tuple[str, ...] | None:
-    """``--units`` as given, else the scored units (``plan``), else None: PruneConfig's
-    default (``PruneConfig.default_units``)."""
+def resolve_units(args: argparse.Namespace, scored: dict) -> tuple[Any, ...]:
+    """``--units`` as given, else the scored units (``plan``), else none: PruneConfig's
+    default (``PruneConfig.default_units``); PruneConfig checks the names."""
     if args.units:
         return comma_list(args.units)
-    return tuple(scored["units"]) if scored.get("units") else None
+    return tuple(scored.get("units") or ())
 
 
 def make_config(args: argparse.Namespace, scored: dict | None = None):
@@ -33,7 +34,7 @@ def make_config(args: argparse.Namespace, scored: dict | None = None):
     scored = scored or {}
     units = resolve_units(args, scored)
 
-    def pick(name: str) -> str | None:
+    def pick(name: str) -> Any:  # a name PruneConfig checks
         return getattr(args, name) or scored.get(name) or getattr(PruneConfig, name)
 
     return PruneConfig(
@@ -335,8 +336,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         if not args.out:
             raise DepthcutError("--method gguf-*: give --out, the directory of the GGUF file")
         quant = args.method.removeprefix("gguf-")
-        out = export_run(args.run, "gguf", args.out, quant, overwrite=args.overwrite)
-        print(f"GGUF {quant} -> {out}")
+        gguf = export_run(args.run, "gguf", args.out, quant, overwrite=args.overwrite)
+        print(f"GGUF {quant} -> {gguf}")
         return
 
     job = QuantizeJob(

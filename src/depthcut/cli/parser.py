@@ -166,7 +166,8 @@ def add_inspect(sub) -> None:
 def add_score(sub) -> None:
     p = sub.add_parser("score", help="score units on calibration text -> scores.json")
     p.add_argument("model")
-    _config_args(p), _calib_args(p)
+    _config_args(p)
+    _calib_args(p)
     p.add_argument("--out", default="scores.json")
     p.add_argument("--encoder", action="store_true", help="an encoder (e.g. minilm-l6)")
     p.add_argument("--overwrite", action="store_true")
@@ -184,7 +185,8 @@ def add_plan(sub) -> None:
 def add_apply(sub) -> None:
     p = sub.add_parser("apply", help="apply plan.json to a model and save it")
     p.add_argument("model"), p.add_argument("plan")
-    _out_args(p), _calib_args(p)
+    _out_args(p)
+    _calib_args(p)
     _repair_arg(p, "auto (default): the plan's own, as prune would have repaired it")
     p.add_argument("--encoder", action="store_true", help="an encoder (e.g. minilm-l6)")
     p.set_defaults(func=commands.cmd_apply)
@@ -193,7 +195,10 @@ def add_apply(sub) -> None:
 def add_prune(sub) -> None:
     p = sub.add_parser("prune", help="score, plan, apply, save and report in one go")
     p.add_argument("model")
-    _config_args(p), _calib_args(p), _eval_args(p), _out_args(p)
+    _config_args(p)
+    _calib_args(p)
+    _eval_args(p)
+    _out_args(p)
     p.add_argument("--encoder", action="store_true", help="an encoder (e.g. minilm-l6): width")
     p.add_argument("--steps", type=int, default=1, help="k rounds of prune → recover → re-score")
     p.add_argument("--recover", default=None, help="lora or full: recover after every round")
@@ -263,7 +268,9 @@ def add_recover(sub) -> None:
         help="compute the teacher's targets one block in memory at a time (a teacher too big "
         "to load beside the student)",
     )
-    _train_args(p), _eval_args(p), _out_args(p)
+    _train_args(p)
+    _eval_args(p)
+    _out_args(p)
     p.set_defaults(func=commands.cmd_recover)
 
 
@@ -319,7 +326,8 @@ def add_sweep(sub) -> None:
     p.add_argument("--protect-last", type=int, default=1)
     p.add_argument("--out", required=True, help="sweep directory (resumed if it exists)")
     p.add_argument("--overwrite", action="store_true", help="restart a sweep with new settings")
-    _calib_args(p), _eval_args(p)
+    _calib_args(p)
+    _eval_args(p)
     p.set_defaults(func=commands.cmd_sweep)
 
 
@@ -328,7 +336,8 @@ def add_explain(sub) -> None:
     p.add_argument("model")
     p.add_argument("--units", default="attention,mlp", help="unit kinds to remove one by one")
     p.add_argument("--pairs", default="", help="e.g. mlp:21+mlp:22,attention:3+attention:4")
-    _eval_args(p), _out_args(p)
+    _eval_args(p)
+    _out_args(p)
     p.set_defaults(func=commands.cmd_explain)
 
 

@@ -51,7 +51,7 @@ def evaluate_models(
     models: dict[str, nn.Module], tokenizer, settings: EvalSettings, progress: bool = True
 ) -> dict[str, dict[str, Any]]:
     """{name: {params_*, perplexity?, latency?}} for every model, measured the same way."""
-    results = {name: param_counts(model) for name, model in models.items()}
+    results: dict[str, dict[str, Any]] = {n: dict(param_counts(m)) for n, m in models.items()}
     if settings.perplexity:
         measure = perplexity_result_fn(tokenizer, settings, progress)
         for name, model in models.items():

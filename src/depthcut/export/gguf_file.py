@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from depthcut.errors import ConfigError
 from depthcut.export import llamacpp
@@ -37,6 +36,7 @@ from depthcut.export.common import (
 from depthcut.export.hetero import hetero_config
 from depthcut.export.hf import uniform_config
 from depthcut.export.layout import LLAMA_FAMILY, Layout, model_layout, require_plain_blocks
+from depthcut.hftypes import HFModel
 
 ZERO_FFN = 32
 QUANTS = (*llamacpp.CONVERTER_TYPES, *llamacpp.QUANT_FTYPES)
@@ -67,7 +67,7 @@ def _zero_head(state: dict, prefix: str, like: torch.Tensor, head_dim: int) -> N
     state[f"{prefix}.self_attn.o_proj.weight"] = like.new_zeros(hidden, head_dim)
 
 
-def gguf_layout(model: nn.Module) -> Layout:
+def gguf_layout(model: HFModel) -> Layout:
     """The layout with llama.cpp's two ``deci`` traps padded by exact zeros: an
     attention-only block gets a zero FFN of width ZERO_FFN, an attention-free first block one
     zero head."""
@@ -86,7 +86,7 @@ def gguf_layout(model: nn.Module) -> Layout:
     return Layout(blocks, layout.head_dim, state)
 
 
-def _stage(model: nn.Module, tokenizer, folder: Path) -> str:
+def _stage(model: HFModel, tokenizer, folder: Path) -> str:
     """The HF directory the converter reads; returns the GGUF architecture route."""
     if model.config.model_type not in LLAMA_FAMILY:
         require_plain_blocks(model)
@@ -111,7 +111,7 @@ def _stage(model: nn.Module, tokenizer, folder: Path) -> str:
     return route
 
 
-def write_gguf(model: nn.Module, tokenizer, folder: Path, quant: str = "f32") -> str:
+def write_gguf(model: HFModel, tokenizer, folder: Path, quant: str = "f32") -> str:
     check_quant(quant)
     first = quant if quant in llamacpp.CONVERTER_TYPES else "f32"
     with tempfile.TemporaryDirectory(prefix="depthcut-gguf-") as tmp:
@@ -127,7 +127,7 @@ def write_gguf(model: nn.Module, tokenizer, folder: Path, quant: str = "f32") ->
     return f"{target.name}: {arrays['arch']} ({route}), {arrays['block_count']} blocks"
 
 
-def expected_arrays(model: nn.Module) -> dict:
+def expected_arrays(model: HFModel) -> dict:
     layout = gguf_layout(model)
     return {
         "block_count": len(layout.blocks),
@@ -142,7 +142,7 @@ def _same(declared, expected: list[int]) -> bool:
     return list(values) == expected
 
 
-def check_arrays(model: nn.Module, path: Path) -> dict:
+def check_arrays(model: HFModel, path: Path) -> dict:
     """The GGUF's block count and per-layer arrays must be the pruned model's."""
     got, want = llamacpp.read_arrays(path), expected_arrays(model)
     if got["block_count"] != want["block_count"]:
@@ -165,7 +165,7 @@ def _same_top(got: torch.Tensor, ref: torch.Tensor) -> bool:
     return bool(((ours - theirs).abs() <= LOGPROB_TOL).all())
 
 
-def compare(model: nn.Module, path: Path, tokenizer=None) -> dict:
+def compare(model: HFModel, path: Path, tokenizer=None) -> dict:
     """llama.cpp against PyTorch on fixed prompts: top-100 log-probability gap, top-5 and
     16 greedy tokens (llama.cpp decodes with its KV cache)."""
     ids = prompts(model, tokenizer)
@@ -185,7 +185,7 @@ def compare(model: nn.Module, path: Path, tokenizer=None) -> dict:
     }
 
 
-def verify_gguf(model: nn.Module, path: Path, quant: str, tokenizer=None) -> str:
+def verify_gguf(model: HFModel, path: Path, quant: str, tokenizer=None) -> str:
     arrays = check_arrays(model, path)
     result = compare(model, path, tokenizer)
     summary = (

@@ -15,9 +15,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import nn
 
 from depthcut.export.common import (
     ExportError,
@@ -28,6 +28,7 @@ from depthcut.export.common import (
     write_safetensors,
 )
 from depthcut.export.layout import BlockSpec, Layout, cut_per_layer_lists, model_layout
+from depthcut.hftypes import HFModel
 
 MODELING = Path(__file__).with_name("modeling_depthcut.py")
 AUTO_MAP = {
@@ -50,7 +51,8 @@ def block_config(spec: BlockSpec, hidden: int) -> dict:
     """One ``block_configs`` entry: Nemotron-NAS keys plus exact sizes; ``ffn_mult`` only
     where it reproduces the width (readers then take ``intermediate_size``)."""
     no_attention, no_ffn = spec.heads == 0, spec.ffn == 0
-    ffn = {"no_op": no_ffn, "replace_with_linear": False, "intermediate_size": spec.ffn}
+    ffn: dict[str, Any] = {"no_op": no_ffn, "replace_with_linear": False}
+    ffn["intermediate_size"] = spec.ffn
     if (mult := ffn_mult(spec.ffn, hidden)) is not None:
         ffn["ffn_mult"] = mult
     return {
@@ -75,7 +77,7 @@ def per_layer_overrides(layout: Layout) -> dict[str, dict]:
     return out
 
 
-def hetero_config(model: nn.Module, layout: Layout) -> dict:
+def hetero_config(model: HFModel, layout: Layout) -> dict:
     config = model.config.to_dict() | cut_per_layer_lists(model, layout)
     config |= {
         "architectures": ["DeciLMForCausalLM"],
@@ -93,7 +95,7 @@ def hetero_config(model: nn.Module, layout: Layout) -> dict:
     return config
 
 
-def write_hetero(model: nn.Module, tokenizer, folder: Path) -> str:
+def write_hetero(model: HFModel, tokenizer, folder: Path) -> str:
     layout = model_layout(model)
     write_config(hetero_config(model, layout), folder)
     write_safetensors(layout.state, folder)
@@ -158,7 +160,7 @@ def run_clean(folder: Path, ids: torch.Tensor, new: int) -> dict:
         out_file.unlink(missing_ok=True)
 
 
-def verify_hetero(model: nn.Module, folder: Path, tokenizer=None) -> str:
+def verify_hetero(model: HFModel, folder: Path, tokenizer=None) -> str:
     ids = prompts(model, tokenizer)
     got = run_clean(folder, ids, GREEDY_TOKENS)
     diff = (got["logits"] - reference_logits(model, ids)).abs().max().item()

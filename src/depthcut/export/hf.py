@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from depthcut.errors import UnsupportedModelError
 from depthcut.export.common import (
@@ -31,9 +30,10 @@ from depthcut.export.layout import (
     model_layout,
     require_plain_blocks,
 )
+from depthcut.hftypes import HFModel
 
 
-def uniform_config(model: nn.Module, layout: Layout) -> dict:
+def uniform_config(model: HFModel, layout: Layout) -> dict:
     """The source config with the exported block count, per-layer lists and widths."""
     config = model.config.to_dict() | cut_per_layer_lists(model, layout)
     first = layout.blocks[0]
@@ -61,7 +61,7 @@ def _not_uniform(layout: Layout) -> UnsupportedModelError:
     )
 
 
-def write_hf(model: nn.Module, tokenizer, folder: Path) -> str:
+def write_hf(model: HFModel, tokenizer, folder: Path) -> str:
     """Write the plain checkpoint into ``folder``; returns a one-line description."""
     if model.config.model_type in LLAMA_FAMILY:
         layout = model_layout(model)
@@ -81,7 +81,7 @@ def write_hf(model: nn.Module, tokenizer, folder: Path) -> str:
     return detail
 
 
-def verify_hf(model: nn.Module, folder: Path, tokenizer=None) -> str:
+def verify_hf(model: HFModel, folder: Path, tokenizer=None) -> str:
     """Plain ``from_pretrained`` must reproduce the in-memory logits."""
     from transformers import AutoModelForCausalLM
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from depthcut.errors import UnsupportedModelError
+from depthcut.hftypes import HFModel
 from depthcut.surgery.hf import per_layer_keys
 from depthcut.surgery.modules import PatchBranch, ZeroBranch
 
@@ -82,7 +83,7 @@ def require_llama_family(config) -> None:
             raise UnsupportedModelError(f"{flag}=True is not supported by the export layouts")
 
 
-def require_plain_blocks(model: nn.Module) -> None:
+def require_plain_blocks(model: HFModel) -> None:
     """A non-Llama model is written as it is in memory: only when no block holds a stand-in
     (a removed sublayer or a fine-pruned identity)."""
     for name, module in model.named_modules():
@@ -101,14 +102,14 @@ def _fail(block: int, what: str) -> UnsupportedModelError:
     return UnsupportedModelError(f"block {block}: {what}; no export format can express it")
 
 
-def _removed(module: nn.Module, block: int, name: str) -> bool:
+def _removed(module: HFModel, block: int, name: str) -> bool:
     """True for a removed branch (zeros); refuses other stand-ins."""
     if isinstance(module, PatchBranch) and module.fill != "zero":
         raise _fail(block, f"{name} is a '{module.fill}' stand-in")
     return isinstance(module, ZeroBranch)
 
 
-def _attention(layer: nn.Module, block: int, head_dim: int) -> tuple[int, int]:
+def _attention(layer: HFModel, block: int, head_dim: int) -> tuple[int, int]:
     attn = layer.self_attn
     if _removed(attn, block, "self_attn"):
         return 0, 0
@@ -120,7 +121,7 @@ def _attention(layer: nn.Module, block: int, head_dim: int) -> tuple[int, int]:
     return attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
 
 
-def _mlp(layer: nn.Module, block: int, hidden: int) -> tuple[int, tuple[str, ...]]:
+def _mlp(layer: HFModel, block: int, hidden: int) -> tuple[int, tuple[str, ...]]:
     mlp = layer.mlp
     if _removed(mlp, block, "mlp"):
         return 0, ()
@@ -139,7 +140,7 @@ def _mlp(layer: nn.Module, block: int, hidden: int) -> tuple[int, tuple[str, ...
     return width, tuple(identities)
 
 
-def block_specs(model: nn.Module) -> list[BlockSpec]:
+def block_specs(model: HFModel) -> list[BlockSpec]:
     """Per block of the pruned model: heads, KV heads, FFN width (all blocks, empty included)."""
     config = model.config
     require_llama_family(config)
@@ -152,7 +153,7 @@ def block_specs(model: nn.Module) -> list[BlockSpec]:
     return specs
 
 
-def _block_state(layer: nn.Module, spec: BlockSpec, prefix: str, like: torch.Tensor) -> dict:
+def _block_state(layer: HFModel, spec: BlockSpec, prefix: str, like: torch.Tensor) -> dict:
     out = {}
     if spec.heads:
         out[f"{prefix}.input_layernorm.weight"] = layer.input_layernorm.weight
@@ -169,7 +170,7 @@ def _block_state(layer: nn.Module, spec: BlockSpec, prefix: str, like: torch.Ten
     return out
 
 
-def model_layout(model: nn.Module) -> Layout:
+def model_layout(model: HFModel) -> Layout:
     """The exported blocks and the standard-named state dict of a pruned Llama-family model."""
     specs = [s for s in block_specs(model) if not s.empty]
     if not specs:
@@ -185,7 +186,7 @@ def model_layout(model: nn.Module) -> Layout:
     return Layout(specs, head_dim_of(model.config), state)
 
 
-def cut_per_layer_lists(model: nn.Module, layout: Layout) -> dict:
+def cut_per_layer_lists(model: HFModel, layout: Layout) -> dict:
     """The source config's per-layer lists (``layer_types``, …) cut to the exported blocks."""
     config = model.config.to_dict()
     keys = per_layer_keys(model.config, len(model.model.layers))

@@ -72,6 +72,8 @@ class DeciLMDecoderLayer(nn.Module):
         self.has_attention = not block["attention"]["no_op"]
         self.has_mlp = not block["ffn"]["no_op"]
         if self.has_attention:
+            if cache_index is None:
+                raise ValueError(f"block {index} has attention but no KV-cache slot")
             self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
             self.self_attn = LlamaAttention(local, layer_idx=cache_index)
         if self.has_mlp:

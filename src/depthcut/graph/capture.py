@@ -58,7 +58,7 @@ def view_channels(view: torch.Tensor, base: torch.Tensor) -> tuple[int, ...] | N
             channels = [c + i * stride for c in channels for i in range(size)]
     if channels[-1] >= width or min(channels) < 0:
         return None
-    return tuple(channels)
+    return tuple(int(c) for c in channels)
 
 
 def whole_runs(view: tuple[int, ...], run: int) -> bool:
@@ -109,6 +109,15 @@ def output_tensor(output: Any) -> torch.Tensor | None:
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     return None
+
+
+def hidden_of(output: Any) -> torch.Tensor:
+    """The hidden state a block or layer returned (alone or first of a tuple); an error when
+    it returned none."""
+    out = output_tensor(output)
+    if out is None:
+        raise TypeError(f"expected a tensor output (alone or first), got {type(output).__name__}")
+    return out
 
 
 class _OpRecorder(TorchFunctionMode):

@@ -25,7 +25,7 @@ class _Relater:
         self.frozen: dict[tuple, str] = {}
 
     def ndim(self, value: str) -> int:
-        return len(self.nodes[value].shape)
+        return len(self.nodes[value].dims)
 
     def key(self, value: str, dim: int) -> tuple:
         return (value, dim % self.ndim(value))
@@ -43,7 +43,7 @@ class _Relater:
             self.frozen.setdefault((value, d), reason)
 
     def broadcast(self, operand: str, out: str) -> None:
-        a, b = self.nodes[operand].shape, self.nodes[out].shape
+        a, b = self.nodes[operand].dims, self.nodes[out].dims
         for k in range(1, min(len(a), len(b)) + 1):
             if a[-k] == b[-k]:
                 self.spaces.union((operand, len(a) - k), (out, len(b) - k))
@@ -58,7 +58,7 @@ class _Relater:
         self.freeze_all(node.name, "graph input")
 
     def _transform(self, node: FNode) -> None:
-        module = self.root.get_submodule(node.module)
+        module = self.root.get_submodule(node.path)
         x, y, c = node.inputs[0], node.name, channel_dim(module)
         node.extra["cdim"] = c
         if c == 1:
@@ -85,7 +85,7 @@ class _Relater:
         )
 
     def _norm(self, node: FNode) -> None:
-        module = self.root.get_submodule(node.module)
+        module = self.root.get_submodule(node.path)
         node.extra["cdim"] = channel_dim(module)
         self.unify_all(node.inputs[0], node.name)
         if isinstance(module, nn.GroupNorm):
@@ -108,7 +108,7 @@ class _Relater:
             for d in range(self.ndim(x)):
                 if d != dim:
                     self.spaces.union((x, d), (node.name, d))
-            size = self.nodes[x].shape[dim]
+            size = self.nodes[x].dims[dim]
             self.links.append(Link((node.name, dim), offset, (x, dim), size))
             offset += size
 
@@ -121,7 +121,7 @@ class _Relater:
         x, y = node.inputs[0], node.name
         mapping = permute_map(node) if node.op in ("permute", "transpose", "t") else None
         if mapping is None:
-            mapping = view_map(self.nodes[x].shape, self.nodes[y].shape)
+            mapping = view_map(self.nodes[x].dims, self.nodes[y].dims)
         for dx, dy in mapping.items():
             self.spaces.union((x, dx), (y, dy))
         for d in set(range(self.ndim(x))) - set(mapping):
@@ -138,7 +138,7 @@ class _Relater:
 
 
 def permute_map(node: FNode) -> dict[int, int]:
-    args, n = node.extra["args"], len(node.shape)
+    args, n = node.extra["args"], len(node.dims)
     if node.op == "permute":
         return {p % n: i for i, p in enumerate(args[1])}
     if node.op == "t":
@@ -151,14 +151,14 @@ def permute_map(node: FNode) -> dict[int, int]:
 
 def view_map(a: tuple[int, ...], b: tuple[int, ...]) -> dict[int, int]:
     """Dims of ``a`` that survive a view to ``b`` unchanged (same prefix-product boundaries)."""
-    ends_b = {}
+    ends_b: dict[tuple[int, int], int] = {}
     for j in range(len(b)):
         ends_b.setdefault((math.prod(b[:j]), math.prod(b[: j + 1])), j)
-    out = {}
+    out: dict[int, int] = {}
     for i in range(len(a)):
-        j = ends_b.get((math.prod(a[:i]), math.prod(a[: i + 1])))
-        if j is not None and a[i] == b[j]:
-            out[i] = j
+        hit = ends_b.get((math.prod(a[:i]), math.prod(a[: i + 1])))
+        if hit is not None and a[i] == b[hit]:
+            out[i] = hit
     return out
 
 

@@ -59,6 +59,20 @@ class FNode:
     stack: tuple[str, ...] = ()  # module paths the value was produced inside, outer → inner
     extra: dict = field(default_factory=dict)
 
+    @property
+    def path(self) -> str:
+        """The module path of a module node (an error for a function node, which has none)."""
+        if self.module is None:
+            raise ValueError(f"graph node {self.name} ({self.op}) is not a module call")
+        return self.module
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """The traced output shape (an error where none was traced)."""
+        if self.shape is None:
+            raise ValueError(f"graph node {self.name} ({self.op}) has no traced shape")
+        return self.shape
+
 
 @dataclass
 class Link:
@@ -131,7 +145,7 @@ class FineGraph:
     outputs: list[str]
 
     def space(self, value: str, dim: int) -> tuple:
-        ndim = len(self.nodes[value].shape)
+        ndim = len(self.nodes[value].dims)
         return self.spaces.find((value, dim % ndim))
 
     @cached_property
@@ -198,7 +212,7 @@ class _Builder:
         if name in TRANSPARENT:
             return True
         if name == "getitem" and isinstance(node.args[0], torch.fx.Node):
-            return op_name(node.args[0]) == "max_pool2d_with_indices" and node.args[1] == 0
+            return bool(op_name(node.args[0]) == "max_pool2d_with_indices" and node.args[1] == 0)
         return False
 
     def _confirm_acts(self) -> None:

@@ -98,7 +98,7 @@ class NaiveScorer:
 
     def greedy(self, metric: str, pool: list[Unit], target: int) -> list[str]:
         """Greedy removal order with a full-model re-run per candidate."""
-        selection, removed, order = Selection(pool), [], []
+        selection, removed, order = Selection(pool), list[Unit](), list[str]()
         while selection.removed_params < target:
             live = [u for u in pool if selection.marginal(u) > 0]
             scores = {u.id: self.score(metric, u, removed) for u in live}

@@ -68,7 +68,7 @@ class CalibSpec:
     def held_back_too(self, chosen: bool) -> CalibSpec:
         """With ``n_samples`` chosen automatically: a third more windows, so that what the
         joint search holds back (a quarter of the batches) leaves the refit what it needs."""
-        if not chosen:
+        if not chosen or self.n_samples is None:
             return self
         more = -(-self.n_samples * 4 // 3 // self.batch_size) * self.batch_size
         return replace(self, n_samples=max(more, self.n_samples + self.batch_size))

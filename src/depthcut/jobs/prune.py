@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from depthcut import log
 from depthcut.errors import DepthcutError
@@ -149,7 +150,7 @@ def _save(model, plans, job: PruneJob, tok, extra) -> Path:
     from depthcut.quantize import quantize
 
     recipe = job.recipe
-    meta = {"source": job.model.source}
+    meta: dict[str, Any] = {"source": job.model.source}
     if recipe.quantize is not None:
         model = quantize(model, recipe.quantize)
         meta["quantization"] = recipe.quantize.to_dict()

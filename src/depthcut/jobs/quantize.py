@@ -133,8 +133,8 @@ def _int4_inputs(job: QuantizeJob, tok) -> dict:
     from depthcut.eval.perplexity import protocol_spans, window_ids
 
     s = job.evaluation
-    ids = evaluation_tokens(tok, s.source, s.window * s.max_windows + 1)
-    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+    tokens = evaluation_tokens(tok, s.source, s.window * s.max_windows + 1)
+    ids = torch.as_tensor(tokens, dtype=torch.long).flatten()
     _, spans = protocol_spans(len(ids), s.window, s.stride, s.max_windows)
     bos = s.bos_id(tok)
     windows = [window_ids(ids, begin, end, bos) for begin, end, _ in spans]

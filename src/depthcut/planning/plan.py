@@ -55,10 +55,11 @@ class Action:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Action:
-        fields = {k: v for k, v in data.items() if k != "indices"}
+        fields: dict[str, Any] = {k: v for k, v in data.items() if k != "indices"}
         indices = tuple(data["indices"]) if data.get("indices") else None
         key = "channels" if data["kind"] == Kind.FINE else "members"
-        return cls(**fields, **{key: indices})
+        fields[key] = indices
+        return cls(**fields)
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -24,7 +25,7 @@ def step_config(cfg: PruneConfig, base: dict, model: nn.Module, step: int, steps
     """The config of step ``step`` (1-based) of ``steps``: depth removes the params still
     missing to ``step/steps`` of the budget (of the original model); width fractions are the
     per-step share ``1 - (1 - f)^(1/steps)`` of what is left, so k steps reach ``f``."""
-    changes = {}
+    changes: dict[str, Any] = {}
     if cfg.depth_units or cfg.fine:
         goal = round(cfg.budget.target(base["all"], base["non_embedding"]) * step / steps)
         missing = goal - (base["all"] - count_params(model))
@@ -67,7 +68,9 @@ def prune_recover_loop(
     cfg = cfg.resolved(steps)
     counts = param_counts(model)
     base = {"all": counts["params_all"], "non_embedding": counts["params_non_embedding"]}
-    history = [{"step": 0, **counts, "ppl_pruned": evaluate(model), "ppl_recovered": None}]
+    history: list[dict[str, Any]] = [
+        {"step": 0, **counts, "ppl_pruned": evaluate(model), "ppl_recovered": None}
+    ]
     current, plans = model, []
     for step in range(1, steps + 1):
         step_cfg = step_config(cfg, base, current, step, steps)
@@ -76,7 +79,11 @@ def prune_recover_loop(
         the_plan = plan(score(current, step_cfg, calib, progress), step_cfg, current)
         current = _repaired_apply(current, model, the_plan, calib, step_cfg.repair, progress)
         plans.append(the_plan)
-        row = {"step": step, **param_counts(current), "ppl_pruned": evaluate(current)}
+        row: dict[str, Any] = {
+            "step": step,
+            **param_counts(current),
+            "ppl_pruned": evaluate(current),
+        }
         if recover_cfg is not None:
             current, trained = recover(current, tokenizer, recover_cfg, model, progress)
             row |= {"ppl_recovered": evaluate(current), "recovery": _brief(trained)}

@@ -9,6 +9,7 @@ from torch import nn
 
 from depthcut.errors import UnsupportedModelError
 from depthcut.graph.structure import discover_structure
+from depthcut.hftypes import HFModel
 from depthcut.ops import is_transform
 from depthcut.quantize import quiet_torchao
 from depthcut.recover.config import RecoverConfig
@@ -47,6 +48,6 @@ def add_lora(model: nn.Module, cfg: RecoverConfig) -> nn.Module:
         return get_peft_model(model, config)
 
 
-def merge_lora(peft_model: nn.Module) -> nn.Module:
+def merge_lora(peft_model: HFModel) -> nn.Module:
     """Fold the adapters into the base weights: an ordinary model with the same outputs."""
     return peft_model.merge_and_unload()

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ from depthcut.data import CalibData
 from depthcut.losses import lm_loss
 from depthcut.recover.config import RecoverConfig, rank
 
-Batch = dict[str, torch.Tensor]
+Batch = dict[str, Any]  # input_ids, attention_mask (tensors) and the row index
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
 
@@ -325,8 +326,9 @@ def _history(trainer: Trainer, start: float, steps: int, clock: _Clock, patience
     """The history of a training run from Trainer's log: held-out rows, the training loss of
     every step, the kept step and why training stopped."""
     state = trainer.state
-    rows = [{"step": 0, "val_loss": start, "seconds": 0.0}]
-    train_loss, last = [], {}
+    rows: list[dict[str, Any]] = [{"step": 0, "val_loss": start, "seconds": 0.0}]
+    train_loss: list[list] = []
+    last: dict[str, Any] = {}
     for entry in state.log_history:
         if "loss" in entry:
             train_loss.append([entry["step"], entry["loss"]])

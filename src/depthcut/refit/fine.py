@@ -14,6 +14,8 @@ written.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -95,14 +97,16 @@ def repair_fine(
     states = fm.replay(actions)
     cache = BlockCache(model, structure, calib, progress)
     fit, check = split(len(cache.batches))
-    writers, skipped = [], []
+    writers: list = []
+    skipped: list = []
     for block in sorted(states):
         found, why = block_writers(fm, cache, block, states[block])
         writers, skipped = writers + found, skipped + why
     if not writers:  # e.g. Gemma3: every writer reaches the stream through a post-norm
         return {"writers": [], "skipped": skipped, "kept": False, "forward_equivalents": 1.0}
     targets = {(w.block, w.kind): dense_targets(cache, w, fit) for w in writers}
-    losses, best = {}, None
+    losses: dict[float | None, float] = {}
+    best: tuple[float | None, Any] | None = None
     for ridge in (None, *FINE_RIDGES):
         copies = _fitted_copies(cache, fm, states, writers, targets, fit, ridge, progress)
         if ridge is None:
@@ -110,6 +114,8 @@ def repair_fine(
         losses[ridge] = check_nll(cache, check)
         if best is None or losses[ridge] < losses[best[0]]:
             best = (ridge, copies)
+    if best is None:
+        raise ValueError("no ridge was tried")
     ridge, copies = best
     if ridge is not None:
         for w in writers:

@@ -35,7 +35,7 @@ from depthcut.graph.capture import output_tensor
 from depthcut.graph.structure import ModelStructure
 from depthcut.importance import functional as F
 from depthcut.kinds import Kind
-from depthcut.ops import is_conv1d
+from depthcut.ops import is_conv1d, weight_of
 from depthcut.planning.plan import Plan
 from depthcut.units.discover import Unit
 
@@ -124,10 +124,15 @@ def mid_module_path(structure: ModelStructure, block: int) -> str:
 def recording(module: nn.Module, inputs: bool = False) -> Iterator[list[torch.Tensor]]:
     """Collect ``module``'s outputs (or first inputs) while the context is open."""
     seen: list[torch.Tensor] = []
+
+    def keep(out: torch.Tensor | None) -> None:
+        if out is not None:
+            seen.append(out)
+
     if inputs:
-        handle = module.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        handle = module.register_forward_pre_hook(lambda m, a: keep(a[0]))
     else:
-        handle = module.register_forward_hook(lambda m, a, o: seen.append(output_tensor(o)))
+        handle = module.register_forward_hook(lambda m, a, o: keep(output_tensor(o)))
     try:
         yield seen
     finally:
@@ -223,13 +228,16 @@ def writer_output(cache: BlockCache, writer: Slot, b: int) -> torch.Tensor:
 
 def weighted_grams(rows) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(Σ (w x)ᵀ x, Σ (w x)ᵀ y, rows) in float64 over ``(x, y, w)`` row blocks."""
-    xtx = xty = None
+    xtx: torch.Tensor | None = None
+    xty: torch.Tensor | None = None
     tokens = 0
     for x, y, w in rows:
         x, y, w = x.double(), y.double(), w.double()
         xtx = (w * x).T @ x if xtx is None else xtx + (w * x).T @ x
         xty = (w * x).T @ y if xty is None else xty + (w * x).T @ y
         tokens += x.shape[0]
+    if xtx is None or xty is None:
+        raise ValueError("weighted_grams: no rows")
     return xtx, xty, tokens
 
 
@@ -263,11 +271,12 @@ def solve(
 @torch.no_grad()
 def fold(module: nn.Module, t: torch.Tensor) -> None:
     """``module``'s output becomes its output times ``t`` (no parameter added)."""
-    t = t.to(module.weight.dtype)
-    weight = module.weight @ t if is_conv1d(module) else t.T @ module.weight
-    module.weight.copy_(weight)
-    if getattr(module, "bias", None) is not None:
-        module.bias.copy_(module.bias @ t)
+    w = weight_of(module)
+    t = t.to(w.dtype)
+    w.copy_(w @ t if is_conv1d(module) else t.T @ w)
+    bias = getattr(module, "bias", None)
+    if bias is not None:
+        bias.copy_(bias @ t)
 
 
 def split(n: int) -> tuple[range, range]:
@@ -285,6 +294,9 @@ def _fit_run(cache: BlockCache, run: Run, module: nn.Module, targets, ridges) ->
     """Fit on the even calibration batches with each ridge of ``ridges``; keep the fold whose
     next-token loss on the odd (held-back) batches is lowest, and only if it is lower than
     without a fold, so a fit never makes the plan worse on them."""
+    if run.writer is None:
+        raise ValueError(f"{[u.id for u in run.units]}: no writer layer to fold into")
+    block, kind = run.writer
     fit, check = split(len(cache.batches))
     xtx, xty, _ = _normal_equations(cache, run, targets, fit)
     saved = [p.detach().clone() for p in module.parameters()]
@@ -292,17 +304,17 @@ def _fit_run(cache: BlockCache, run: Run, module: nn.Module, targets, ridges) ->
     for ridge in ridges:
         _restore(module, saved)
         fold(module, solve(xtx, xty, ridge))
-        cache.refresh_from(run.writer[0])
+        cache.refresh_from(block)
         losses[ridge] = check_nll(cache, check)
-    best = min(losses, key=losses.get)
+    best = min(losses, key=lambda r: losses[r])
     if best != ridges[-1]:  # the last candidate is the one folded now
         _restore(module, saved)
         if best is not None:
             fold(module, solve(xtx, xty, best))
-        cache.refresh_from(run.writer[0])
+        cache.refresh_from(block)
     return {
         "run": [u.id for u in run.units],
-        "writer": f"{run.writer[1]}:{run.writer[0]}",
+        "writer": f"{kind}:{block}",
         "ridge": best,
         "check_nll": {str(k): v for k, v in losses.items()},
         "kept": best is not None,

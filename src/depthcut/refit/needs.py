@@ -40,7 +40,7 @@ def repair_need(model: nn.Module, structure: ModelStructure, cfg: PruneConfig) -
     a plan keeps at most every input). No fit (``repair`` none or patch): ``Need(0)``."""
     if cfg.repair != "ls":
         return Need(0)
-    width = {Kind(k).sublayer.value for k in cfg.width_units}
+    width = {str(Kind(k).sublayer) for k in cfg.width_units}
     found = [Need(0)]
     for block in structure.blocks:
         for kind in ("attention", "mlp"):

@@ -27,6 +27,7 @@ from depthcut.calibrate import BlockCache
 from depthcut.data import CalibData
 from depthcut.errors import ConfigError, UnsupportedModelError
 from depthcut.graph.structure import ModelStructure
+from depthcut.hftypes import HFModel
 from depthcut.kinds import Kind
 from depthcut.planning.plan import Plan
 from depthcut.refit.ls import Run, runs
@@ -98,7 +99,7 @@ def _block_span(run: Run, structure: ModelStructure) -> tuple[int, int]:
     return min(blocks), max(blocks) + 1
 
 
-def _host(model: nn.Module, structure: ModelStructure, i: int) -> str:
+def _host(model: HFModel, structure: ModelStructure, i: int) -> str:
     """The module whose output is the stream entering the run: block i − 1, or the token
     embedding."""
     if i > 0:
@@ -109,7 +110,7 @@ def _host(model: nn.Module, structure: ModelStructure, i: int) -> str:
 
 def _scales(cache: BlockCache, i: int, j: int, h: torch.Tensor) -> torch.Tensor:
     """D_c = mean |Y H| / mean |X H| per rotated channel over the real calibration tokens."""
-    num = den = 0.0
+    num = den = torch.zeros((), dtype=torch.float64)
     for b in range(len(cache.batches)):
         mask = cache.masks(b).bool()
         x, y = cache.inputs[i][b][mask].double(), cache.inputs[j][b][mask].double()

@@ -81,7 +81,7 @@ def _repair_width(model, structure, plan, fit, check, progress) -> dict:
         for ridge in (None, *RIDGES):
             store.load_into(model, ridge)
             losses[ridge] = model_nll(model, check)
-        best = min(losses, key=losses.get)
+        best = min(losses, key=lambda r: losses[r])
         store.load_into(model, best)
     n_fit, n_check = len(fit), len(check)
     return {

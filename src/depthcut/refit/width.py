@@ -26,7 +26,7 @@ from depthcut.data import CalibData
 from depthcut.graph.structure import ModelStructure
 from depthcut.methods.width.repaired import add_gram
 from depthcut.methods.width.surgery import layers_of
-from depthcut.ops import is_conv1d
+from depthcut.ops import is_conv1d, weight_of
 from depthcut.planning.plan import Plan
 
 
@@ -132,7 +132,7 @@ class Candidates:
         """Write candidate ``ridge`` of every consumer into ``model``."""
         for path in self.keep:
             module = model.get_submodule(path)
-            module.weight.copy_(torch.load(self._file(ridge, path), weights_only=True))
+            weight_of(module).copy_(torch.load(self._file(ridge, path), weights_only=True))
 
 
 def _block_paths(structure: ModelStructure, keep: dict) -> list[list[str]]:

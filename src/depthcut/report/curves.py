@@ -3,6 +3,7 @@ prune → recover step (pruned vs recovered)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -73,6 +74,11 @@ def _sweep_series(state: dict, key) -> dict[str, list[tuple[float, float]]]:
     return {m: s for m, s in series.items() if s}
 
 
+def _reader(task: str) -> Callable[[dict], float | None]:
+    """The accuracy of ``task`` in a sweep point's results."""
+    return lambda point: point.get(task)
+
+
 def plot_sweep(state: dict, out: str | Path) -> dict[str, int]:
     """Trade-off curves of a sweep: {png name: number of method series drawn}."""
     plots = {
@@ -84,7 +90,7 @@ def plot_sweep(state: dict, out: str | Path) -> dict[str, int]:
         ),
     }
     for task in state["config"]["tasks"]:
-        plots[f"sweep_{task}.png"] = (f"{task} acc", lambda p, t=task: p.get(t), "linear")
+        plots[f"sweep_{task}.png"] = (f"{task} acc", _reader(task), "linear")
     drawn = {}
     for name, (label, key, scale) in plots.items():
         series = _sweep_series(state, key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from depthcut.config import BUDGET_MODES, PARAM_COUNTS, Budget
+from depthcut.config import BUDGET_MODES, PARAM_COUNTS, Budget, BudgetMode, ParamCount
 from depthcut.errors import ConfigError
 
 KEYS = ("latency", "kv", "params")
@@ -18,8 +18,8 @@ class Budgets:
     latency: float | None = None
     kv: float | None = None
     params: float | None = None
-    count: str = "all"
-    mode: str = "at_least"
+    count: ParamCount = "all"
+    mode: BudgetMode = "at_least"
 
     def __post_init__(self) -> None:
         given = {k: getattr(self, k) for k in KEYS if getattr(self, k) is not None}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import statistics
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -38,7 +39,8 @@ DIFFER = 3  # blocks in which each re-measured candidate differs from the better
 
 def flat_options(table: OptionTable) -> tuple[list[Option], list[list[int]]]:
     """Every option of every block in one list, and each block's indices into it."""
-    options, groups = [], []
+    options: list[Option] = []
+    groups: list[list[int]] = []
     for i in range(len(table.blocks)):
         here = table.options(i)
         groups.append(list(range(len(options), len(options) + len(here))))
@@ -152,7 +154,7 @@ def decode_ratio(dense: nn.Module, pruned: nn.Module, steps: int = 16, repeats: 
     sync = synchronizer(next(dense.parameters()).device)
     ids = warmed_prompt(dense, 64)
     warmed_prompt(pruned, 64)
-    calls = {
+    calls: dict[str, Callable[[], object]] = {
         "dense": lambda: decode_seconds(dense, ids, steps, sync),
         "pruned": lambda: decode_seconds(pruned, ids, steps, sync),
     }
@@ -200,7 +202,8 @@ def search(
 ) -> tuple[Plan, list[dict]]:
     """The measured best joint plan under ``budgets`` and the report of every round."""
     ref = reference(model, heldout) if ref is None else ref
-    scale, report, best = 1.0, [], None
+    scale, report = 1.0, list[dict]()
+    best: tuple[Plan, dict] | None = None
     for r in range(rounds):
         plans = solve_plans(table, budgets, k, scale)
         found = [(p, measure(model, p, calib, heldout, ref)) for p in plans]
@@ -213,6 +216,8 @@ def search(
         if budgets.latency is None:
             break
         scale *= _correction(found)
+    if best is None:
+        raise ValueError("the joint search measured no plan")
     plan, measured = best
     plan.run["search"] |= {"measured": measured, "rounds": report}
     return plan, report

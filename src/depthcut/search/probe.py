@@ -75,7 +75,7 @@ class Probe:
     def _without(self, i: int, b: int, kind: str, t, full: dict, previous: dict | None):
         """The last block's output on batch b with block i's ``kind`` removed and folded."""
         cache, hidden = self.cache, self.inputs[b]
-        if kind != "mlp" and t is not None:
+        if kind != "mlp" and t is not None and previous is not None:
             hidden = hidden + _moved(previous[b]["mlp.writer"], t)
         if kind == "block":
             return cache.run_from(i + 1, b, hidden=hidden)

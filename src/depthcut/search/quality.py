@@ -68,15 +68,22 @@ class _Sums:
         self.c += float((z.pow(2).sum(-1) * d).sum())
         self.n += m.shape[0]
 
+    def _ab(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.a is None or self.b is None:
+            raise ValueError("no statistics were added")
+        return self.a, self.b
+
     def error(self) -> float:
-        return fit_error(self.a, self.b, self.c)
+        """The least error of a fitted T (``fit_error``)."""
+        return fit_error(*self._ab(), self.c)
 
     def transform(self, ridge: float = DEPTH_RIDGE) -> torch.Tensor:
-        return fit_transform(self.a, self.b, ridge)
+        """The fitted T under ``ridge``."""
+        return fit_transform(*self._ab(), ridge)
 
     def error_of(self, t: torch.Tensor) -> float:
         """Σ D ‖M T − Z‖² of these statistics under a given T."""
-        return residual(self.a, self.b, self.c, t)
+        return residual(*self._ab(), self.c, t)
 
 
 class DepthHooks:
@@ -90,8 +97,8 @@ class DepthHooks:
         self, model: nn.Module, structure: ModelStructure, i: int, previous, probed=()
     ) -> None:
         self.state: dict = {}
-        self.probed, self.full = set(probed), {}
-        self.previous, self.written = previous, []
+        self.probed, self.full = set(probed), dict[int, dict]()
+        self.previous, self.written = previous, list[torch.Tensor]()
         self.raw = {"attention": 0.0, "mlp": 0.0, "block": 0.0}
         self.fits = {"attention": _Sums(), "mlp": _Sums(), "block": _Sums()}
         self.checks = {"attention": _Sums(), "mlp": _Sums(), "block": _Sums()}  # probed
@@ -102,7 +109,7 @@ class DepthHooks:
             path, _ = hook_target(structure, Unit(Kind(kind), i, "", (), 0))
             self.handles.append(modules[path].register_forward_hook(self._keep(kind)))
             sub = info.sublayer(kind)
-            if writes_through_one_linear(sub):
+            if sub is not None and sub.output is not None and writes_through_one_linear(sub):
                 writer = modules[sub.output]
                 self.handles.append(writer.register_forward_hook(self._keep(kind + ".writer")))
 
@@ -143,7 +150,7 @@ class DepthHooks:
         """{kind: T of its fold, None where it is not repaired}: fitted on the batches not
         probed, with the ridge of ``DEPTH_RIDGES`` (or no fold) whose error on the probed
         batches is least — as the repair picks its ridge on held-back batches."""
-        out = {}
+        out: dict[str, torch.Tensor | None] = {}
         for key in self.raw:
             fit, check = self.fits[key], self.checks[key]
             if fit.a is None or check.a is None:
@@ -173,11 +180,11 @@ class DepthHooks:
 def greedy_levels(order: list, size: int, kept_levels: list[int]) -> dict[int, dict]:
     """{units kept: {"error", "removed"}} of one width layer along its greedy order (a level
     inside a greedy step takes that step's units in order and its error pro rata)."""
-    out = {}
+    out: dict[int, dict] = {}
     for kept in kept_levels:
         if kept in (0, size):
             continue
-        want, removed, error = size - kept, [], 0.0
+        want, removed, error = size - kept, list[int](), 0.0
         for units, delta in order:
             take = min(len(units), want - len(removed))
             removed += units[:take]

@@ -14,6 +14,7 @@ import copy
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -98,7 +99,7 @@ class Tensors:
             out += [("block", i) for i in self.edited if self.homes[i] == shard]
         return out
 
-    def write(self, group: tuple[str, object], dest: Path) -> list[str]:
+    def write(self, group: tuple[str, Any], dest: Path) -> list[str]:
         """Write one output group into ``dest``; returns the names written. Copied tensors
         go as bytes (never whole in memory); an edited block through ``save_file``."""
         from safetensors.torch import save_file
@@ -127,7 +128,7 @@ def write_shards(tensors: Tensors, tmp: Path) -> dict[str, str]:
     """One output shard per group (``Tensors.groups``), made one at a time; returns
     {name: file}."""
     groups = tensors.groups()
-    weight_map = {}
+    weight_map: dict[str, str] = {}
     for k, group in enumerate(groups, 1):
         file = (
             "model.safetensors"

@@ -13,6 +13,8 @@ input against the cached output. Two passes read the checkpoint twice.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from tqdm.auto import tqdm
 
@@ -35,7 +37,7 @@ def stream_fine_model(source: BlockSource) -> FineModel:
     from depthcut.stream.score import StreamCache
 
     source.load_rest()
-    probe = StreamCache(source, CalibData(**probe_inputs(source.model)), progress=False)
+    probe = StreamCache(source, CalibData.of(probe_inputs(source.model)), progress=False)
     call = probe.calls[0][0]
     with source.loaded(0) as first:
         graph = cached_graph(first, call.args, call.kwargs, source.model.config)
@@ -50,11 +52,13 @@ def check_fine_streamable(cfg: PruneConfig) -> None:
         )
 
 
-def stream_fine_scores(fm: FineModel, cache, cfg: PruneConfig, progress: bool = True) -> dict:
+def stream_fine_scores(
+    fm: FineModel, cache, cfg: PruneConfig, progress: bool = True
+) -> tuple[dict[str, Any], dict[str, dict]]:
     """Everything ``FineFamily.score`` puts in the scores: (unit scores, the ``fine`` record);
     ``cache``: a ``StreamCache`` whose forward pass is done (every block's input kept)."""
     source: BlockSource = cache.source
-    scorer = FineScorer(fm, cache, cfg.importance, cfg.tokens)
+    scorer = FineScorer(fm, cache, cfg.metric, cfg.tokens)
     grads = output_grads(cache, _loss)
     found: dict[str, tuple] = {}
     units = fm.units()

@@ -25,7 +25,8 @@ def read_header(file: Path) -> tuple[dict, int]:
 def copy_tensors(source: Path, names: dict[str, str], dest: Path) -> None:
     """Write ``dest`` holding the tensors ``names`` ({source name: new name}) of ``source``."""
     header, start = read_header(source)
-    out, offset = {"__metadata__": {"format": "pt"}}, 0
+    out: dict[str, dict] = {"__metadata__": {"format": "pt"}}
+    offset = 0
     for old, new in names.items():
         begin, end = header[old]["data_offsets"]
         out[new] = {

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from depthcut.graph.capture import output_tensor
+from depthcut.graph.capture import hidden_of, output_tensor
 
 
 def output_grads(cache, loss: Callable) -> list[torch.Tensor]:
@@ -34,7 +34,7 @@ def block_backward(cache, i: int, grads: list, after: Callable | None = None) ->
     for b, grad in enumerate(grads):
         x = cache.inputs[i][b].detach().requires_grad_(i > 0)
         with torch.enable_grad():
-            y = output_tensor(cache.calls[i][b].run(block, x))
+            y = hidden_of(cache.calls[i][b].run(block, x))
             y.backward(grad)
         if after is not None:
             after(b)

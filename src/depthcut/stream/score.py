@@ -18,6 +18,7 @@ refused with the reason.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,7 +49,11 @@ class StreamCache(RollingCache):
     the embeddings are loaded for the recording forward and released after it."""
 
     def __init__(
-        self, source: BlockSource, calib: CalibData, progress: bool = True, keep: bool = True
+        self,
+        source: BlockSource,
+        calib: CalibData | Any,  # or another batch source (stream.perplexity.Windows)
+        progress: bool = True,
+        keep: bool = True,
     ):
         self.source, self.model, self.structure = source, source.model, source.structure
         self.backward, self.keep = False, keep
@@ -112,7 +117,8 @@ class _Candidates:
     """The final hidden states of every depth candidate, carried along one pass."""
 
     def __init__(self, cache: StreamCache, units: list):
-        self.cache, self.units, self.states = cache, units, {}
+        self.cache, self.units = cache, units
+        self.states: dict[str, list[torch.Tensor]] = {}
 
     def advance(self, i: int) -> None:
         """Block ``i`` (loaded) runs on every live candidate, then the candidates of block i
@@ -150,13 +156,13 @@ def stream_score(
 
     check_streamable(cfg)
     model, structure = source.model, source.structure
-    scores = Scores(cfg.importance, [], {}, describe(model, structure), cfg.to_dict())
+    scores = Scores(cfg.metric, [], {}, describe(model, structure), cfg.to_dict())
     if cfg.fine:
         return _stream_fine(source, cfg, calib, scores, progress)
     scores.units = discover_units(model, structure, cfg.depth_units)
     if cfg.depth_units:
         reachable_pool(scores, cfg)  # fail fast, before any block is read
-    metric = get_importance(cfg.importance)(tokens=cfg.tokens) if cfg.depth_units else None
+    metric = get_importance(cfg.metric)(tokens=cfg.tokens) if cfg.depth_units else None
     width = WidthStream(source, cfg) if cfg.width_units else None
     logits = cfg.importance in LOGIT_METRICS and bool(scores.units)
     cache = StreamCache(source, calib, progress)
@@ -183,7 +189,7 @@ def stream_score(
         width.count_tokens(cache)
         width.backward(cache, progress)
         scores.width = width.result()
-    if getattr(metric, "provides_spans", False):
+    if metric is not None and getattr(metric, "provides_spans", False):
         scores.spans = metric.spans(cache)
     scores.cost["forward_equivalents"] = cache.forward_equivalents
     scores.cost["streamed"] = True

@@ -7,6 +7,8 @@ attribute as long as the block stack), and ``layer_idx`` attributes of submodule
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 LAYER_COUNT_KEY = "num_hidden_layers"
@@ -35,6 +37,7 @@ def sync_config(config, kept: list[int], num_blocks: int) -> None:
 def renumber_layer_idx(blocks: nn.ModuleList) -> None:
     """Every ``layer_idx`` in block j becomes j (KV-cache slot = new block index)."""
     for j, block in enumerate(blocks):
+        module: Any
         for module in block.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
                 module.layer_idx = j

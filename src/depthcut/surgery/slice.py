@@ -5,15 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from depthcut.hftypes import LinearLike
 from depthcut.ops import out_axis
 
 
-def _set(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+def _set(module: LinearLike, name: str, tensor: torch.Tensor) -> None:
     old = getattr(module, name)
     setattr(module, name, nn.Parameter(tensor.contiguous().clone(), old.requires_grad))
 
 
-def slice_out(module: nn.Module, keep: torch.Tensor) -> None:
+def slice_out(module: LinearLike, keep: torch.Tensor) -> None:
     """Keep only output features ``keep`` (weight rows/cols and bias)."""
     axis = out_axis(module)
     _set(module, "weight", module.weight.detach().index_select(axis, keep))
@@ -22,14 +23,14 @@ def slice_out(module: nn.Module, keep: torch.Tensor) -> None:
     _sync_sizes(module)
 
 
-def slice_in(module: nn.Module, keep: torch.Tensor) -> None:
+def slice_in(module: LinearLike, keep: torch.Tensor) -> None:
     """Keep only input features ``keep``."""
     axis = 1 - out_axis(module)
     _set(module, "weight", module.weight.detach().index_select(axis, keep))
     _sync_sizes(module)
 
 
-def _sync_sizes(module: nn.Module) -> None:
+def _sync_sizes(module: LinearLike) -> None:
     if isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
     else:

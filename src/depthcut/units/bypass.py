@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from depthcut.graph.capture import first_tensor, output_tensor
+from depthcut.graph.capture import first_tensor, hidden_of
 from depthcut.graph.structure import ModelStructure, require_sublayer
 from depthcut.kinds import Kind
 from depthcut.units.discover import Unit
@@ -32,11 +32,14 @@ def replace_output(output: Any, tensor: torch.Tensor) -> Any:
 
 
 def _passthrough(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-    return replace_output(output, first_tensor(args, kwargs))
+    given = first_tensor(args, kwargs)
+    if given is None:
+        raise TypeError(f"{type(module).__name__} was called without a tensor input")
+    return replace_output(output, given)
 
 
 def _zero(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-    return replace_output(output, torch.zeros_like(output_tensor(output)))
+    return replace_output(output, torch.zeros_like(hidden_of(output)))
 
 
 def hook_target(structure: ModelStructure, unit: Unit) -> tuple[str, str]:

@@ -98,7 +98,7 @@ def discover_units(
     for block in structure.blocks:
         for kind in sorted(map(Kind, kinds), key=lambda k: k.order):
             if kind is Kind.BLOCK:
-                paths = (block.path,)
+                paths: tuple[str, ...] = (block.path,)
                 path = block.path
             else:
                 sub = require_sublayer(block, kind)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,7 +63,7 @@ def _keras_layers(h5) -> dict[str, dict]:
     group = h5.get("model_weights", h5)
     out = {}
     for name in group:
-        arrays = {}
+        arrays: dict[str, Any] = {}
 
         def visit(key, value, arrays=arrays):
             if hasattr(value, "shape"):

@@ -3,6 +3,8 @@ style units), scored on the block-input cache, removed by surgery on the block s
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import nn
 
 from depthcut.calibrate import BlockCache
@@ -28,7 +30,7 @@ class DepthFamily:
 
     def score(self, model, structure, cfg: PruneConfig, calib, scores: Scores, progress) -> None:
         scores.units = discover_units(model, structure, cfg.depth_units)
-        metric = get_importance(cfg.importance)(tokens=cfg.tokens)
+        metric = get_importance(cfg.metric)(tokens=cfg.tokens)
         if cfg.budget.latency is not None:
             scores.latency = unit_latency(model, scores.units)
         pool, target, size = reachable_pool(scores, cfg)  # fail fast, before calibration
@@ -38,7 +40,7 @@ class DepthFamily:
             scores.unit_scores = dict(scores.sequence[0]["scores"]) if scores.sequence else {}
         else:
             scores.unit_scores = score_units(cache, metric, scores.units, progress)
-        if getattr(metric, "provides_spans", False):
+        if metric is not None and getattr(metric, "provides_spans", False):
             scores.spans = metric.spans(cache)
         scores.cost["forward_equivalents"] = cache.forward_equivalents
 
@@ -48,12 +50,15 @@ class DepthFamily:
         if cfg.budget.latency is None:
             plan.run["target_params"] = target
         else:
-            total = scores.latency["total"]
+            latency = scores.latency or {}
+            total = latency["total"]
             plan.run["latency"] = {"target": target, "removed": removed, "total": total} | {
-                "unreliable": scores.latency.get("unreliable", [])
+                "unreliable": latency.get("unreliable", [])
             }
 
     def apply(self, model: nn.Module, plan: Plan, structure: ModelStructure | None) -> nn.Module:
+        if structure is None:
+            raise ValueError("depth surgery needs the model's structure")
         drop = set(plan.removed_blocks)
         for action in plan.actions:
             if action.kind in (Kind.ATTENTION, Kind.MLP) and action.block not in drop:
@@ -61,7 +66,7 @@ class DepthFamily:
         kept = remove_blocks(model, structure, drop)
         if hasattr(model, "config"):
             sync_config(model.config, kept, structure.num_blocks)
-        renumber_layer_idx(model.get_submodule(structure.blocks_path))
+        renumber_layer_idx(cast(nn.ModuleList, model.get_submodule(structure.blocks_path)))
         return model
 
     def manual_plan(self, model: nn.Module, unit_ids: list[str], example=None) -> Plan:

@@ -30,7 +30,7 @@ from depthcut.units.discover import count_params
 
 class FineFamily:
     name = "fine"
-    kinds = ("fine",)
+    kinds: tuple[str, ...] = ("fine",)
 
     def score(self, model, structure, cfg: PruneConfig, calib, scores: Scores, progress) -> None:
         require_materialized(model, "fine units")
@@ -38,7 +38,7 @@ class FineFamily:
         scores.units = fm.units()
         cache = BlockCache(model, fm.structure, calib, progress, backward=True)
         try:
-            scorer = FineScorer(fm, cache, cfg.importance, cfg.tokens)
+            scorer = FineScorer(fm, cache, cfg.metric, cfg.tokens)
             fine: dict = {"channel": scorer.channel_json()}
             if cfg.strategy == "iterative":
                 target = budget_target(scores.model, cfg)
@@ -92,7 +92,9 @@ class FineFamily:
         missing = [p for p in paths if p not in by_path]
         if missing:
             raise ConfigError(f"no such fine units {missing}; e.g. {next(iter(by_path))}")
-        states, channels, actions = {}, {}, []
+        states: dict = {}
+        channels: dict = {}
+        actions: list = []
         for path in paths:
             root, local = fm.local(by_path[path])
             if root.index not in channels:

@@ -99,6 +99,7 @@ class _FineRule:
     """How a fine metric scores Prune(f) of a unit, for one ``FineScorer``."""
 
     data_free = False  # True: Eq. 3.10 from weights and gradients, no block re-run
+    name: str  # the metric's name (set by ``register_importance``)
 
     def __init__(self, scorer: FineScorer):
         self.scorer = scorer
@@ -216,7 +217,7 @@ class FineScorer:
 
 
 def channel_from_json(data: dict, graph: FineGraph) -> dict[int, dict[tuple, torch.Tensor]]:
-    out = {}
+    out: dict[int, dict[tuple, torch.Tensor]] = {}
     for i, spaces in data.items():
         out[int(i)] = {}
         for key, values in spaces.items():

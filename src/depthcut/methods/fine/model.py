@@ -164,7 +164,7 @@ class FineModel:
                 )
         inputs = probe_inputs(model)
         args, kwargs = record_call(model, first, lambda: model(**inputs, use_cache=False))
-        self.graph: FineGraph = cached_graph(first, args, kwargs, getattr(model, "config", None))
+        self.graph = cached_graph(first, args, kwargs, getattr(model, "config", None))
 
     def fingerprint(self) -> dict:
         return graph_fingerprint(self.graph, self.local_units())
@@ -283,7 +283,7 @@ def channel_sums(graph: FineGraph, root: nn.Module, value) -> dict[tuple, torch.
     out: dict[tuple, torch.Tensor] = {}
     for node in graph.module_nodes(("transform", "norm")):
         try:
-            module = root.get_submodule(node.module)
+            module = root.get_submodule(node.path)
         except AttributeError:  # inside a patched stand-in
             continue
         for name, p in module.named_parameters(recurse=False):

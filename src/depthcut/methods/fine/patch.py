@@ -105,27 +105,29 @@ class Patcher:
                 (k for k in range(d) if self.source(node.inputs[k]) == self.source(value)), None
             )
             module = self.stand_in(value, node) if k is not None else None
-            pairs = self._pairs(node, offsets, k, d) if module is not None else None
+            if k is None or module is None:
+                continue
+            pairs = self._pairs(node, offsets, k, d)
             if pairs is None:
                 continue
-            folds = [(u.module, keep, drop) for u in users for keep, drop in pairs]
+            folds = [(u.path, keep, drop) for u in users for keep, drop in pairs]
             self._const(Patch("empty", module, node.name, node.extra["dim"], folds))
 
     def _offsets(self, node: FNode) -> list[int]:
         dim, out, pos = node.extra["dim"], [], 0
         for value in node.inputs:
             out.append(pos)
-            pos += self.g.nodes[value].shape[dim]
+            pos += self.g.nodes[value].dims[dim]
         return out
 
     def _pairs(self, node: FNode, offsets: list[int], k: int, d: int):
         """(kept label, dropped label) of the concat output space, copy d folded into k."""
         dim = node.extra["dim"]
         root = self.g.space(node.name, dim)
-        seg = range(offsets[k], offsets[k] + self.g.nodes[node.inputs[k]].shape[dim])
+        seg = range(offsets[k], offsets[k] + self.g.nodes[node.inputs[k]].dims[dim])
         pairs = []
         for label in self.s.alive_of(root):
-            if not offsets[d] <= label < offsets[d] + self.g.nodes[node.inputs[d]].shape[dim]:
+            if not offsets[d] <= label < offsets[d] + self.g.nodes[node.inputs[d]].dims[dim]:
                 continue
             partner = [lab for r, lab in self.s.closure((root, label)) if r == root and lab in seg]
             if not partner:

@@ -8,7 +8,7 @@ activations/norms pass their input, and patched modules output 0 or 1. Physical 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -63,14 +63,14 @@ def _const(fill: str):
     return hook
 
 
-def _hooks(state: FineState) -> list[tuple[str, object]]:
-    out = []
+def _hooks(state: FineState) -> list[tuple[str, Callable]]:
+    out: list[tuple[str, Callable]] = []
     gone = set(state.pruned) | state.removed
     for node in state.g.module_nodes((*PRUNABLE_NODES, "norm", "act")):
         if node.name in state.pruned and node.kind == "transform":
-            out.append((node.module, _identity_map(state, node)))
+            out.append((node.path, _identity_map(state, node)))
         elif node.name in gone:
-            out.append((node.module, _passthrough))
+            out.append((node.path, _passthrough))
         else:
             key = (
                 node.extra["out"]
@@ -82,7 +82,7 @@ def _hooks(state: FineState) -> list[tuple[str, object]]:
                 state, state.root(key) if node.kind in PRUNABLE_NODES else state.g.space(*key), cdim
             )
             if hook is not None:
-                out.append((node.module, hook))
+                out.append((node.path, hook))
     out += [(p.module, _const(p.fill)) for p in patches_of(state) if p.fill in ("zero", "one")]
     return out
 

@@ -23,6 +23,7 @@ from torch import nn
 from depthcut.calibrate import BlockCache
 from depthcut.errors import ConfigError
 from depthcut.graph.nodes import FNode
+from depthcut.hftypes import LinearLike
 from depthcut.kinds import Kind
 from depthcut.methods.fine.model import FineModel
 from depthcut.methods.fine.state import FineState
@@ -57,7 +58,7 @@ def _node_of(fm: FineModel, rel: str) -> FNode | None:
     """The graph node of module ``rel``: its own (a Linear) or the attention region that holds
     it (whose weights are never sliced)."""
     for n in fm.graph.module_nodes(("transform", "attention")):
-        if n.module == rel or (n.kind == "attention" and rel.startswith(n.module + ".")):
+        if n.module == rel or (n.kind == "attention" and rel.startswith(n.path + ".")):
             return n
     return None
 
@@ -66,12 +67,12 @@ def _writer(fm: FineModel, cache: BlockCache, block: int, kind: Kind, state: Fin
     """The block's ``kind`` writer when it can be refit, else (None, why not)."""
     structure = cache.structure
     root, sub = fm.root_of(block), structure.blocks[block].sublayer(kind)
-    if not writes_through_one_linear(sub):
+    if sub is None or sub.output is None or not writes_through_one_linear(sub):
         return None, f"{kind}:{block} does not write into the stream through one linear layer"
     rel = root.relative(sub.output)
     node = _node_of(fm, rel)
     why = "not in the block graph" if node is None else refit_blocker(state, node)
-    if why:
+    if why or node is None:
         return None, f"{sub.output}: {why}"
     after = None
     if kind is Kind.ATTENTION:
@@ -99,14 +100,14 @@ def dense_targets(cache: BlockCache, writer: Writer, batches) -> dict[int, torch
     return {b: mid_stream(cache, writer.block, b) for b in batches}
 
 
-def weight_t(module: nn.Module) -> torch.Tensor:
+def weight_t(module: LinearLike) -> torch.Tensor:
     """[in (+1 for a bias), out]: what X multiplies."""
     w = module.weight if is_conv1d(module) else module.weight.T
     bias = getattr(module, "bias", None)
     return w if bias is None else torch.cat([w, bias[None]])
 
 
-def _set_weight_t(module: nn.Module, a: torch.Tensor) -> None:
+def _set_weight_t(module: LinearLike, a: torch.Tensor) -> None:
     bias = getattr(module, "bias", None)
     w = a if bias is None else a[:-1]
     module.weight.copy_(w if is_conv1d(module) else w.T)
@@ -137,4 +138,4 @@ def fit_writer(cache: BlockCache, writer: Writer, pruned: nn.Module, targets, fi
 
     xtx, xty, _ = weighted_grams(rows())
     prior = weight_t(module).detach().double()
-    _set_weight_t(module, solve(xtx, xty, ridge, prior).to(module.weight.dtype))
+    _set_weight_t(module, solve(xtx, xty, ridge, prior).to(weight_t(module).dtype))

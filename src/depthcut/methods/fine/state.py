@@ -54,10 +54,10 @@ def unit_op(module: nn.Module, node: FNode) -> FineOp:
 
 def exclusion(graph: FineGraph, node: FNode, module: nn.Module) -> str | None:
     """Why a node cannot be a unit (None when it can)."""
-    x = graph.nodes[node.inputs[0]].shape
+    x = graph.nodes[node.inputs[0]].dims
     if node.kind == "transform" and isinstance(module, nn.modules.conv._ConvNd):
-        if tuple(x[2:]) != tuple(node.shape[2:]):
-            return f"changes the spatial size {tuple(x[2:])} → {tuple(node.shape[2:])}"
+        if tuple(x[2:]) != tuple(node.dims[2:]):
+            return f"changes the spatial size {tuple(x[2:])} → {tuple(node.dims[2:])}"
         if module.groups != 1:
             return f"grouped conv (groups={module.groups})"
     return None
@@ -67,10 +67,10 @@ def fine_units(graph: FineGraph, root: nn.Module, include_excluded: bool = False
     """Units of G in graph order (excluded ones only with ``include_excluded``)."""
     out = []
     for node in graph.module_nodes(PRUNABLE_NODES):
-        module = root.get_submodule(node.module)
+        module = root.get_submodule(node.path)
         reason = exclusion(graph, node, module)
         params = sum(p.numel() for p in module.parameters())
-        unit = FineUnit(node.name, node.module, unit_op(module, node), params, reason)
+        unit = FineUnit(node.name, node.path, unit_op(module, node), params, reason)
         if reason is None or include_excluded:
             out.append(unit)
     return out
@@ -144,7 +144,8 @@ class FineState:
             if self.frozen_reason(keys) is None:
                 ranked.append((self.closure_score(keys, scores), label, keys))
         ranked.sort(key=lambda t: (t[0], t[1]))
-        chosen, count, taken = [], 0, set()
+        chosen: list = []
+        count, taken = 0, set[tuple]()
         for _score, label, keys in ranked:
             if (anchor, label) in taken:
                 continue
@@ -184,7 +185,7 @@ class FineState:
         if a != b:
             anchor = b_root if a < b else a_root
             if labels is None:
-                labels = self.choose(anchor, abs(a - b), scores, node.module)
+                labels = self.choose(anchor, abs(a - b), scores, node.path)
             self.remove_labels(anchor, list(labels))
             if len(self.alive_of(a_root)) != len(self.alive_of(b_root)):
                 raise UnitRefused(f"{node.module}: its input and output widths cannot be matched")
@@ -208,7 +209,8 @@ class FineState:
 
 def find_act(graph: FineGraph, node: FNode, removed: set[str]) -> list[str]:
     """FindAct: the norm/activation chain that only follows ``node`` (conv → bn → act)."""
-    out, value = [], node.name
+    out: list[str] = []
+    value = node.name
     while True:
         users = graph.consumers(value)
         if len(users) != 1 or users[0].kind not in ("act", "norm") or users[0].name in removed:

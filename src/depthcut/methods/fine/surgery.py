@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Set as AbstractSet
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,14 +27,14 @@ SIZE_ATTRS = {
 }
 
 
-def _kept(state: FineState, root: tuple | None, drop: set[int]) -> list[int] | None:
+def _kept(state: FineState, root: tuple | None, drop: AbstractSet[int]) -> list[int] | None:
     if root is None:
         return None
     labels = [lab for lab in state.alive_of(root) if lab not in drop]
     return None if len(labels) == state.g.sizes[root] else labels
 
 
-def _axis_labels(dims: list, state: FineState, drop: set[int], node: FNode) -> list:
+def _axis_labels(dims: list, state: FineState, drop: AbstractSet[int], node: FNode) -> list:
     """Per tensor axis: the labels it keeps, or None when it keeps them all. ``drop`` (the
     concat-folded copies) applies to a transform's input axis only."""
     in_root = state.root(node.extra["in"]) if node.kind == "transform" else None
@@ -79,8 +80,9 @@ def _sync_sizes(module: nn.Module, node: FNode) -> None:
                 if hasattr(module, attr):
                     setattr(module, attr, sizes[side])
     elif node.kind == "norm" and w.dim() == 1:
-        if hasattr(module, "normalized_shape"):
-            module.normalized_shape = (w.shape[0],)
+        norm: Any = module  # LayerNorm or a BatchNorm: the attributes are checked
+        if hasattr(norm, "normalized_shape"):
+            norm.normalized_shape = (w.shape[0],)
         if hasattr(module, "num_features"):
             module.num_features = w.shape[0]
 
@@ -92,14 +94,14 @@ def fold(root: nn.Module, patches: list[Patch]) -> None:
             for consumer, keep, drop in patch.folds:
                 module = root.get_submodule(consumer)
                 axis = 0 if is_conv1d(module) else 1
-                w = module.weight
+                w = module.get_parameter("weight")
                 w.index_add_(axis, torch.tensor([keep]), w.index_select(axis, torch.tensor([drop])))
 
 
 def stand_in(state: FineState, node: FNode, root: nn.Module) -> nn.Module:
-    module = root.get_submodule(node.module)
+    module = root.get_submodule(node.path)
     if node.kind == "attention":
-        arity = state.g.arity.get(node.module)
+        arity = state.g.arity.get(node.path)
         return PatchBranch("attention", arity, getattr(module, "layer_idx", None), fill="pass")
     return nn.Identity()
 
@@ -112,10 +114,8 @@ def materialize(state: FineState, root: nn.Module) -> nn.Module:
     gone = set(state.pruned) | state.removed
     for node in state.g.module_nodes((*PRUNABLE_NODES, "norm", "act")):
         if node.name not in gone:
-            slice_module(
-                state, node, root.get_submodule(node.module), drops.get(node.module, set())
-            )
-    replace = {n.module: stand_in(state, n, root) for n in map(state.g.nodes.get, gone)}
+            slice_module(state, node, root.get_submodule(node.path), drops.get(node.path, set()))
+    replace = {n.path: stand_in(state, n, root) for n in (state.g.nodes[g] for g in gone)}
     for patch in patches:
         old = root.get_submodule(patch.module)
         arity = state.g.arity.get(patch.module)
@@ -140,14 +140,12 @@ def state_params(state: FineState, root: nn.Module) -> int:
     const = {p.module for p in patches}
     total = sum(p.numel() for p in root.parameters())
     for node in state.g.module_nodes((*PRUNABLE_NODES, "norm", "act")):
-        module = root.get_submodule(node.module)
+        module = root.get_submodule(node.path)
         full = sum(p.numel() for p in module.parameters())
-        if node.name in gone or any(
-            node.module == c or node.module.startswith(c + ".") for c in const
-        ):
+        if node.name in gone or any(node.path == c or node.path.startswith(c + ".") for c in const):
             total -= full
             continue
-        total -= full - kept_numel(state, node, module, drops.get(node.module, set()))
+        total -= full - kept_numel(state, node, module, drops.get(node.path, set()))
     return total
 
 
@@ -169,7 +167,7 @@ def refit_blocker(state: FineState, node: FNode) -> str | None:
     if node.name in state.pruned or node.name in state.removed:
         return "pruned"
     patches = patches_of(state)
-    if any(p.module == node.module or node.module.startswith(p.module + ".") for p in patches):
+    if any(p.module == node.path or node.path.startswith(p.module + ".") for p in patches):
         return "replaced by a constant"
     if node.module in dropped_labels(state.g, patches):
         return "takes folded concat columns"

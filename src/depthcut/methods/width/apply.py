@@ -7,6 +7,7 @@ import copy
 from torch import nn
 
 from depthcut.errors import UnsupportedModelError
+from depthcut.hftypes import HFModel
 from depthcut.kinds import Kind
 from depthcut.methods.width.layers import HEAD_ATTRS, WidthLayer
 from depthcut.surgery.slice import slice_in, slice_out
@@ -25,7 +26,7 @@ def prune_width(model: nn.Module, layer: WidthLayer, remove: list[int]) -> None:
         _sync_head_attrs(model, modules[layer.module], len(keep) * layer.q_heads_per_unit, layer)
 
 
-def _sync_head_attrs(model: nn.Module, attention: nn.Module, heads: int, layer) -> None:
+def _sync_head_attrs(model: HFModel, attention: HFModel, heads: int, layer) -> None:
     """Write this layer's head counts where its attention reads them (``HEAD_ATTRS``); a
     ``config.X`` entry gives the attention its own copy of the config first."""
     kv = heads // layer.q_heads_per_unit

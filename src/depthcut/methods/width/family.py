@@ -59,6 +59,8 @@ class WidthFamily:
                     plan.run["latency"] = latency_report(scores, cfg, Kind(kind), actions)
 
     def apply(self, model: nn.Module, plan: Plan, structure: ModelStructure | None) -> nn.Module:
+        if structure is None:
+            raise ValueError("width surgery needs the model's structure")
         actions = [a for a in plan.actions if a.kind.family == self.name]
         apply_width_actions(model, structure, actions, frozenset(plan.removed_blocks))
         return model

@@ -14,12 +14,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from depthcut.data import CalibData
 from depthcut.errors import ConfigError
+from depthcut.hftypes import LinearLike
 from depthcut.importance.registry import get_importance, register_importance
 from depthcut.methods.width.layers import WidthLayer
 from depthcut.methods.width.repaired import ls_width_scores
@@ -50,7 +53,7 @@ def magnitude(modules: dict, layer: WidthLayer) -> list[float]:
     return squares.sqrt().tolist()
 
 
-def _taylor_rows(module: nn.Module, part) -> torch.Tensor:
+def _taylor_rows(module: LinearLike, part) -> torch.Tensor:
     rows = _rows(module, part, module.weight) * _rows(module, part, module.weight.grad)
     rows = rows.abs().sum(1)
     if part.side == "out" and getattr(module, "bias", None) is not None:
@@ -106,7 +109,7 @@ def consumer_stats(
     consumer's input, from forward pre-hooks."""
     modules = dict(model.named_modules())
     sums = {layer.id: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
-    state = {"mask": None, "tokens": 0}
+    state: dict[str, Any] = {"mask": None, "tokens": 0}
     handles = [
         modules[layer.parts[-1].path].register_forward_pre_hook(
             consumer_hook(layer, stat, sums, state)

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from depthcut.config import PruneConfig
 from depthcut.graph.structure import discover_structure
-from depthcut.kinds import UnitRef
+from depthcut.kinds import Kind, UnitRef
 from depthcut.methods.width.importance import width_scores
 from depthcut.methods.width.layers import width_layers
 from depthcut.methods.width.select import select_width
@@ -27,7 +27,7 @@ def _pruned_copy(model, removal: dict[str, dict[str, list[int]]]):
 
     current = copy.deepcopy(model)
     actions = [
-        Action(kind, UnitRef.parse(lid).block, "", 0, members=tuple(units))
+        Action(Kind(kind), UnitRef.parse(lid).block, "", 0, members=tuple(units))
         for kind, layers in removal.items()
         for lid, units in layers.items()
     ]

@@ -174,7 +174,7 @@ def width_layers(model: nn.Module, structure: ModelStructure, kind: str) -> list
     kind = Kind(kind)
     out = []
     for b in structure.blocks:
-        sub = b.sublayer(kind.sublayer)
+        sub = b.sublayer(kind.sublayer or kind)
         if sub is None:
             raise UnsupportedModelError(f"{b.path}: no {kind} sublayer found")
         if kind is Kind.HEAD:

@@ -18,7 +18,7 @@ def width_fraction(scores: Scores, cfg: PruneConfig, kind: Kind) -> float:
     global selection counts them)."""
     if not cfg.width_from_budget:
         return cfg.width_fraction(kind)
-    layers = scores.width[kind]["layers"].values()
+    layers = scores.width_of(kind)["layers"].values()
     total = sum(info["size"] * info["unit_params"] for info in layers)
     target = budget_target(scores.model, cfg)
     if not 0 < target < total:
@@ -32,7 +32,7 @@ def width_actions(scores: Scores, cfg: PruneConfig, kind: Kind, plan: Plan) -> l
     """The ``kind`` (head / neuron) removals of ``cfg``, in the blocks ``plan`` keeps whole."""
     if not scores.width or kind not in scores.width:
         raise ConfigError(f"units include {kind} but the scores have no {kind} scores")
-    data = scores.width[kind]
+    data = scores.width_of(kind)
     key = "heads" if kind is Kind.HEAD else "neurons"
     if "removal" in data and scores.config.get(key) != cfg.width_fraction(kind):
         raise ConfigError(
@@ -60,7 +60,7 @@ def width_actions(scores: Scores, cfg: PruneConfig, kind: Kind, plan: Plan) -> l
 
 def _select(scores: Scores, cfg: PruneConfig, kind: Kind, skip: frozenset) -> dict:
     """{layer id: units to remove} under the config's parameter or latency budget."""
-    data = scores.width[kind]
+    data = scores.width_of(kind)
     protect = (cfg.protect_first, cfg.protect_last)
     min_units = cfg.min_heads if kind is Kind.HEAD else 1
     round_to = cfg.round_to if kind is Kind.NEURON else 1
@@ -81,7 +81,7 @@ def _select(scores: Scores, cfg: PruneConfig, kind: Kind, skip: frozenset) -> di
 
 def width_latency_table(scores: Scores, kind: Kind) -> dict:
     """The measured per-unit decode time of ``kind``'s layers (made when scoring)."""
-    table = scores.width[kind].get("latency")
+    table = scores.width_of(kind).get("latency")
     if not table:
         raise ConfigError(
             f"--budget latency: these {kind} scores have no latency table; score with "

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from depthcut.calibrate import RollingCache
 from depthcut.data import CalibData
 from depthcut.graph.structure import discover_structure
+from depthcut.hftypes import LinearLike
 from depthcut.methods.width.layers import WidthLayer
 from depthcut.ops import is_conv1d
 
@@ -56,7 +57,9 @@ class GramHooks:
     the module docstring). ``state["mask"]`` must hold the current batch's attention mask
     while a block runs."""
 
-    def __init__(self, layers: list[WidthLayer], blocks: nn.ModuleList, modules: dict):
+    def __init__(
+        self, layers: list[WidthLayer], blocks: list[nn.Module] | nn.ModuleList, modules: dict
+    ):
         self.grams: dict[str, torch.Tensor] = {}
         self.state: dict = {"mask": None}
         self.handles = []
@@ -167,7 +170,7 @@ def greedy_scores(
     return scores.tolist()
 
 
-def consumer_weight(module: nn.Module) -> torch.Tensor:
+def consumer_weight(module: LinearLike) -> torch.Tensor:
     """The consumer's weight as [out, in] (GPT-2's Conv1D stores it transposed)."""
     return module.weight.T if is_conv1d(module) else module.weight
 
