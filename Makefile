@@ -51,7 +51,7 @@ LLAMA_STAMP := $(VENV)/.depthcut-llama
 $(LLAMA_STAMP): $(STAMP)
 	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
 		$(BIN)/pip install -q -c constraints.txt -e '.[llama]'
-	$(BIN)/python -m depthcut.export.llamacpp install
+	$(BIN)/python -m depthcut.formats.llamacpp install
 	touch $(LLAMA_STAMP)
 
 llama: $(LLAMA_STAMP)

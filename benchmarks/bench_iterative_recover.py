@@ -10,8 +10,8 @@ import torch
 
 import depthcut as dc
 from depthcut.eval.run import EvalSettings, perplexity_fn
-from depthcut.recover.config import RecoverConfig
-from depthcut.recover.loop import prune_recover_loop
+from depthcut.recovery.config import RecoverConfig
+from depthcut.recovery.loop import prune_recover_loop
 
 
 def main() -> None:

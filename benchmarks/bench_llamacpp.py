@@ -25,7 +25,7 @@ import torch
 
 import depthcut as dc
 from depthcut.data import evaluation_tokens
-from depthcut.export.gguf_file import gguf_layout, write_gguf
+from depthcut.formats.gguf_file import gguf_layout, write_gguf
 
 THREADS, ROUNDS, PREFILL, DECODE, WINDOW, WINDOWS = 2, 3, 512, 64, 512, 4
 PLANS = {

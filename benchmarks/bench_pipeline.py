@@ -32,10 +32,10 @@ from bench_llamacpp import DECODE, MEASURE, PREFILL, ROUNDS, THREADS
 from bench_quality import WINDOW, WINDOWS, held_out
 from depthcut.data import evaluation_tokens
 from depthcut.eval.run import EvalSettings
-from depthcut.export.gguf_file import write_gguf
+from depthcut.formats.gguf_file import write_gguf
 from depthcut.jobs import CalibSpec, ModelRef, Output, QuantizeJob, run_quantize
-from depthcut.recover.config import RecoverConfig
-from depthcut.recover.run import recover
+from depthcut.recovery.config import RecoverConfig
+from depthcut.recovery.run import recover
 from results_file import RESULTS, write
 
 GROUP = 64

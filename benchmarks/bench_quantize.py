@@ -12,7 +12,7 @@ import torch
 import depthcut as dc
 from depthcut.eval.latency import measure_many
 from depthcut.eval.run import EvalSettings, perplexity_fn
-from depthcut.quantize import QuantizeConfig, quantize, size_mb
+from depthcut.quantization import QuantizeConfig, quantize, size_mb
 
 
 def main() -> None:

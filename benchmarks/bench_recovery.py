@@ -25,8 +25,8 @@ import torch
 
 import depthcut as dc
 from depthcut.eval.run import EvalSettings, perplexity_fn
-from depthcut.recover.config import RecoverConfig
-from depthcut.recover.run import recover, recovery_data
+from depthcut.recovery.config import RecoverConfig
+from depthcut.recovery.run import recover, recovery_data
 
 RUNS = {
     "LoRA (r=16), LM loss": {"method": "lora", "loss": "lm"},

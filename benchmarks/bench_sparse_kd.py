@@ -23,9 +23,9 @@ import torch
 
 import depthcut as dc
 from depthcut.eval.run import EvalSettings, perplexity_fn
-from depthcut.recover.config import RecoverConfig
-from depthcut.recover.run import recover, recovery_data
-from depthcut.recover.targets import compute_targets, fingerprint, load_targets
+from depthcut.recovery.config import RecoverConfig
+from depthcut.recovery.run import recover, recovery_data
+from depthcut.recovery.targets import compute_targets, fingerprint, load_targets
 from results_file import RESULTS, write
 
 

@@ -1,6 +1,7 @@
 """depthcut installs next to a user's own torch: ranges in pyproject, exact pins only in
 constraints.txt, heavy parts optional and imported only where used."""
 
+import importlib
 import re
 import subprocess
 import sys
@@ -89,7 +90,46 @@ def test_the_lazy_exports_are_visible_to_type_checkers_and_dir():
 
     tree = ast.parse((ROOT / "src" / "depthcut" / "__init__.py").read_text())
     guarded = next(n for n in tree.body if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.dump(n))
-    imported = {(i.module, a.name) for i in guarded.body for a in i.names}
-    assert imported == {(module, name) for name, module in depthcut._EXPORTS.items()}
+    # (module, attribute, exported name): ``from m import a as name`` for "m:a"
+    imported = {(i.module, a.name, a.asname or a.name) for i in guarded.body for a in i.names}
+    table = {name: (*where.partition(":")[::2], name) for name, where in depthcut._EXPORTS.items()}
+    assert imported == {(m, a or name, name) for m, a, name in table.values()}
     assert depthcut.__all__ == sorted(depthcut._EXPORTS)
     assert set(depthcut._EXPORTS) <= set(dir(depthcut))
+    for name, (module, attr, _) in table.items():  # each name is what its module defines
+        assert getattr(depthcut, name) is getattr(importlib.import_module(module), attr or name)
+
+
+def test_recover_quantize_and_export_are_functions_at_the_top_level():
+    import depthcut as dc
+    import depthcut.formats.run
+    import depthcut.quantization
+    import depthcut.recovery.run
+
+    # importing the implementing modules must not shadow the functions with submodules
+    assert dc.recover is depthcut.recovery.run.recover
+    assert dc.quantize is depthcut.quantization.quantize
+    assert dc.export is depthcut.formats.run.export_run
+
+
+def _undocumented(name: str, obj: object) -> list[str]:
+    import inspect
+
+    missing = [] if inspect.getdoc(obj) else [name]
+    if inspect.isclass(obj):
+        for attr, member in vars(obj).items():
+            target = member.fget if isinstance(member, property) else member
+            target = getattr(target, "__func__", target)
+            if not attr.startswith("_") and callable(target) and not target.__doc__:
+                missing.append(f"{name}.{attr}")
+    return missing
+
+
+def test_every_name_of_the_public_api_has_a_docstring():
+    """The Python reference is generated from these: every export of ``import depthcut`` and
+    each public method or property of an exported class says what it does."""
+    import depthcut
+
+    missing = [m for n in depthcut.__all__ for m in _undocumented(n, getattr(depthcut, n))]
+    assert missing == []
+    assert _undocumented("X", type("X", (), {"f": lambda self: 0, "__doc__": "x"})) == ["X.f"]

@@ -8,7 +8,7 @@ import depthcut as dc
 from depthcut.errors import ConfigError
 from depthcut.int4 import AlignmentError, check_alignment, misaligned
 from depthcut.io import logits_on_probe
-from depthcut.quantize import (
+from depthcut.quantization import (
     QuantizeConfig,
     QuantizedInputError,
     is_quantized,
@@ -56,7 +56,7 @@ import pytest, torch
 import depthcut as dc
 from depthcut.errors import DepthcutError
 from depthcut.io import logits_on_probe
-from depthcut.quantize import QuantizeConfig, quantize
+from depthcut.quantization import QuantizeConfig, quantize
 from tiny import tiny_gpt2
 
 model = tiny_gpt2(layers=2)
@@ -108,7 +108,7 @@ def test_skip_keeps_float(tmp_path):
 
 
 def test_pruning_or_recovering_a_quantized_model_is_refused():
-    from depthcut.recover.run import recover
+    from depthcut.recovery.run import recover
 
     pruned, plan = pruned_llama()
     q = quantize(pruned)

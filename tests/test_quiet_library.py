@@ -76,8 +76,8 @@ RECOVER = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from depthcut.data import pack_tokens
-from depthcut.recover.config import RecoverConfig
-from depthcut.recover.run import recover
+from depthcut.recovery.config import RecoverConfig
+from depthcut.recovery.run import recover
 from tiny import VOCAB, tiny_llama
 model = tiny_llama(layers=4)
 ids = [3 + (7 * i) % (VOCAB - 3) for i in range(1200)]

@@ -53,7 +53,7 @@ def pruned_quarter(smol):
 
 
 def test_real_recovery_lowers_heldout_perplexity(smol, pruned_quarter):
-    from depthcut.recover.run import recover
+    from depthcut.recovery.run import recover
 
     model, tok = smol
     cfg = dc.RecoverConfig(method="full", max_steps=12, eval_every=6, val_samples=4)

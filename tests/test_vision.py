@@ -3,7 +3,6 @@ trained on it, Algorithm 9 on real images; the packaged CIFAR-10 CNN's structure
 
 import copy
 import gzip
-import json
 
 import pytest
 import torch
@@ -215,22 +214,4 @@ def test_packaged_cifar_cnn_fine_units_and_surgery_equals_reference():
     torch.testing.assert_close(pruned(x), expected)
     assert pruned.fc1.out_features == 512 and sum(p.numel() for p in pruned.parameters()) == (
         state_params(state, model)
-    )
-
-
-def test_the_documented_table_is_generated_from_the_results_file():
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).parents[1]
-    spec = importlib.util.spec_from_file_location(
-        "bench_vision", root / "benchmarks/bench_vision.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    results = json.loads((root / "benchmarks/results/vision.json").read_text())
-    readme = (root / "docs" / "benchmarks" / "index.md").read_text()
-    block = readme.split("<!-- vision table: python benchmarks/bench_vision.py --table -->\n")[1]
-    assert block.startswith(bench.table(results) + "\n"), (
-        "docs/benchmarks/index.md is stale: paste --table"
     )

@@ -92,20 +92,27 @@ def tiny_phi3(layers: int = 6, seed: int = 0):
     return Phi3ForCausalLM(cfg).eval()
 
 
-def tiny_qwen2(layers: int = 6, seed: int = 0):
-    """Qwen2: q/k/v biases, GQA, sliding-window attention in the upper layers."""
+def tiny_qwen2(
+    layers: int = 6, seed: int = 0, sliding: bool = True, random_bias: bool = False, **overrides
+):
+    """Qwen2: q/k/v biases, GQA, sliding-window attention in the upper layers (``sliding``;
+    Qwen2.5's released models have it off); ``random_bias``: nonzero q/k/v biases."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
+    window = {"sliding_window": 4, "max_window_layers": layers // 2} if sliding else {}
     cfg = Qwen2Config(
-        **GQA_DECODER,
-        intermediate_size=64,
+        **(GQA_DECODER | {"intermediate_size": 64} | overrides),
         num_hidden_layers=layers,
-        use_sliding_window=True,
-        sliding_window=4,
-        max_window_layers=layers // 2,
+        use_sliding_window=sliding,
+        **window,
     )
-    return Qwen2ForCausalLM(cfg).eval()
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():  # Qwen2 initialises its biases to zero
+        for name, p in model.named_parameters():
+            if random_bias and name.endswith("_proj.bias"):
+                p.normal_(0, 0.5)
+    return model
 
 
 BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "neox": tiny_neox, "phi3": tiny_phi3}

@@ -24,13 +24,15 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each loads on 
     from depthcut.config import Budget, PruneConfig
     from depthcut.data import calibration
     from depthcut.errors import DepthcutError
+    from depthcut.formats.run import export_run as export
     from depthcut.io import load, save
     from depthcut.methods.fine.cnn import cnn_plan
     from depthcut.models import load_model
     from depthcut.planning.plan import Plan
-    from depthcut.quantize import QuantizeConfig
+    from depthcut.quantization import QuantizeConfig, quantize
     from depthcut.recipe import Recipe
-    from depthcut.recover.config import RecoverConfig
+    from depthcut.recovery.config import RecoverConfig
+    from depthcut.recovery.run import recover
     from depthcut.scores import Scores
     from depthcut.search.budgets import Budgets
 
@@ -54,9 +56,12 @@ _EXPORTS = {
     "load_model": "depthcut.models",
     "calibration": "depthcut.data",
     "DepthcutError": "depthcut.errors",
-    "RecoverConfig": "depthcut.recover.config",
-    "QuantizeConfig": "depthcut.quantize",
+    "RecoverConfig": "depthcut.recovery.config",
+    "QuantizeConfig": "depthcut.quantization",
     "Recipe": "depthcut.recipe",
+    "recover": "depthcut.recovery.run",
+    "quantize": "depthcut.quantization",
+    "export": "depthcut.formats.run:export_run",
 }
 
 __all__ = [
@@ -72,6 +77,7 @@ __all__ = [
     "apply",
     "calibration",
     "cnn_plan",
+    "export",
     "fine_units",
     "frontier",
     "load",
@@ -79,6 +85,8 @@ __all__ = [
     "plan",
     "plan_units",
     "prune",
+    "quantize",
+    "recover",
     "repair",
     "save",
     "score",
@@ -87,7 +95,8 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        module, _, attr = _EXPORTS[name].partition(":")
+        return getattr(importlib.import_module(module), attr or name)
     raise AttributeError(f"module 'depthcut' has no attribute {name!r}")
 
 

@@ -18,7 +18,7 @@ from depthcut.devices import device_of
 from depthcut.graph.structure import discover_structure
 from depthcut.methods import apply_plan, check_applies, describe, families, plan_units
 from depthcut.planning.plan import Plan
-from depthcut.quantize import refuse_quantized
+from depthcut.quantization import refuse_quantized
 from depthcut.scores import Scores
 
 if TYPE_CHECKING:

@@ -29,6 +29,10 @@ BudgetMode = Literal["at_least", "at_most", "nearest"]
 Repair = Literal["auto", "none", "ls", "patch"]
 WidthScope = Literal["global", "per_layer"]
 UnitName = Literal["block", "attention", "mlp", "head", "neuron", "fine", "auto"]
+# quantization: in-process int8 (PyTorch), 4-bit through llm-compressor, GGUF through llama.cpp
+Int8Method = Literal["dynamic_int8", "torchao_int8_weight_only"]
+Int4Method = Literal["gptq", "awq"]
+GGUFType = Literal["f32", "f16", "q8_0", "q4_k_m", "q4_k_s", "q5_k_m", "q6_k"]
 
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 DEPTH_METRICS: tuple[str, ...] = get_args(DepthMetric)
@@ -40,6 +44,11 @@ PARAM_COUNTS: tuple[str, ...] = get_args(ParamCount)
 BUDGET_MODES: tuple[str, ...] = get_args(BudgetMode)
 REPAIRS: tuple[str, ...] = get_args(Repair)
 WIDTH_SCOPES: tuple[str, ...] = get_args(WidthScope)
+INT8_METHODS: tuple[str, ...] = get_args(Int8Method)
+INT4_METHODS: tuple[str, ...] = get_args(Int4Method)
+GGUF_TYPES: tuple[str, ...] = get_args(GGUFType)
+# the one list of ``depthcut quantize --method`` values (gguf-*: a GGUF file of that type)
+QUANTIZE_METHODS = (*INT8_METHODS, *INT4_METHODS, *(f"gguf-{t}" for t in GGUF_TYPES))
 REPAIRED_ONCE = {"head", "neuron"}  # width kinds that auto repairs (fine plans too)
 AUTO: Literal["auto"] = "auto"  # units="auto": the joint search over every unit kind
 
@@ -372,4 +381,5 @@ class PruneConfig:
         return cls(**data)
 
     def to_json(self) -> str:
+        """The config as indented JSON (``to_dict``)."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

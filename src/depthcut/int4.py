@@ -23,7 +23,6 @@ from torch import nn
 
 from depthcut.errors import DepthcutError
 
-INT4_METHODS = ("gptq", "awq")
 PYTHON_VARIABLE = "DEPTHCUT_LLMCOMPRESSOR_PYTHON"
 WORKER = Path(__file__).with_name("int4_worker.py")
 

@@ -207,7 +207,7 @@ def _no_transformers_bars() -> Iterator[None]:
 def _write_weights(model: HFModel, tmp: Path, meta: dict) -> None:
     """Float models via ``save_pretrained``; int8 models as ``quantized.safetensors`` (no
     ``model.safetensors``, so plain ``from_pretrained`` cannot misread them)."""
-    from depthcut.quantize import QuantizeConfig, is_quantized, quantized_state
+    from depthcut.quantization import QuantizeConfig, is_quantized, quantized_state
 
     if not is_quantized(model):
         with _no_transformers_bars():
@@ -223,7 +223,7 @@ def _write_weights(model: HFModel, tmp: Path, meta: dict) -> None:
 def _load_quantized(model: nn.Module, path: Path, info: dict) -> nn.Module:
     from safetensors.torch import load_file
 
-    from depthcut.quantize import QuantizeConfig, load_quantized_state
+    from depthcut.quantization import QuantizeConfig, load_quantized_state
 
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in info.items()}
     cfg = QuantizeConfig(**fields)

@@ -88,7 +88,7 @@ def offline() -> None:
     """No log noise from optional GPU kernels of torchao on this CPU. (No hub access either:
     every ``from_pretrained`` here passes ``local_files_only``; the caller's environment is
     left as it is.)"""
-    from depthcut.quantize import quiet_torchao
+    from depthcut.quantization import quiet_torchao
 
     quiet_torchao()
 

@@ -92,7 +92,7 @@ def _pip_config(key: str) -> str | None:
 class _Links(html.parser.HTMLParser):
     """PEP 503 page: the ``<a href>`` of every file."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.links: list[str] = []
 

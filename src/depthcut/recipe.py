@@ -11,8 +11,8 @@ from typing import Any
 
 from depthcut.config import PruneConfig
 from depthcut.errors import ConfigError
-from depthcut.quantize import QuantizeConfig
-from depthcut.recover.config import RecoverConfig
+from depthcut.quantization import QuantizeConfig
+from depthcut.recovery.config import RecoverConfig
 
 RECIPE_VERSION = 1
 
@@ -35,6 +35,7 @@ class Recipe:
             raise ConfigError(f"recipe steps={self.steps} must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
+        """The recipe as JSON-ready data: every field of every step, with the version."""
         return {
             "version": RECIPE_VERSION,
             "prune": self.prune.to_dict(),
@@ -45,6 +46,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        """The recipe ``to_dict`` wrote (old versions replay with their own defaults)."""
         from depthcut.files import check_version
 
         check_version(data.get("version"), RECIPE_VERSION, "recipe")
@@ -60,10 +62,12 @@ class Recipe:
         return cls(PruneConfig.from_dict(data["prune"]), int(data.get("steps", 1)), rec, quant)
 
     def save(self, path: str | Path) -> None:
+        """Write the recipe as JSON to ``path``."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
+        """The recipe saved at ``path``."""
         from depthcut.files import read_json
 
         data = read_json(path, "recipe")

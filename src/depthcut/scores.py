@@ -39,9 +39,11 @@ class Scores:
     latency: dict[str, Any] | None = None  # per-unit decode seconds (units.latency)
 
     def unit(self, unit_id: str) -> Unit:
+        """The scored unit whose id is ``unit_id``."""
         return next(u for u in self.units if u.id == unit_id)
 
     def to_dict(self) -> dict[str, Any]:
+        """The scores as JSON-ready data (what ``scores.json`` holds)."""
         return {
             "version": self.version,
             "metric": self.metric,
@@ -58,10 +60,12 @@ class Scores:
         }
 
     def save(self, path: str | Path) -> None:
+        """Write the scores as JSON to ``path``."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scores:
+        """The scores ``to_dict`` wrote; refuses other data and unknown versions."""
         if data.get("version") != SCORES_VERSION:
             raise ValueError(f"scores version {data.get('version')} unsupported")
         units = [Unit.from_dict(u) for u in data["units"]]
@@ -82,6 +86,7 @@ class Scores:
 
     @classmethod
     def load(cls, path: str | Path) -> Scores:
+        """The scores saved at ``path``."""
         from depthcut.files import read_json
 
         return cls.from_dict(read_json(path, "scores"))

@@ -101,7 +101,7 @@ def _check_blocks(model: nn.Module, rebuilt: nn.Module, saved: dict) -> None:
 
 
 def blockwise_applies(model: nn.Module, plans: list[Plan]) -> bool:
-    from depthcut.quantize import is_quantized
+    from depthcut.quantization import is_quantized
 
     sliced = all(a.kind.family in ("depth", "width") for a in plans[0].actions)
     patched = recorded_patches(plans[0].run)

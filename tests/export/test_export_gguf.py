@@ -12,9 +12,9 @@ import os
 import pytest
 
 import depthcut as dc
-from depthcut.export import llamacpp
-from depthcut.export.gguf_file import compare, expected_arrays
-from depthcut.export.run import export_run
+from depthcut.formats import llamacpp
+from depthcut.formats.gguf_file import compare, expected_arrays, write_gguf
+from depthcut.formats.run import export_run
 from depthcut.graph.structure import discover_structure
 from depthcut.methods import describe
 from depthcut.planning.plan import Action, Plan
@@ -91,10 +91,41 @@ def test_hetero_gguf_in_llamacpp(tmp_path, smol_tokenizer):
     assert "greedy 16 tokens equal" in json.loads((out / "export.json").read_text())["verified"]
 
 
+def test_qwen2_hetero_gguf_carries_its_biases(tmp_path, smol_tokenizer):
+    """Qwen2's q/k/v biases reach llama.cpp's deci graph (optional bias tensors there) and the
+    export matches PyTorch in llama.cpp itself."""
+    from gguf import GGUFReader
+
+    from tiny import tiny_qwen2
+
+    model = tiny_qwen2(
+        6,
+        sliding=False,
+        random_bias=True,
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=160,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=None,
+    )
+    # written from memory: a run saved with SmolLM2's tokenizer would reload it as a Qwen2
+    # tokenizer (transformers picks the class from the model type), whose pre-tokenizer the
+    # converter does not know under that vocabulary
+    pruned = dc.apply(model, hetero_plan(model))
+    write_gguf(pruned, smol_tokenizer, tmp_path)
+    path = tmp_path / "model-f32.gguf"
+    assert llamacpp.read_arrays(path)["arch"] == "deci"
+    names = {t.name for t in GGUFReader(path).tensors}
+    assert {"blk.1.attn_q.bias", "blk.1.attn_k.bias", "blk.1.attn_v.bias"} <= names
+    result = compare(pruned, path, smol_tokenizer)
+    assert result["max_logprob_gap"] <= 1e-3 and result["same_top5"] and result["greedy_equal"]
+
+
 def test_zero_ffn_is_needed_for_attention_only_blocks(tmp_path, smol_tokenizer, monkeypatch):
     """The evidence for the zero FFN: written with FFN length 0, llama.cpp drops the block's
     attention too, and its output no longer matches PyTorch."""
-    from depthcut.export import gguf_file
+    from depthcut.formats import gguf_file
 
     model = tiny_smol_vocab()
     pruned = save_run(tmp_path / "run", model, make_plan(model, [("mlp", 2)])[0], smol_tokenizer)
@@ -106,7 +137,7 @@ def test_zero_ffn_is_needed_for_attention_only_blocks(tmp_path, smol_tokenizer, 
 
 
 def _unpadded_layout(model):
-    from depthcut.export.layout import model_layout
+    from depthcut.formats.layout import model_layout
 
     return model_layout(model)
 
@@ -174,7 +205,7 @@ def test_cli_quantize_gguf_q4_k_m(tmp_path, smol_tokenizer, capsys):
 def test_tokenizer_the_converter_cannot_express_is_one_line(tmp_path):
     """tiny_llama's word-level tokenizer has no GGUF form: the converter's own reason, one
     line, and nothing written."""
-    from depthcut.export.common import ExportError
+    from depthcut.formats.common import ExportError
 
     model = tiny_llama(4)
     save_run(tmp_path / "run", model, make_plan(model, [("block", 2)])[0])  # tiny_tokenizer
@@ -182,3 +213,14 @@ def test_tokenizer_the_converter_cannot_express_is_one_line(tmp_path):
         export_run(tmp_path / "run", "gguf", tmp_path / "gguf", verify=False)
     assert "\n" not in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_the_one_quantize_list_matches_what_llama_cpp_makes():
+    from depthcut.config import GGUF_TYPES, INT4_METHODS, INT8_METHODS, QUANTIZE_METHODS
+    from depthcut.formats import llamacpp
+    from depthcut.quantization import METHODS
+
+    # every GGUF type of the list is made by llama.cpp's converter or its quantizer
+    assert set(GGUF_TYPES) == set(llamacpp.CONVERTER_TYPES) | set(llamacpp.QUANT_FTYPES)
+    assert METHODS == INT8_METHODS and "gguf-q4_k_m" in QUANTIZE_METHODS
+    assert len(QUANTIZE_METHODS) == len(INT8_METHODS) + len(INT4_METHODS) + len(GGUF_TYPES)

@@ -10,13 +10,13 @@ import torch
 
 import depthcut as dc
 from depthcut.errors import ConfigError, DepthcutError, OutputExistsError, UnsupportedModelError
-from depthcut.export.layout import block_specs
-from depthcut.export.run import export_run
+from depthcut.formats.layout import block_specs
+from depthcut.formats.run import export_run
 from depthcut.graph.structure import discover_structure
 from depthcut.methods import describe
 from depthcut.planning.plan import Action, Plan
 from support import prune_run, save_run
-from tiny import tiny_calib, tiny_gpt2, tiny_llama, tiny_tokenizer
+from tiny import tiny_calib, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_tokenizer
 
 
 def mixed_plan(model) -> Plan:
@@ -151,7 +151,7 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path):
 
 
 def test_int8_run_is_refused(tmp_path):
-    from depthcut.quantize import QuantizeConfig, quantize
+    from depthcut.quantization import QuantizeConfig, quantize
 
     model = tiny_llama(4)
     cfg = dc.PruneConfig(units=("block",), budget=dc.Budget(0.25))
@@ -222,3 +222,37 @@ def test_stand_in_no_format_can_express_names_block_and_module():
     model.model.layers[2].self_attn = PatchBranch("attention", 2, 2, fill="pass")
     with pytest.raises(UnsupportedModelError, match=r"^block 2: self_attn is a 'pass' stand-in"):
         block_specs(model)
+
+
+def test_hetero_qwen2_carries_the_qkv_biases(tmp_path):
+    """Qwen2 (q/k/v biases, no output bias) in the per-block form: the exported code's Llama
+    attention takes ``attention_bias`` for all four projections, so the output projection gets
+    a zero bias; loaded without depthcut it gives depthcut.load's logits."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_qwen2(6, sliding=False, random_bias=True)
+    save_run(tmp_path / "run", model, mixed_plan(model))
+    out = export_run(tmp_path / "run", "hf-hetero", tmp_path / "hetero")
+    config = json.loads((out / "config.json").read_text())
+    assert config["attention_bias"] is True and config["model_type"] == "nemotron-nas"
+    remote = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    ids = torch.randint(3, 97, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            remote(input_ids=ids).logits, reloaded_logits(out.parent / "run", ids)
+        )
+    q_bias = remote.model.layers[1].self_attn.q_proj.bias
+    assert q_bias is not None and q_bias.abs().sum() > 0  # the source's biases, not zeros
+    assert remote.model.layers[1].self_attn.o_proj.bias.abs().sum() == 0
+    reloaded = dc.load(tmp_path / "run")[0]
+    added = 32 * 5  # a zero output bias (hidden 32) in each of the 5 blocks with attention
+    total = sum(p.numel() for p in reloaded.parameters()) + added
+    assert sum(p.numel() for p in remote.parameters()) == total
+
+
+def test_hetero_refuses_qwen2_sliding_window_in_one_line(tmp_path):
+    model = tiny_qwen2(6, sliding=True)
+    save_run(tmp_path / "run", model, mixed_plan(model))
+    with pytest.raises(DepthcutError, match="use_sliding_window=True") as err:
+        export_run(tmp_path / "run", "hf-hetero", tmp_path / "hetero")
+    assert "\n" not in str(err.value) and not (tmp_path / "hetero").exists()

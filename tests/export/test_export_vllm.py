@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import depthcut as dc
-from depthcut.export.common import greedy, prompts
-from depthcut.export.run import export_run
+from depthcut.formats.common import greedy, prompts
+from depthcut.formats.run import export_run
 from depthcut.graph.structure import discover_structure
 from depthcut.methods import describe
 from depthcut.planning.plan import Action, Plan

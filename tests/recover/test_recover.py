@@ -7,10 +7,10 @@ import depthcut as dc
 from depthcut.data import pack_tokens
 from depthcut.errors import ConfigError
 from depthcut.losses import kd_loss, lm_loss
-from depthcut.recover.config import RecoverConfig
-from depthcut.recover.lora import add_lora, lora_targets, merge_lora
-from depthcut.recover.run import make_loss, recover, recovery_data
-from depthcut.recover.train import heldout_loss
+from depthcut.recovery.config import RecoverConfig
+from depthcut.recovery.lora import add_lora, lora_targets, merge_lora
+from depthcut.recovery.run import make_loss, recover, recovery_data
+from depthcut.recovery.train import heldout_loss
 from support import make_plan
 from tiny import VOCAB, pattern_text, tiny_calib, tiny_gpt2, tiny_llama, tiny_tokenizer
 
@@ -139,7 +139,7 @@ def test_bad_recover_config(kw, message):
 def test_loop_repairs_every_step_and_leaves_the_teacher(steps):
     """--repair ls inside prune → recover: each step's plan is repaired before it is applied
     (step 1 equals repair + apply by hand) and the dense teacher is never changed."""
-    from depthcut.recover.loop import prune_recover_loop
+    from depthcut.recovery.loop import prune_recover_loop
     from depthcut.refit.run import model_nll
 
     model, data = tiny_llama(seed=2), tiny_calib(n=12, length=24)

@@ -5,7 +5,7 @@ import torch
 
 import depthcut as dc
 import depthcut.cli
-import depthcut.quantize
+import depthcut.quantization
 from depthcut.io import logits_on_probe
 from support import prune_args, run
 
@@ -116,9 +116,9 @@ def test_quantize_verb_saves_and_pruning_it_is_refused(capsys, tmp_path, run_dir
 
 
 def test_recipe_replays_prune_recover_quantize(capsys, tmp_path, tiny_dir, text):
-    from depthcut.quantize import is_quantized
+    from depthcut.quantization import is_quantized
     from depthcut.recipe import Recipe
-    from depthcut.recover.config import RecoverConfig
+    from depthcut.recovery.config import RecoverConfig
 
     recipe = Recipe(
         dc.PruneConfig(units=("block",), budget=dc.Budget(params=0.3)),

@@ -8,7 +8,7 @@ import torch
 import depthcut as dc
 from depthcut.errors import ConfigError
 from depthcut.losses import kd_loss, sparse_kd_loss
-from depthcut.recover.targets import (
+from depthcut.recovery.targets import (
     compute_targets,
     fingerprint,
     load_targets,

@@ -10,8 +10,8 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 
 import depthcut as dc  # noqa: E402
 from depthcut.data import pack_tokens  # noqa: E402
-from depthcut.recover.config import RecoverConfig, rank  # noqa: E402
-from depthcut.recover.run import recover  # noqa: E402
+from depthcut.recovery.config import RecoverConfig, rank  # noqa: E402
+from depthcut.recovery.run import recover  # noqa: E402
 from support import make_plan  # noqa: E402
 from tiny import VOCAB, tiny_llama  # noqa: E402
 

@@ -10,7 +10,7 @@ import torch
 
 import depthcut as dc
 from depthcut.errors import ConfigError, UnsupportedModelError
-from depthcut.export.run import export_run
+from depthcut.formats.run import export_run
 from depthcut.refit.patch import hadamard
 from support import assert_reloads_equal, make_plan, real_tokens, run_masked
 from tiny import tiny_calib, tiny_llama

@@ -219,7 +219,7 @@ def cmd_frontier(args: argparse.Namespace) -> None:
 
 
 def recover_config(args: argparse.Namespace):
-    from depthcut.recover.config import RecoverConfig
+    from depthcut.recovery.config import RecoverConfig
 
     return RecoverConfig(
         method=getattr(args, "recover", None) or args.method,
@@ -244,7 +244,7 @@ def recover_config(args: argparse.Namespace):
 
 def make_recipe(args: argparse.Namespace):
     """The recipe of a prune run: from ``--recipe FILE``, else from the flags."""
-    from depthcut.quantize import QuantizeConfig
+    from depthcut.quantization import QuantizeConfig
     from depthcut.recipe import Recipe
 
     if args.recipe:
@@ -277,7 +277,7 @@ def export_request(text: str | None) -> tuple[str, str | None] | None:
     """``--export gguf:q4_k_m`` → ("gguf", "q4_k_m"), checked before any work."""
     if not text:
         return None
-    from depthcut.export.run import check_request
+    from depthcut.formats.run import check_request
 
     fmt, _, quant = text.partition(":")
     check_request(fmt, quant or None)
@@ -301,7 +301,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     )
     run_prune(job)
     if export is not None:
-        from depthcut.export.run import export_run
+        from depthcut.formats.run import export_run
 
         fmt, quant = export
         out = export_run(args.out, fmt, Path(args.out) / fmt, quant, overwrite=args.overwrite)
@@ -310,7 +310,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 def cmd_recover(args: argparse.Namespace) -> None:
     from depthcut.jobs import RecoverJob, run_recover
-    from depthcut.recover.config import rank
+    from depthcut.recovery.config import rank
 
     job = RecoverJob(
         model_ref(args, args.run),
@@ -331,7 +331,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     from depthcut.jobs import QuantizeJob, run_quantize
 
     if args.method.startswith("gguf-"):
-        from depthcut.export.run import export_run
+        from depthcut.formats.run import export_run
 
         if not args.out:
             raise DepthcutError("--method gguf-*: give --out, the directory of the GGUF file")
@@ -356,7 +356,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from depthcut.export.run import export_run
+    from depthcut.formats.run import export_run
 
     out = export_run(args.run, args.format, args.out, args.quant, args.verify, args.overwrite)
     print(f"{args.format} export -> {out}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from depthcut.cli import commands
+from depthcut.config import GGUF_TYPES, INT4_METHODS, INT8_METHODS, QUANTIZE_METHODS
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -282,8 +283,11 @@ def add_quantize(sub) -> None:
     p.add_argument(
         "--method",
         default="dynamic_int8",
-        help="dynamic_int8, torchao_int8_weight_only, gptq, awq; gguf-q4_k_m (or gguf-q8_0, "
-        "gguf-f16): a GGUF file through llama.cpp's quantizer",
+        choices=QUANTIZE_METHODS,
+        metavar="METHOD",
+        help=f"{', '.join(INT8_METHODS)} (PyTorch int8); {', '.join(INT4_METHODS)} (4-bit, "
+        "llm-compressor); gguf-TYPE, a GGUF file through llama.cpp's quantizer, TYPE one of "
+        f"{', '.join(GGUF_TYPES)} (default %(default)s)",
     )
     p.add_argument("--skip", nargs="*", default=[], help="module path suffixes kept float")
     p.add_argument("--group-size", type=int, default=128, help="gptq/awq input-width group")

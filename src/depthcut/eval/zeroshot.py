@@ -195,7 +195,7 @@ OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 def offline_env() -> Iterator[None]:
     """lm-eval and datasets read the local task files without asking a hub, for the duration
     only: the caller's environment is restored afterwards."""
-    from depthcut.quantize import quiet_torchao
+    from depthcut.quantization import quiet_torchao
 
     quiet_torchao()
     saved = {key: os.environ.get(key) for key in OFFLINE_ENV}

@@ -87,7 +87,7 @@ class Link:
 class _Spaces:
     """Union-find over (value, dim) pairs."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.parent: dict[tuple, tuple] = {}
 
     def find(self, key: tuple) -> tuple:

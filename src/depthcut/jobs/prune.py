@@ -147,7 +147,7 @@ def _prune_and_measure(model, the_plan, tok, settings, fix) -> tuple:
 
 def _save(model, plans, job: PruneJob, tok, extra) -> Path:
     from depthcut.io import save
-    from depthcut.quantize import quantize
+    from depthcut.quantization import quantize
 
     recipe = job.recipe
     meta: dict[str, Any] = {"source": job.model.source}
@@ -170,7 +170,7 @@ def _save(model, plans, job: PruneJob, tok, extra) -> Path:
 def _iterative(model, tok, calib, job: PruneJob) -> Path:
     """k rounds of prune → (recover) → re-score; history.json and history.png beside."""
     from depthcut.eval.run import perplexity_fn
-    from depthcut.recover.loop import prune_recover_loop
+    from depthcut.recovery.loop import prune_recover_loop
     from depthcut.report.curves import plot_iterative
     from depthcut.report.write import iterative_markdown
 

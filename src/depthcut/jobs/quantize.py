@@ -7,10 +7,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 
 from depthcut import log
+from depthcut.config import Int4Method, Int8Method
 from depthcut.errors import DepthcutError
 from depthcut.eval.run import EvalSettings
 from depthcut.jobs.common import CalibSpec, ModelRef, Output
@@ -23,7 +25,7 @@ class QuantizeJob:
     int8 measurement runs."""
 
     run: ModelRef
-    method: str = "dynamic_int8"
+    method: Int8Method | Int4Method = "dynamic_int8"
     out: Output | None = None
     skip: tuple[str, ...] = ()
     keep_mlp_out: bool = True
@@ -34,7 +36,7 @@ class QuantizeJob:
 
 def run_quantize(job: QuantizeJob) -> Path | None:
     """The quantized run (or the 4-bit recipe) in ``out``; None when only measured."""
-    from depthcut.int4 import INT4_METHODS
+    from depthcut.config import INT4_METHODS
 
     if job.method in INT4_METHODS:
         return _int4_dir(job)
@@ -45,9 +47,10 @@ def _int8_dir(job: QuantizeJob) -> Path | None:
     from depthcut.eval.run import evaluate_models
     from depthcut.io import read_meta, save
     from depthcut.planning.plan import Plan
-    from depthcut.quantize import SAVED_METHODS, QuantizeConfig, quantize, size_mb
+    from depthcut.quantization import SAVED_METHODS, QuantizeConfig, quantize, size_mb
 
-    cfg = QuantizeConfig(job.method, job.skip, keep_mlp_out=job.keep_mlp_out)
+    method = cast(Int8Method, job.method)  # the 4-bit methods went to _int4_dir
+    cfg = QuantizeConfig(method, job.skip, keep_mlp_out=job.keep_mlp_out)
     if job.out and cfg.method not in SAVED_METHODS:
         raise DepthcutError(
             f"{cfg.method} is for measurement only (slower than dynamic_int8 on CPU here); "
@@ -144,7 +147,7 @@ def _int4_inputs(job: QuantizeJob, tok) -> dict:
 
 def _hf_checkpoint(run: str, scratch: Path) -> Path:
     """The run as a plain Hugging Face checkpoint, or with remote code when its layers differ."""
-    from depthcut.export.run import export_run
+    from depthcut.formats.run import export_run
 
     try:
         return export_run(run, "hf", scratch / "hf", verify=False)
@@ -153,7 +156,7 @@ def _hf_checkpoint(run: str, scratch: Path) -> Path:
 
 
 def _int4_report(result: dict, model) -> dict:
-    from depthcut.quantize import size_mb
+    from depthcut.quantization import size_mb
 
     count = result["count"]
     ppl = {k: math.exp(result[f"{k}_nll"] / count) for k in ("float", "quantized")}

@@ -13,7 +13,7 @@ from depthcut import log
 from depthcut.errors import DepthcutError
 from depthcut.eval.run import EvalSettings
 from depthcut.jobs.common import ModelRef, Output
-from depthcut.recover.config import RecoverConfig, rank
+from depthcut.recovery.config import RecoverConfig, rank
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def _recover_and_save(job: RecoverJob, meta: dict, teacher_name: str | None) -> 
     from depthcut.eval.run import perplexity_fn
     from depthcut.io import save
     from depthcut.planning.plan import Plan
-    from depthcut.recover.run import Checkpoints, recover, recovery_data
+    from depthcut.recovery.run import Checkpoints, recover, recovery_data
     from depthcut.report.curves import plot_recovery
 
     cfg = job.recover
@@ -180,7 +180,7 @@ def distillation_teacher(job: RecoverJob, tok, teacher, teacher_ref, train_data)
     """What the KD loss reads: the live teacher (``teacher_topk`` 0), or its top-k targets,
     read from the targets file when it was computed for these windows, else computed (from
     the teacher in memory, or streamed from its checkpoint) and stored there."""
-    from depthcut.recover.targets import (
+    from depthcut.recovery.targets import (
         compute_targets,
         fingerprint,
         load_targets,

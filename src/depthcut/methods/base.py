@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from torch import nn
 
@@ -15,9 +15,6 @@ from depthcut.planning.plan import Plan
 from depthcut.scores import Scores
 from depthcut.surgery.patch import patch_params
 from depthcut.units.discover import count_params, embedding_params
-
-if TYPE_CHECKING:
-    from depthcut.methods.fine.model import FineModel
 
 
 class Family(Protocol):
@@ -40,7 +37,11 @@ class Family(Protocol):
     ) -> None: ...
 
     def select(
-        self, scores: Scores, cfg: PruneConfig, model: nn.Module | FineModel | None, plan: Plan
+        self,
+        scores: Scores,
+        cfg: PruneConfig,
+        model: Any,  # nn.Module, a traced FineModel (fine plans) or None
+        plan: Plan,
     ) -> None: ...
 
     def apply(

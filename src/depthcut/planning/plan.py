@@ -73,17 +73,21 @@ class Plan:
 
     @property
     def removed_params(self) -> int:
+        """Parameters the plan removes (summed over its actions)."""
         return sum(a.params for a in self.actions)
 
     @property
     def removed_blocks(self) -> list[int]:
+        """The indices of the whole blocks the plan removes, ascending."""
         return sorted(a.block for a in self.actions if a.kind is Kind.BLOCK)
 
     def fraction(self, count: str = "all") -> float:
+        """The removed share of the model's parameters (``all`` or ``non_embedding``)."""
         key = "params_all" if count == "all" else "params_non_embedding"
         return self.removed_params / self.model[key]
 
     def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON-ready data (what ``plan.json`` holds)."""
         return {
             "version": self.version,
             "actions": [a.to_dict() for a in self.actions],
@@ -93,10 +97,12 @@ class Plan:
         }
 
     def to_json(self) -> str:
+        """The plan as indented JSON."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
+        """The plan ``to_dict`` wrote; refuses other data and unknown versions."""
         from depthcut.files import check_version
 
         if not isinstance(data, dict) or "actions" not in data or "model" not in data:
@@ -106,10 +112,12 @@ class Plan:
         return cls(actions, data["model"], data.get("run", {}), data["version"])
 
     def save(self, path: str | Path) -> None:
+        """Write the plan as JSON to ``path``."""
         Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
+        """The plan saved at ``path``."""
         from depthcut.files import read_json
 
         return cls.from_dict(read_json(path, "plan"))

@@ -34,6 +34,7 @@ class Budgets:
             raise ConfigError(f"budget mode {self.mode!r} unknown; choose one of {BUDGET_MODES}")
 
     def given(self) -> dict[str, float]:
+        """The budgets given (``latency``, ``kv``, ``params``) as {name: fraction}."""
         return {k: float(getattr(self, k)) for k in KEYS if getattr(self, k) is not None}
 
     @property

@@ -2,7 +2,7 @@
 
 A plain loop, on purpose: the models are tens of thousands of parameters, trained once into the
 cache (``fashion.trained_cnn``) or fine-tuned for an epoch after pruning; an engine with
-processes, checkpoints and mixed precision (``depthcut.recover``, for language models) would add
+processes, checkpoints and mixed precision (``depthcut.recovery``, for language models) would add
 start-up time and nothing these need. Deterministic for a given seed and thread count.
 """
 

@@ -3,7 +3,7 @@
 Block pruning and uniform width pruning keep every block alike, so the original architecture
 class describes the result: layers renumbered, ``num_hidden_layers`` and every per-layer list
 cut to the kept blocks, head counts / ``head_dim`` / ``intermediate_size`` written. Llama-family
-models go through :mod:`depthcut.export.layout` (blocks emptied by sublayer pruning are
+models go through :mod:`depthcut.formats.layout` (blocks emptied by sublayer pruning are
 dropped, fine-pruned identities become matrices); other architectures are written as they are
 in memory. Verified: plain ``AutoModelForCausalLM.from_pretrained`` gives the logits of the
 in-memory model.
@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 
 from depthcut.errors import UnsupportedModelError
-from depthcut.export.common import (
+from depthcut.formats.common import (
     ExportError,
     prompts,
     reference_logits,
     write_config,
     write_safetensors,
 )
-from depthcut.export.layout import (
+from depthcut.formats.layout import (
     LLAMA_FAMILY,
     Layout,
     cut_per_layer_lists,

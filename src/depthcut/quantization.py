@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from depthcut.config import INT8_METHODS, Int8Method
 from depthcut.errors import ConfigError, DepthcutError
 from depthcut.hftypes import HFModel
 
-METHODS = ("dynamic_int8", "torchao_int8_weight_only")
+METHODS = INT8_METHODS
 SAVED_METHODS = ("dynamic_int8",)
 ORDER_HINT = "prune (and recover) first, quantize last: layers → heads → recovery → quantize"
 
@@ -39,7 +40,7 @@ class QuantizeConfig:
     per-tensor dynamic int8 cannot represent (SmolLM2-135M perplexity 11.9 → 28.7 with them
     quantized, 13.8 without)."""
 
-    method: str = "dynamic_int8"
+    method: Int8Method = "dynamic_int8"
     skip: tuple[str, ...] = ()
     keep_mlp_out: bool = True
 
@@ -48,6 +49,7 @@ class QuantizeConfig:
             raise ConfigError(f"quantize method {self.method!r}; choose one of {METHODS}")
 
     def to_dict(self) -> dict:
+        """The config as JSON-ready data (saved in ``depthcut.json``)."""
         return asdict(self)
 
 

@@ -13,11 +13,11 @@ from torch import nn
 from depthcut.data import CalibData, pack_tokens, recovery_texts, tokenize_until
 from depthcut.errors import ConfigError
 from depthcut.losses import kd_loss, lm_loss, sparse_kd_loss
-from depthcut.quantize import refuse_quantized
-from depthcut.recover.config import RecoverConfig
-from depthcut.recover.lora import add_lora, merge_lora
-from depthcut.recover.targets import TeacherTargets
-from depthcut.recover.train import forward_logits, train
+from depthcut.quantization import refuse_quantized
+from depthcut.recovery.config import RecoverConfig
+from depthcut.recovery.lora import add_lora, merge_lora
+from depthcut.recovery.targets import TeacherTargets
+from depthcut.recovery.train import forward_logits, train
 
 
 def recovery_data(tokenizer, cfg: RecoverConfig) -> tuple[CalibData, CalibData]:
@@ -115,6 +115,6 @@ def live_targets(
     teacher: nn.Module, tokenizer, data: CalibData, k: int, progress: bool = True
 ) -> TeacherTargets:
     """The top-``k`` targets of ``teacher`` on ``data``, computed now (not stored)."""
-    from depthcut.recover.targets import compute_targets, fingerprint
+    from depthcut.recovery.targets import compute_targets, fingerprint
 
     return compute_targets(teacher, data, k, fingerprint(tokenizer, data, k), progress)

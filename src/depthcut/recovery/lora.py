@@ -11,8 +11,8 @@ from depthcut.errors import UnsupportedModelError
 from depthcut.graph.structure import discover_structure
 from depthcut.hftypes import HFModel
 from depthcut.ops import is_transform
-from depthcut.quantize import quiet_torchao
-from depthcut.recover.config import RecoverConfig
+from depthcut.quantization import quiet_torchao
+from depthcut.recovery.config import RecoverConfig
 
 
 def lora_targets(model: nn.Module) -> list[str]:

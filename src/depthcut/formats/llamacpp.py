@@ -4,7 +4,7 @@ runtime through the ``llama_cpp`` binding (the ``llama`` extra; ``make llama`` b
 the sdist). Each runs in a subprocess: llama.cpp's logging stays off depthcut's stderr, and a
 crash in native code becomes a one-line error.
 
-    python -m depthcut.export.llamacpp install   # the converter (and a check of the binding)
+    python -m depthcut.formats.llamacpp install   # the converter (and a check of the binding)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tarfile
 from pathlib import Path
 
 from depthcut import log
-from depthcut.export.common import ExportError
+from depthcut.formats.common import ExportError
 
 VERSION = "0.3.36"
 SDIST = f"llama_cpp_python-{VERSION}.tar.gz"

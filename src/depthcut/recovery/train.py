@@ -24,7 +24,7 @@ from transformers import Trainer, TrainerCallback
 
 from depthcut.data import CalibData
 from depthcut.losses import lm_loss
-from depthcut.recover.config import RecoverConfig, rank
+from depthcut.recovery.config import RecoverConfig, rank
 
 Batch = dict[str, Any]  # input_ids, attention_mask (tensors) and the row index
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]

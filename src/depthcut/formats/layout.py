@@ -22,7 +22,10 @@ from depthcut.hftypes import HFModel
 from depthcut.surgery.hf import per_layer_keys
 from depthcut.surgery.modules import PatchBranch, ZeroBranch
 
-LLAMA_FAMILY = ("llama", "mistral")
+# decoders whose blocks are Llama's (RMSNorm, rotary attention, SwiGLU MLP); Qwen2 adds q/k/v
+# biases, which every per-layer form carries (llama.cpp's ``deci`` reads them as optional
+# tensors, the exported code as ``attention_bias`` with a zero output bias)
+LLAMA_FAMILY = ("llama", "mistral", "qwen2")
 MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
 ATTN_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -49,6 +52,23 @@ class Layout:
     blocks: list[BlockSpec]
     head_dim: int
     state: dict[str, torch.Tensor]
+
+    @property
+    def attention_bias(self) -> bool:
+        """Whether the attention projections carry biases (Qwen2's q / k / v)."""
+        return any(k.endswith("self_attn.q_proj.bias") for k in self.state)
+
+    def with_output_bias(self) -> Layout:
+        """For forms with one ``attention_bias`` switch for all four projections (the Llama
+        attention of the exported code, vLLM's Nemotron-NAS): a zero ``o_proj`` bias where the
+        source has none (exact: it adds zeros)."""
+        state = dict(self.state)
+        for n, b in enumerate(self.blocks):
+            key = f"model.layers.{n}.self_attn.o_proj.bias"
+            weight = state.get(f"model.layers.{n}.self_attn.o_proj.weight")
+            if self.attention_bias and b.heads and weight is not None and key not in state:
+                state[key] = weight.new_zeros(weight.shape[0])
+        return Layout(self.blocks, self.head_dim, state)
 
     @property
     def uniform(self) -> bool:
@@ -81,6 +101,17 @@ def require_llama_family(config) -> None:
     for flag in ("attention_bias", "mlp_bias"):
         if getattr(config, flag, False):
             raise UnsupportedModelError(f"{flag}=True is not supported by the export layouts")
+
+
+def require_full_attention(config) -> None:
+    """The per-block forms (the exported code's Llama attention, llama.cpp's ``deci``) give
+    every block full attention: refuse a source with a sliding window."""
+    if getattr(config, "use_sliding_window", False):
+        raise UnsupportedModelError(
+            f"{config.model_type} with use_sliding_window=True: the per-block forms give every "
+            "block full attention (llama.cpp's deci graph has no sliding window); export "
+            "uniform plans with --format hf"
+        )
 
 
 def require_plain_blocks(model: HFModel) -> None:
@@ -158,7 +189,10 @@ def _block_state(layer: HFModel, spec: BlockSpec, prefix: str, like: torch.Tenso
     if spec.heads:
         out[f"{prefix}.input_layernorm.weight"] = layer.input_layernorm.weight
         for name in ATTN_LINEARS:
-            out[f"{prefix}.self_attn.{name}.weight"] = getattr(layer.self_attn, name).weight
+            linear = getattr(layer.self_attn, name)
+            out[f"{prefix}.self_attn.{name}.weight"] = linear.weight
+            if linear.bias is not None:
+                out[f"{prefix}.self_attn.{name}.bias"] = linear.bias
     if spec.ffn:
         out[f"{prefix}.post_attention_layernorm.weight"] = layer.post_attention_layernorm.weight
         for name in MLP_LINEARS:

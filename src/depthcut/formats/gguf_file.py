@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from depthcut.config import GGUF_TYPES
 from depthcut.errors import ConfigError
-from depthcut.export import llamacpp
-from depthcut.export.common import (
+from depthcut.formats import llamacpp
+from depthcut.formats.common import (
     ExportError,
     greedy,
     prompts,
@@ -33,13 +34,19 @@ from depthcut.export.common import (
     write_config,
     write_safetensors,
 )
-from depthcut.export.hetero import hetero_config
-from depthcut.export.hf import uniform_config
-from depthcut.export.layout import LLAMA_FAMILY, Layout, model_layout, require_plain_blocks
+from depthcut.formats.hetero import hetero_config
+from depthcut.formats.hf import uniform_config
+from depthcut.formats.layout import (
+    LLAMA_FAMILY,
+    Layout,
+    model_layout,
+    require_full_attention,
+    require_plain_blocks,
+)
 from depthcut.hftypes import HFModel
 
 ZERO_FFN = 32
-QUANTS = (*llamacpp.CONVERTER_TYPES, *llamacpp.QUANT_FTYPES)
+QUANTS = GGUF_TYPES  # each made by llama.cpp's converter or quantizer (tested)
 TOP_K, TOP_SAME, LOGPROB_TOL, GREEDY_TOKENS = 100, 5, 1e-2, 16
 
 
@@ -98,6 +105,8 @@ def _stage(model: HFModel, tokenizer, folder: Path) -> str:
             config = uniform_config(model, layout) | {"architectures": [type(model).__name__]}
             route = "source architecture"
         else:
+            require_full_attention(model.config)
+            layout = layout.with_output_bias()
             config = hetero_config(model, layout)
             config.pop("per_layer_config"), config.pop("auto_map")
             for block in config["block_configs"]:  # the converter indexes it; its value is

@@ -15,7 +15,7 @@ from depthcut.config import Budget, PruneConfig
 from depthcut.data import CalibData
 from depthcut.errors import ConfigError
 from depthcut.planning.plan import Plan
-from depthcut.recover.config import RecoverConfig
+from depthcut.recovery.config import RecoverConfig
 from depthcut.units.discover import count_params
 
 Evaluate = Callable[[nn.Module], float]
@@ -56,7 +56,7 @@ def prune_recover_loop(
     is the distillation teacher and is left as it is."""
     from depthcut.api import plan, score
     from depthcut.eval.run import param_counts
-    from depthcut.recover.run import recover
+    from depthcut.recovery.run import recover
 
     if steps < 1:
         raise ConfigError(f"steps={steps} must be >= 1")

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from depthcut.export.common import (
+from depthcut.formats.common import (
     ExportError,
     greedy,
     prompts,
@@ -27,7 +27,13 @@ from depthcut.export.common import (
     write_config,
     write_safetensors,
 )
-from depthcut.export.layout import BlockSpec, Layout, cut_per_layer_lists, model_layout
+from depthcut.formats.layout import (
+    BlockSpec,
+    Layout,
+    cut_per_layer_lists,
+    model_layout,
+    require_full_attention,
+)
 from depthcut.hftypes import HFModel
 
 MODELING = Path(__file__).with_name("modeling_depthcut.py")
@@ -88,6 +94,7 @@ def hetero_config(model: HFModel, layout: Layout) -> dict:
         "block_configs": [block_config(b, model.config.hidden_size) for b in layout.blocks],
         "per_layer_config": per_layer_overrides(layout),
         "allow_global_per_layer_attribute_access": True,
+        "attention_bias": layout.attention_bias,
         "depthcut_identity_matrices": {
             str(n): list(b.identities) for n, b in enumerate(layout.blocks) if b.identities
         },
@@ -96,7 +103,8 @@ def hetero_config(model: HFModel, layout: Layout) -> dict:
 
 
 def write_hetero(model: HFModel, tokenizer, folder: Path) -> str:
-    layout = model_layout(model)
+    require_full_attention(model.config)
+    layout = model_layout(model).with_output_bias()
     write_config(hetero_config(model, layout), folder)
     write_safetensors(layout.state, folder)
     shutil.copyfile(MODELING, folder / MODELING.name)

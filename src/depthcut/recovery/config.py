@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from typing import Literal, get_args
 
 from depthcut.errors import ConfigError
 
-METHODS = ("lora", "full")
-LOSSES = ("lm", "kd")
+RecoverMethod = Literal["lora", "full"]
+RecoverLoss = Literal["lm", "kd"]
+METHODS: tuple[str, ...] = get_args(RecoverMethod)
+LOSSES: tuple[str, ...] = get_args(RecoverLoss)
 DEFAULT_LR = {"full": 2e-5, "lora": 2e-4}  # lesson: 5e-6–2e-5 for full; LoRA needs ~10× more
 
 
@@ -37,8 +40,8 @@ class RecoverConfig:
     0.0002
     """
 
-    method: str = "lora"
-    loss: str = "lm"
+    method: RecoverMethod = "lora"
+    loss: RecoverLoss = "lm"
     lr: float | None = None
     max_steps: int = 200
     epochs: float = 3.0
@@ -94,7 +97,9 @@ class RecoverConfig:
 
     @property
     def learning_rate(self) -> float:
+        """The peak learning rate: ``lr`` if given, else the method's default."""
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
 
     def to_dict(self) -> dict:
+        """The config as JSON-ready data, with the learning rate it resolves to."""
         return asdict(self) | {"learning_rate": self.learning_rate}

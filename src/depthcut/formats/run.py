@@ -8,9 +8,9 @@ from pathlib import Path
 
 from depthcut import log
 from depthcut.errors import ConfigError
-from depthcut.export import gguf_file as gguf
-from depthcut.export import hetero, hf
-from depthcut.export.common import load_run
+from depthcut.formats import gguf_file as gguf
+from depthcut.formats import hetero, hf
+from depthcut.formats.common import load_run
 
 FORMATS = ("hf", "hf-hetero", "gguf")
 

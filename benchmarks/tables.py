@@ -1,0 +1,159 @@
+"""The documentation's benchmark tables, generated from ``benchmarks/results/*.json``.
+
+A table in a page sits between ``<!-- generated: NAME -->`` and ``<!-- end generated -->``;
+``python benchmarks/tables.py NAME`` prints it, ``python benchmarks/tables.py --write`` rewrites
+every generated block of ``docs/`` from the results files, and ``tests/test_doc_tables.py``
+fails when a block differs from what its results file gives. Each table opens with the command,
+date, commit and hardware its results file records (where the file records them)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DOCS = HERE.parent / "docs"
+BLOCK = re.compile(r"(<!-- generated: (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def provenance(results: dict) -> str:
+    """One line: the command, date, commit and hardware a results file records."""
+    parts = [f"`{results['command']}`"] if results.get("command") else []
+    parts += [
+        results[k] if k == "date" else f"commit {results[k]}"
+        for k in ("date", "commit")
+        if results.get(k)
+    ]
+    if results.get("hardware"):
+        parts.append(f"{results['hardware']['cores']}-core CPU ({results['hardware']['cpu']})")
+    return ", ".join(parts)
+
+
+def _bold_best(cells: list[tuple[float, str]], low: bool = True) -> list[str]:
+    best = (min if low else max)(v for v, _ in cells)
+    return [f"**{text}**" if v == best else text for v, text in cells]
+
+
+def budget_grid(name: str, third: str) -> str:
+    """A method × budget grid: removed / perplexity / ``third`` (``kl`` or ``speed``) per cell;
+    the best perplexity of each column in bold."""
+    data = _load(name)
+    budgets = list(data["budgets"])
+    methods = list(data["budgets"][budgets[0]])
+    fmt = (lambda r: f"{r['kl']:.2f}") if third == "kl" else (lambda r: f"{r['speed']:.2f}×")
+    columns = []
+    for b in budgets:
+        rows = data["budgets"][b]
+        columns.append(_bold_best([(rows[m]["ppl"], _ppl(rows[m]["ppl"])) for m in methods]))
+    made = f" ({provenance(data)})" if provenance(data) else ""
+    lines = [
+        f"`benchmarks/results/{name}.json`{made}; dense perplexity {data['dense']['ppl']:.2f}",
+        "",
+        "| method | " + " | ".join(f"{float(b):.0%}" for b in budgets) + " |",
+        "|---|" + "---:|" * len(budgets),
+    ]
+    for i, m in enumerate(methods):
+        cells = [
+            f"{data['budgets'][b][m]['removed']:.1%} / {columns[j][i]} / "
+            f"{fmt(data['budgets'][b][m])}"
+            for j, b in enumerate(budgets)
+        ]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ppl(value: float) -> str:
+    return f"{value:.2f}" if value < 10_000 else f"{value:.0f}"
+
+
+def default_runs() -> str:
+    """``bench_default.py``: the default on the packaged models, with its cost."""
+    data = _load("default")
+    lines = [
+        provenance(data),
+        "",
+        "| model | calibration (auto) | wall | peak RSS ÷ float32 checkpoint "
+        "| ppl dense → pruned |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in data["rows"]:
+        rss = f"{r['rss_over_checkpoint']:.2f} ({r['peak_rss'] / 1e9:.2f} GB)"
+        ppl = f"{r['ppl_before']:.2f} → {r['ppl_after']:.2f}"
+        lines.append(
+            f"| {r['model']} | {r['calibration_windows']} × 256 | {r['seconds']:.0f} s "
+            f"| {rss} | {ppl} |"
+        )
+    return "\n".join(lines)
+
+
+def ls_memory() -> str:
+    """``bench_ls_memory.py --compare``: the ls statistics' peak over the model."""
+    data = _load("ls_memory")
+    lines = [
+        f"{provenance(data)}; {data['blocks']} blocks",
+        "",
+        "| code | ls scores + ls refit, peak over the model | wall |",
+        "|---|---:|---:|",
+    ]
+    for r in data["rows"]:
+        code = "this version" if r["code"] == "this checkout" else "before"
+        lines.append(f"| {code} | {r['score_extra_mb'] / 1e3:.2f} GB | {r['seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
+def _from_bench(module: str, function: str, *results: str) -> Callable[[], str]:
+    """A benchmark's own table function, called with its results files."""
+
+    def render() -> str:
+        sys.path.insert(0, str(HERE))
+        return getattr(__import__(module), function)(*map(_load, results))
+
+    return render
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "sweep_gemma": lambda: budget_grid("sweep_gemma", "kl"),
+    "sweep": lambda: budget_grid("sweep", "kl"),
+    "latency": lambda: budget_grid("latency", "speed"),
+    "default": default_runs,
+    "ls_memory": ls_memory,
+    "vision": _from_bench("bench_vision", "table", "vision"),
+    "sparse_kd": _from_bench("bench_sparse_kd", "doc_table", "sparse_kd"),
+    "frontier": _from_bench("bench_frontier", "doc_table", "frontier_smollm2", "latency"),
+    "pipeline": _from_bench("bench_pipeline", "doc_table", "pipeline_smollm2"),
+}
+
+
+def blocks(text: str) -> list[tuple[str, str]]:
+    """(table name, the text between its markers) of every generated block in a page."""
+    return [(m.group(2), m.group(3)) for m in BLOCK.finditer(text)]
+
+
+def rewrite(text: str) -> str:
+    """The page with every generated block made again from its results file."""
+    return BLOCK.sub(lambda m: f"{m.group(1)}{TABLES[m.group(2)]()}\n{m.group(4)}", text)
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--write"]:
+        for page in sorted(DOCS.rglob("*.md")):
+            text = page.read_text()
+            if blocks(text) and rewrite(text) != text:
+                page.write_text(rewrite(text))
+                print(f"rewrote {page.relative_to(DOCS.parent)}")
+        return
+    if len(sys.argv) != 2 or sys.argv[1] not in TABLES:
+        sys.exit(f"usage: tables.py NAME | --write   (NAME: {', '.join(TABLES)})")
+    print(TABLES[sys.argv[1]]())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Every benchmark table of the documentation is generated from its results file: the text
+between ``<!-- generated: NAME -->`` and ``<!-- end generated -->`` is what
+``python benchmarks/tables.py NAME`` prints (``--write`` regenerates them all)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import tables  # noqa: E402
+
+PAGES = sorted((ROOT / "docs").rglob("*.md"))
+GENERATED = [(p, name, text) for p in PAGES for name, text in tables.blocks(p.read_text())]
+
+
+@pytest.mark.parametrize(
+    ("page", "name", "text"), GENERATED, ids=[f"{p.name}:{n}" for p, n, _ in GENERATED]
+)
+def test_the_page_holds_the_table_its_results_file_gives(page, name, text):
+    assert text == tables.TABLES[name]() + "\n", (
+        f"{page.relative_to(ROOT)} is stale: run python benchmarks/tables.py --write"
+    )
+
+
+def test_every_generated_table_appears_in_the_documentation():
+    assert {name for _, name, _ in GENERATED} == set(tables.TABLES)
+
+
+def test_a_changed_results_file_changes_the_table(monkeypatch):
+    before = tables.TABLES["latency"]()
+    data = json.loads((tables.RESULTS / "latency.json").read_text())
+    data["budgets"]["0.1"]["ShortGPT + ls"]["ppl"] = 1.5
+    monkeypatch.setattr(tables, "_load", lambda name: data)
+    grid = tables.budget_grid("latency", "speed")
+    assert "/ **1.50** /" in grid and grid != before
+
+
+def test_write_regenerates_a_stale_block():
+    page = "x\n<!-- generated: ls_memory -->\nold\n<!-- end generated -->\ny\n"
+    assert tables.rewrite(page) == (
+        f"x\n<!-- generated: ls_memory -->\n{tables.ls_memory()}\n<!-- end generated -->\ny\n"
+    )
