@@ -124,7 +124,7 @@ def test_recipe_replays_prune_recover_quantize(capsys, tmp_path, tiny_dir, text)
         dc.PruneConfig(units=("block",), budget=dc.Budget(params=0.3)),
         steps=2,
         recover=RecoverConfig(method="full", lr=1e-3, max_steps=4, seq_len=16, source=str(text)),
-        quantize=dc.quantize.QuantizeConfig("dynamic_int8"),
+        quantize=dc.QuantizeConfig("dynamic_int8"),
     )
     recipe.save(tmp_path / "recipe.json")
     out = tmp_path / "r"

@@ -328,7 +328,13 @@ def cmd_recover(args: argparse.Namespace) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
+    from depthcut.config import QUANTIZE_METHODS
     from depthcut.jobs import QuantizeJob, run_quantize
+
+    if args.method not in QUANTIZE_METHODS:
+        raise DepthcutError(
+            f"quantize method {args.method!r}; choose one of {', '.join(QUANTIZE_METHODS)}"
+        )
 
     if args.method.startswith("gguf-"):
         from depthcut.formats.run import export_run

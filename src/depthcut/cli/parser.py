@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from depthcut.cli import commands
-from depthcut.config import GGUF_TYPES, INT4_METHODS, INT8_METHODS, QUANTIZE_METHODS
+from depthcut.config import GGUF_TYPES, INT4_METHODS, INT8_METHODS
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -283,7 +283,6 @@ def add_quantize(sub) -> None:
     p.add_argument(
         "--method",
         default="dynamic_int8",
-        choices=QUANTIZE_METHODS,
         metavar="METHOD",
         help=f"{', '.join(INT8_METHODS)} (PyTorch int8); {', '.join(INT4_METHODS)} (4-bit, "
         "llm-compressor); gguf-TYPE, a GGUF file through llama.cpp's quantizer, TYPE one of "
