@@ -129,6 +129,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "sparse_kd": _from_bench("bench_sparse_kd", "doc_table", "sparse_kd"),
     "frontier": _from_bench("bench_frontier", "doc_table", "frontier_smollm2", "latency"),
     "pipeline": _from_bench("bench_pipeline", "doc_table", "pipeline_smollm2"),
+    "healing": _from_bench("bench_healing", "doc_table", "healing_smollm2"),
 }
 
 
