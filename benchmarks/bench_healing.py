@@ -16,19 +16,17 @@ pruned interleaved). Writes results/healing_smollm2.json."""
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import math
 
 import torch
 
 import depthcut as dc
-from bench_quality import METHODS, WINDOW, WINDOWS, config, held_out
+from bench_pipeline import log_gap_closed, recovery_config
+from bench_quality import METHODS, WINDOW, WINDOWS, config, held_out, prune
 from depthcut.data import evaluation_tokens
 from depthcut.eval.run import param_counts
-from depthcut.recovery.config import RecoverConfig
 from depthcut.search.joint import decode_ratio
-from results_file import RESULTS, write
+from results_file import write
 
 HEALED = (
     "ShortGPT (BI blocks)",
@@ -40,16 +38,11 @@ THREADS = 2
 
 
 def pruned_pair(model, name: str, calib) -> tuple:
-    """(unrepaired, repaired, removed share of the non-embedding parameters) of one method."""
+    """(unrepaired, repaired, removed share of the non-embedding parameters) of one method
+    (``bench_quality.prune``: scores shared by methods that differ in their repair only)."""
     kw, repair = METHODS[name]
-    cfg = config(kw, 0.25, repair)
-    plan = dc.plan(dc.score(model, cfg, calib, progress=False), cfg, model)
-    pruned = dc.apply(model, plan)
-    repaired = pruned
-    if repair != "none":
-        repaired = copy.deepcopy(model)
-        dc.repair(repaired, plan, calib, repair, progress=False)
-        repaired = dc.apply(repaired, plan, inplace=True)
+    repaired, plan, _, _ = prune(model, calib, config(kw, 0.25, repair))
+    pruned = repaired if repair == "none" else dc.apply(model, plan)
     dense = param_counts(model)["params_non_embedding"]
     removed = 1 - param_counts(pruned)["params_non_embedding"] / dense
     return pruned, repaired, removed
@@ -58,9 +51,7 @@ def pruned_pair(model, name: str, calib) -> tuple:
 def heal(model, tok, name: str, calib, ids, steps: int) -> dict:
     """One method: pruned → repaired → recovered, measured."""
     pruned, repaired, removed = pruned_pair(model, name, calib)
-    cfg = RecoverConfig(
-        method="lora", loss="kd", max_steps=steps, seq_len=128, eval_every=10, patience=99
-    )
+    cfg = recovery_config(steps)
     recovered, history = dc.recover(repaired, tok, cfg, teacher=model, progress=False)
     row = {"removed": removed}
     for key, m in (("pruned", pruned), ("repaired", repaired), ("recovered", recovered)):
@@ -84,9 +75,7 @@ def doc_table(results: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results["rows"].items():
-        closed = (math.log(r["ppl_repaired"]) - math.log(r["ppl_recovered"])) / (
-            math.log(r["ppl_repaired"]) - math.log(dense)
-        )
+        closed = log_gap_closed(r["ppl_repaired"], r["ppl_recovered"], dense)
         lines.append(
             f"| {name} | {r['removed']:.1%} | {r['ppl_pruned']:.2f} | {r['ppl_repaired']:.2f} "
             f"| {r['ppl_recovered']:.2f} | {r['kl_recovered']:.3f} | {closed:.0%} "
@@ -98,11 +87,7 @@ def doc_table(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=90, help="recovery steps (4 × 128 tokens)")
-    parser.add_argument("--table", action="store_true", help="print the docs table and stop")
     args = parser.parse_args()
-    if args.table:
-        print(doc_table(json.loads((RESULTS / "healing_smollm2.json").read_text())))
-        return
     torch.set_num_threads(THREADS)
     model, tok = dc.load_model("smollm2-135m")
     ids = evaluation_tokens(tok, "wiki", WINDOW * WINDOWS)

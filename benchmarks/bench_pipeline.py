@@ -56,15 +56,25 @@ def starting_points(model, calib) -> tuple:
     return dc.apply(model, plan), dc.apply(work, plan, inplace=True), plan
 
 
+def recovery_config(steps: int) -> RecoverConfig:
+    """The recovery every pruned model of the benchmarks gets: LoRA with distillation from the
+    dense model's stored top-64 targets, ``steps`` steps of 4 × 128 tokens. A fixed number of
+    steps, not a time limit, so that a busy machine changes the seconds, not the result."""
+    return RecoverConfig(
+        method="lora", loss="kd", max_steps=steps, seq_len=128, eval_every=10, patience=99
+    )
+
+
+def log_gap_closed(before: float, after: float, dense: float) -> float:
+    """The share of ``before``'s log-perplexity gap to ``dense`` that ``after`` closed."""
+    return (math.log(before) - math.log(after)) / (math.log(before) - math.log(dense))
+
+
 def torch_rows(model, tok, ids, steps: int) -> tuple[dict, dict]:
     """(rows of the PyTorch steps, their models)."""
     calib = dc.calibration(tok, "wiki", n_samples=12, seq_len=256)
     pruned, repaired, plan = starting_points(model, calib)
-    # a fixed number of steps (≈ 6 CPU-minutes here at ≈ 3.7 s per step of 4 × 128 tokens),
-    # not a time limit, so that a busy machine changes the seconds, not the result
-    cfg = RecoverConfig(
-        method="lora", loss="kd", max_steps=steps, seq_len=128, eval_every=10, patience=99
-    )
+    cfg = recovery_config(steps)  # ≈ 6 CPU-minutes here at 90 steps
     recovered, history = recover(repaired, tok, cfg, teacher=model, progress=False)
     models = {"dense": model, "pruned": pruned, "repaired (ls)": repaired}
     models["recovered (LoRA + top-64 KD)"] = recovered
@@ -141,10 +151,8 @@ def targets(rows: dict) -> dict:
     final, dense_q4 = rows["recovered (LoRA + top-64 KD), GGUF Q4_K_M"], rows["dense, GGUF Q4_K_M"]
     int4 = [r["ppl"] / rec - 1 for k, r in rows.items() if "W4A16" in k]
     return {
-        "log_gap_closed_by_recovery": (math.log(repaired) - math.log(rec))
-        / (math.log(repaired) - math.log(dense)),
-        "log_gap_closed_from_unrepaired": (math.log(pruned) - math.log(rec))
-        / (math.log(pruned) - math.log(dense)),
+        "log_gap_closed_by_recovery": log_gap_closed(repaired, rec, dense),
+        "log_gap_closed_from_unrepaired": log_gap_closed(pruned, rec, dense),
         "int4_added_ppl": max(int4),
         "smaller_than_dense_f16": rows["dense"]["mb"] / final["mb"],
         "decode_vs_dense_q4_k_m": final["decode_tps"] / dense_q4["decode_tps"],

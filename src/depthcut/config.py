@@ -49,6 +49,7 @@ INT4_METHODS: tuple[str, ...] = get_args(Int4Method)
 GGUF_TYPES: tuple[str, ...] = get_args(GGUFType)
 # the one list of ``depthcut quantize --method`` values (gguf-*: a GGUF file of that type)
 QUANTIZE_METHODS = (*INT8_METHODS, *INT4_METHODS, *(f"gguf-{t}" for t in GGUF_TYPES))
+DEFAULT_IMPORTANCE = "bi"  # the depth metric when none is named
 REPAIRED_ONCE = {"head", "neuron"}  # width kinds that auto repairs (fine plans too)
 AUTO: Literal["auto"] = "auto"  # units="auto": the joint search over every unit kind
 
@@ -218,7 +219,7 @@ class PruneConfig:
     @property
     def metric(self) -> str:
         """The depth / fine metric: ``importance`` with its default (bi) filled in."""
-        return self.importance or "bi"
+        return self.importance or DEFAULT_IMPORTANCE
 
     @property
     def fine(self) -> bool:
@@ -262,7 +263,7 @@ class PruneConfig:
         if not self.units:
             object.__setattr__(self, "units", self.default_units())
         if self.importance is None:
-            object.__setattr__(self, "importance", "bi")
+            object.__setattr__(self, "importance", DEFAULT_IMPORTANCE)
         units = (self.units,) if isinstance(self.units, str) else tuple(self.units)
         object.__setattr__(self, "units", units)
         if AUTO in units:
