@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 import depthcut as dc
+import results_file
 from depthcut.data import evaluation_tokens
 from depthcut.errors import DepthcutError
 from depthcut.eval.generation import generate_samples
@@ -219,13 +220,14 @@ def run_budget(model, tok, calib, ids, dense_q, budget, methods, args, bos_id) -
             pruned[name], plan, cost, seconds = prune(model, calib, cfg)
         except DepthcutError as err:
             print(f"| {name} | refused: {err} |", flush=True)
+            rows[name] = {"refused": str(err)}
             continue
         q = quality(pruned[name], model, tok, ids, args.limit, bos_id)
         gap = math.log(q["ppl"] / dense_q["ppl"])
         short_gap = short_gap or gap
         removed = 1 - non_embedding(pruned[name]) / non_embedding(model)  # patches count
         print(row(name, removed, q, gap / short_gap, cost, seconds), flush=True)
-        rows[name] = q | {"removed": removed, "gap": gap}
+        rows[name] = q | {"removed": removed, "gap": gap, "cost": cost, "seconds": seconds}
     lat = measure_many(pruned, lengths=(64,), batches=(1,), new_tokens=24, repeats=3)
     dense_tps = lat["dense"].decode_tps[1]
     print("\n| method | decode tokens/s, batch 1 | ×dense |\n|---|---:|---:|")
@@ -234,6 +236,8 @@ def run_budget(model, tok, calib, ids, dense_q, budget, methods, args, bos_id) -
         print(f"| {name} | {tps:.1f} | {tps / dense_tps:.2f} |")
         if name in rows:
             rows[name]["speed"] = tps / dense_tps
+        else:
+            dense_q["tps"] = tps
     print(flush=True)
     return rows
 
@@ -246,14 +250,14 @@ def plot(results: dict, dense: dict, prefix: Path, title: str, speed: bool = Fal
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = sorted({m for rows in results.values() for m in rows})
+    methods = sorted({m for rows in results.values() for m in rows if "refused" not in rows[m]})
     x = "speed" if speed else "removed"
     for key, label, log in (("ppl", "held-out perplexity", True), ("accuracy", "mean acc.", False)):
         if key not in dense:  # --limit 0: no tasks
             continue
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for m in methods:
-            points = sorted((r[m][x], r[m][key]) for r in results.values() if m in r)
+            points = sorted((r[m][x], r[m][key]) for r in results.values() if "ppl" in r.get(m, {}))
             ax.plot(*zip(*points), marker="o", label=m)
         ax.axhline(dense[key], color="k", linestyle=":", label="dense")
         xlabel = "decode tokens/s ÷ dense (batch 1)" if speed else "non-embedding params removed"
@@ -278,6 +282,7 @@ def main() -> None:
     parser.add_argument(
         "--latency", action="store_true", help="budgets are fractions of decode time"
     )
+    parser.add_argument("--name", default=None, help="write benchmarks/results/NAME.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
     model, tok = dc.load_model(args.model)
@@ -294,6 +299,9 @@ def main() -> None:
     methods, results = chosen(args.methods), {}
     for budget in [float(b) for b in args.budgets.split(",")]:
         results[budget] = run_budget(model, tok, calib, ids, dense_q, budget, methods, args, bos_id)
+    fields = {"model": args.model, "limit": args.limit, "dense": dense_q, "budgets": results}
+    if args.name:
+        results_file.write(args.name, fields)
     if args.plot:
         prefix = Path(args.plot)
         prefix.parent.mkdir(parents=True, exist_ok=True)
