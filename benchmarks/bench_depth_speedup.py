@@ -11,6 +11,7 @@ import torch
 
 import depthcut as dc
 from depthcut.eval.latency import measure_many
+from results_file import FLAG_NOTE, flag, provenance, show
 
 
 def ideal_speedup(plan: dc.Plan, block_bytes: int, head_bytes: int) -> float:
@@ -18,7 +19,8 @@ def ideal_speedup(plan: dc.Plan, block_bytes: int, head_bytes: int) -> float:
     return (n * block_bytes + head_bytes) / ((n - k) * block_bytes + head_bytes)
 
 
-def main() -> None:
+def measure() -> dict:
+    """Dense and 25%-of-blocks-pruned SmolLM2-135M timed interleaved, with the ideal speed-up."""
     torch.set_num_threads(2)
     model, tok = dc.load_model("smollm2-135m")
     calib = dc.calibration(tok, "wiki", n_samples=8, seq_len=128)
@@ -27,7 +29,6 @@ def main() -> None:
     pruned = dc.apply(model, plan)
     block = sum(p.numel() * p.element_size() for p in model.model.layers[0].parameters())
     head = model.lm_head.weight.numel() * model.lm_head.weight.element_size()
-    ideal = ideal_speedup(plan, block, head)
     res = measure_many(
         {"dense": model, "pruned": pruned},
         lengths=(128, 512),
@@ -36,28 +37,44 @@ def main() -> None:
         repeats=5,
         threads=2,
     )
-    d, p = res["dense"], res["pruned"]
-    k = len(plan.removed_blocks)
-    print(
-        f"SmolLM2-135M, {k}/{plan.model['num_blocks']} blocks removed "
-        f"({plan.fraction():.1%} of params), 2 threads, medians of 5 interleaved runs"
-    )
-    print(f"ideal speedup (L·B+H)/((L−k)·B+H) = {ideal:.3f} (B={block:,} B, H={head:,} B)")
-    print("| measure | dense | pruned | speedup | % of ideal |")
-    print("|---|---:|---:|---:|---:|")
-    for n in d.prefill_ms:
-        s = d.prefill_ms[n] / p.prefill_ms[n]
-        print(
-            f"| prefill {n} tok (ms) | {d.prefill_ms[n]:.1f} | {p.prefill_ms[n]:.1f} "
-            f"| {s:.3f} | {s / ideal:.0%} |"
+    return {
+        "removed_blocks": len(plan.removed_blocks),
+        "num_blocks": plan.model["num_blocks"],
+        "removed": plan.fraction(),
+        "block_bytes": block,
+        "head_bytes": head,
+        "ideal": ideal_speedup(plan, block, head),
+        "latency": {name: r.to_dict() for name, r in res.items()},
+    }
+
+
+def table(data: dict) -> str:
+    """Measured speed-ups beside the ideal one."""
+    d, p, ideal = data["latency"]["dense"], data["latency"]["pruned"], data["ideal"]
+    lines = [
+        f"{provenance(data)}: SmolLM2-135M, {data['removed_blocks']}/{data['num_blocks']} blocks "
+        f"removed by BI ({data['removed']:.1%} of params), medians of 5 interleaved runs; ideal "
+        f"speed-up (L·B+H)/((L−k)·B+H) = {ideal:.3f} (B = {data['block_bytes']:,} bytes of a "
+        f"block, H = {data['head_bytes']:,} of the LM head)",
+        "",
+        "| measure | dense | pruned | speed-up | % of ideal |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    warn = flag(d) or flag(p)
+    for n in d["prefill_ms"]:
+        s = d["prefill_ms"][n] / p["prefill_ms"][n]
+        lines.append(
+            f"| prefill {n} tokens (ms) | {d['prefill_ms'][n]:.1f} | {p['prefill_ms'][n]:.1f} "
+            f"| {s:.3f}{warn} | {s / ideal:.0%} |"
         )
-    for b in d.decode_tps:
-        s = p.decode_tps[b] / d.decode_tps[b]
-        print(
-            f"| decode batch {b} (tok/s) | {d.decode_tps[b]:.1f} | {p.decode_tps[b]:.1f} "
-            f"| {s:.3f} | {s / ideal:.0%} |"
+    for b in d["decode_tps"]:
+        s = p["decode_tps"][b] / d["decode_tps"][b]
+        lines.append(
+            f"| decode batch {b} (tokens/s) | {d['decode_tps'][b]:.1f} "
+            f"| {p['decode_tps'][b]:.1f} | {s:.3f}{warn} | {s / ideal:.0%} |"
         )
+    return "\n".join(lines + ([f"\n{FLAG_NOTE}"] if warn else []))
 
 
 if __name__ == "__main__":
-    main()
+    show("depth_speedup", table, measure)

@@ -11,6 +11,7 @@ import time
 import torch
 
 import depthcut as dc
+from depthcut.api import describe
 from depthcut.calibrate import BlockCache
 from depthcut.graph.structure import discover_structure
 from depthcut.importance.reference import NaiveScorer
@@ -20,18 +21,17 @@ from depthcut.methods.depth.planner import unit_pool
 from depthcut.planning.select import budget_target
 from depthcut.scores import Scores
 from depthcut.units.discover import discover_units
+from results_file import provenance, show
 
 
-def main() -> None:
+def measure() -> dict:
+    """Each case's greedy picks by both routes, with their forward-equivalents and wall time."""
     torch.set_num_threads(2)
     model, tok = dc.load_model("smollm2-135m")
     calib = dc.calibration(tok, "wiki", n_samples=4, seq_len=64)
     structure = discover_structure(model)
-    print(
-        "| metric | units | selected (same?) | cached FE | naive FE | FE ratio "
-        "| cached s | naive s | time ratio |"
-    )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    info = describe(model, structure)
+    rows = []
     for metric, units, budget in (
         ("bi", ("block",), 0.05),
         ("kl", ("block",), 0.05),
@@ -41,9 +41,6 @@ def main() -> None:
             units=units, importance=metric, strategy="iterative", budget=dc.Budget(params=budget)
         )
         all_units = discover_units(model, structure, units)
-        from depthcut.api import describe
-
-        info = describe(model, structure)
         scores = Scores(metric, all_units, {}, info, cfg.to_dict())
         pool, target = unit_pool(scores, cfg), budget_target(info, cfg)
         start = time.perf_counter()
@@ -53,16 +50,33 @@ def main() -> None:
         start = time.perf_counter()
         naive = NaiveScorer(model, structure, calib)
         order = naive.greedy(metric, pool, target)
-        naive_s = time.perf_counter() - start
-        picked = [s["unit"] for s in seq]
-        same = "yes" if picked == order else f"NO: naive {order}"
-        print(
-            f"| {metric} | {'+'.join(units)} | {', '.join(picked)} ({same}) "
-            f"| {cached_fe:.1f} | {naive.forwards} | {naive.forwards / cached_fe:.1f}x "
-            f"| {cached_s:.1f} | {naive_s:.1f} | {naive_s / cached_s:.1f}x |",
-            flush=True,
+        rows.append(
+            {"metric": metric, "units": "+".join(units), "picked": [s["unit"] for s in seq]}
+            | {"naive_picked": order, "cached_fe": cached_fe, "naive_fe": naive.forwards}
+            | {"cached_s": cached_s, "naive_s": time.perf_counter() - start}
         )
+    return {"calibration": "4 × 64", "rows": rows}
+
+
+def table(data: dict) -> str:
+    """Both routes' picks (the same, or the naive one's) and their costs."""
+    lines = [
+        f"{provenance(data)}: SmolLM2-135M, calibration {data['calibration']} tokens; FE = "
+        "full-forward equivalents, parameter-weighted (the LM head counts)",
+        "",
+        "| metric | units | selected (same?) | cached FE | naive FE | FE ratio "
+        "| cached s | naive s | time ratio |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in data["rows"]:
+        same = "yes" if r["picked"] == r["naive_picked"] else f"NO: naive {r['naive_picked']}"
+        lines.append(
+            f"| {r['metric']} | {r['units']} | {', '.join(r['picked'])} ({same}) "
+            f"| {r['cached_fe']:.1f} | {r['naive_fe']} | {r['naive_fe'] / r['cached_fe']:.1f}× "
+            f"| {r['cached_s']:.1f} | {r['naive_s']:.1f} | {r['naive_s'] / r['cached_s']:.1f}× |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    show("iterative_cache", table, measure)

@@ -1,6 +1,9 @@
 """Speed where it is deployed: dense vs pruned SmolLM2-135M in llama.cpp (the ``llama_cpp``
-binding), f16 and Q4_K_M, at 25% of non-embedding parameters removed by blocks (BI), by
-sublayers (attention/MLP, BI) and by fine units (interleave, BI).
+binding), f16 and Q4_K_M, at 25% of non-embedding parameters removed by depthcut's default
+(neurons ranked by ls, with the ls refit), by blocks (BI), by sublayers (attention/MLP, BI)
+and by fine units (interleave, BI), and the joint plan (``units="auto"``) at 25% of the
+measured decode time; each pruned model's PyTorch decode speed-up (batch 1, interleaved with
+dense) beside llama.cpp's.
 
 Every GGUF is written by ``depthcut``'s export (llama.cpp's converter; the heterogeneous
 results through the ``deci`` arrays) and measured in one subprocess, interleaved, with the same
@@ -26,12 +29,17 @@ import torch
 import depthcut as dc
 from depthcut.data import evaluation_tokens
 from depthcut.formats.gguf_file import gguf_layout, write_gguf
+from depthcut.search.joint import decode_ratio
+from results_file import provenance, show
 
 THREADS, ROUNDS, PREFILL, DECODE, WINDOW, WINDOWS = 2, 3, 512, 64, 512, 4
-PLANS = {
-    "blocks": dict(units=("block",)),
-    "sublayers": dict(units=("attention", "mlp")),
-    "fine": dict(units=("fine",)),
+PARAMS = dc.Budget(0.25, count="non_embedding")
+PLANS = {  # name: PruneConfig keywords (the default: neurons ranked by ls, with the ls refit)
+    "default": dict(),
+    "joint, 25% of decode time": dict(units="auto", budget=dc.Budget(latency=0.25)),
+    "blocks": dict(units=("block",), importance="bi", repair="none"),
+    "sublayers": dict(units=("attention", "mlp"), importance="bi", repair="none"),
+    "fine": dict(units=("fine",), importance="bi", repair="none"),
 }
 
 MEASURE = r"""
@@ -62,6 +70,8 @@ for name, llm in models.items():
         logp = s - top - np.log(np.exp(s - top).sum(axis=1, keepdims=True))
         nll -= logp[np.arange(len(window) - 1), window[1:]].sum(); count += len(window) - 1
     out[name] = {k: statistics.median(v) for k, v in times[name].items()}
+    t = times[name]
+    out[name]["spread"] = {k: (max(v) - min(v)) / statistics.median(v) for k, v in t.items()}
     out[name]["ppl"] = float(np.exp(nll / count))
 json.dump(out, sys.stdout)
 """
@@ -86,25 +96,23 @@ def torch_perplexity(model, windows: list[list[int]]) -> float:
     return float(torch.exp(torch.tensor(nll / count)))
 
 
-def pruned_models(model, tok) -> dict:
-    calib = dc.calibration(tok, "wiki", n_samples=8, seq_len=128)
-    out = {"dense": model}
+def pruned_models(model, tok) -> tuple[dict, dict]:
+    """The dense model and each plan's pruned one; the plans' unit counts and shares removed."""
+    calib = dc.calibration(tok, "wiki", n_samples=16, seq_len=256)
+    out, plans = {"dense": model}, {"dense": {"units": 0, "removed": 0.0, "torch_decode": 1.0}}
     for name, kw in PLANS.items():
-        cfg = dc.PruneConfig(importance="bi", budget=dc.Budget(0.25, count="non_embedding"), **kw)
-        plan = dc.plan(dc.score(model, cfg, calib, progress=False), cfg, model)
-        out[name] = dc.apply(model, plan)
-        print(
-            f"{name}: {len(plan.actions)} units removed, "
-            f"{plan.fraction('non_embedding'):.1%} of non-embedding params",
-            file=sys.stderr,
-        )
-    return out
+        cfg = dc.PruneConfig(**({"budget": PARAMS} | kw))
+        out[name], plan, _ = dc.prune(model, cfg, calib, progress=False)
+        plans[name] = {"units": len(plan.actions), "removed": plan.fraction("non_embedding")}
+        plans[name]["torch_decode"] = 1 / decode_ratio(model, out[name])[0]
+    return out, plans
 
 
-def main() -> None:
+def measure() -> dict:
+    """Every plan exported to f16 and Q4_K_M GGUF and measured in llama.cpp, interleaved."""
     torch.set_num_threads(THREADS)
     model, tok = dc.load_model("smollm2-135m")
-    models = pruned_models(model, tok)
+    models, plans = pruned_models(model, tok)
     ids = evaluation_tokens(tok, "wiki", max_tokens=WINDOW * WINDOWS)
     windows = [ids[i * WINDOW : (i + 1) * WINDOW] for i in range(WINDOWS)]
     with tempfile.TemporaryDirectory(prefix="bench-llamacpp-") as tmp:
@@ -133,35 +141,45 @@ def main() -> None:
         )
         res = json.loads(done.stdout)
     dense_bytes = read_bytes(model)
-    reference = {name: torch_perplexity(m, windows) for name, m in models.items()}
-    print(
-        f"SmolLM2-135M in llama.cpp ({THREADS} threads, medians of {ROUNDS} interleaved "
-        f"rounds; prefill {PREFILL} tokens, decode {DECODE}; perplexity on {WINDOWS}×{WINDOW} "
-        "held-out wiki tokens from llama.cpp's logits)"
-    )
-    print(
-        "| model | GGUF layout | type | ideal | prefill tok/s | × dense | decode tok/s "
-        "| × dense | % of ideal (decode) | perplexity | PyTorch f32 perplexity |"
-    )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
     for name, m in models.items():
-        ideal = dense_bytes / read_bytes(m)
-        extra = gguf_layout(m).added_identity_params
-        if extra:
-            print(
-                f"({name}: fine-pruned linears that became identities are written as identity "
-                f"matrices, {extra:,} parameters, counted in 'ideal')",
-                file=sys.stderr,
-            )
-        for quant in ("f16", "q4_k_m"):
-            r, d = res[f"{name} {quant}"], res[f"dense {quant}"]
-            pre, dec = r["prefill"] / d["prefill"], r["decode"] / d["decode"]
-            print(
-                f"| {name} | {layouts[name].split(': ', 1)[1]} | {quant} | {ideal:.3f} "
-                f"| {r['prefill']:.0f} | {pre:.3f} | {r['decode']:.1f} | {dec:.3f} "
-                f"| {dec / ideal:.0%} | {r['ppl']:.2f} | {reference[name]:.2f} |"
-            )
+        common = plans[name] | {"name": name, "layout": layouts[name].split(": ", 1)[1]}
+        common |= {"ideal": dense_bytes / read_bytes(m), "torch_ppl": torch_perplexity(m, windows)}
+        common["identity_params"] = gguf_layout(m).added_identity_params
+        rows += [common | {"type": q} | res[f"{name} {q}"] for q in ("f16", "q4_k_m")]
+    settings = {"threads": THREADS, "rounds": ROUNDS, "prefill": PREFILL, "decode": DECODE}
+    return settings | {"windows": WINDOWS, "window": WINDOW, "rows": rows}
+
+
+def table(data: dict) -> str:
+    """Speed-ups over dense of the same type, beside the ideal, and both perplexities."""
+    dense = {r["type"]: r for r in data["rows"] if r["name"] == "dense"}
+    lines = [
+        f"{provenance(data)}: SmolLM2-135M in llama.cpp, {data['threads']} threads, medians of "
+        f"{data['rounds']} interleaved rounds; prefill {data['prefill']} tokens, decode "
+        f"{data['decode']}; perplexity on {data['windows']} × {data['window']} held-out tokens "
+        "from llama.cpp's logits beside PyTorch's (float32) on the same windows",
+        "",
+        "| model | removed (non-emb.) | GGUF layout | type | ideal | prefill tokens/s | × dense "
+        "| decode tokens/s | × dense | % of ideal (decode) | PyTorch decode × dense "
+        "| perplexity | PyTorch perplexity |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    flagged = False
+    for r in data["rows"]:
+        d = dense[r["type"]]
+        noisy = max(r["spread"].values()) > 0.1 or max(d["spread"].values()) > 0.1
+        w, flagged = (" ⚠" if noisy else ""), flagged or noisy
+        pre, dec = r["prefill"] / d["prefill"], r["decode"] / d["decode"]
+        lines.append(
+            f"| {r['name']} | {r['removed']:.1%} | {r['layout']} | {r['type']} | {r['ideal']:.3f} "
+            f"| {r['prefill']:.0f} | {pre:.3f}{w} | {r['decode']:.1f} | {dec:.3f}{w} "
+            f"| {dec / r['ideal']:.0%} | {r['torch_decode']:.3f} | {r['ppl']:.2f} "
+            f"| {r['torch_ppl']:.2f} |"
+        )
+    note = "\n⚠: the rounds of this figure or of dense spread over 10%"
+    return "\n".join(lines + ([note] if flagged else []))
 
 
 if __name__ == "__main__":
-    main()
+    show("llamacpp", table, measure)

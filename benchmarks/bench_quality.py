@@ -51,6 +51,7 @@ from depthcut.eval.perplexity import perplexity
 from depthcut.eval.run import param_counts
 from depthcut.eval.zeroshot import zeroshot
 from depthcut.importance import functional as F
+from results_file import provenance
 
 WINDOW, WINDOWS = 512, 8
 TASKS = ["piqa", "arc_easy", "hellaswag", "winogrande", "lambada"]
@@ -270,6 +271,56 @@ def plot(results: dict, dense: dict, prefix: Path, title: str, speed: bool = Fal
         fig.tight_layout()
         fig.savefig(f"{prefix}_{key if key == 'ppl' else 'acc'}.png", dpi=110)
         plt.close(fig)
+
+
+def doc_table(data: dict, budget: str | None = None) -> str:
+    """One budget's comparison table from a ``--name`` results file: the lowest perplexity,
+    gap, KL and the best task mean in bold; refused methods with the reason."""
+    budget = budget or next(iter(data["budgets"]))
+    rows, dense = data["budgets"][budget], data["dense"]
+    tasks = [t for t in TASKS if t in dense]
+    done = {m: r for m, r in rows.items() if "refused" not in r}
+    short = next(r["gap"] for m, r in done.items() if m.startswith("ShortGPT"))
+    best = {k: min(r[k] for r in done.values()) for k in ("ppl", "kl")}
+    best["accuracy"] = max((r["accuracy"] for r in done.values()), default=None)
+    extra = [*tasks, "mean", "loops"] if tasks else []
+
+    def cell(r: dict, key: str, text: str) -> str:
+        return f"**{text}**" if r[key] == best.get(key) else text
+
+    dense_line = f"dense: perplexity {dense['ppl']:.2f}"
+    if tasks:
+        scores = ", ".join(f"{t} {dense[t]:.3f}" for t in tasks)
+        dense_line += f", {scores} (mean {dense['accuracy']:.3f}; first {data['limit']} items)"
+        dense_line += f", {dense['loops']:.0%} of greedy generations loop"
+    if "tps" in dense:
+        dense_line += f"; decode {dense['tps']:.1f} tokens/s at batch 1"
+    lines = [
+        f"{provenance(data)}: {data['model']}, {float(budget):.0%} of the non-embedding "
+        f"parameters; {dense_line}",
+        "",
+        "| method | removed | ppl | gap ÷ ShortGPT's | KL | "
+        + "".join(f"{t} | " for t in extra)
+        + "selection cost (fwd-eq.) | decode ×dense |",
+        "|---|---:|---:|---:|---:|" + "---:|" * (len(extra) + 2),
+    ]
+    for m, r in rows.items():
+        if "refused" in r:
+            lines.append(f"| {m} | refused: {r['refused']} |" + " |" * (len(extra) + 5))
+            continue
+        cost = "—" if math.isnan(r["cost"]) else f"{r['cost']:.1f}"
+        cells = [
+            f"{r['removed']:.1%}",
+            cell(r, "ppl", f"{r['ppl']:.2f}"),
+            cell(r, "ppl", f"{r['gap'] / short:.2f}"),
+            cell(r, "kl", f"{r['kl']:.3f}"),
+            *(f"{r[t]:.3f}" for t in tasks),
+            *([cell(r, "accuracy", f"{r['accuracy']:.3f}"), f"{r['loops']:.0%}"] if tasks else []),
+            f"{cost} ({r['seconds']:.0f} s)",
+            f"{r['speed']:.2f}×",
+        ]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:

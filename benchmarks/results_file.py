@@ -33,3 +33,33 @@ def write(name: str, fields: dict, command: str | None = None) -> Path:
     head = {"command": shown, "commit": commit(), "date": time.strftime("%Y-%m-%d")}
     path.write_text(json.dumps(head | {"hardware": hardware()} | fields, indent=2) + "\n")
     return path
+
+
+def provenance(results: dict) -> str:
+    """One line: the command, date, commit and hardware a results file records."""
+    parts = [f"`{results['command']}`"] if results.get("command") else []
+    parts += [
+        results[k] if k == "date" else f"commit {results[k]}"
+        for k in ("date", "commit")
+        if results.get(k)
+    ]
+    if results.get("hardware"):
+        parts.append(f"{results['hardware']['cores']}-core CPU ({results['hardware']['cpu']})")
+    return ", ".join(parts)
+
+
+FLAG_NOTE = "⚠: the timing flagged itself (spread over 10% between repeats, or a busy CPU)"
+
+
+def flag(latency: dict) -> str:
+    """ " ⚠" after a figure whose timing flagged itself (``LatencyResult.unreliable``)."""
+    return " ⚠" if latency.get("unreliable") else ""
+
+
+def show(name: str, table, measure) -> None:
+    """A benchmark's ``main``: with ``--table`` print the table of its results file, otherwise
+    run ``measure()``, write its fields into ``results/NAME.json`` and print the table."""
+    path = RESULTS / f"{name}.json"
+    if sys.argv[1:2] != ["--table"]:
+        path = write(name, measure())
+    print(table(json.loads(path.read_text())))

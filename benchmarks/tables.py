@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from results_file import provenance
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DOCS = HERE.parent / "docs"
@@ -22,19 +24,6 @@ BLOCK = re.compile(r"(<!-- generated: (\S+) -->\n)(.*?)(<!-- end generated -->)"
 
 def _load(name: str) -> dict:
     return json.loads((RESULTS / f"{name}.json").read_text())
-
-
-def provenance(results: dict) -> str:
-    """One line: the command, date, commit and hardware a results file records."""
-    parts = [f"`{results['command']}`"] if results.get("command") else []
-    parts += [
-        results[k] if k == "date" else f"commit {results[k]}"
-        for k in ("date", "commit")
-        if results.get(k)
-    ]
-    if results.get("hardware"):
-        parts.append(f"{results['hardware']['cores']}-core CPU ({results['hardware']['cpu']})")
-    return ", ".join(parts)
 
 
 def _bold_best(cells: list[tuple[float, str]], low: bool = True) -> list[str]:
