@@ -134,29 +134,44 @@ package: setup
 	$(PKG_VENV)/bin/pip install -q -c constraints.txt dist/depthcut-*.whl
 	$(BIN)/python tests/package_smoke.py $(PKG_VENV)
 
+# Every benchmark that writes benchmarks/results/*.json (the documentation's tables are
+# generated from those files by the last line; CPU-hours on a 2-core machine in all)
 bench: setup fashion llama gemma
-	$(BIN)/python benchmarks/bench_iterative_cache.py
 	$(BIN)/python benchmarks/bench_depth_speedup.py
-	$(BIN)/python benchmarks/bench_width_vs_depth.py
 	$(BIN)/python benchmarks/bench_encoder_width.py
 	$(BIN)/python benchmarks/bench_quantize.py
 	$(BIN)/python benchmarks/bench_repair.py
-	$(BIN)/python benchmarks/bench_quality.py --budgets 0.25 --limit 50  # ≈60 min, every method
+	$(BIN)/python benchmarks/bench_iterative_cache.py
+	$(BIN)/python benchmarks/bench_llamacpp.py  # ≈10 min: 12 GGUF files measured in llama.cpp
+	$(BIN)/python benchmarks/bench_fine.py
+	$(BIN)/python benchmarks/bench_iterative_recover.py
+	$(BIN)/python benchmarks/bench_vision.py
+	$(BIN)/python benchmarks/bench_default.py --models smollm2-135m,gemma3-270m
+	$(BIN)/python benchmarks/bench_ls_memory.py
+	$(BIN)/python benchmarks/bench_quality.py --budgets 0.25 --limit 50 --methods \
+		ShortGPT,Gromov,ReplaceMe,LinearPatch,"depthcut ls-aware blocks","depthcut ls-aware sublayers + ls","depthcut neurons",thesis \
+		--name comparison_smollm2  # ≈45 min
 	$(BIN)/python benchmarks/bench_quality.py --model gemma3-270m --budgets 0.25 --limit 50 \
-		--methods ShortGPT,Gromov,ReplaceMe,LinearPatch,"ShortGPT + ls","depthcut neurons",thesis
+		--methods ShortGPT,Gromov,ReplaceMe,LinearPatch,"depthcut neurons",thesis \
+		--name comparison_gemma3
 	$(BIN)/python benchmarks/bench_quality.py --budgets 0.1,0.25,0.4 --limit 50 \
 		--methods ShortGPT,"depthcut neurons (ls" --plot benchmarks/results/quality
 	$(BIN)/python benchmarks/bench_quality.py --budgets 0.1,0.2,0.3,0.4 --limit 0 \
 		--methods ShortGPT,Gromov,LinearPatch,"depthcut neurons (ls",thesis \
 		--plot benchmarks/results/sweep  # ≈40 min: perplexity and KL only
-	$(BIN)/python benchmarks/bench_recovery.py  # ≈35 min: 4 runs × 8 min of training
-	$(BIN)/python benchmarks/bench_recovery.py --start ls-neurons --minutes 4 \
-		--runs "LoRA (r=16), LM loss" "LoRA (r=16), KD from dense"  # ≈20 min
-	$(BIN)/python benchmarks/bench_iterative_recover.py
-	$(BIN)/python benchmarks/bench_fine.py
-	$(BIN)/python benchmarks/bench_vision.py
+	$(BIN)/python benchmarks/bench_quality.py --model gemma3-270m --budgets 0.1,0.2,0.3,0.4 \
+		--limit 0 --methods "ShortGPT (",Gromov,LinearPatch,"depthcut neurons (ls" \
+		--plot benchmarks/results/sweep_gemma  # ≈1 h
+	$(BIN)/python benchmarks/bench_quality.py --latency --budgets 0.1,0.2,0.3 --limit 0 \
+		--methods ShortGPT,Gromov,ReplaceMe,"depthcut ls-aware blocks","depthcut ls-aware sublayers + ls",\
+		"depthcut neurons (ls" \
+		--plot benchmarks/results/latency
+	$(BIN)/python benchmarks/bench_frontier.py --plans 20 --budgets 0.1,0.2,0.3 --k 2
+	$(BIN)/python benchmarks/bench_sparse_kd.py --steps 50 --seq-len 128
+	$(BIN)/python benchmarks/bench_pipeline.py --steps 90
+	$(BIN)/python benchmarks/bench_healing.py --steps 90
 	$(BIN)/python benchmarks/bench_memory.py --llama-1b
-	$(BIN)/python benchmarks/bench_llamacpp.py  # ≈10 min: 8 GGUF files measured in llama.cpp
+	$(BIN)/python benchmarks/tables.py --write
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(LLMC_VENV) $(PKG_VENV) dist site out .pytest_cache

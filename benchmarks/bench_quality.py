@@ -356,8 +356,10 @@ def main() -> None:
     if args.plot:
         prefix = Path(args.plot)
         prefix.parent.mkdir(parents=True, exist_ok=True)
-        data = {"model": args.model, "dense": dense_q, "budgets": results}
-        prefix.with_suffix(".json").write_text(json.dumps(data, indent=1))
+        if prefix.resolve().parent == results_file.RESULTS:  # with the command, commit, date
+            results_file.write(prefix.name, fields)
+        else:
+            prefix.with_suffix(".json").write_text(json.dumps(fields, indent=1))
         plot(results, dense_q, prefix, args.model, speed=args.latency)
 
 

@@ -62,9 +62,10 @@ class Budget:
     "non_embedding"), or, when ``params_count`` is given instead, an absolute number of
     parameters to remove, or, when ``latency`` is given instead, the fraction of the decode
     time per token to remove (block / sublayer units, or heads or neurons alone; a per-unit
-    latency table is measured on the model's device when scoring). ``mode`` says on which side
-    of the target the removed total may land: ``at_least`` (never under), ``at_most`` (never
-    over) or ``nearest`` (closest).
+    latency table is measured on the model's device when scoring); ``kv`` and ``prefill`` are
+    fractions of the KV cache and of the prefill time (the joint search only). ``mode`` says on
+    which side of the target the removed total may land: ``at_least`` (never under),
+    ``at_most`` (never over) or ``nearest`` (closest).
 
     >>> Budget(params=0.25).fraction
     0.25
@@ -76,15 +77,17 @@ class Budget:
     mode: BudgetMode = "at_least"
     latency: float | None = None
     kv: float | None = None  # share of the KV cache to remove (units="auto" only)
+    prefill: float | None = None  # share of the prefill time to remove (units="auto" only)
 
     def __post_init__(self) -> None:
-        given = [x is not None for x in (self.params, self.params_count, self.latency, self.kv)]
+        shares = (self.params, self.params_count, self.latency, self.kv, self.prefill)
+        given = [x is not None for x in shares]
         if not any(given) or (self.params_count is not None and sum(given) > 1):
             raise ConfigError(
-                "budget: give params (fraction), latency or kv (several at once for the joint "
-                "search), or params_count alone"
+                "budget: give params (fraction), latency, kv or prefill (several at once for "
+                "the joint search), or params_count alone"
             )
-        for key in ("latency", "kv"):
+        for key in ("latency", "kv", "prefill"):
             value = getattr(self, key)
             if value is not None and not 0.0 < float(value) < 1.0:
                 raise ConfigError(f"budget {key}={value} must be a fraction in (0, 1)")
@@ -106,13 +109,15 @@ class Budget:
     @property
     def several(self) -> bool:
         """Whether more than one budget is given (a joint search's, ``units="auto"``)."""
-        return sum(x is not None for x in (self.params, self.latency, self.kv)) > 1
+        shares = (self.params, self.latency, self.kv, self.prefill)
+        return sum(x is not None for x in shares) > 1
 
     def target(self, total_all: int, total_non_embedding: int) -> int:
         """Number of parameters to remove."""
-        if self.latency is not None or self.kv is not None:
+        if self.latency is not None or self.kv is not None or self.prefill is not None:
             raise ConfigError(
-                "--budget latency / kv has no parameter target: --steps and sweeps count parameters"
+                "--budget latency / kv / prefill has no parameter target: --steps and sweeps "
+                "count parameters"
             )
         if self.params_count is not None:
             return int(self.params_count)
@@ -134,10 +139,13 @@ class Budget:
                 return cls(latency=float(value), mode=mode)
             if key == "kv" and not count:
                 return cls(kv=float(value), mode=mode)
+            if key == "prefill" and not count:
+                return cls(prefill=float(value), mode=mode)
         except ValueError as err:
             raise ConfigError(f"budget {text!r}: {err}") from None
         raise ConfigError(
-            f"budget {text!r}: use params=FRACTION, count=N, latency=FRACTION or kv=FRACTION"
+            f"budget {text!r}: use params=FRACTION, count=N, latency=FRACTION, kv=FRACTION or "
+            "prefill=FRACTION"
         )
 
     @classmethod
@@ -147,7 +155,7 @@ class Budget:
         fields: dict[str, Any] = {}
         for text in texts:
             one = dataclasses.asdict(cls.parse(text, mode))
-            for key in ("params", "params_count", "latency", "kv"):
+            for key in ("params", "params_count", "latency", "kv", "prefill"):
                 if one[key] is None:
                     continue
                 name = "params" if key == "params_count" else key
@@ -251,8 +259,9 @@ class PruneConfig:
         """The units of a config that names none (the CLI's ``--units`` omitted, too)."""
         if self.importance is not None or self.strategy is not None:
             return ("block",)
-        if self.budget.latency is not None or self.budget.kv is not None or self.budget.several:
-            return (AUTO,)  # buying decode time or KV cache: the joint search
+        joint = (self.budget.latency, self.budget.kv, self.budget.prefill)
+        if any(x is not None for x in joint) or self.budget.several:
+            return (AUTO,)  # buying decode time, prefill time or KV cache: the joint search
         fractions: tuple[tuple[UnitName, float], ...] = (
             ("head", self.heads),
             ("neuron", self.neurons),
@@ -285,8 +294,11 @@ class PruneConfig:
             raise ConfigError(
                 "several budgets at once are met by the joint search: use --units auto"
             )
-        if self.budget.kv is not None:
-            raise ConfigError("--budget kv=F is a budget of the joint search: use --units auto")
+        for key in ("kv", "prefill"):
+            if getattr(self.budget, key) is not None:
+                raise ConfigError(
+                    f"--budget {key}=F is a budget of the joint search: use --units auto"
+                )
         if self.budget.latency is not None and (
             self.fine or (self.width_units and not self.width_from_budget)
         ):
@@ -314,7 +326,9 @@ class PruneConfig:
         if self.repair not in REPAIRS:
             raise ConfigError(f"repair {self.repair!r} unknown; choose one of {REPAIRS}")
         if self.budget.params_count is not None:
-            raise ConfigError("units 'auto': give a fraction budget (latency=F, kv=F, params=F)")
+            raise ConfigError(
+                "units 'auto': give a fraction budget (latency=F, prefill=F, kv=F, params=F)"
+            )
 
     def _check_fine(self) -> None:
         if self.units != ("fine",):
@@ -362,8 +376,9 @@ class PruneConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON-ready data with its version (what recipes and plans record)."""
         data = dataclasses.asdict(self)
-        if data["budget"]["kv"] is None:  # saved configs stay as they were before kv budgets
-            del data["budget"]["kv"]
+        for key in ("kv", "prefill"):  # saved configs stay as they were before these budgets
+            if data["budget"][key] is None:
+                del data["budget"][key]
         data["units"] = list(self.units)
         data["version"] = CONFIG_VERSION
         return data

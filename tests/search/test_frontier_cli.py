@@ -84,7 +84,7 @@ def test_a_saved_table_is_reused_not_rebuilt(
     ("budgets", "message"),
     [
         ("latency=0.2,latency=0.2", "names a point twice"),
-        ("speed=0.2", r"use latency=F, kv=F or params=F\[:non_embedding\]"),
+        ("speed=0.2", r"use latency=F, prefill=F, kv=F or params=F\[:non_embedding\]"),
         ("latency=0.2+latency=0.3", "budget latency given twice"),
         ("kv=1.0", r"budget kv=1.0 must be a fraction in \(0, 1\)"),
     ],

@@ -168,6 +168,7 @@ def test_the_table_round_trips_through_json(tiny_table, tmp_path):
     again = OptionTable.load(tmp_path / "options.json")
     o = again.options(1)[6]
     assert again.quality(o) == table.quality(o) and again.seconds(o) == table.seconds(o)
+    assert again.prefill_seconds(o) == table.prefill_seconds(o)
     assert again.actions(o) == table.actions(o)
 
 
@@ -311,3 +312,86 @@ def test_the_solver_s_own_writes_to_the_c_streams_are_silenced(capfd):
     os.write(1, b"after\n")
     out, err = capfd.readouterr()
     assert out == "after\n" and err == ""
+
+
+def test_prefill_budgets_parse_and_go_to_the_joint_search():
+    import depthcut as dc
+
+    b = Budgets.parse(["prefill=0.3", "latency=0.2"])
+    assert (b.prefill, b.latency, b.label) == (0.3, 0.2, "latency-0.2+prefill-0.3")
+    assert Budgets.from_budget(b.to_budget()) == b
+    assert dc.Budget.parse("prefill=0.25").prefill == 0.25
+    assert dc.PruneConfig(budget=dc.Budget(prefill=0.25)).units == ("auto",)
+    with pytest.raises(ConfigError, match="prefill=F is a budget of the joint search"):
+        dc.PruneConfig(units=("neuron",), budget=dc.Budget(prefill=0.25))
+    with pytest.raises(ConfigError, match=r"budget prefill=1\.0 must be a fraction"):
+        dc.Budget(prefill=1.0)
+
+
+def test_the_table_times_prefill_per_unit_and_per_narrowed_sublayer(tiny_table):
+    model, table = tiny_table
+    pre = table.latency["prefill"]
+    assert pre["context"] == 128  # the prompt is cut to the model's positions
+    assert set(pre["units"]) == set(table.latency["units"]) and pre["total"] > 0
+    for kind, size in (("attention", 2), ("mlp", 96)):
+        ratios = pre["ratios"][kind]
+        assert ratios[size] == 1.0 and ratios[0] == 0.0
+        assert all(0.0 < r <= 1.0 for k, r in ratios.items() if 0 < k < size)
+    keep, gone = table.options(1)[0], table.options(1)[-1]
+    assert gone.removes_block and table.prefill_seconds(gone) == 0.0
+    assert table.prefill_seconds(keep) == pytest.approx(pre["units"]["block:1"])
+
+
+def test_replayed_inputs_give_the_module_s_output_in_the_model():
+    """The prefill ratios time a sublayer alone on the inputs it received in the model: the
+    replay reproduces its output exactly."""
+    from depthcut.units.latency import captured_inputs
+
+    model = tiny_llama(layers=2)
+    ids = torch.arange(24).view(1, 24) % 100
+    paths = ["model.layers.1.self_attn", "model.layers.0.mlp"]
+    outputs = {}
+
+    def keep(path):
+        def hook(m, a, o):
+            outputs[path] = o[0] if isinstance(o, tuple) else o
+
+        return hook
+
+    hooks = [model.get_submodule(p).register_forward_hook(keep(p)) for p in paths]
+    inputs = captured_inputs(model, ids, paths)
+    for h in hooks:
+        h.remove()
+    for p in paths:
+        args, kwargs = inputs[p]
+        with torch.no_grad():
+            out = model.get_submodule(p)(*args, **kwargs)
+        torch.testing.assert_close(out[0] if isinstance(out, tuple) else out, outputs[p])
+
+
+def test_a_prefill_budget_is_met_by_the_predicted_prefill_saving(tiny_table):
+    _, table = tiny_table
+    plans = joint.solve_plans(table, Budgets(prefill=0.3), k=2)
+    for plan in plans:
+        pre = plan.run["prefill"]
+        assert pre["removed"] >= 0.3 * pre["total"] - 1e-12 and pre["context"] == 128
+    without = OptionTable.from_dict(table.to_dict() | {"latency": {**table.latency}})
+    del without.latency["prefill"]
+    with pytest.raises(ConfigError, match="no prefill timings"):
+        joint.solve_plans(without, Budgets(prefill=0.3))
+
+
+def test_search_corrects_the_prefill_prediction_by_what_it_measures(tiny_table, monkeypatch):
+    model, table = tiny_table
+    calib = tiny_calib(n=16, length=32)
+
+    def fake(model, plan, calib, heldout, ref):
+        pre = plan.run["prefill"]
+        predicted = pre["removed"] / pre["total"]
+        out = {"kl": predicted, "saved": 0.0, "predicted": 0.0}
+        return out | {"prefill_saved": predicted / 2, "prefill_predicted": predicted}
+
+    monkeypatch.setattr(joint, "measure", fake)
+    plan, rounds = joint.search(model, table, Budgets(prefill=0.2), calib, calib, k=2, ref=[])
+    assert [r["prefill_scale"] for r in rounds] == [1.0, 0.5]
+    assert plan.run["search"]["measured"]["prefill_saved"] >= 0.19

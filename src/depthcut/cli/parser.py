@@ -37,9 +37,10 @@ def _config_args(p: argparse.ArgumentParser) -> None:
         "--budget",
         action="append",
         default=None,
-        help=f"params=F[:non_embedding], count=N, latency=F (of the measured decode time) or "
-        f"kv=F (of the KV cache); repeat it for several at once (the joint search meets them "
-        f"all); default {commands.DEFAULT_BUDGET}",
+        help=f"params=F[:non_embedding], count=N, latency=F (of the measured decode time), "
+        f"prefill=F (of the measured prefill time of a 512-token prompt) or kv=F (of the KV "
+        f"cache); repeat it for several at once (the joint search meets them all); default "
+        f"{commands.DEFAULT_BUDGET}",
     )
     p.add_argument(
         "--budget-mode",
@@ -235,7 +236,8 @@ def add_frontier(sub) -> None:
         "--budgets",
         required=True,
         help="points of the frontier, comma-separated; '+' joins budgets of one point: "
-        "latency=0.1,latency=0.2 or latency=0.3+kv=0.5 (keys latency, kv, params[:non_embedding])",
+        "latency=0.1,latency=0.2 or latency=0.3+kv=0.5 (keys latency, prefill, kv, "
+        "params[:non_embedding])",
     )
     p.add_argument("--budget-mode", default="at_least", help="at_least, at_most or nearest")
     p.add_argument("--k", type=int, default=3, help="best solutions assembled and measured")

@@ -1,5 +1,6 @@
 """Budgets of a joint search: ``latency=F`` (share of the decode time per token to remove),
-``kv=F`` (share of the KV cache), ``params=F`` or ``params=F:non_embedding``; several at once."""
+``prefill=F`` (share of the prefill time of a 512-token prompt), ``kv=F`` (share of the KV
+cache), ``params=F`` or ``params=F:non_embedding``; several at once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from depthcut.config import BUDGET_MODES, PARAM_COUNTS, Budget, BudgetMode, ParamCount
 from depthcut.errors import ConfigError
 
-KEYS = ("latency", "kv", "params")
+KEYS = ("latency", "kv", "params", "prefill")
 
 
 @dataclass(frozen=True)
@@ -20,11 +21,12 @@ class Budgets:
     params: float | None = None
     count: ParamCount = "all"
     mode: BudgetMode = "at_least"
+    prefill: float | None = None
 
     def __post_init__(self) -> None:
         given = {k: getattr(self, k) for k in KEYS if getattr(self, k) is not None}
         if not given:
-            raise ConfigError("give at least one budget: latency=F, kv=F or params=F")
+            raise ConfigError("give at least one budget: latency=F, prefill=F, kv=F or params=F")
         for key, value in given.items():
             if not 0.0 < float(value) < 1.0:
                 raise ConfigError(f"budget {key}={value} must be a fraction in (0, 1)")
@@ -34,7 +36,7 @@ class Budgets:
             raise ConfigError(f"budget mode {self.mode!r} unknown; choose one of {BUDGET_MODES}")
 
     def given(self) -> dict[str, float]:
-        """The budgets given (``latency``, ``kv``, ``params``) as {name: fraction}."""
+        """The budgets given (``latency``, ``kv``, ``params``, ``prefill``) as {name: fraction}."""
         return {k: float(getattr(self, k)) for k in KEYS if getattr(self, k) is not None}
 
     @property
@@ -45,15 +47,25 @@ class Budgets:
     def to_budget(self) -> Budget:
         """Every given budget as one config ``Budget``."""
         return Budget(
-            params=self.params, count=self.count, mode=self.mode, latency=self.latency, kv=self.kv
+            params=self.params,
+            count=self.count,
+            mode=self.mode,
+            latency=self.latency,
+            kv=self.kv,
+            prefill=self.prefill,
         )
 
     @classmethod
     def from_budget(cls, budget: Budget) -> Budgets:
-        """A config's ``Budget`` (fractions of parameters, decode time and KV cache)."""
-        if budget.fraction is None and budget.latency is None and budget.kv is None:
-            raise ConfigError("units 'auto': give a fraction budget (latency=F, kv=F, params=F)")
-        return cls(budget.latency, budget.kv, budget.fraction, budget.count, budget.mode)
+        """A config's ``Budget`` (fractions of parameters, decode and prefill time, KV cache)."""
+        shares = (budget.fraction, budget.latency, budget.kv, budget.prefill)
+        if all(x is None for x in shares):
+            raise ConfigError(
+                "units 'auto': give a fraction budget (latency=F, prefill=F, kv=F, params=F)"
+            )
+        return cls(
+            budget.latency, budget.kv, budget.fraction, budget.count, budget.mode, budget.prefill
+        )
 
     @classmethod
     def parse(cls, texts: list[str], mode: str = "at_least") -> Budgets:
@@ -64,7 +76,7 @@ class Budgets:
             value, _, count = value.partition(":")
             if not sep or key not in KEYS or (count and key != "params"):
                 raise ConfigError(
-                    f"budget {text!r}: use latency=F, kv=F or params=F[:non_embedding]"
+                    f"budget {text!r}: use latency=F, prefill=F, kv=F or params=F[:non_embedding]"
                 )
             if key in values:
                 raise ConfigError(f"budget {key} given twice: give each budget once")

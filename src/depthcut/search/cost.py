@@ -1,4 +1,5 @@
-"""What an option costs to run: decode time per token, KV-cache bytes per token, parameters.
+"""What an option costs to run: decode time per token, prefill time, KV-cache bytes per token,
+parameters.
 
 Decode time is measured where the model runs. The dense model's blocks, attentions and MLPs
 are timed by forward hooks during cached batch-1 decode (``units.latency.unit_latency``). A
@@ -9,6 +10,11 @@ of a decoder has the same shapes, so a few stand for all; the extra memory is a 
 An option's time is then its block's time less what its sublayers save; a removed block saves
 all of it. ``depthcut.search.frontier`` checks the prediction on the assembled model and
 corrects it.
+
+Prefill time (a ``PREFILL``-token prompt, one uncached forward) is measured the same way: the
+dense units by forward hooks, and a narrowed sublayer's ratio by replaying the inputs its
+``sample`` dense counterparts received in one prefill through them and through sliced copies,
+alternating (only those sublayers run, so the ratios cost a fraction of a forward each).
 """
 
 from __future__ import annotations
@@ -19,7 +25,18 @@ from torch import nn
 from depthcut.methods.width.latency import restore, swap_sliced
 from depthcut.methods.width.layers import WidthLayer
 from depthcut.units.discover import Unit
-from depthcut.units.latency import timed_decode, unit_latency, warmed_prompt
+from depthcut.units.latency import (
+    captured_inputs,
+    prompt_ids,
+    replay_seconds,
+    synchronizer,
+    timed_decode,
+    unit_latency,
+    unit_prefill,
+    warmed_prompt,
+)
+
+PREFILL = 512  # prompt tokens of the prefill timings
 
 
 def sample_blocks(num_blocks: int, sample: int) -> list[int]:
@@ -71,6 +88,53 @@ def latency_table(
         for kept in kept_levels[kind]:
             if 0 < kept < size:
                 ratios[kind][kept] = width_ratio(model, chosen, kept, ids, steps, repeats)
+    prefill = prefill_table(model, units, widths, kept_levels, sample)
+    return table | {"ratios": ratios, "prefill": prefill}
+
+
+def replay_ratio(model, layers: list[WidthLayer], kept: int, inputs: dict, repeats: int) -> float:
+    """Prefill time of ``layers`` sliced to ``kept`` units over their dense time, each run
+    alone on its captured prefill inputs (fastest of ``repeats`` alternating runs)."""
+    dense = {w.module: model.get_submodule(w.module) for w in layers}
+    originals = swap_sliced(model, layers, lambda w: w.size - kept)
+    try:
+        sliced = {w.module: model.get_submodule(w.module) for w in layers}
+    finally:
+        restore(model, originals)
+    sync = synchronizer(next(model.parameters()).device)
+    runs: dict[str, list] = {"dense": [], "sliced": []}
+    for _ in range(repeats):
+        for name, modules in (("dense", dense), ("sliced", sliced)):
+            runs[name].append({p: replay_seconds(m, inputs[p], sync) for p, m in modules.items()})
+    ratio = _fastest_sum(runs["sliced"], list(dense)) / max(
+        _fastest_sum(runs["dense"], list(dense)), 1e-12
+    )
+    return min(ratio, 1.0)
+
+
+def prefill_table(
+    model: nn.Module,
+    units: list[Unit],
+    widths: dict[str, list[WidthLayer]],
+    kept_levels: dict[str, list[int]],
+    sample: int = 4,
+    context: int = PREFILL,
+    repeats: int = 3,
+) -> dict:
+    """{"units": {unit id: seconds}, "total", "ratios": {sublayer: {kept: ratio}}, spread…} of
+    one uncached forward of a ``context``-token prompt (at most the model's positions)."""
+    context = min(context, int(getattr(model.config, "max_position_embeddings", context)))
+    ids = prompt_ids(model, context)
+    table = unit_prefill(model, units, ids, repeats=2)
+    chosen = {k: [v[i] for i in sample_blocks(len(v), sample)] for k, v in widths.items()}
+    inputs = captured_inputs(model, ids, [w.module for v in chosen.values() for w in v])
+    ratios: dict[str, dict[int, float]] = {}
+    for kind, layers in chosen.items():
+        size = layers[0].size
+        ratios[kind] = {size: 1.0, 0: 0.0}
+        for kept in kept_levels[kind]:
+            if 0 < kept < size:
+                ratios[kind][kept] = replay_ratio(model, layers, kept, inputs, repeats)
     return table | {"ratios": ratios}
 
 

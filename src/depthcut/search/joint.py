@@ -15,6 +15,7 @@ import copy
 import math
 import statistics
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from depthcut.search.library import OptionTable
 from depthcut.search.options import Option
 from depthcut.search.solve import Limit, best_k
 from depthcut.timing import interleaved
-from depthcut.units.latency import decode_seconds, synchronizer, warmed_prompt
+from depthcut.units.latency import decode_seconds, prompt_ids, synchronizer, warmed_prompt
 
 TOLERANCE = 0.05  # a measured latency saving within 5% (relative) of the budget honours it
 DIFFER = 3  # blocks in which each re-measured candidate differs from the better ones
@@ -48,14 +49,26 @@ def flat_options(table: OptionTable) -> tuple[list[Option], list[list[int]]]:
     return options, groups
 
 
-def limits(table: OptionTable, options: list[Option], budgets: Budgets, scale: float) -> list:
-    """The program's budget rows; ``scale`` corrects the predicted time savings."""
+def limits(
+    table: OptionTable,
+    options: list[Option],
+    budgets: Budgets,
+    scale: float,
+    prefill_scale: float = 1.0,
+) -> list:
+    """The program's budget rows; ``scale`` (``prefill_scale``) corrects the predicted decode
+    (prefill) time savings."""
     mode, out = budgets.mode, []
     given = budgets.given()
     if "latency" in given:
         total = table.latency["total"]
         saving = np.array([_time_saved(table, o) for o in options]) * scale
         out.append(_limit("latency", saving, given["latency"] * total, total, mode))
+    if "prefill" in given:
+        table.prefill_seconds(table.options(0)[0])  # refuses a table without prefill timings
+        total = table.latency["prefill"]["total"]
+        saving = np.array([_prefill_saved(table, o) for o in options]) * prefill_scale
+        out.append(_limit("prefill", saving, given["prefill"] * total, total, mode))
     if "kv" in given:
         full = np.array([table.kv(_keep_of(table, o)) for o in options], dtype=float)
         saving = full - np.array([table.kv(o) for o in options], dtype=float)
@@ -87,13 +100,17 @@ def _time_saved(table: OptionTable, o: Option) -> float:
     return table.seconds(_keep_of(table, o)) - table.seconds(o)
 
 
+def _prefill_saved(table: OptionTable, o: Option) -> float:
+    return table.prefill_seconds(_keep_of(table, o)) - table.prefill_seconds(o)
+
+
 def assemble(table: OptionTable, chosen: list[Option], budgets: Budgets) -> Plan:
     """The plan realising ``chosen`` (one option per block), refit by ls when applied."""
     actions = [a for o in chosen for a in table.actions(o)]
     saved = sum(_time_saved(table, o) for o in chosen)
     cfg = PruneConfig(units=(AUTO,), budget=budgets.to_budget(), repair="ls")
     total = table.latency["total"]
-    run = {
+    run: dict[str, Any] = {
         "config": cfg.to_dict(),
         "metric": "joint",
         "search": {
@@ -103,15 +120,28 @@ def assemble(table: OptionTable, chosen: list[Option], budgets: Budgets) -> Plan
         },
         "latency": {"target": (budgets.latency or 0.0) * total, "removed": saved, "total": total},
     }
+    if budgets.prefill is not None:
+        total = table.latency["prefill"]["total"]
+        saved = sum(_prefill_saved(table, o) for o in chosen)
+        context = table.latency["prefill"]["context"]
+        run["prefill"] = {"target": budgets.prefill * total, "removed": saved, "total": total}
+        run["prefill"] |= {"context": context}
     return Plan(actions, table.model, run)
 
 
-def solve_plans(table: OptionTable, budgets: Budgets, k: int = 3, scale: float = 1.0) -> list[Plan]:
+def solve_plans(
+    table: OptionTable,
+    budgets: Budgets,
+    k: int = 3,
+    scale: float = 1.0,
+    prefill_scale: float = 1.0,
+) -> list[Plan]:
     """The ``k`` plans of least summed quality cost under ``budgets``, best first."""
     options, groups = flat_options(table)
     quality = np.array([table.quality(o) for o in options])
     differ = min(DIFFER, len(groups))
-    found = best_k(quality, groups, limits(table, options, budgets, scale), k, differ)
+    rows = limits(table, options, budgets, scale, prefill_scale)
+    found = best_k(quality, groups, rows, k, differ)
     plans = []
     for sol in found:
         chosen = [options[g[c]] for g, c in zip(groups, sol.choice)]
@@ -169,13 +199,54 @@ def realise(model: nn.Module, plan: Plan, calib: CalibData) -> nn.Module:
     return apply_plan(work, plan, inplace=True)
 
 
+def prefill_ratio(dense: nn.Module, pruned: nn.Module, context: int, repeats: int = 3):
+    """(pruned ÷ dense seconds of one uncached ``context``-token forward, other CPU %):
+    medians of interleaved runs."""
+    sync = synchronizer(next(dense.parameters()).device)
+    ids = prompt_ids(dense, context)
+
+    def run(m: nn.Module) -> None:
+        with torch.no_grad():
+            m(ids, use_cache=False)
+        sync()
+
+    calls: dict[str, Callable[[], object]] = {
+        "dense": lambda: run(dense),
+        "pruned": lambda: run(pruned),
+    }
+    seconds, other = interleaved(calls, repeats=repeats)
+    return statistics.median(seconds["pruned"]) / statistics.median(seconds["dense"]), other
+
+
 def measure(model, plan: Plan, calib: CalibData, heldout: CalibData, ref) -> dict:
-    """Held-back KL and measured decode-time saving of the refit, pruned plan."""
+    """Held-back KL and measured decode-time (and, under a prefill budget, prefill-time)
+    saving of the refit, pruned plan."""
     pruned = realise(model, plan, calib)
     ratio, other = decode_ratio(model, pruned)
     kl, ppl = held_back_scores(pruned, heldout, ref)
     predicted = plan.run["latency"]["removed"] / plan.run["latency"]["total"]
-    return {"kl": kl, "ppl": ppl, "saved": 1.0 - ratio, "predicted": predicted, "other_cpu": other}
+    out = {"kl": kl, "ppl": ppl, "saved": 1.0 - ratio, "predicted": predicted, "other_cpu": other}
+    if "prefill" in plan.run:
+        pre = plan.run["prefill"]
+        measured, _ = prefill_ratio(model, pruned, pre["context"])
+        out |= {"prefill_saved": 1.0 - measured, "prefill_predicted": pre["removed"] / pre["total"]}
+    return out
+
+
+TIMED = {"latency": ("saved", "predicted"), "prefill": ("prefill_saved", "prefill_predicted")}
+
+
+def _timed(budgets: Budgets) -> dict[str, float]:
+    """The time budgets given ({latency / prefill: fraction}), which measurements check."""
+    return {k: v for k, v in budgets.given().items() if k in TIMED}
+
+
+def _honours_all(measured: dict, budgets: Budgets) -> bool:
+    return all(honours(measured[TIMED[k][0]], v, budgets.mode) for k, v in _timed(budgets).items())
+
+
+def _miss(measured: dict, budgets: Budgets) -> float:
+    return sum(abs(measured[TIMED[k][0]] - v) for k, v in _timed(budgets).items())
 
 
 def honours(measured: float, target: float | None, mode: str) -> bool:
@@ -202,20 +273,23 @@ def search(
 ) -> tuple[Plan, list[dict]]:
     """The measured best joint plan under ``budgets`` and the report of every round."""
     ref = reference(model, heldout) if ref is None else ref
-    scale, report = 1.0, list[dict]()
+    scales, report = dict.fromkeys(TIMED, 1.0), list[dict]()
     best: tuple[Plan, dict] | None = None
     for r in range(rounds):
-        plans = solve_plans(table, budgets, k, scale)
+        plans = solve_plans(table, budgets, k, scales["latency"], scales["prefill"])
         found = [(p, measure(model, p, calib, heldout, ref)) for p in plans]
-        report.append({"round": r, "scale": scale, "candidates": [_row(p, m) for p, m in found]})
-        ok = [(p, m) for p, m in found if honours(m["saved"], budgets.latency, budgets.mode)]
+        row = {"round": r, "scale": scales["latency"]}
+        row |= {"prefill_scale": scales["prefill"]} if budgets.prefill is not None else {}
+        report.append(row | {"candidates": [_row(p, m) for p, m in found]})
+        ok = [(p, m) for p, m in found if _honours_all(m, budgets)]
         if ok:
             best = min(ok, key=lambda pm: pm[1]["kl"])
             break
-        best = min(found, key=lambda pm: abs(pm[1]["saved"] - (budgets.latency or 0)))
-        if budgets.latency is None:
+        best = min(found, key=lambda pm: _miss(pm[1], budgets))
+        if not _timed(budgets):
             break
-        scale *= _correction(found)
+        for name in _timed(budgets):
+            scales[name] *= _correction(found, *TIMED[name])
     if best is None:
         raise ValueError("the joint search measured no plan")
     plan, measured = best
@@ -230,8 +304,8 @@ def _row(plan: Plan, measured: dict) -> dict:
     } | measured
 
 
-def _correction(found: list) -> float:
+def _correction(found: list, saved: str = "saved", predicted: str = "predicted") -> float:
     """The median of measured ÷ predicted time saving over the candidates: the factor the
     predicted savings are scaled by before the next round."""
-    ratios = [m["saved"] / m["predicted"] for _, m in found if m["predicted"] > 0]
+    ratios = [m[saved] / m[predicted] for _, m in found if m[predicted] > 0]
     return statistics.median(ratios) if ratios else 1.0

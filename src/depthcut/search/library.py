@@ -39,7 +39,8 @@ SUBLAYERS = {"attention": Kind.HEAD, "mlp": Kind.NEURON}
 @dataclass
 class OptionTable:
     """Per block (``blocks[i]``): sizes, paths, unit parameters, and for each sublayer level
-    its quality cost and removed units; ``latency``: the measured decode table."""
+    its quality cost and removed units; ``latency``: the measured decode table (with the
+    prefill table under ``"prefill"``)."""
 
     model: dict[str, Any]
     blocks: list[dict[str, Any]]
@@ -68,10 +69,17 @@ class OptionTable:
         return _level(b["attention"], o.attention)["error"] + _level(b["mlp"], o.mlp)["error"]
 
     def seconds(self, o: Option) -> float:
-        ratios = self.latency["ratios"]
-        a = ratios["attention"][_key(ratios["attention"], o.attention)]
-        m = ratios["mlp"][_key(ratios["mlp"], o.mlp)]
-        return option_seconds(self.latency, o.block, a, m)
+        """Predicted decode seconds per token of the option's block."""
+        return _seconds(self.latency, o)
+
+    def prefill_seconds(self, o: Option) -> float:
+        """Predicted prefill seconds of the option's block (tables of this version)."""
+        if "prefill" not in self.latency:
+            raise ConfigError(
+                "--budget prefill: this option table has no prefill timings (made by an earlier "
+                "version of depthcut): build it again"
+            )
+        return _seconds(self.latency["prefill"], o)
 
     def kv(self, o: Option) -> int:
         return o.attention * self.blocks[o.block]["attention"]["bytes_per_unit"]
@@ -125,11 +133,23 @@ class OptionTable:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OptionTable:
         blocks = [_int_keys(b) for b in data["blocks"]]
-        latency = dict(data["latency"])
-        latency["ratios"] = {
-            k: {int(n): v for n, v in r.items()} for k, r in latency["ratios"].items()
-        }
+        latency = _int_ratios(data["latency"])
         return cls(data["model"], blocks, latency, data.get("cost", {}), data["version"])
+
+
+def _seconds(latency: dict, o: Option) -> float:
+    ratios = latency["ratios"]
+    a = ratios["attention"][_key(ratios["attention"], o.attention)]
+    m = ratios["mlp"][_key(ratios["mlp"], o.mlp)]
+    return option_seconds(latency, o.block, a, m)
+
+
+def _int_ratios(latency: dict) -> dict:
+    out = dict(latency)
+    out["ratios"] = {k: {int(n): v for n, v in r.items()} for k, r in latency["ratios"].items()}
+    if "prefill" in latency:
+        out["prefill"] = _int_ratios(latency["prefill"])
+    return out
 
 
 def _key(ratios: dict[int, float], kept: int) -> int:

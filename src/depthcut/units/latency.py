@@ -1,4 +1,5 @@
-"""Per-unit decode latency, measured once on the current device (``--budget latency=F``).
+"""Per-unit decode and prefill latency, measured once on the current device (``--budget
+latency=F``, ``prefill=F``).
 
 Units do not cost what their parameter counts say: an attention sublayer reads its KV cache,
 a block carries norms and residual adds, small matrices run below peak. The table is measured
@@ -6,7 +7,9 @@ where the model runs: ``steps`` greedy decode steps of batch 1 after a ``context
 with forward hooks timing every module a unit consists of (synchronised on CUDA). The total
 per-token time comes from the same steps, so the units' shares are measured under the same
 load (their nested intervals never add up to more than it). Saved in ``scores.json`` (``latency``)
-and reused by every plan made from those scores.
+and reused by every plan made from those scores. Prefill is timed the same way on one uncached
+forward of a long prompt; a module's captured inputs can be replayed through it (or through a
+sliced copy) to time it alone.
 """
 
 from __future__ import annotations
@@ -125,3 +128,77 @@ def unit_latency(
         "context": context,
         "steps": steps,
     } | timing_quality(totals, other_cpu)
+
+
+def timed_prefill(
+    model: nn.Module, ids: torch.Tensor, paths: list[str]
+) -> tuple[float, dict[str, float]]:
+    """(seconds, {module path: its seconds}) of one uncached forward of the prompt ``ids``,
+    timed by forward hooks on the modules ``paths``."""
+    sync = synchronizer(torch.device(device_of(model)))
+    modules = dict(model.named_modules())
+    spent = dict.fromkeys(sorted(set(paths)), 0.0)
+    handles = timing_hooks(modules, spent, sync)
+    try:
+        with torch.no_grad():
+            sync()
+            started = time.perf_counter()
+            model(ids, use_cache=False)
+            sync()
+            total = time.perf_counter() - started
+    finally:
+        for h in handles:
+            h.remove()
+    return total, spent
+
+
+def unit_prefill(model: nn.Module, units: list[Unit], ids: torch.Tensor, repeats: int = 2) -> dict:
+    """{"units": {unit id: seconds}, "total": seconds, "context", "spread", "other_cpu",
+    "unreliable"} of one uncached forward of the prompt ``ids`` (medians of ``repeats`` runs
+    after an untimed one)."""
+    with torch.no_grad():
+        model(ids, use_cache=False)
+    paths = [p for u in units for p in u.modules]
+    watch = CpuWatch()
+    watch.start()
+    runs = [timed_prefill(model, ids, paths) for _ in range(repeats)]
+    other_cpu = watch.stop()
+    totals = [total for total, _ in runs]
+    per_unit = {u.id: [sum(t[p] for p in u.modules) for _, t in runs] for u in units}
+    return {
+        "units": {uid: statistics.median(v) for uid, v in per_unit.items()},
+        "total": statistics.median(totals),
+        "context": int(ids.shape[1]),
+    } | timing_quality(totals, other_cpu)
+
+
+def captured_inputs(model: nn.Module, ids: torch.Tensor, paths: list[str]) -> dict[str, tuple]:
+    """{module path: (args, kwargs)} each module received in one uncached forward of ``ids``."""
+    modules = dict(model.named_modules())
+    got: dict[str, tuple] = {}
+
+    def keeper(path: str):
+        def pre(m, args, kwargs):
+            got[path] = (args, kwargs)
+
+        return pre
+
+    handles = [modules[p].register_forward_pre_hook(keeper(p), with_kwargs=True) for p in paths]
+    try:
+        with torch.no_grad():
+            model(ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return got
+
+
+def replay_seconds(module: nn.Module, inputs: tuple, sync) -> float:
+    """Seconds ``module`` takes on the captured ``inputs`` (args, kwargs)."""
+    args, kwargs = inputs
+    with torch.no_grad():
+        sync()
+        started = time.perf_counter()
+        module(*args, **kwargs)
+        sync()
+    return time.perf_counter() - started
