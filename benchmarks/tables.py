@@ -32,12 +32,17 @@ def _bold_best(cells: list[tuple[float, str]], low: bool = True) -> list[str]:
 
 
 def budget_grid(name: str, third: str) -> str:
-    """A method × budget grid: removed / perplexity / ``third`` (``kl`` or ``speed``) per cell;
+    """A method × budget grid: removed / perplexity / ``third`` (``kl``, ``speed`` or
+    ``accuracy``) per cell;
     the best perplexity of each column in bold."""
     data = _load(name)
     budgets = list(data["budgets"])
     methods = list(data["budgets"][budgets[0]])
-    fmt = (lambda r: f"{r['kl']:.2f}") if third == "kl" else (lambda r: f"{r['speed']:.2f}×")
+    fmt = {
+        "kl": lambda r: f"{r['kl']:.2f}",
+        "speed": lambda r: f"{r['speed']:.2f}×",
+        "accuracy": lambda r: f"{r['accuracy']:.3f}",
+    }[third]
     columns = []
     for b in budgets:
         rows = data["budgets"][b]
@@ -112,6 +117,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "sweep_gemma": lambda: budget_grid("sweep_gemma", "kl"),
     "sweep": lambda: budget_grid("sweep", "kl"),
     "latency": lambda: budget_grid("latency", "speed"),
+    "quality": lambda: budget_grid("quality", "accuracy"),
     "default": default_runs,
     "ls_memory": ls_memory,
     "vision": _from_bench("bench_vision", "table", "vision"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -266,7 +266,7 @@ class RollingCache(BlockCache):
         self.model, self.structure = model, structure
         self.backward, self.keep = False, keep
         # the live list: recorded
-        self._blocks = cast(nn.ModuleList, model.get_submodule(structure.blocks_path))
+        self._blocks = structure.block_list(model)
         self._start(calib, progress)
         self._record()
 

@@ -15,7 +15,6 @@ run).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
 
 import torch
 from torch import nn
@@ -79,7 +78,7 @@ def _check_blocks(model: nn.Module, rebuilt: nn.Module, saved: dict) -> None:
 
     structure = discover_structure(model)
     cache = BlockCache(model, structure, CalibData.of(probe_inputs(model, 16)), progress=False)
-    shells = cast(nn.ModuleList, rebuilt.get_submodule(structure.blocks_path))
+    shells = structure.block_list(rebuilt)
     if len(shells) != cache.num_blocks:
         raise OutputWriteError(
             f"the plan rebuilds {len(shells)} blocks, the model has {cache.num_blocks}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -62,6 +63,10 @@ class ModelStructure:
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)
+
+    def block_list(self, model: nn.Module) -> nn.ModuleList:
+        """``model``'s block stack (the ModuleList at ``blocks_path``)."""
+        return cast(nn.ModuleList, model.get_submodule(self.blocks_path))
 
 
 def is_norm(module: nn.Module) -> bool:

@@ -159,7 +159,7 @@ class BlockSource:
 
     @property
     def blocks(self) -> nn.ModuleList:
-        return self.model.get_submodule(self.structure.blocks_path)
+        return self.structure.block_list(self.model)
 
     def _materialize_rest(self, shell_buffers: dict[str, torch.Tensor]) -> None:
         """Everything outside the block stack, from the shards; buffers that are not saved

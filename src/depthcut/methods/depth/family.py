@@ -3,8 +3,6 @@ style units), scored on the block-input cache, removed by surgery on the block s
 
 from __future__ import annotations
 
-from typing import cast
-
 from torch import nn
 
 from depthcut.calibrate import BlockCache
@@ -66,7 +64,7 @@ class DepthFamily:
         kept = remove_blocks(model, structure, drop)
         if hasattr(model, "config"):
             sync_config(model.config, kept, structure.num_blocks)
-        renumber_layer_idx(cast(nn.ModuleList, model.get_submodule(structure.blocks_path)))
+        renumber_layer_idx(structure.block_list(model))
         return model
 
     def manual_plan(self, model: nn.Module, unit_ids: list[str], example=None) -> Plan:

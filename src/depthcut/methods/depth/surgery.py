@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 from torch import nn
 
 from depthcut.graph.structure import ModelStructure, require_sublayer
@@ -19,7 +17,7 @@ def remove_sublayer(model: nn.Module, structure: ModelStructure, block: int, kin
 
 
 def remove_blocks(model: nn.Module, structure: ModelStructure, drop: set[int]) -> list[int]:
-    blocks = cast(nn.ModuleList, model.get_submodule(structure.blocks_path))
+    blocks = structure.block_list(model)
     kept = [i for i in range(len(blocks)) if i not in drop]
     set_module(model, structure.blocks_path, nn.ModuleList([blocks[i] for i in kept]))
     return kept
