@@ -51,7 +51,7 @@ from depthcut.eval.perplexity import perplexity
 from depthcut.eval.run import param_counts
 from depthcut.eval.zeroshot import zeroshot
 from depthcut.importance import functional as F
-from results_file import provenance
+from results_file import FLAG_NOTE, provenance
 
 WINDOW, WINDOWS = 512, 8
 TASKS = ["piqa", "arc_easy", "hellaswag", "winogrande", "lambada"]
@@ -237,6 +237,7 @@ def run_budget(model, tok, calib, ids, dense_q, budget, methods, args, bos_id) -
         print(f"| {name} | {tps:.1f} | {tps / dense_tps:.2f} |")
         if name in rows:
             rows[name]["speed"] = tps / dense_tps
+            rows[name]["speed_unreliable"] = result.unreliable + lat["dense"].unreliable
         else:
             dense_q["tps"] = tps
     print(flush=True)
@@ -317,9 +318,11 @@ def doc_table(data: dict, budget: str | None = None) -> str:
             *(f"{r[t]:.3f}" for t in tasks),
             *([cell(r, "accuracy", f"{r['accuracy']:.3f}"), f"{r['loops']:.0%}"] if tasks else []),
             f"{cost} ({r['seconds']:.0f} s)",
-            f"{r['speed']:.2f}×",
+            f"{r['speed']:.2f}×" + (" ⚠" if r.get("speed_unreliable") else ""),
         ]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if any(r.get("speed_unreliable") for r in done.values()):
+        lines.append(f"\n{FLAG_NOTE}")
     return "\n".join(lines)
 
 

@@ -125,6 +125,9 @@ TABLES: dict[str, Callable[[], str]] = {
     "frontier": _from_bench("bench_frontier", "doc_table", "frontier_smollm2", "latency"),
     "pipeline": _from_bench("bench_pipeline", "doc_table", "pipeline_smollm2"),
     "healing": _from_bench("bench_healing", "doc_table", "healing_smollm2"),
+    "comparison_smollm2": _from_bench("bench_quality", "doc_table", "comparison_smollm2"),
+    "depth_speedup": _from_bench("bench_depth_speedup", "table", "depth_speedup"),
+    "encoder_width": _from_bench("bench_encoder_width", "table", "encoder_width"),
 }
 
 
