@@ -43,7 +43,8 @@ METHODS = {
 
 
 def cfg_of(method: str, budget: float) -> dc.PruneConfig:
-    return dc.PruneConfig(**METHODS[method], budget=dc.Budget(params=budget))
+    """No repair: this benchmark measures the selections themselves."""
+    return dc.PruneConfig(**METHODS[method], budget=dc.Budget(params=budget), repair="none")
 
 
 def ppl(model, ids) -> float:

@@ -128,6 +128,14 @@ TABLES: dict[str, Callable[[], str]] = {
     "comparison_smollm2": _from_bench("bench_quality", "doc_table", "comparison_smollm2"),
     "depth_speedup": _from_bench("bench_depth_speedup", "table", "depth_speedup"),
     "encoder_width": _from_bench("bench_encoder_width", "table", "encoder_width"),
+    "quantize_int8": _from_bench("bench_quantize", "table", "quantize_int8"),
+    "repair": _from_bench("bench_repair", "table", "repair"),
+    "iterative_cache": _from_bench("bench_iterative_cache", "table", "iterative_cache"),
+    "llamacpp": _from_bench("bench_llamacpp", "table", "llamacpp"),
+    "fine_cost": _from_bench("bench_fine", "cost_table", "fine"),
+    "fine_speedup": _from_bench("bench_fine", "speedup_table", "fine"),
+    "fine_tradeoff": _from_bench("bench_fine", "tradeoff_table", "fine"),
+    "fine_orders": _from_bench("bench_fine", "orders_table", "fine"),
 }
 
 

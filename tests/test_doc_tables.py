@@ -43,3 +43,22 @@ def test_write_regenerates_a_stale_block():
     assert tables.rewrite(page) == (
         f"x\n<!-- generated: ls_memory -->\n{tables.ls_memory()}\n<!-- end generated -->\ny\n"
     )
+
+
+def hand_written_tables(text: str) -> list[str]:
+    """The first line of every Markdown table outside generated blocks that no
+    ``<!-- hand-written: why -->`` comment (on one of the three lines before it) declares."""
+    outside = tables.BLOCK.sub("", text).split("\n")
+    found = []
+    for i, line in enumerate(outside):
+        starts = line.startswith("|") and i + 1 < len(outside) and outside[i + 1].startswith("|-")
+        if starts and not any("<!-- hand-written:" in ln for ln in outside[max(0, i - 3) : i]):
+            found.append(line)
+    return found
+
+
+@pytest.mark.parametrize("page", sorted((ROOT / "docs" / "benchmarks").glob("*.md")), ids=str)
+def test_benchmark_pages_hold_only_generated_or_declared_tables(page):
+    assert hand_written_tables(page.read_text()) == [], (
+        f"{page.name}: a table neither generated from a results file nor declared hand-written"
+    )

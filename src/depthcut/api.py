@@ -55,7 +55,10 @@ def score(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool =
 
 def _check_repair_tokens(model, structure, cfg: PruneConfig, calib: CalibData) -> None:
     from depthcut.refit.needs import check_calibration, repair_need
+    from depthcut.refit.run import require_lm_head
 
+    if cfg.repair != "none":
+        require_lm_head(model, cfg.repair)
     check_calibration(repair_need(model, structure, cfg), calib)
 
 

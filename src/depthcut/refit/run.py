@@ -109,6 +109,7 @@ def repair(
         return {"method": "none"}
     started = time.perf_counter()
     model.eval()
+    require_lm_head(model, method)
     structure = discover_structure(model)
     if method == "patch":
         report = repair_patch(model, structure, plan, calib, progress)
@@ -126,6 +127,17 @@ def repair(
         "forward_equivalents": sum(p["forward_equivalents"] for p in parts),
         "seconds": time.perf_counter() - started,
     }
+
+
+def require_lm_head(model: nn.Module, method: str) -> None:
+    """The refits are kept only when the held-back next-token loss drops: refuse, before any
+    work, a model that has no language-model head (an encoder)."""
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if head is None:
+        raise ConfigError(
+            f"--repair {method} keeps a fit only when the held-back next-token loss drops, and "
+            f"this model ({type(model).__name__}) has no language-model head: use --repair none"
+        )
 
 
 def _repair_runs(model, structure: ModelStructure, plan: Plan, calib, fit, progress) -> dict:

@@ -1,15 +1,18 @@
 """Heads (whole KV groups) and neurons: slicing equals zeroing, GQA stays valid, reload."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 import depthcut as dc
+from depthcut.errors import ConfigError
 from depthcut.graph.structure import discover_structure
 from depthcut.io import logits_on_probe
 from depthcut.methods.width.importance import width_scores
 from depthcut.methods.width.layers import width_layers
 from depthcut.methods.width.select import select_width
-from tiny import BUILDERS, tiny_calib, tiny_llama, tiny_tokenizer
+from tiny import BUILDERS, tiny_bert, tiny_calib, tiny_llama, tiny_tokenizer
 
 
 def zeroed_reference(model, kind, removal, ids, output="logits"):
@@ -319,3 +322,15 @@ def test_output_norm_is_the_mean_norm_of_each_units_consumer_input(kind):
     expected = acts.double().view(acts.shape[0], -1, owned).norm(dim=-1).mean(0)
     got = width_scores(model, layers, calib, "output_norm", progress=False)
     torch.testing.assert_close(torch.tensor(got[f"{kind}:1"], dtype=torch.float64), expected)
+
+
+def test_repair_refuses_an_encoder_before_any_scoring():
+    """The refits are kept by the held-back next-token loss: an encoder (no LM head) is
+    refused in one line by dc.score (before scoring) and by dc.repair."""
+    model = tiny_bert()
+    cfg = dc.PruneConfig(units=("neuron",), budget=dc.Budget(params=0.1))  # repair auto: ls
+    with pytest.raises(ConfigError, match="has no language-model head: use --repair none"):
+        dc.score(model, cfg, tiny_calib())
+    plan = dc.plan(dc.score(model, replace(cfg, repair="none"), tiny_calib()), cfg)
+    with pytest.raises(ConfigError, match=r"BertModel\) has no language-model head"):
+        dc.repair(model, plan, tiny_calib(), "ls")
