@@ -66,22 +66,27 @@ def measure() -> dict:
 
 
 def table(data: dict) -> str:
-    """Embedding agreement per unit kind and metric, without and with the ls refit."""
+    """Embedding agreement per unit kind and metric, without and (where it ran) with the ls
+    refit; a refit refused everywhere is one line under the table."""
+    refit = any("agreement_ls" in r for r in data["rows"])
     lines = [
         f"{provenance(data)}: all-MiniLM-L6-v2, mean cosine of normalised mean-pooled "
         f"embeddings against the dense model on {data['sentences']} held-out sentences; "
         f"calibration: {data['texts']} wiki paragraphs of up to 128 tokens",
         "",
-        "| units | share removed | metric | params removed | agreement | with the ls refit |",
-        "|---|---|---|---:|---:|---:|",
+        "| units | share removed | metric | params removed | agreement |"
+        + (" with the ls refit |" if refit else ""),
+        "|---|---|---|---:|---:|" + ("---:|" if refit else ""),
     ]
     for r in data["rows"]:
         share = ", ".join(f"{v:.0%} of {k}" for k, v in r["fractions"].items())
-        ls = f"{r['agreement_ls']:.4f}" if "agreement_ls" in r else "refused"
+        ls = f" {r['agreement_ls']:.4f} |" if "agreement_ls" in r else " refused |"
         lines.append(
             f"| {r['units']} | {share} | {r['metric']} | {r['removed']:.1%} "
-            f"| {r['agreement']:.4f} | {ls} |"
+            f"| {r['agreement']:.4f} |" + (ls if refit else "")
         )
+    if not refit:
+        lines.append(f"\nThe ls refit, refused: {data['rows'][0]['ls_refused']}")
     return "\n".join(lines)
 
 
