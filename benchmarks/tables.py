@@ -132,6 +132,10 @@ TABLES: dict[str, Callable[[], str]] = {
     "repair": _from_bench("bench_repair", "table", "repair"),
     "iterative_cache": _from_bench("bench_iterative_cache", "table", "iterative_cache"),
     "llamacpp": _from_bench("bench_llamacpp", "table", "llamacpp"),
+    "fine_cost": _from_bench("bench_fine", "cost_table", "fine"),
+    "fine_speedup": _from_bench("bench_fine", "speedup_table", "fine"),
+    "fine_tradeoff": _from_bench("bench_fine", "tradeoff_table", "fine"),
+    "fine_orders": _from_bench("bench_fine", "orders_table", "fine"),
 }
 
 
