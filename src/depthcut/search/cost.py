@@ -80,16 +80,30 @@ def latency_table(
     the dense units' decode times and the measured ratios of narrowed sublayers."""
     table = unit_latency(model, units, context, steps, repeats=repeats)
     ids = warmed_prompt(model, context)
-    ratios: dict[str, dict[int, float]] = {}
-    for kind, layers in widths.items():
-        chosen = [layers[i] for i in sample_blocks(len(layers), sample)]
-        size = chosen[0].size
-        ratios[kind] = {size: 1.0, 0: 0.0}
-        for kept in kept_levels[kind]:
-            if 0 < kept < size:
-                ratios[kind][kept] = width_ratio(model, chosen, kept, ids, steps, repeats)
+    chosen = sampled(widths, sample)
+    ratios = level_ratios(
+        chosen, kept_levels, lambda ls, kept: width_ratio(model, ls, kept, ids, steps, repeats)
+    )
     prefill = prefill_table(model, units, widths, kept_levels, sample)
     return table | {"ratios": ratios, "prefill": prefill}
+
+
+def sampled(widths: dict[str, list[WidthLayer]], sample: int) -> dict[str, list[WidthLayer]]:
+    """Each sublayer kind's ``sample`` layers spread over the stack (the ones timed)."""
+    return {k: [v[i] for i in sample_blocks(len(v), sample)] for k, v in widths.items()}
+
+
+def level_ratios(chosen: dict[str, list[WidthLayer]], kept_levels: dict[str, list[int]], ratio):
+    """{kind: {kept: time ratio}}: 1 at full width, 0 removed, ``ratio(layers, kept)`` measured
+    for every level in between."""
+    out: dict[str, dict[int, float]] = {}
+    for kind, layers in chosen.items():
+        size = layers[0].size
+        out[kind] = {size: 1.0, 0: 0.0}
+        for kept in kept_levels[kind]:
+            if 0 < kept < size:
+                out[kind][kept] = ratio(layers, kept)
+    return out
 
 
 def replay_ratio(model, layers: list[WidthLayer], kept: int, inputs: dict, repeats: int) -> float:
@@ -126,15 +140,11 @@ def prefill_table(
     context = min(context, int(getattr(model.config, "max_position_embeddings", context)))
     ids = prompt_ids(model, context)
     table = unit_prefill(model, units, ids, repeats=2)
-    chosen = {k: [v[i] for i in sample_blocks(len(v), sample)] for k, v in widths.items()}
+    chosen = sampled(widths, sample)
     inputs = captured_inputs(model, ids, [w.module for v in chosen.values() for w in v])
-    ratios: dict[str, dict[int, float]] = {}
-    for kind, layers in chosen.items():
-        size = layers[0].size
-        ratios[kind] = {size: 1.0, 0: 0.0}
-        for kept in kept_levels[kind]:
-            if 0 < kept < size:
-                ratios[kind][kept] = replay_ratio(model, layers, kept, inputs, repeats)
+    ratios = level_ratios(
+        chosen, kept_levels, lambda ls, kept: replay_ratio(model, ls, kept, inputs, repeats)
+    )
     return table | {"ratios": ratios}
 
 

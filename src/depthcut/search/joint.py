@@ -65,8 +65,7 @@ def limits(
         saving = np.array([_time_saved(table, o) for o in options]) * scale
         out.append(_limit("latency", saving, given["latency"] * total, total, mode))
     if "prefill" in given:
-        table.prefill_seconds(table.options(0)[0])  # refuses a table without prefill timings
-        total = table.latency["prefill"]["total"]
+        total = table.prefill["total"]
         saving = np.array([_prefill_saved(table, o) for o in options]) * prefill_scale
         out.append(_limit("prefill", saving, given["prefill"] * total, total, mode))
     if "kv" in given:
@@ -121,11 +120,10 @@ def assemble(table: OptionTable, chosen: list[Option], budgets: Budgets) -> Plan
         "latency": {"target": (budgets.latency or 0.0) * total, "removed": saved, "total": total},
     }
     if budgets.prefill is not None:
-        total = table.latency["prefill"]["total"]
+        total, context = table.prefill["total"], table.prefill["context"]
         saved = sum(_prefill_saved(table, o) for o in chosen)
-        context = table.latency["prefill"]["context"]
-        run["prefill"] = {"target": budgets.prefill * total, "removed": saved, "total": total}
-        run["prefill"] |= {"context": context}
+        target = budgets.prefill * total
+        run["prefill"] = {"target": target, "removed": saved, "total": total, "context": context}
     return Plan(actions, table.model, run)
 
 

@@ -72,14 +72,19 @@ class OptionTable:
         """Predicted decode seconds per token of the option's block."""
         return _seconds(self.latency, o)
 
-    def prefill_seconds(self, o: Option) -> float:
-        """Predicted prefill seconds of the option's block (tables of this version)."""
+    @property
+    def prefill(self) -> dict:
+        """The measured prefill table (tables of this version; refused for older ones)."""
         if "prefill" not in self.latency:
             raise ConfigError(
                 "--budget prefill: this option table has no prefill timings (made by an earlier "
                 "version of depthcut): build it again"
             )
-        return _seconds(self.latency["prefill"], o)
+        return self.latency["prefill"]
+
+    def prefill_seconds(self, o: Option) -> float:
+        """Predicted prefill seconds of the option's block."""
+        return _seconds(self.prefill, o)
 
     def kv(self, o: Option) -> int:
         return o.attention * self.blocks[o.block]["attention"]["bytes_per_unit"]

@@ -118,15 +118,18 @@ def unit_latency(
     watch = CpuWatch()
     watch.start()
     runs = [timed_decode(model, ids, paths, steps) for _ in range(repeats)]
-    other_cpu = watch.stop()
+    found = unit_medians(units, runs, watch.stop())
+    return found | {"device": str(device_of(model)), "context": context, "steps": steps}
+
+
+def unit_medians(units: list[Unit], runs: list[tuple[float, dict[str, float]]], other_cpu):
+    """{"units": {unit id: median seconds}, "total": median seconds, "spread", "other_cpu",
+    "unreliable"} of timed runs ((total, {module path: seconds}) each)."""
     totals = [total for total, _ in runs]
     per_unit = {u.id: [sum(t[p] for p in u.modules) for _, t in runs] for u in units}
     return {
         "units": {uid: statistics.median(v) for uid, v in per_unit.items()},
         "total": statistics.median(totals),
-        "device": str(device_of(model)),
-        "context": context,
-        "steps": steps,
     } | timing_quality(totals, other_cpu)
 
 
@@ -162,14 +165,7 @@ def unit_prefill(model: nn.Module, units: list[Unit], ids: torch.Tensor, repeats
     watch = CpuWatch()
     watch.start()
     runs = [timed_prefill(model, ids, paths) for _ in range(repeats)]
-    other_cpu = watch.stop()
-    totals = [total for total, _ in runs]
-    per_unit = {u.id: [sum(t[p] for p in u.modules) for _, t in runs] for u in units}
-    return {
-        "units": {uid: statistics.median(v) for uid, v in per_unit.items()},
-        "total": statistics.median(totals),
-        "context": int(ids.shape[1]),
-    } | timing_quality(totals, other_cpu)
+    return unit_medians(units, runs, watch.stop()) | {"context": int(ids.shape[1])}
 
 
 def captured_inputs(model: nn.Module, ids: torch.Tensor, paths: list[str]) -> dict[str, tuple]:
