@@ -43,7 +43,9 @@ fashion:
 setup: $(STAMP)
 
 # llama.cpp for GGUF export checks: the binding is built from its sdist (≈10 min on 2 cores the
-# first time; pip caches the wheel), the converter is extracted from the same sdist. A portable
+# first time; pip caches the wheel), the converter is extracted from the same sdist, and
+# llama-imatrix / llama-quantize (gguf-*+imatrix) are compiled from its sources (≈15 min the
+# first time; kept in ~/.cache/depthcut-build, as pip keeps the wheel). A portable
 # AVX2 build, not -march=native: on CPUs with AMX the native build's int8 kernels crash
 # (SIGSEGV in ggml_backend_amx_mul_mat, ggml-org/llama.cpp#20824) on Q8_0 / Q4_K_M files.
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
@@ -51,7 +53,8 @@ LLAMA_STAMP := $(VENV)/.depthcut-llama
 $(LLAMA_STAMP): $(STAMP)
 	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
 		$(BIN)/pip install -q -c constraints.txt -e '.[llama]'
-	$(BIN)/python -m depthcut.formats.llamacpp install
+	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/python -m depthcut.formats.llamacpp install
 	touch $(LLAMA_STAMP)
 
 llama: $(LLAMA_STAMP)

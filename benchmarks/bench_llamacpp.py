@@ -1,9 +1,10 @@
 """Speed where it is deployed: dense vs pruned SmolLM2-135M in llama.cpp (the ``llama_cpp``
-binding), f16 and Q4_K_M, at 25% of non-embedding parameters removed by depthcut's default
-(neurons ranked by ls, with the ls refit), by blocks (BI), by sublayers (attention/MLP, BI)
-and by fine units (interleave, BI), and the joint plan (``units="auto"``) at 25% of the
-measured decode time; each pruned model's PyTorch decode speed-up (batch 1, interleaved with
-dense) beside llama.cpp's.
+binding), f16, Q4_K_M and Q4_K_M with llama.cpp's importance matrix of 64 × 256 calibration
+tokens (``llama-imatrix`` on each pruned model's own f32 GGUF), at 25% of non-embedding
+parameters removed by depthcut's default (neurons ranked by ls, with the ls refit), by blocks
+(BI), by sublayers (attention/MLP, BI) and by fine units (interleave, BI), and the joint plan
+(``units="auto"``) at 25% of the measured decode time; each pruned model's PyTorch decode
+speed-up (batch 1, interleaved with dense) beside llama.cpp's.
 
 Every GGUF is written by ``depthcut``'s export (llama.cpp's converter; the heterogeneous
 results through the ``deci`` arrays) and measured in one subprocess, interleaved, with the same
@@ -28,11 +29,12 @@ import torch
 
 import depthcut as dc
 from depthcut.data import evaluation_tokens
-from depthcut.formats.gguf_file import gguf_layout, write_gguf
+from depthcut.formats.gguf_file import gguf_layout, gguf_name, write_gguf
 from depthcut.search.joint import decode_ratio
 from results_file import provenance, show
 
 THREADS, ROUNDS, PREFILL, DECODE, WINDOW, WINDOWS = 2, 3, 512, 64, 512, 4
+QUANTS = ("f16", "q4_k_m", "q4_k_m+imatrix")
 PARAMS = dc.Budget(0.25, count="non_embedding")
 PLANS = {  # name: PruneConfig keywords (the default: neurons ranked by ls, with the ls refit)
     "default": dict(),
@@ -109,7 +111,7 @@ def pruned_models(model, tok) -> tuple[dict, dict]:
 
 
 def measure() -> dict:
-    """Every plan exported to f16 and Q4_K_M GGUF and measured in llama.cpp, interleaved."""
+    """Every plan exported to each of QUANTS and measured in llama.cpp, interleaved."""
     torch.set_num_threads(THREADS)
     model, tok = dc.load_model("smollm2-135m")
     models, plans = pruned_models(model, tok)
@@ -118,11 +120,11 @@ def measure() -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-llamacpp-") as tmp:
         files, layouts = {}, {}
         for name, m in models.items():
-            for quant in ("f16", "q4_k_m"):
-                folder = Path(tmp) / f"{name}-{quant}"
+            for quant in QUANTS:
+                folder = Path(tmp) / f"{name}-{gguf_name(quant)}"
                 folder.mkdir()
                 layouts[name] = write_gguf(m, tok, folder, quant)
-                files[f"{name} {quant}"] = str(folder / f"model-{quant}.gguf")
+                files[f"{name} {quant}"] = str(folder / gguf_name(quant))
         spec = {
             "files": files,
             "threads": THREADS,
@@ -146,7 +148,7 @@ def measure() -> dict:
         common = plans[name] | {"name": name, "layout": layouts[name].split(": ", 1)[1]}
         common |= {"ideal": dense_bytes / read_bytes(m), "torch_ppl": torch_perplexity(m, windows)}
         common["identity_params"] = gguf_layout(m).added_identity_params
-        rows += [common | {"type": q} | res[f"{name} {q}"] for q in ("f16", "q4_k_m")]
+        rows += [common | {"type": q} | res[f"{name} {q}"] for q in QUANTS]
     settings = {"threads": THREADS, "rounds": ROUNDS, "prefill": PREFILL, "decode": DECODE}
     return settings | {"windows": WINDOWS, "window": WINDOW, "rows": rows}
 

@@ -3,7 +3,7 @@ default: 25% of the non-embedding parameters as MLP neurons ranked by ls, kept w
 to multiples of 64) → repaired (its ls refit) → recovered (LoRA r=16 + distillation from the
 dense model's stored top-64 targets, a fixed number of steps) → 4-bit: AWQ and GPTQ
 (llm-compressor, W4A16, group 64: the hidden size 576 is not a multiple of 128) and llama.cpp's
-Q4_K_M.
+Q4_K_M, without and with its importance matrix of 64 × 256 calibration tokens.
 
     python benchmarks/bench_pipeline.py --steps 90
 
@@ -32,7 +32,7 @@ from bench_llamacpp import DECODE, MEASURE, PREFILL, ROUNDS, THREADS
 from bench_quality import WINDOW, WINDOWS, held_out
 from depthcut.data import evaluation_tokens
 from depthcut.eval.run import EvalSettings
-from depthcut.formats.gguf_file import write_gguf
+from depthcut.formats.gguf_file import gguf_name, write_gguf
 from depthcut.jobs import CalibSpec, ModelRef, Output, QuantizeJob, run_quantize
 from depthcut.recovery.config import RecoverConfig
 from depthcut.recovery.run import recover
@@ -116,16 +116,17 @@ def int4_rows(recovered, plan, tok, scratch: Path) -> dict:
 
 
 def gguf_rows(models: dict, tok, scratch: Path) -> dict:
-    """Dense and recovered in llama.cpp, float16 and Q4_K_M, measured interleaved."""
+    """Dense and recovered in llama.cpp, float16 and Q4_K_M (plain, + imatrix), interleaved."""
     ids = evaluation_tokens(tok, "wiki", max_tokens=512 * 4)
     windows = [ids[i * 512 : (i + 1) * 512] for i in range(4)]
     files = {}
     for name in ("dense", "recovered (LoRA + top-64 KD)"):
-        for quant in ("f16", "q4_k_m"):
+        for quant in ("f16", "q4_k_m", "q4_k_m+imatrix"):
             folder = scratch / f"gguf-{len(files)}"
             folder.mkdir()
             write_gguf(models[name], tok, folder, quant)
-            files[f"{name}, GGUF {quant.upper()}"] = str(folder / f"model-{quant}.gguf")
+            label = quant.upper().replace("+IMATRIX", " + imatrix")
+            files[f"{name}, GGUF {label}"] = str(folder / gguf_name(quant))
     spec = {"files": files, "threads": THREADS, "rounds": ROUNDS, "prefill": PREFILL}
     spec |= {"decode": DECODE, "windows": windows}
     (scratch / "spec.json").write_text(json.dumps(spec))
@@ -149,6 +150,7 @@ def targets(rows: dict) -> dict:
     pruned, rec = rows["pruned"]["ppl"], rows["recovered (LoRA + top-64 KD)"]["ppl"]
     repaired, dense = rows["repaired (ls)"]["ppl"], rows["dense"]["ppl"]
     final, dense_q4 = rows["recovered (LoRA + top-64 KD), GGUF Q4_K_M"], rows["dense, GGUF Q4_K_M"]
+    imatrix = rows["recovered (LoRA + top-64 KD), GGUF Q4_K_M + imatrix"]
     int4 = [r["ppl"] / rec - 1 for k, r in rows.items() if "W4A16" in k]
     return {
         "log_gap_closed_by_recovery": log_gap_closed(repaired, rec, dense),
@@ -156,6 +158,7 @@ def targets(rows: dict) -> dict:
         "int4_added_ppl": max(int4),
         "smaller_than_dense_f16": rows["dense"]["mb"] / final["mb"],
         "decode_vs_dense_q4_k_m": final["decode_tps"] / dense_q4["decode_tps"],
+        "q4_k_m_imatrix_ppl_vs_plain": imatrix["ppl_llamacpp"] / final["ppl_llamacpp"],
     }
 
 

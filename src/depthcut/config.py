@@ -32,7 +32,20 @@ UnitName = Literal["block", "attention", "mlp", "head", "neuron", "fine", "auto"
 # quantization: in-process int8 (PyTorch), 4-bit through llm-compressor, GGUF through llama.cpp
 Int8Method = Literal["dynamic_int8", "torchao_int8_weight_only"]
 Int4Method = Literal["gptq", "awq"]
-GGUFType = Literal["f32", "f16", "q8_0", "q4_k_m", "q4_k_s", "q5_k_m", "q6_k"]
+GGUFType = Literal[
+    "f32",
+    "f16",
+    "q8_0",
+    "q4_k_m",
+    "q4_k_s",
+    "q5_k_m",
+    "q6_k",
+    # the k-quants with llama.cpp's importance matrix of the calibration text
+    "q4_k_m+imatrix",
+    "q4_k_s+imatrix",
+    "q5_k_m+imatrix",
+    "q6_k+imatrix",
+]
 
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 DEPTH_METRICS: tuple[str, ...] = get_args(DepthMetric)

@@ -167,6 +167,48 @@ def test_quantized_gguf_runs(tmp_path, smol_tokenizer, quant):
     assert result["top1_agreement"] >= (0.85 if quant == "q8_0" else 0.6), result
 
 
+def _imatrix_sums(path) -> dict:
+    """llama-imatrix's per-tensor sums of squared inputs (its GGUF format)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    return {t.name.removesuffix(".in_sum2"): t.data for t in reader.tensors if "in_sum2" in t.name}
+
+
+def test_imatrix_gguf_follows_the_pruned_widths(tmp_path, smol_tokenizer):
+    """llama.cpp's importance matrix of the calibration text is computed on the pruned model
+    (per-layer input widths of the deci arrays) and changes the Q4_K_M weights."""
+    model = tiny_smol_vocab()
+    pruned = save_run(tmp_path / "run", model, hetero_plan(model), smol_tokenizer)
+    spec = llamacpp.Imatrix("wiki", chunks=4, ctx=128)
+    with_matrix = export_run(
+        tmp_path / "run", "gguf", tmp_path / "im", "q4_k_m+imatrix", verify=False, imatrix=spec
+    )
+    plain = export_run(tmp_path / "run", "gguf", tmp_path / "plain", "q4_k_m", verify=False)
+    note = json.loads((with_matrix / "export.json").read_text())
+    assert note["imatrix"] == {"file": "imatrix.gguf", "source": "wiki", "chunks": 4, "ctx": 128}
+    sums = _imatrix_sums(with_matrix / "imatrix.gguf")
+    # FFN inputs: the pruned widths (2 and 5 are MLP-free: llama.cpp's zero FFN of 32)
+    assert [sums[f"blk.{n}.ffn_down.weight"].size for n in range(6)] == [160, 153, 32, 100, 160, 32]
+    assert sums["blk.0.attn_q.weight"].size == 64 and (sums["blk.3.ffn_up.weight"] > 0).all()
+    assert not (sums["blk.2.ffn_down.weight"]).any()  # the zero FFN's inputs are exactly 0
+    path = with_matrix / "model-q4_k_m-imatrix.gguf"
+    assert llamacpp.read_arrays(path)["ffn"] == [160, 153, 32, 100, 160, 32]
+    assert path.read_bytes() != (plain / "model-q4_k_m.gguf").read_bytes()
+    result = compare(pruned, path, smol_tokenizer)
+    assert result["top1_agreement"] >= 0.6, result
+    assert not list(with_matrix.glob("*.txt"))  # the calibration text file is gone
+
+
+def test_imatrix_without_the_tools_is_refused_before_loading(tmp_path, monkeypatch):
+    from depthcut.formats.common import ExportError
+
+    monkeypatch.setattr(llamacpp, "tool_path", lambda name: None)
+    with pytest.raises(ExportError, match="llama-imatrix and llama-quantize not installed; run"):
+        export_run(tmp_path / "missing-run", "gguf", tmp_path / "out", "q4_k_m+imatrix")
+    assert not (tmp_path / "out").exists()
+
+
 def test_smollm2_block_and_sublayer_gguf(tmp_path):
     """The packaged SmolLM2-135M, pruned by blocks (llama arch) and by sublayers (deci)."""
     model, tok = dc.load_model("smollm2-135m")
@@ -202,6 +244,25 @@ def test_cli_quantize_gguf_q4_k_m(tmp_path, smol_tokenizer, capsys):
     assert "GGUF q4_k_m ->" in capsys.readouterr().out
 
 
+def test_cli_quantize_gguf_q4_k_m_imatrix(tmp_path, smol_tokenizer, capsys):
+    from depthcut.cli import main
+
+    model = tiny_smol_vocab()
+    save_run(tmp_path / "run", model, hetero_plan(model), smol_tokenizer)
+    out = tmp_path / "q4i"
+    args = ["quantize", str(tmp_path / "run"), "--method", "gguf-q4_k_m+imatrix"]
+    assert main([*args, "--n-samples", "3", "--seq-len", "64", "--out", str(out)]) in (0, None)
+    note = json.loads((out / "export.json").read_text())
+    assert note["type"] == "q4_k_m+imatrix" and note["imatrix"]["chunks"] == 3
+    assert "llama.cpp loads deci" in note["verified"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "export.json",
+        "imatrix.gguf",
+        "model-q4_k_m-imatrix.gguf",
+    ]
+    assert "GGUF q4_k_m+imatrix ->" in capsys.readouterr().out
+
+
 def test_tokenizer_the_converter_cannot_express_is_one_line(tmp_path):
     """tiny_llama's word-level tokenizer has no GGUF form: the converter's own reason, one
     line, and nothing written."""
@@ -220,7 +281,10 @@ def test_the_one_quantize_list_matches_what_llama_cpp_makes():
     from depthcut.formats import llamacpp
     from depthcut.quantization import METHODS
 
-    # every GGUF type of the list is made by llama.cpp's converter or its quantizer
-    assert set(GGUF_TYPES) == set(llamacpp.CONVERTER_TYPES) | set(llamacpp.QUANT_FTYPES)
+    # every GGUF type of the list is made by llama.cpp's converter or its quantizer, each
+    # k-quant with or without the importance matrix
+    kquants = set(llamacpp.QUANT_FTYPES)
+    with_imatrix = {f"{k}{llamacpp.IMATRIX}" for k in kquants}
+    assert set(GGUF_TYPES) == set(llamacpp.CONVERTER_TYPES) | kquants | with_imatrix
     assert METHODS == INT8_METHODS and "gguf-q4_k_m" in QUANTIZE_METHODS
     assert len(QUANTIZE_METHODS) == len(INT8_METHODS) + len(INT4_METHODS) + len(GGUF_TYPES)

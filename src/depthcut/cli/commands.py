@@ -337,12 +337,14 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         )
 
     if args.method.startswith("gguf-"):
+        from depthcut.formats.llamacpp import Imatrix
         from depthcut.formats.run import export_run
 
         if not args.out:
             raise DepthcutError("--method gguf-*: give --out, the directory of the GGUF file")
         quant = args.method.removeprefix("gguf-")
-        gguf = export_run(args.run, "gguf", args.out, quant, overwrite=args.overwrite)
+        text = Imatrix(args.calib, args.n_samples or Imatrix.chunks, args.seq_len)
+        gguf = export_run(args.run, "gguf", args.out, quant, overwrite=args.overwrite, imatrix=text)
         print(f"GGUF {quant} -> {gguf}")
         return
 

@@ -288,7 +288,8 @@ def add_quantize(sub) -> None:
         metavar="METHOD",
         help=f"{', '.join(INT8_METHODS)} (PyTorch int8); {', '.join(INT4_METHODS)} (4-bit, "
         "llm-compressor); gguf-TYPE, a GGUF file through llama.cpp's quantizer, TYPE one of "
-        f"{', '.join(GGUF_TYPES)} (default %(default)s)",
+        f"{', '.join(GGUF_TYPES)} (+imatrix: with llama.cpp's importance matrix of --calib, "
+        "--n-samples windows (default 64) of --seq-len tokens) (default %(default)s)",
     )
     p.add_argument("--skip", nargs="*", default=[], help="module path suffixes kept float")
     p.add_argument("--group-size", type=int, default=128, help="gptq/awq input-width group")
@@ -313,7 +314,12 @@ def add_export(sub) -> None:
         help="hf (plain checkpoint: uniform results), hf-hetero (trust_remote_code: any plan), "
         "gguf (llama.cpp)",
     )
-    p.add_argument("--quant", default=None, help="gguf: f32 (default), f16, q8_0, q4_k_m")
+    p.add_argument(
+        "--quant",
+        default=None,
+        help="gguf: f32 (default), f16, q8_0, q4_k_m, … (q4_k_m+imatrix: with llama.cpp's "
+        "importance matrix of 64 × 256 calibration tokens of wiki)",
+    )
     p.add_argument(
         "--no-verify", dest="verify", action="store_false", help="skip the runtime check"
     )

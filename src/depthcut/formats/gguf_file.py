@@ -11,7 +11,9 @@ llama.cpp also takes the head size of *every* layer from layer 0's head count (n
 n_head(0), before ``key_length``), so a first block without attention gets one all-zero head
 (exactly 0 output; one head's matmuls and KV slot of cost) instead of none.
 Quantized types: f32, f16 and q8_0 from the converter; q4_k_m and other k-quants through
-llama.cpp's quantizer from the f32 file.
+llama.cpp's quantizer from the f32 file; ``q4_k_m+imatrix`` (any k-quant + ``+imatrix``) with
+the importance matrix ``llama-imatrix`` computes on the f32 file over calibration text, kept
+beside the model as ``imatrix.gguf``.
 """
 
 from __future__ import annotations
@@ -120,18 +122,37 @@ def _stage(model: HFModel, tokenizer, folder: Path) -> str:
     return route
 
 
-def write_gguf(model: HFModel, tokenizer, folder: Path, quant: str = "f32") -> str:
+def gguf_name(quant: str) -> str:
+    """The file a GGUF export of type ``quant`` writes (``model-q4_k_m+imatrix.gguf``)."""
+    return f"model-{quant.replace('+', '-')}.gguf"
+
+
+def write_gguf(
+    model: HFModel,
+    tokenizer,
+    folder: Path,
+    quant: str = "f32",
+    imatrix: llamacpp.Imatrix | None = None,
+    threads: int = 2,
+) -> str:
+    """``folder/model-QUANT.gguf`` (and ``imatrix.gguf`` for a ``+imatrix`` type, computed
+    on ``imatrix``'s text, default :class:`~depthcut.formats.llamacpp.Imatrix`)."""
     check_quant(quant)
+    kind = quant.removesuffix(llamacpp.IMATRIX)
     first = quant if quant in llamacpp.CONVERTER_TYPES else "f32"
     with tempfile.TemporaryDirectory(prefix="depthcut-gguf-") as tmp:
         stage = Path(tmp) / "hf"
         stage.mkdir()
         route = _stage(model, tokenizer, stage)
-        target = folder / f"model-{quant}.gguf"
+        target = folder / gguf_name(quant)
         converted = target if first == quant else Path(tmp) / "model-f32.gguf"
         llamacpp.convert(stage, converted, first)
+        matrix = None
+        if kind != quant:
+            matrix = folder / "imatrix.gguf"
+            llamacpp.importance_matrix(converted, imatrix or llamacpp.Imatrix(), matrix, threads)
         if converted != target:
-            llamacpp.quantize(converted, target, quant)
+            llamacpp.quantize(converted, target, kind, matrix)
     arrays = llamacpp.read_arrays(target)
     return f"{target.name}: {arrays['arch']} ({route}), {arrays['block_count']} blocks"
 

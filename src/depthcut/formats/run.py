@@ -4,6 +4,7 @@ verified in its runtime before the directory appears."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from depthcut import log
@@ -11,20 +12,21 @@ from depthcut.errors import ConfigError
 from depthcut.formats import gguf_file as gguf
 from depthcut.formats import hetero, hf
 from depthcut.formats.common import load_run
+from depthcut.formats.llamacpp import IMATRIX, Imatrix
 
 FORMATS = ("hf", "hf-hetero", "gguf")
 
 
-def _writers(fmt: str, quant: str):
+def _writers(fmt: str, quant: str, imatrix: Imatrix | None):
     if fmt == "hf":
         return hf.write_hf, hf.verify_hf
     if fmt == "hf-hetero":
         return hetero.write_hetero, hetero.verify_hetero
 
     def verify(model, folder, tokenizer):
-        return gguf.verify_gguf(model, folder / f"model-{quant}.gguf", quant, tokenizer)
+        return gguf.verify_gguf(model, folder / gguf.gguf_name(quant), quant, tokenizer)
 
-    return (lambda m, t, d: gguf.write_gguf(m, t, d, quant)), verify
+    return (lambda m, t, d: gguf.write_gguf(m, t, d, quant, imatrix)), verify
 
 
 def check_request(fmt: str, quant: str | None) -> str:
@@ -45,16 +47,22 @@ def export_run(
     quant: str | None = None,
     verify: bool = True,
     overwrite: bool = False,
+    imatrix: Imatrix | None = None,
 ) -> Path:
-    """Write ``run`` (a depthcut output) in ``fmt`` into ``out``; verify it in its runtime."""
+    """Write ``run`` (a depthcut output) in ``fmt`` into ``out``; verify it in its runtime.
+    A ``+imatrix`` GGUF type computes llama.cpp's importance matrix on ``imatrix``'s
+    calibration text (default: :class:`~depthcut.formats.llamacpp.Imatrix`)."""
     from depthcut.io import atomic_dir, prepare_output
 
     quant = check_request(fmt, quant)
     target = prepare_output(out, overwrite)
     if fmt == "gguf" and verify:
         gguf.llamacpp.require_binding()
+    if quant.endswith(IMATRIX):
+        gguf.llamacpp.require_tools()
+    imatrix = (imatrix or Imatrix()) if quant.endswith(IMATRIX) else None
     model, tokenizer = load_run(run)
-    write, check = _writers(fmt, quant)
+    write, check = _writers(fmt, quant, imatrix)
 
     def build(tmp: Path) -> None:
         note = {
@@ -64,6 +72,8 @@ def export_run(
         }
         if fmt == "gguf":
             note["type"] = quant
+        if imatrix is not None:
+            note["imatrix"] = {"file": "imatrix.gguf"} | asdict(imatrix)
         if verify:
             note["verified"] = check(model, tmp, tokenizer)
             log.status(f"depthcut: verified {target.name}: {note['verified']}")
