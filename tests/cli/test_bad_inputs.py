@@ -47,6 +47,7 @@ CATALOGUE = {
     "recover_nothing_to_resume": "holds no checkpoints; drop --resume",
     "recover_sparse_temperature": "recover temperature=2.0 with stored top-64 teacher targets",
     "recover_save_every": "recover save_every=3 must be a multiple of eval_every=20",
+    "recover_fsdp_on_cpu": "FSDP needs GPUs: accelerate runs CPU processes data-parallel only",
     "report_not_a_run": "no report.json or history.json (not a depthcut prune output)",
     "explain_bad_pair": "--pairs 'mlp1': give a pair of two units of --units",
     "quantize_bad_method": "quantize method 'int3'",
@@ -363,6 +364,16 @@ def test_simple_case(capsys, env, tmp_path, case):
     for item in template:
         argv += list(small) if item == "{small}" else [str(item).format(**names)]
     expect_error(capsys, argv, CATALOGUE[case], [root / source], out)
+
+
+def test_recover_fsdp_on_cpu(capsys, env, tmp_path, monkeypatch):
+    """What ``accelerate launch --use_fsdp`` sets, on a machine without CUDA: refused first."""
+    root, _ = env
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    out = tmp_path / "o"
+    argv = ["recover", root / "run", "--out", out]
+    expect_error(capsys, argv, CATALOGUE["recover_fsdp_on_cpu"], [root / "run"], out)
 
 
 def test_report_of_a_model_directory(capsys, env):

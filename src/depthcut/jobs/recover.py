@@ -13,7 +13,7 @@ from depthcut import log
 from depthcut.errors import DepthcutError
 from depthcut.eval.run import EvalSettings
 from depthcut.jobs.common import ModelRef, Output
-from depthcut.recovery.config import RecoverConfig, rank
+from depthcut.recovery.config import RecoverConfig, rank, refuse_cpu_fsdp
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ def run_recover(job: RecoverJob) -> Path:
     saved): a run killed or interrupted there continues with ``resume``."""
     from depthcut.io import read_meta
 
+    refuse_cpu_fsdp()
     meta = read_meta(job.run.name)
     job.out.prepare()
     teacher_name = job.teacher or meta.get("source")

@@ -20,6 +20,20 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def refuse_cpu_fsdp() -> None:
+    """FSDP asked for (``accelerate launch --use_fsdp`` or its config) on a machine without
+    CUDA: accelerate (1.15) turns FSDP on only for accelerator process groups — CPU processes
+    would silently train data-parallel with every parameter on every process — so refuse."""
+    import torch
+
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if fsdp and not torch.cuda.is_available():
+        raise ConfigError(
+            "FSDP needs GPUs: accelerate runs CPU processes data-parallel only (every process "
+            "holds the whole model); launch without --use_fsdp / the FSDP config on the CPU"
+        )
+
+
 @dataclass(frozen=True)
 class RecoverConfig:
     """How to recover a pruned model.

@@ -14,7 +14,7 @@ from depthcut.data import CalibData, pack_tokens, recovery_texts, tokenize_until
 from depthcut.errors import ConfigError
 from depthcut.losses import kd_loss, lm_loss, sparse_kd_loss
 from depthcut.quantization import refuse_quantized
-from depthcut.recovery.config import RecoverConfig
+from depthcut.recovery.config import RecoverConfig, refuse_cpu_fsdp
 from depthcut.recovery.lora import add_lora, merge_lora
 from depthcut.recovery.targets import TeacherTargets
 from depthcut.recovery.train import forward_logits, train
@@ -87,6 +87,7 @@ def recover(
     >>> recovered, history = recover(pruned, tok, RecoverConfig("lora"))  # doctest: +SKIP
     """
     refuse_quantized(model, "recover")
+    refuse_cpu_fsdp()
     cfg = cfg or RecoverConfig()
     train_data, val_data = data if data is not None else recovery_data(tokenizer, cfg)
     if cfg.loss == "kd" and cfg.teacher_topk and isinstance(teacher, nn.Module):
