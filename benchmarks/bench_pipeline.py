@@ -36,7 +36,7 @@ from depthcut.formats.gguf_file import gguf_name, write_gguf
 from depthcut.jobs import CalibSpec, ModelRef, Output, QuantizeJob, run_quantize
 from depthcut.recovery.config import RecoverConfig
 from depthcut.recovery.run import recover
-from results_file import RESULTS, write
+from results_file import FLAG_NOTE, RESULTS, flag, write
 
 GROUP = 64
 
@@ -140,6 +140,7 @@ def gguf_rows(models: dict, tok, scratch: Path) -> dict:
             "format": "GGUF",
             "decode_tps": r["decode"],
             "prefill_tps": r["prefill"],
+            "unreliable": max(r["spread"].values()) > 0.1,  # rounds spread over 10%
         }
         for name, r in res.items()
     }
@@ -158,6 +159,7 @@ def targets(rows: dict) -> dict:
         "int4_added_ppl": max(int4),
         "smaller_than_dense_f16": rows["dense"]["mb"] / final["mb"],
         "decode_vs_dense_q4_k_m": final["decode_tps"] / dense_q4["decode_tps"],
+        "decode_unreliable": bool(final.get("unreliable") or dense_q4.get("unreliable")),
         "q4_k_m_imatrix_ppl_vs_plain": imatrix["ppl_llamacpp"] / final["ppl_llamacpp"],
     }
 
@@ -175,9 +177,10 @@ def doc_table(results: dict) -> str:
         ppl = r.get("ppl") or r.get("ppl_llamacpp")
         note = "" if "ppl" in r else " (llama.cpp, 4×512)"
         kl = f"{r['kl']:.3f}" if r.get("kl") is not None else "—"
-        tps = f"{r['decode_tps']:.0f}" if "decode_tps" in r else "—"
+        tps = f"{r['decode_tps']:.0f}{flag(r)}" if "decode_tps" in r else "—"
         lines.append(f"| {name} | {r['format']} | {ppl:.2f}{note} | {kl} | {r['mb']:.0f} | {tps} |")
-    return "\n".join(lines)
+    flagged = any(flag(r) for r in results["rows"].values())
+    return "\n".join(lines + ([f"\n{FLAG_NOTE}"] if flagged else []))
 
 
 def main() -> None:
