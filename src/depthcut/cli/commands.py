@@ -337,13 +337,15 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         )
 
     if args.method.startswith("gguf-"):
-        from depthcut.formats.llamacpp import Imatrix
+        from depthcut.formats.llamacpp import IMATRIX, Imatrix
         from depthcut.formats.run import export_run
 
         if not args.out:
             raise DepthcutError("--method gguf-*: give --out, the directory of the GGUF file")
         quant = args.method.removeprefix("gguf-")
-        text = Imatrix(args.calib, args.n_samples or Imatrix.chunks, args.seq_len)
+        text = None
+        if quant.endswith(IMATRIX):  # the calibration flags matter to the matrix only
+            text = Imatrix(args.calib, args.n_samples or Imatrix.chunks, args.seq_len)
         gguf = export_run(args.run, "gguf", args.out, quant, overwrite=args.overwrite, imatrix=text)
         print(f"GGUF {quant} -> {gguf}")
         return

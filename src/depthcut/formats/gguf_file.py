@@ -123,7 +123,8 @@ def _stage(model: HFModel, tokenizer, folder: Path) -> str:
 
 
 def gguf_name(quant: str) -> str:
-    """The file a GGUF export of type ``quant`` writes (``model-q4_k_m+imatrix.gguf``)."""
+    """The file a GGUF export of type ``quant`` writes (``q4_k_m+imatrix``:
+    ``model-q4_k_m-imatrix.gguf``)."""
     return f"model-{quant.replace('+', '-')}.gguf"
 
 

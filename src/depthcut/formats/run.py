@@ -60,7 +60,9 @@ def export_run(
         gguf.llamacpp.require_binding()
     if quant.endswith(IMATRIX):
         gguf.llamacpp.require_tools()
-    imatrix = (imatrix or Imatrix()) if quant.endswith(IMATRIX) else None
+        imatrix = imatrix or Imatrix()
+    else:
+        imatrix = None  # only a +imatrix type uses (and records) one
     model, tokenizer = load_run(run)
     write, check = _writers(fmt, quant, imatrix)
 
