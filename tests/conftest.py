@@ -29,6 +29,14 @@ def tiny_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """SmolLM2's packaged tokenizer: one llama.cpp's converter knows (GGUF tests)."""
+    from depthcut.models import load_tokenizer, resolve
+
+    return load_tokenizer(resolve("smollm2-135m"))
+
+
 @pytest.fixture(scope="module")
 def pattern_file(tmp_path_factory):
     """Learnable tiny-vocabulary text (tiny.pattern_text) as a local text source."""

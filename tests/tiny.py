@@ -115,6 +115,22 @@ def tiny_qwen2(
     return model
 
 
+def tiny_smol_vocab(layers: int = 6):
+    """A tiny random Llama on SmolLM2's 49,152-token vocabulary (a tokenizer the converter
+    knows); FFN 160 is not a multiple of 256."""
+    return tiny_llama(
+        layers,
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=160,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        rope_theta=100000.0,
+        initializer_range=0.1,
+        pad_token_id=None,
+    )
+
+
 BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "neox": tiny_neox, "phi3": tiny_phi3}
 
 

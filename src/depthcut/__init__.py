@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each loads on 
     from depthcut.data import calibration
     from depthcut.errors import DepthcutError
     from depthcut.formats.run import export_run as export
+    from depthcut.formats.runtime import LlamaCpp
     from depthcut.io import load, save
     from depthcut.methods.fine.cnn import cnn_plan
     from depthcut.models import load_model
@@ -62,12 +63,14 @@ _EXPORTS = {
     "recover": "depthcut.recovery.run",
     "quantize": "depthcut.quantization",
     "export": "depthcut.formats.run:export_run",
+    "LlamaCpp": "depthcut.formats.runtime",
 }
 
 __all__ = [
     "Budget",
     "Budgets",
     "DepthcutError",
+    "LlamaCpp",
     "Plan",
     "PruneConfig",
     "QuantizeConfig",

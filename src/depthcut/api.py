@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from depthcut import parallel
-from depthcut.config import PruneConfig
+from depthcut.config import AUTO, PruneConfig
 from depthcut.data import CalibData
 from depthcut.devices import device_of
+from depthcut.errors import ConfigError
 from depthcut.graph.structure import discover_structure
 from depthcut.methods import apply_plan, check_applies, describe, families, plan_units
 from depthcut.planning.plan import Plan
@@ -101,13 +102,14 @@ def apply(
 
 
 def prune(
-    model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool = True
+    model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool = True, runtime=None
 ) -> tuple[nn.Module, Plan, Scores]:
     """score, plan, repair (by ``cfg.repair``) and apply in one call; ``model`` is left as it
     was (a repair works on a copy). ``units="auto"``: the joint search (``frontier``) for the
-    config's budget; its scores are the option table's costs."""
+    config's budget, timed by ``runtime``; its scores are the option table's costs."""
+    check_runtime(cfg, runtime)
     if cfg.auto:
-        return _prune_joint(model, cfg, calib, progress)
+        return _prune_joint(model, cfg, calib, progress, runtime)
     scores = score(model, cfg, calib, progress)
     the_plan = plan(scores, cfg, model)
     return apply(model, the_plan, calib, progress=progress), the_plan, scores
@@ -120,44 +122,61 @@ def frontier(
     table=None,
     k: int = 3,
     progress: bool = True,
+    runtime=None,
 ) -> tuple:
     """(option table, {budget label: plan}): the measured best joint plan — one option per
     block across blocks, sublayers, KV groups and MLP widths — for each of ``budgets``
     (``depthcut.search.Budgets`` or their text, ``"latency=0.3"``). A quarter of ``calib``'s
     batches is held back to measure candidates; ``apply(model, plan, calib)`` realises one.
+    ``runtime`` times the options and candidates: PyTorch on the model's device by default,
+    or :class:`depthcut.LlamaCpp` (``LlamaCpp(tokenizer)``: exported GGUFs timed in llama.cpp).
 
     >>> table, plans = dc.frontier(model, calib, ["latency=0.2", "latency=0.3"])  # doctest: +SKIP
     """
     from depthcut.search.budgets import Budgets
     from depthcut.search.frontier import frontier as run_frontier
+    from depthcut.search.frontier import held_back
+    from depthcut.search.runtime import TORCH
 
     refuse_quantized(model, "prune")
     model.eval()
     wanted = [b if isinstance(b, Budgets) else Budgets.parse(b.split("+")) for b in budgets]
-    return run_frontier(model, calib, wanted, table, k, progress)
+    cfg = PruneConfig(units=(AUTO,), budget=wanted[0].to_budget(), repair="ls")
+    _check_repair_tokens(model, discover_structure(model), cfg, held_back(calib)[0])
+    return run_frontier(model, calib, wanted, table, k, progress, runtime or TORCH)
 
 
 def joint_plan(
-    model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool = True
+    model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool = True, runtime=None
 ) -> tuple[Scores, Plan, CalibData]:
     """(scores, plan, the calibration its repair fits on) of ``units="auto"``: the joint
-    search for the config's budget; the option table's costs stand for the scores."""
+    search for the config's budget, timed by ``runtime`` (default PyTorch); the option
+    table's costs stand for the scores."""
     from depthcut.search.budgets import Budgets
     from depthcut.search.frontier import held_back
 
-    table, plans = frontier(model, calib, [Budgets.from_budget(cfg.budget)], progress=progress)
+    budgets = [Budgets.from_budget(cfg.budget)]
+    table, plans = frontier(model, calib, budgets, progress=progress, runtime=runtime)
     scores = Scores("joint", [], {}, table.model, cfg.resolved().to_dict(), cost=dict(table.cost))
     return scores, next(iter(plans.values())), held_back(calib)[0]
 
 
-def _prune_joint(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool):
-    scores, the_plan, fit = joint_plan(model, cfg, calib, progress)
+def check_runtime(cfg: PruneConfig, runtime) -> None:
+    """Refuse a deployment runtime for a method that does not search (only ``units="auto"``
+    times its options in one)."""
+    if runtime is not None and getattr(runtime, "name", "torch") != "torch" and not cfg.auto:
+        raise ConfigError(
+            f"--runtime {runtime.name} times the joint search's options: use it with --units "
+            "auto (or a latency / kv budget without --units)"
+        )
+
+
+def _prune_joint(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool, runtime):
+    scores, the_plan, fit = joint_plan(model, cfg, calib, progress, runtime)
     return apply(model, the_plan, fit, progress=progress), the_plan, scores
 
 
 def _refuse_auto(cfg: PruneConfig, what: str) -> None:
-    from depthcut.errors import ConfigError
-
     if cfg.auto:
         raise ConfigError(
             f"units='auto' is the joint search: use dc.prune or dc.frontier, not {what}"

@@ -20,26 +20,32 @@ def spread(values: list[float]) -> float:
     return (max(values) - min(values)) / statistics.median(values)
 
 
-def _cpu_seconds() -> tuple[float, float] | None:
-    """(busy CPU seconds of the whole machine, of this process) now; None off Linux."""
+def _cpu_seconds(children: bool = False) -> tuple[float, float] | None:
+    """(busy CPU seconds of the whole machine, of this process — with its finished children
+    when ``children``) now; None off Linux."""
     try:
         fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     except OSError:
         return None
     ticks = [int(v) for v in fields[:8]]
     busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return busy / os.sysconf("SC_CLK_TCK"), own.ru_utime + own.ru_stime
+    who = [resource.RUSAGE_SELF] + ([resource.RUSAGE_CHILDREN] if children else [])
+    own = sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, who))
+    return busy / os.sysconf("SC_CLK_TCK"), own
 
 
 class CpuWatch:
-    """The CPU other processes use between ``start()`` and ``stop()``, in % of one core."""
+    """The CPU other processes use between ``start()`` and ``stop()``, in % of one core
+    (``children``: the subprocesses this one ran and waited for meanwhile are its own)."""
+
+    def __init__(self, children: bool = False) -> None:
+        self.children = children
 
     def start(self) -> None:
-        self.begin, self.t0 = _cpu_seconds(), time.perf_counter()
+        self.begin, self.t0 = _cpu_seconds(self.children), time.perf_counter()
 
     def stop(self) -> float | None:
-        end, wall = _cpu_seconds(), time.perf_counter() - self.t0
+        end, wall = _cpu_seconds(self.children), time.perf_counter() - self.t0
         if self.begin is None or end is None or wall <= 0:
             return None
         others = (end[0] - self.begin[0]) - (end[1] - self.begin[1])

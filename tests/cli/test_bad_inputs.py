@@ -62,6 +62,9 @@ CATALOGUE = {
     "repair_too_few_tokens": "give --n-samples 16 or more at --seq-len 8",
     "repair_patch_width": "--repair patch bridges removed blocks; use --repair ls for this plan",
     "resume_unsupported": "--resume continues streamed scores of local depth metrics",
+    "unknown_runtime": "--runtime 'gpu': choose torch (default) or llamacpp[:TYPE]",
+    "runtime_without_search": "--runtime llamacpp times the joint search's options",
+    "table_of_other_runtime": "this option table was timed in torch, not llamacpp",
 }
 
 
@@ -279,6 +282,8 @@ CONFIG_CASES = {
     "unknown_repair": ["--repair", "magic"],
     "repair_patch_width": ["--units", "neuron", "--repair", "patch"],
     "resume_unsupported": ["--streaming", "--resume", "--units", "block", "--importance", "kl"],
+    "unknown_runtime": ["--units", "auto", "--budget", "latency=0.2", "--runtime", "gpu"],
+    "runtime_without_search": ["--units", "neuron", "--runtime", "llamacpp"],
     "repair_too_few_tokens": [
         "--units",
         "block",
@@ -295,6 +300,20 @@ CONFIG_CASES = {
 @pytest.mark.parametrize("case", sorted(CONFIG_CASES))
 def test_bad_prune_config(capsys, env, tmp_path, case):
     expect_prune_error(capsys, env, tmp_path, case, *CONFIG_CASES[case])
+
+
+def test_table_of_other_runtime(capsys, env, tmp_path):
+    """``frontier --table`` of PyTorch timings under ``--runtime llamacpp``: refused before the
+    model loads."""
+    from depthcut.search.library import OptionTable
+
+    root, small = env
+    table = tmp_path / "options.json"
+    OptionTable({"model_type": "llama"}, [], {"runtime": "torch", "ratios": {}}).save(table)
+    out = tmp_path / "f"
+    argv = ["frontier", root / "model", "--budgets", "latency=0.2", "--table", table]
+    argv += ["--runtime", "llamacpp", "--out", out, *small]
+    expect_error(capsys, argv, CATALOGUE["table_of_other_runtime"], [root / "model"], out)
 
 
 def test_existing_out(capsys, env):

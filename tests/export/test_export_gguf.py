@@ -5,9 +5,7 @@ missing binding fails instead of skipping."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import pytest
 
@@ -18,41 +16,15 @@ from depthcut.formats.run import export_run
 from depthcut.graph.structure import discover_structure
 from depthcut.methods import describe
 from depthcut.planning.plan import Action, Plan
-from support import make_plan, prune_run, save_run
-from tiny import tiny_llama
+from support import make_plan, prune_run, require_module, save_run
+from tiny import tiny_llama, tiny_smol_vocab
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _binding():
-    if importlib.util.find_spec("llama_cpp") is None:
-        if os.environ.get("CI"):
-            pytest.fail("llama-cpp-python is missing: `make llama` installs it")
-        pytest.skip("make llama installs llama-cpp-python")
-
-
-@pytest.fixture(scope="module")
-def smol_tokenizer():
-    from depthcut.models import load_tokenizer, resolve
-
-    return load_tokenizer(resolve("smollm2-135m"))
-
-
-def tiny_smol_vocab(layers: int = 6):
-    """A tiny random Llama on SmolLM2's 49,152-token vocabulary (a tokenizer the converter
-    knows); FFN 160 is not a multiple of 256."""
-    return tiny_llama(
-        layers,
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=160,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        rope_theta=100000.0,
-        initializer_range=0.1,
-        pad_token_id=None,
-    )
+    require_module("llama_cpp", "llama-cpp-python (`make llama` installs it)")
 
 
 def hetero_plan(model) -> Plan:

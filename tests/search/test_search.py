@@ -223,7 +223,7 @@ def test_search_corrects_the_prediction_by_what_it_measures(tiny_table, monkeypa
     model, table = tiny_table
     calib = tiny_calib(n=16, length=32)
 
-    def fake(model, plan, calib, heldout, ref):
+    def fake(model, plan, calib, heldout, ref, runtime):
         predicted = plan.run["latency"]["removed"] / plan.run["latency"]["total"]
         return {"kl": predicted, "saved": predicted / 2, "predicted": predicted}
 
@@ -385,7 +385,7 @@ def test_search_corrects_the_prefill_prediction_by_what_it_measures(tiny_table, 
     model, table = tiny_table
     calib = tiny_calib(n=16, length=32)
 
-    def fake(model, plan, calib, heldout, ref):
+    def fake(model, plan, calib, heldout, ref, runtime):
         pre = plan.run["prefill"]
         predicted = pre["removed"] / pre["total"]
         out = {"kl": predicted, "saved": 0.0, "predicted": 0.0}
@@ -395,3 +395,18 @@ def test_search_corrects_the_prefill_prediction_by_what_it_measures(tiny_table, 
     plan, rounds = joint.search(model, table, Budgets(prefill=0.2), calib, calib, k=2, ref=[])
     assert [r["prefill_scale"] for r in rounds] == [1.0, 0.5]
     assert plan.run["search"]["measured"]["prefill_saved"] >= 0.19
+
+
+def test_a_calibration_too_small_for_the_refit_fails_before_any_scoring(monkeypatch):
+    """The joint search refits every candidate by ls on the three quarters of the batches it
+    does not hold back: too few tokens for the widest MLP is refused before the option table."""
+    import depthcut as dc
+    from depthcut.search import frontier as frontier_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("scored before the calibration was checked")
+
+    monkeypatch.setattr(frontier_module, "build_table", never)
+    model = tiny_llama(layers=4, intermediate_size=96)
+    with pytest.raises(ConfigError, match="fitting tokens .* for 96 unknowns per output in"):
+        dc.frontier(model, tiny_calib(n=8, length=16), ["latency=0.2"], progress=False)

@@ -186,17 +186,23 @@ def cmd_frontier(args: argparse.Namespace) -> None:
 
     from depthcut.api import frontier
     from depthcut.config import AUTO, PruneConfig
+    from depthcut.formats.runtime import make_runtime, parse_runtime, require_runtime
     from depthcut.io import atomic_dir, prepare_output
     from depthcut.report.curves import plot_frontier
-    from depthcut.search.library import OptionTable
+    from depthcut.search.library import OptionTable, check_runtime
 
     points = frontier_budgets(args)
+    timer = parse_runtime(args.runtime)[0]
     table = OptionTable.load(args.table) if args.table else None
+    if table is not None:
+        check_runtime(table, timer)
+    require_runtime(args.runtime)
     out = prepare_output(args.out, args.overwrite)
     model, tok = model_ref(args, args.model).load()
+    runtime = make_runtime(args.runtime, tok, model)
     cfg = PruneConfig(units=(AUTO,), budget=points[0].to_budget(), repair="ls")
     calib = calib_spec(args).sized(model, cfg).held_back_too(args.n_samples is None).data(tok)
-    table, plans = frontier(model, calib, points, table, args.k)
+    table, plans = frontier(model, calib, points, table, args.k, runtime=runtime)
 
     def write(folder):
         table.save(folder / "options.json")
@@ -298,6 +304,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         args.eval_text,
         args.streaming,
         args.resume,
+        args.runtime,
     )
     run_prune(job)
     if export is not None:

@@ -223,8 +223,19 @@ def add_prune(sub) -> None:
         help="with --streaming: continue the scores of a killed run with the same --out from "
         "its last finished block (local depth metrics, heads / neurons)",
     )
+    _runtime_arg(p)
     _train_args(p)
     p.set_defaults(func=commands.cmd_prune)
+
+
+def _runtime_arg(p) -> None:
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        help="where the joint search (--units auto) times its options and candidates: torch "
+        "(default: PyTorch on the model's device) or llamacpp[:TYPE] (GGUF exports timed in "
+        "llama.cpp, TYPE default f16; needs make llama)",
+    )
 
 
 def add_frontier(sub) -> None:
@@ -244,6 +255,7 @@ def add_frontier(sub) -> None:
     p.add_argument("--table", default=None, help="an options.json of an earlier run to reuse")
     p.add_argument("--out", required=True, help="folder: options.json, plans/, frontier.json")
     p.add_argument("--overwrite", action="store_true")
+    _runtime_arg(p)
     _calib_args(p)
     p.set_defaults(func=commands.cmd_frontier)
 

@@ -135,9 +135,11 @@ def write_gguf(
     quant: str = "f32",
     imatrix: llamacpp.Imatrix | None = None,
     threads: int = 2,
+    summary: bool = True,
 ) -> str:
     """``folder/model-QUANT.gguf`` (and ``imatrix.gguf`` for a ``+imatrix`` type, computed
-    on ``imatrix``'s text, default :class:`~depthcut.formats.llamacpp.Imatrix`)."""
+    on ``imatrix``'s text, default :class:`~depthcut.formats.llamacpp.Imatrix`); returns what
+    the file declares (``summary=False``: only its name, without reading it back)."""
     check_quant(quant)
     kind = quant.removesuffix(llamacpp.IMATRIX)
     first = quant if quant in llamacpp.CONVERTER_TYPES else "f32"
@@ -154,6 +156,8 @@ def write_gguf(
             llamacpp.importance_matrix(converted, imatrix or llamacpp.Imatrix(), matrix, threads)
         if converted != target:
             llamacpp.quantize(converted, target, kind, matrix)
+    if not summary:
+        return target.name
     arrays = llamacpp.read_arrays(target)
     return f"{target.name}: {arrays['arch']} ({route}), {arrays['block_count']} blocks"
 

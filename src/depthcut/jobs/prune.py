@@ -28,6 +28,7 @@ class PruneJob:
     eval_text: str = "wiki"
     streaming: bool = False  # one block in memory at a time (depth units; ``depthcut.stream``)
     resume: bool = False  # streamed scores continue from the last block a killed run saved
+    runtime: str = "torch"  # where the joint search times its options: torch, llamacpp[:TYPE]
 
 
 def run_prune(job: PruneJob) -> Path:
@@ -43,6 +44,7 @@ def run_prune(job: PruneJob) -> Path:
     streaming = job.streaming or _too_big(job.model)
     job = _resolve_repair(job, streaming)
     _check_repair(job, streaming)
+    _check_runtime(job, streaming)
     if streaming:
         return _streamed(job)
     settings, recipe = job.evaluation, job.recipe
@@ -54,7 +56,10 @@ def run_prune(job: PruneJob) -> Path:
     if recipe.steps > 1 or recipe.recover is not None:
         return _iterative(model, tok, calib, job)
     if cfg.auto:
-        scores, the_plan, calib = joint_plan(model, cfg, calib)
+        from depthcut.formats.runtime import make_runtime
+
+        runtime = make_runtime(job.runtime, tok, model)
+        scores, the_plan, calib = joint_plan(model, cfg, calib, runtime=runtime)
     else:
         scores = score(model, cfg, calib)
         the_plan = plan(scores, cfg, model)
@@ -121,6 +126,23 @@ def _check_repair(job: PruneJob, streaming: bool) -> None:
         raise DepthcutError(
             "--repair with --streaming (chosen or automatic) is not supported yet: drop --repair"
         )
+
+
+def _check_runtime(job: PruneJob, streaming: bool) -> None:
+    """A deployment runtime times the joint search in memory: refuse it elsewhere, and a
+    missing binding, before any work."""
+    from depthcut.formats.runtime import parse_runtime, require_runtime
+
+    if parse_runtime(job.runtime)[0] == "torch":
+        return
+    if not job.recipe.prune.auto:
+        raise DepthcutError(
+            f"--runtime {job.runtime} times the joint search's options: use it with --units "
+            "auto (or a latency / kv budget without --units)"
+        )
+    if streaming:
+        raise DepthcutError(f"--runtime {job.runtime}: the joint search runs in memory")
+    require_runtime(job.runtime)
 
 
 def _prune_and_measure(model, the_plan, tok, settings, fix) -> tuple:

@@ -12,6 +12,7 @@ from depthcut.planning.plan import Plan
 from depthcut.search.budgets import Budgets
 from depthcut.search.joint import dense_perplexity, reference, search
 from depthcut.search.library import OptionTable, build_table, check_table
+from depthcut.search.runtime import TORCH, Runtime
 
 
 def held_back(calib: CalibData) -> tuple[CalibData, CalibData]:
@@ -37,19 +38,21 @@ def frontier(
     table: OptionTable | None = None,
     k: int = 3,
     progress: bool = True,
+    runtime: Runtime = TORCH,
 ) -> tuple[OptionTable, dict[str, Plan]]:
-    """The option table and the measured best joint plan of each budget ({label: plan})."""
+    """The option table and the measured best joint plan of each budget ({label: plan}), every
+    time measured by ``runtime``."""
     from depthcut.graph.structure import discover_structure
     from depthcut.methods.base import describe
 
     fit, check = held_back(calib)
     if table is None:
-        table = build_table(model, fit, progress)
+        table = build_table(model, fit, progress, runtime=runtime)
     else:
-        check_table(table, describe(model, discover_structure(model)))
+        check_table(table, describe(model, discover_structure(model)), runtime)
     ref = reference(model, check)
     plans, dense = {}, dense_perplexity(check, ref)
     for b in budgets:
-        plans[b.label], _ = search(model, table, b, fit, check, k=k, ref=ref)
+        plans[b.label], _ = search(model, table, b, fit, check, k=k, ref=ref, runtime=runtime)
         plans[b.label].run["search"]["dense_ppl"] = dense
     return table, plans

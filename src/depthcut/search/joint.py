@@ -30,6 +30,7 @@ from depthcut.refit.run import repair
 from depthcut.search.budgets import Budgets
 from depthcut.search.library import OptionTable
 from depthcut.search.options import Option
+from depthcut.search.runtime import TORCH, Runtime
 from depthcut.search.solve import Limit, best_k
 from depthcut.timing import interleaved
 from depthcut.units.latency import decode_seconds, prompt_ids, synchronizer, warmed_prompt
@@ -216,18 +217,21 @@ def prefill_ratio(dense: nn.Module, pruned: nn.Module, context: int, repeats: in
     return statistics.median(seconds["pruned"]) / statistics.median(seconds["dense"]), other
 
 
-def measure(model, plan: Plan, calib: CalibData, heldout: CalibData, ref) -> dict:
+def measure(
+    model, plan: Plan, calib: CalibData, heldout: CalibData, ref, runtime: Runtime = TORCH
+) -> dict:
     """Held-back KL and measured decode-time (and, under a prefill budget, prefill-time)
-    saving of the refit, pruned plan."""
+    saving of the refit, pruned plan, timed by ``runtime``."""
     pruned = realise(model, plan, calib)
-    ratio, other = decode_ratio(model, pruned)
+    pre = plan.run.get("prefill")
+    timed = runtime.compare(model, pruned, pre["context"] if pre else None)
     kl, ppl = held_back_scores(pruned, heldout, ref)
     predicted = plan.run["latency"]["removed"] / plan.run["latency"]["total"]
-    out = {"kl": kl, "ppl": ppl, "saved": 1.0 - ratio, "predicted": predicted, "other_cpu": other}
-    if "prefill" in plan.run:
-        pre = plan.run["prefill"]
-        measured, _ = prefill_ratio(model, pruned, pre["context"])
-        out |= {"prefill_saved": 1.0 - measured, "prefill_predicted": pre["removed"] / pre["total"]}
+    out = {"kl": kl, "ppl": ppl, "saved": 1.0 - timed["decode"], "predicted": predicted}
+    out["other_cpu"] = timed["other_cpu"]
+    if pre:
+        saved = 1.0 - timed["prefill"]
+        out |= {"prefill_saved": saved, "prefill_predicted": pre["removed"] / pre["total"]}
     return out
 
 
@@ -268,14 +272,16 @@ def search(
     k: int = 3,
     rounds: int = 3,
     ref: list[torch.Tensor] | None = None,
+    runtime: Runtime = TORCH,
 ) -> tuple[Plan, list[dict]]:
-    """The measured best joint plan under ``budgets`` and the report of every round."""
+    """The measured best joint plan under ``budgets`` and the report of every round (its
+    candidates timed by ``runtime``)."""
     ref = reference(model, heldout) if ref is None else ref
     scales, report = dict.fromkeys(TIMED, 1.0), list[dict]()
     best: tuple[Plan, dict] | None = None
     for r in range(rounds):
         plans = solve_plans(table, budgets, k, scales["latency"], scales["prefill"])
-        found = [(p, measure(model, p, calib, heldout, ref)) for p in plans]
+        found = [(p, measure(model, p, calib, heldout, ref, runtime)) for p in plans]
         row = {"round": r, "scale": scales["latency"]}
         row |= {"prefill_scale": scales["prefill"]} if budgets.prefill is not None else {}
         report.append(row | {"candidates": [_row(p, m) for p, m in found]})
@@ -291,7 +297,7 @@ def search(
     if best is None:
         raise ValueError("the joint search measured no plan")
     plan, measured = best
-    plan.run["search"] |= {"measured": measured, "rounds": report}
+    plan.run["search"] |= {"measured": measured, "rounds": report, "runtime": runtime.name}
     return plan, report
 
 

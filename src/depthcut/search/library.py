@@ -25,10 +25,11 @@ from depthcut.methods.base import describe
 from depthcut.methods.width.layers import WidthLayer, width_layers
 from depthcut.methods.width.repaired import GramHooks
 from depthcut.planning.plan import Action
-from depthcut.search.cost import kv_bytes, latency_table, option_seconds
+from depthcut.search.cost import kv_bytes, option_seconds
 from depthcut.search.options import Option, block_options, levels
 from depthcut.search.probe import Probe
 from depthcut.search.quality import DepthHooks, width_levels
+from depthcut.search.runtime import TORCH, Runtime, runtime_name
 from depthcut.units.discover import discover_units
 
 TABLE_VERSION = 1
@@ -200,24 +201,45 @@ def build_table(
     progress: bool = True,
     latency: dict | None = None,
     probe: int = PROBE_BATCHES,
+    runtime: Runtime = TORCH,
 ) -> OptionTable:
     """Score every option of every block of ``model`` on ``calib`` and measure its costs
     (``latency``: a table measured before, to reuse; ``probe``: calibration batches the
-    removals' KL is measured on, 0 for stream errors alone)."""
+    removals' KL is measured on, 0 for stream errors alone; ``runtime``: where the times are
+    measured)."""
     started = time.perf_counter()
     model.eval()
     structure = discover_structure(model)
-    widths = {"attention": width_layers(model, structure, "head")}
-    widths["mlp"] = width_layers(model, structure, "neuron")
+    widths = sublayer_widths(model, structure)
     blocks, walk = _quality(model, structure, widths, calib, progress, probe)
     _add_sizes(model, structure, widths, blocks)
     if latency is None:
-        units = discover_units(model, structure, ("block", "attention", "mlp"))
-        kept = {k: levels(v[0].size) for k, v in widths.items()}
-        latency = latency_table(model, units, widths, kept)
+        latency = measured_latency(model, structure, widths, runtime)
     info = describe(model, structure)
     cost = {"forward_equivalents": walk, "seconds": time.perf_counter() - started}
     return OptionTable(info, blocks, latency, cost)
+
+
+def sublayer_widths(model: nn.Module, structure: ModelStructure) -> dict[str, list[WidthLayer]]:
+    """{"attention": every block's KV-group layer, "mlp": every block's neuron layer}."""
+    return {
+        "attention": width_layers(model, structure, "head"),
+        "mlp": width_layers(model, structure, "neuron"),
+    }
+
+
+def measured_latency(
+    model: nn.Module,
+    structure: ModelStructure,
+    widths: dict[str, list[WidthLayer]] | None = None,
+    runtime: Runtime = TORCH,
+) -> dict:
+    """The option table's decode and prefill timings of every block's options, measured by
+    ``runtime`` (and named after it)."""
+    widths = widths or sublayer_widths(model, structure)
+    units = discover_units(model, structure, ("block", "attention", "mlp"))
+    kept = {k: levels(v[0].size) for k, v in widths.items()}
+    return runtime.latency_table(model, units, widths, kept) | {"runtime": runtime.name}
 
 
 @torch.no_grad()
@@ -285,11 +307,23 @@ def _add_sizes(model, structure: ModelStructure, widths: dict, blocks: list[dict
         entry["attention"]["bytes_per_unit"] = kv_bytes(1, widths["attention"][i].head_dim, dtype)
 
 
-def check_table(table: OptionTable, model_info: dict) -> None:
-    """Refuse a table made for another model, naming the difference."""
+def check_table(table: OptionTable, model_info: dict, runtime: Runtime = TORCH) -> None:
+    """Refuse a table made for another model or timed in another runtime, naming the
+    difference."""
+    check_runtime(table, runtime.name)
     for key in ("model_type", "num_blocks", "params_all"):
         if table.model.get(key) != model_info.get(key):
             raise ConfigError(
                 f"this option table was made for another model ({key} "
                 f"{table.model.get(key)!r}, this model {model_info.get(key)!r}): build it again"
             )
+
+
+def check_runtime(table: OptionTable, name: str) -> None:
+    """Refuse a table timed in another runtime than ``name`` (torch, llamacpp)."""
+    timed = runtime_name(table.latency)
+    if timed != name:
+        raise ConfigError(
+            f"this option table was timed in {timed}, not {name}: pass --runtime {timed}, or "
+            "build the table again without --table"
+        )
