@@ -115,11 +115,10 @@ def tiny_qwen2(
     return model
 
 
-def tiny_smol_vocab(layers: int = 6):
+def tiny_smol_vocab(layers: int = 6, **overrides):
     """A tiny random Llama on SmolLM2's 49,152-token vocabulary (a tokenizer the converter
     knows); FFN 160 is not a multiple of 256."""
-    return tiny_llama(
-        layers,
+    values = dict(
         vocab_size=49152,
         hidden_size=64,
         intermediate_size=160,
@@ -129,6 +128,7 @@ def tiny_smol_vocab(layers: int = 6):
         initializer_range=0.1,
         pad_token_id=None,
     )
+    return tiny_llama(layers, **(values | overrides))
 
 
 BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "neox": tiny_neox, "phi3": tiny_phi3}

@@ -16,6 +16,7 @@ EXTRAS = {
     "peft": ("recover", "LoRA recovery"),
     "h5py": ("vision", "the packaged CIFAR-10 CNN"),
     "torchao": ("torchao", "torchao_int8_weight_only"),
+    "llama_cpp": ("llama", "--runtime llamacpp"),
 }
 
 

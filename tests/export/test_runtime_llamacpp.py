@@ -19,7 +19,16 @@ from tiny import tiny_calib, tiny_gemma3, tiny_smol_vocab
 pytestmark = pytest.mark.slow
 
 SIZES = {"attention": 2, "mlp": 160}
-VARIANTS = ["dense", "blocks", "attention:1", "attention:0", "mlp:120", "mlp:80", "mlp:40", "mlp:0"]
+VARIANTS = [
+    "dense",
+    "blocks",
+    "attention:1",
+    "attention:0",
+    "mlp:192",
+    "mlp:128",
+    "mlp:64",
+    "mlp:0",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,24 +82,24 @@ def test_the_joint_search_runs_in_llamacpp(smol_tokenizer, monkeypatch):
     import depthcut as dc
     from depthcut.units.discover import count_params
 
-    model = tiny_smol_vocab(layers=4)
-    timer = dc.LlamaCpp(smol_tokenizer, rounds=2, compare_rounds=2, steps=8)
+    model = tiny_smol_vocab(layers=8, hidden_size=128, intermediate_size=256)  # blocks that
+    timer = dc.LlamaCpp(smol_tokenizer, rounds=2, compare_rounds=2, steps=8)  # a timer sees
     seen, timed = {}, timer.time_files
 
-    def spy(files, rounds, model):
+    def spy(files, rounds, model, prefill=True):
         for name, path in files.items():
             seen.setdefault(name, llamacpp.read_arrays(path))
-        return timed(files, rounds, model)
+        return timed(files, rounds, model, prefill)
 
     monkeypatch.setattr(timer, "time_files", spy)
-    calib = tiny_calib(n=16, length=32)
+    calib = tiny_calib(n=16, length=64)
     table, plans = dc.frontier(model, calib, ["latency=0.1"], k=1, progress=False, runtime=timer)
     assert sorted(seen) == sorted([*VARIANTS, "pruned"])
-    assert seen["dense"]["block_count"] == 4 and seen["blocks"]["block_count"] == 2
-    assert _per_layer(seen["dense"], "ffn") == [160] * 4
-    assert _per_layer(seen["mlp:80"], "ffn") == [80] * 4
-    assert _per_layer(seen["attention:1"], "kv_heads") == [1] * 4
-    assert _per_layer(seen["attention:1"], "ffn") == [160] * 4
+    assert seen["dense"]["block_count"] == 8 and seen["blocks"]["block_count"] == 4
+    assert _per_layer(seen["dense"], "ffn") == [256] * 8
+    assert _per_layer(seen["mlp:128"], "ffn") == [128] * 8
+    assert _per_layer(seen["attention:1"], "kv_heads") == [1] * 8
+    assert _per_layer(seen["attention:1"], "ffn") == [256] * 8
     assert sorted(table.latency["variants"]) == sorted(VARIANTS)
     assert table.latency["runtime"] == "llamacpp"
     assert table.latency["device"] == f"llama.cpp f16, {timer.threads} threads"
@@ -133,3 +142,16 @@ def test_runtimes_parse_and_refuse():
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             rt.parse_runtime(bad)
+
+
+def test_llamacpp_without_its_binding_names_the_extra(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name)
+    )
+    message = "--runtime llamacpp needs llama_cpp, an optional extra: pip install 'depthcut[llama]'"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        rt.require_runtime("llamacpp:q4_k_m")
+    rt.require_runtime("torch")  # PyTorch needs nothing more

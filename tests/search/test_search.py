@@ -374,7 +374,7 @@ def test_a_prefill_budget_is_met_by_the_predicted_prefill_saving(tiny_table):
     plans = joint.solve_plans(table, Budgets(prefill=0.3), k=2)
     for plan in plans:
         pre = plan.run["prefill"]
-        assert pre["removed"] >= 0.3 * pre["total"] - 1e-12 and pre["context"] == 128
+        assert pre["removed"] >= 0.3 * pre["total"] * (1 - 1e-6) and pre["context"] == 128
     without = OptionTable.from_dict(table.to_dict() | {"latency": {**table.latency}})
     del without.latency["prefill"]
     with pytest.raises(ConfigError, match="no prefill timings"):
@@ -410,3 +410,22 @@ def test_a_calibration_too_small_for_the_refit_fails_before_any_scoring(monkeypa
     model = tiny_llama(layers=4, intermediate_size=96)
     with pytest.raises(ConfigError, match="fitting tokens .* for 96 unknowns per output in"):
         dc.frontier(model, tiny_calib(n=8, length=16), ["latency=0.2"], progress=False)
+
+
+def test_a_correction_that_leaves_no_feasible_plan_keeps_the_closest_measured(
+    tiny_table, monkeypatch
+):
+    """Timer noise measures every candidate slower than dense: the correction is floored at
+    MIN_CORRECTION (not ≤ 0), the savings so scaled cannot reach the budget any more, and the
+    search answers with round 0's closest candidate instead of failing."""
+    model, table = tiny_table
+    calib = tiny_calib(n=16, length=32)
+
+    def slower(model, plan, calib, heldout, ref, runtime):
+        predicted = plan.run["latency"]["removed"] / plan.run["latency"]["total"]
+        return {"kl": predicted, "saved": -0.01, "predicted": predicted}
+
+    monkeypatch.setattr(joint, "measure", slower)
+    assert joint._correction([(None, {"saved": -0.01, "predicted": 0.2})]) == joint.MIN_CORRECTION
+    plan, rounds = joint.search(model, table, Budgets(latency=0.2), calib, calib, k=2, ref=[])
+    assert len(rounds) == 1 and plan.run["search"]["measured"]["saved"] == -0.01

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from depthcut.errors import ConfigError
+from depthcut.extras import require
 from depthcut.formats import llamacpp
 from depthcut.formats.gguf_file import QUANTS, check_quant, gguf_name, write_gguf
 from depthcut.formats.layout import LLAMA_FAMILY
@@ -66,10 +67,11 @@ for _ in range(spec["rounds"]):
         for _ in range(spec["steps"]):
             llm.eval([ids[0]])
         out[name]["decode"].append((time.perf_counter() - start) / spec["steps"])
-        llm.reset()
-        start = time.perf_counter()
-        llm.eval(ids)
-        out[name]["prefill"].append(time.perf_counter() - start)
+        if spec["time_prefill"]:
+            llm.reset()
+            start = time.perf_counter()
+            llm.eval(ids)
+            out[name]["prefill"].append(time.perf_counter() - start)
         del llm
 json.dump(out, sys.stdout)
 """
@@ -95,7 +97,7 @@ class LlamaCpp:
         prefill: int = 512,
     ) -> None:
         check_quant(quant)
-        llamacpp.require_binding()
+        require("llama_cpp")
         if tokenizer is None:
             raise ConfigError("--runtime llamacpp: the model has no tokenizer (a GGUF needs one)")
         self.tokenizer, self.quant = tokenizer, quant
@@ -151,16 +153,16 @@ class LlamaCpp:
         return decode | {"prefill": pre}
 
     def compare(self, dense: nn.Module, pruned: nn.Module, prefill: int | None) -> dict:
-        """Decode and prefill time ratios pruned ÷ dense in llama.cpp (medians of interleaved
-        rounds; ``prefill`` is the table's own prompt length, timed either way)."""
+        """Decode (and with ``prefill``, prefill) time ratios pruned ÷ dense in llama.cpp
+        (medians of interleaved rounds; the prefill prompt is the table's own length)."""
         files = {"dense": self._dense_file(dense), "pruned": self.write(pruned, "candidate")}
         watch = CpuWatch(children=True)
         watch.start()
-        times = self.time_files(files, self.compare_rounds, dense)
+        times = self.time_files(files, self.compare_rounds, dense, prefill is not None)
         other = watch.stop()
         files["pruned"].unlink()
         out = {"other_cpu": other}
-        for key in ("decode", "prefill"):
+        for key in ("decode", "prefill") if prefill is not None else ("decode",):
             medians = {n: statistics.median(t[key]) for n, t in times.items()}
             out[key] = medians["pruned"] / medians["dense"]
         return out
@@ -185,10 +187,14 @@ class LlamaCpp:
         write_gguf(model, self.tokenizer, folder, self.quant, threads=self.threads, summary=False)
         return folder / gguf_name(self.quant)
 
-    def time_files(self, files: dict[str, Path], rounds: int, model: nn.Module) -> dict:
-        """{name: {"decode": [s/token per round], "prefill": [s per round]}} of the GGUF
-        ``files`` ({name: path}) of ``model``'s vocabulary and positions, interleaved."""
+    def time_files(
+        self, files: dict[str, Path], rounds: int, model: nn.Module, prefill: bool = True
+    ) -> dict:
+        """{name: {"decode": [s/token per round], "prefill": [s per round, empty unless
+        ``prefill``]}} of the GGUF ``files`` ({name: path}) of ``model``'s vocabulary and
+        positions, interleaved."""
         spec = {"files": {n: str(p) for n, p in files.items()}, "rounds": rounds}
+        spec["time_prefill"] = prefill
         spec |= {"threads": self.threads, "context": self.context, "steps": self.steps}
         spec |= {"vocab": _vocab(model), "prefill": max(self.prefill_tokens(model), self.context)}
         spec_file = self.folder / "spec.json"
@@ -296,7 +302,7 @@ def parse_runtime(spec: str) -> tuple[str, str]:
 def require_runtime(spec: str) -> None:
     """Refuse a runtime whose engine is not installed (llama.cpp's binding), in one line."""
     if parse_runtime(spec)[0] == "llamacpp":
-        llamacpp.require_binding()
+        require("llama_cpp")
 
 
 def make_runtime(spec: str, tokenizer, model: nn.Module):

@@ -23,6 +23,7 @@ from torch import nn
 
 from depthcut.config import AUTO, PruneConfig
 from depthcut.data import CalibData
+from depthcut.errors import BudgetError
 from depthcut.importance import functional as F
 from depthcut.methods import apply_plan
 from depthcut.planning.plan import Plan
@@ -36,6 +37,7 @@ from depthcut.timing import interleaved
 from depthcut.units.latency import decode_seconds, prompt_ids, synchronizer, warmed_prompt
 
 TOLERANCE = 0.05  # a measured latency saving within 5% (relative) of the budget honours it
+MIN_CORRECTION = 0.1  # a measured saving at or below 0 (timer noise) scales by this, not by ≤ 0
 DIFFER = 3  # blocks in which each re-measured candidate differs from the better ones
 
 
@@ -280,7 +282,12 @@ def search(
     scales, report = dict.fromkeys(TIMED, 1.0), list[dict]()
     best: tuple[Plan, dict] | None = None
     for r in range(rounds):
-        plans = solve_plans(table, budgets, k, scales["latency"], scales["prefill"])
+        try:
+            plans = solve_plans(table, budgets, k, scales["latency"], scales["prefill"])
+        except BudgetError:
+            if best is None:
+                raise
+            break  # corrected savings no longer reach the budget: keep the closest measured
         found = [(p, measure(model, p, calib, heldout, ref, runtime)) for p in plans]
         row = {"round": r, "scale": scales["latency"]}
         row |= {"prefill_scale": scales["prefill"]} if budgets.prefill is not None else {}
@@ -312,4 +319,4 @@ def _correction(found: list, saved: str = "saved", predicted: str = "predicted")
     """The median of measured ÷ predicted time saving over the candidates: the factor the
     predicted savings are scaled by before the next round."""
     ratios = [m[saved] / m[predicted] for _, m in found if m[predicted] > 0]
-    return statistics.median(ratios) if ratios else 1.0
+    return max(statistics.median(ratios), MIN_CORRECTION) if ratios else 1.0

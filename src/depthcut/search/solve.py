@@ -48,7 +48,13 @@ def _constraints(groups: list[list[int]], limits: list[Limit], n: int) -> list[L
     for g, members in enumerate(groups):
         pick[g, members] = 1.0
     out = [LinearConstraint(pick, 1.0, 1.0)]
-    out += [LinearConstraint(lim.saving[None, :], lim.low, lim.high) for lim in limits]
+    # each budget row as shares of its total: the solver's absolute feasibility tolerance
+    # (1e-7) is then relative, where a row in seconds (≈1e-3 per token) would let a budget
+    # slip by 1e-4 of itself
+    out += [
+        LinearConstraint(lim.saving[None, :] / lim.total, lim.low / lim.total, lim.high / lim.total)
+        for lim in limits
+    ]
     return out
 
 
