@@ -146,7 +146,7 @@ bench: setup fashion llama gemma
 	$(BIN)/python benchmarks/bench_repair.py
 	$(BIN)/python benchmarks/bench_iterative_cache.py
 	$(BIN)/python benchmarks/bench_llamacpp.py  # ≈10 min: 12 GGUF files measured in llama.cpp
-	$(BIN)/python benchmarks/bench_runtime.py  # ≈80 min: the joint search timed in PyTorch and in llama.cpp
+	$(BIN)/python benchmarks/bench_runtime.py  # ≈70 min: the joint search timed in PyTorch and in llama.cpp
 	$(BIN)/python benchmarks/bench_fine.py
 	$(BIN)/python benchmarks/bench_iterative_recover.py
 	$(BIN)/python benchmarks/bench_vision.py

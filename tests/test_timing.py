@@ -40,11 +40,26 @@ def test_the_watch_counts_other_processes_not_this_one(monkeypatch):
 
     readings = iter([(10.0, 1.0), (13.0, 2.0)])
     clock = iter([100.0, 102.0])
-    monkeypatch.setattr(timing, "_cpu_seconds", lambda: next(readings))
+    monkeypatch.setattr(timing, "_cpu_seconds", lambda children=False: next(readings))
     monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
     watch = CpuWatch()
     watch.start()
     assert watch.stop() == pytest.approx(100.0)
+
+
+def test_a_watch_with_children_counts_finished_subprocesses_as_its_own():
+    """A subprocess this process ran and waited for (a llama.cpp timing) is its own CPU with
+    ``children``, not another process's."""
+    import subprocess
+    import sys
+
+    from depthcut import timing
+
+    before = timing._cpu_seconds(children=True)[1] - timing._cpu_seconds()[1]
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    after = timing._cpu_seconds(children=True)[1] - timing._cpu_seconds()[1]
+    assert after - before >= 0.3
 
 
 def test_spread_and_reasons():
