@@ -107,7 +107,9 @@ def prune(
     """score, plan, repair (by ``cfg.repair``) and apply in one call; ``model`` is left as it
     was (a repair works on a copy). ``units="auto"``: the joint search (``frontier``) for the
     config's budget, timed by ``runtime``; its scores are the option table's costs."""
-    check_runtime(cfg, runtime)
+    from depthcut.search.runtime import refuse_without_search
+
+    refuse_without_search(getattr(runtime, "name", "torch"), cfg.auto)
     if cfg.auto:
         return _prune_joint(model, cfg, calib, progress, runtime)
     scores = score(model, cfg, calib, progress)
@@ -159,16 +161,6 @@ def joint_plan(
     table, plans = frontier(model, calib, budgets, progress=progress, runtime=runtime)
     scores = Scores("joint", [], {}, table.model, cfg.resolved().to_dict(), cost=dict(table.cost))
     return scores, next(iter(plans.values())), held_back(calib)[0]
-
-
-def check_runtime(cfg: PruneConfig, runtime) -> None:
-    """Refuse a deployment runtime for a method that does not search (only ``units="auto"``
-    times its options in one)."""
-    if runtime is not None and getattr(runtime, "name", "torch") != "torch" and not cfg.auto:
-        raise ConfigError(
-            f"--runtime {runtime.name} times the joint search's options: use it with --units "
-            "auto (or a latency / kv budget without --units)"
-        )
 
 
 def _prune_joint(model: nn.Module, cfg: PruneConfig, calib: CalibData, progress: bool, runtime):

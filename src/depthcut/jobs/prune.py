@@ -132,14 +132,12 @@ def _check_runtime(job: PruneJob, streaming: bool) -> None:
     """A deployment runtime times the joint search in memory: refuse it elsewhere, and a
     missing binding, before any work."""
     from depthcut.formats.runtime import parse_runtime, require_runtime
+    from depthcut.search.runtime import refuse_without_search
 
-    if parse_runtime(job.runtime)[0] == "torch":
+    name = parse_runtime(job.runtime)[0]
+    if name == "torch":
         return
-    if not job.recipe.prune.auto:
-        raise DepthcutError(
-            f"--runtime {job.runtime} times the joint search's options: use it with --units "
-            "auto (or a latency / kv budget without --units)"
-        )
+    refuse_without_search(name, job.recipe.prune.auto)
     if streaming:
         raise DepthcutError(f"--runtime {job.runtime}: the joint search runs in memory")
     require_runtime(job.runtime)

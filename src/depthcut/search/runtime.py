@@ -14,6 +14,7 @@ from typing import Protocol
 
 from torch import nn
 
+from depthcut.errors import ConfigError
 from depthcut.methods.width.layers import WidthLayer
 from depthcut.units.discover import Unit
 
@@ -70,3 +71,13 @@ TORCH = Torch()
 def runtime_name(latency: dict) -> str:
     """The runtime an option table's timings come from (tables before runtimes: PyTorch)."""
     return str(latency.get("runtime", TORCH.name))
+
+
+def refuse_without_search(name: str, auto: bool) -> None:
+    """Refuse a deployment runtime (``name`` other than torch) for a method that does not
+    search: only ``units="auto"`` times its options in one."""
+    if name != TORCH.name and not auto:
+        raise ConfigError(
+            f"--runtime {name} times the joint search's options: use it with --units auto (or "
+            "a latency / kv budget without --units)"
+        )
