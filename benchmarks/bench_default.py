@@ -40,16 +40,24 @@ def run_default(model: str, out: Path) -> dict:
     code += "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
     exe = [sys.executable, "-m", "depthcut.cli", *cmd[1:]]
     env = os.environ | {"PYTHONPATH": str(ROOT / "src")}
+    log = out.parent / "stderr.log"  # progress bars land here while it runs (tail -f)
+    print(f"{model}: log in {log}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", code, *exe], env=env, capture_output=True, text=True
-    )
+    with log.open("w") as err:
+        done = subprocess.run(
+            [sys.executable, "-c", code, *exe],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
     seconds = time.perf_counter() - start
+    stderr = log.read_text()
     if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
         return {"command": _shown(cmd, out), "failed": tail, "seconds": seconds}
     rss = int(done.stdout.strip().splitlines()[-1]) * 1024
-    return {"command": _shown(cmd, out), "seconds": seconds, "peak_rss": rss, "log": done.stderr}
+    return {"command": _shown(cmd, out), "seconds": seconds, "peak_rss": rss, "log": stderr}
 
 
 def _shown(cmd: list[str], out: Path) -> str:
@@ -79,6 +87,19 @@ def describe_run(model: str, out: Path, measured: dict) -> dict:
     }
 
 
+def _today() -> str:
+    return time.strftime("%Y-%m-%d")
+
+
+def _earlier_rows() -> list[dict]:
+    """The rows already in the results file, each stamped with the commit and date it ran at
+    (rows written before rows carried their own take the file's)."""
+    if not RESULTS.exists():
+        return []
+    old = json.loads(RESULTS.read_text())
+    return [{"commit": old["commit"], "date": old["date"]} | r for r in old["rows"]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join(MODELS))
@@ -88,11 +109,10 @@ def main() -> None:
         folder = Path(tempfile.mkdtemp(dir=os.environ.get("BENCH_TMP")))
         measured = run_default(model, folder / "run")
         row = measured if "failed" in measured else describe_run(model, folder / "run", measured)
-        rows.append(row | {"model": model})
+        rows.append(row | {"model": model, "commit": results_file.commit(), "date": _today()})
         shutil.rmtree(folder, ignore_errors=True)
         print(json.dumps(rows[-1]), flush=True)
-    old = json.loads(RESULTS.read_text())["rows"] if RESULTS.exists() else []
-    kept = [r for r in old if r["model"] not in {r["model"] for r in rows}]
+    kept = [r for r in _earlier_rows() if r["model"] not in {r["model"] for r in rows}]
     results_file.write(
         "default",
         {"rows": kept + rows},

@@ -75,15 +75,19 @@ def default_runs() -> str:
         provenance(data),
         "",
         "| model | calibration (auto) | wall | peak RSS ÷ float32 checkpoint "
-        "| ppl dense → pruned |",
-        "|---|---:|---:|---:|---:|",
+        "| ppl dense → pruned | ran |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     for r in data["rows"]:
+        if "failed" in r:
+            lines.append(f"| {r['model']} | | {r['seconds']:.0f} s | | failed: {r['failed']} | |")
+            continue
         rss = f"{r['rss_over_checkpoint']:.2f} ({r['peak_rss'] / 1e9:.2f} GB)"
         ppl = f"{r['ppl_before']:.2f} → {r['ppl_after']:.2f}"
+        ran = f"{r.get('date', data['date'])}, {r.get('commit', data['commit'])}"
         lines.append(
             f"| {r['model']} | {r['calibration_windows']} × 256 | {r['seconds']:.0f} s "
-            f"| {rss} | {ppl} |"
+            f"| {rss} | {ppl} | {ran} |"
         )
     return "\n".join(lines)
 
