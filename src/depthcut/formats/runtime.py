@@ -168,8 +168,10 @@ class LlamaCpp:
         return out
 
     def prefill_tokens(self, model: nn.Module) -> int:
-        """The prefill prompt's length: ``prefill``, at most the model's positions."""
-        return min(self.prefill, int(getattr(model.config, "max_position_embeddings", 1 << 30)))
+        """The prefill prompt's length: ``prefill``, at most the model's positions, at least
+        the decode's ``context`` (the timing script draws both prompts from one list)."""
+        most = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+        return max(min(self.prefill, most), self.context)
 
     def _dense_file(self, dense: nn.Module) -> Path:
         if self._dense is None or self._dense[0] != id(dense):
@@ -196,7 +198,7 @@ class LlamaCpp:
         spec = {"files": {n: str(p) for n, p in files.items()}, "rounds": rounds}
         spec["time_prefill"] = prefill
         spec |= {"threads": self.threads, "context": self.context, "steps": self.steps}
-        spec |= {"vocab": _vocab(model), "prefill": max(self.prefill_tokens(model), self.context)}
+        spec |= {"vocab": _vocab(model), "prefill": self.prefill_tokens(model)}
         spec_file = self.folder / "spec.json"
         spec_file.write_text(json.dumps(spec), encoding="utf-8")
         args = [sys.executable, "-c", TIME, str(spec_file)]

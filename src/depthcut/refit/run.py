@@ -11,9 +11,11 @@ lower the check loss is undone. Cost is reported in forward-equivalents of the w
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from depthcut.config import REPAIRS
 from depthcut.data import CalibData
@@ -63,9 +65,17 @@ def _rows(calib: CalibData):
 
 
 @torch.no_grad()
-def model_nll(model: nn.Module, calib: CalibData) -> float:
-    """Mean next-token loss of ``model`` over the real tokens of ``calib``."""
-    return F.mean_nll((model(**b, use_cache=False).logits, b) for b in _rows(calib))
+def model_nll(model: nn.Module, calib: CalibData, bar: tqdm | None = None) -> float:
+    """Mean next-token loss of ``model`` over the real tokens of ``calib`` (``bar`` advanced
+    by one a sequence)."""
+    rows = _rows(calib) if bar is None else _counted(_rows(calib), bar)
+    return F.mean_nll((model(**b, use_cache=False).logits, b) for b in rows)
+
+
+def _counted(items: Iterator, bar: tqdm) -> Iterator:
+    for item in items:
+        yield item
+        bar.update()
 
 
 @torch.no_grad()
@@ -78,9 +88,11 @@ def _repair_width(model, structure, plan, fit, check, progress) -> dict:
     with scratch_dir("refit") as folder:
         store = Candidates(folder, keep)
         fit_candidates(model, structure, store, fit, RIDGES, progress)
-        for ridge in (None, *RIDGES):
-            store.load_into(model, ridge)
-            losses[ridge] = model_nll(model, check)
+        total = (len(RIDGES) + 1) * len(check)  # one forward a check sequence a candidate
+        with tqdm(total=total, desc="repair: choose ridge", disable=not progress) as bar:
+            for ridge in (None, *RIDGES):
+                store.load_into(model, ridge)
+                losses[ridge] = model_nll(model, check, bar)
         best = min(losses, key=lambda r: losses[r])
         store.load_into(model, best)
     n_fit, n_check = len(fit), len(check)

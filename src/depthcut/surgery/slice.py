@@ -7,11 +7,13 @@ from torch import nn
 
 from depthcut.hftypes import LinearLike
 from depthcut.ops import out_axis
+from depthcut.surgery.release import release
 
 
 def _set(module: LinearLike, name: str, tensor: torch.Tensor) -> None:
     old = getattr(module, name)
-    setattr(module, name, nn.Parameter(tensor.contiguous().clone(), old.requires_grad))
+    setattr(module, name, nn.Parameter(tensor.contiguous(), old.requires_grad))
+    release([old])  # a memory-mapped original's pages would stay resident beside the slice
 
 
 def slice_out(module: LinearLike, keep: torch.Tensor) -> None:

@@ -34,9 +34,10 @@ def refit_error(x, w, table, removed) -> float:
     return float((z[:, kept] @ coef - target).pow(2).sum())
 
 
-@pytest.mark.parametrize("owned", [1, 3])
-def test_greedy_steps_are_the_least_squares_errors(owned):
-    x, w, table = problem(owned)
+@pytest.mark.parametrize(("owned", "units"), [(1, 6), (3, 6), (2, 14)])
+def test_greedy_steps_are_the_least_squares_errors(owned, units):
+    """14 units: H and W compacted three times along the order (every 4 steps)."""
+    x, w, table = problem(owned, units=units, tokens=60)
     order = greedy_order(w, x.T @ x, table, steps=len(table))
     assert [len(units) for units, _ in order] == [1] * (len(table) - 1)
     removed, total = [], 0.0

@@ -23,6 +23,8 @@ output z over its input y (its gain, taken as isotropic).
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -135,24 +137,71 @@ def greedy_order(
 ) -> list:
     """[(units removed at this step, ΔE of the step)] of one layer's greedy removal down to one
     unit (``weight`` [out, in], dense orientation; ``table[u]``: the input channels unit u
-    owns; ``gram``: Xᵀ D X of the consumer's input, overwritten when ``consume``)."""
-    w = weight.detach().double().clone()
-    hinv = damped_inverse_(gram if consume else gram.clone())
-    idx = torch.tensor(table, dtype=torch.long, device=w.device)
-    alive = torch.ones(len(table), dtype=torch.bool)
+    owns; ``gram``: Xᵀ D X of the consumer's input, overwritten when ``consume``).
+
+    A removed channel's row and column of H are zero after its step, so every few steps the
+    removed channels are dropped from H and W (``Live.compact``): the steps' updates shrink
+    with the layer (≈ 2.5× less work over the whole order than updating all width² entries)."""
+    live = Live(weight, damped_inverse_(gram if consume else gram.clone()), table)
     chunk, order = max(1, len(table) // steps), []
-    while int(alive.sum()) > 1:
-        live = alive.nonzero().flatten()
-        errors = _unit_errors(w, hinv, idx[live])
-        take = min(chunk, len(live) - 1)
-        picked = live[torch.topk(errors, take, largest=False).indices.cpu()]
-        cols = idx[picked].flatten()
+    for step in itertools.count():
+        units = live.alive.nonzero().flatten()
+        if len(units) <= 1:
+            return order
+        errors = _unit_errors(live.w, live.hinv, live.where[live.idx[units]])
+        picked = units[torch.topk(errors, min(chunk, len(units) - 1), largest=False).indices]
+        order.append((picked.tolist(), live.remove(picked)))
+        if step % COMPACT_EVERY == COMPACT_EVERY - 1:
+            live.compact()
+
+
+COMPACT_EVERY = 4  # steps between compactions: each copies H once, a step's update ≈ 2 copies
+
+
+class Live:
+    """The greedy removal's state: W and H restricted to the channels still in (a prefix
+    view of H's original storage), ``where[c]``: channel c's position in them, -1 once gone."""
+
+    def __init__(self, weight: torch.Tensor, hinv: torch.Tensor, table) -> None:
+        self.w = weight.detach().double().clone()
+        self.storage, self.hinv = hinv, hinv
+        self.idx = torch.tensor(table, dtype=torch.long, device=hinv.device)
+        self.alive = torch.ones(len(table), dtype=torch.bool, device=hinv.device)
+        self.where = torch.arange(hinv.shape[0], device=hinv.device)
+        self.gone = torch.zeros(hinv.shape[0], dtype=torch.bool, device=hinv.device)
+
+    def remove(self, picked: torch.Tensor) -> float:
+        """The OBS step removing units ``picked``: W and H updated, ΔE returned."""
+        cols = self.where[self.idx[picked].flatten()]
+        w, hinv = self.w, self.hinv
         inv = spd_inverse(hinv[cols][:, cols])
-        order.append((picked.tolist(), float(torch.trace(w[:, cols] @ inv @ w[:, cols].T))))
+        delta = float(torch.trace(w[:, cols] @ inv @ w[:, cols].T))
         w -= w[:, cols] @ inv @ hinv[cols, :]
         hinv.addmm_(hinv[:, cols] @ inv, hinv[cols, :], alpha=-1.0)  # no width² temporary
-        alive[picked] = False
-    return order
+        self.alive[picked] = False
+        self.gone[cols] = True
+        return delta
+
+    def compact(self) -> None:
+        """Drop the removed channels' rows and columns, in H's own storage (slabs of rows,
+        then of columns, moved towards the start: a kept index never precedes its target)."""
+        kept = (~self.gone).nonzero().flatten()
+        n, size = len(kept), self.hinv.shape[0]
+        for start in range(0, n, SLAB):
+            rows = kept[start : start + SLAB]
+            self.storage[start : start + len(rows), :size] = self.storage[rows, :size]
+        for start in range(0, n, SLAB):
+            cols = kept[start : start + SLAB]
+            self.storage[:n, start : start + len(cols)] = self.storage[:n, cols]
+        self.hinv = self.storage[:n, :n]
+        self.w = self.w[:, kept]
+        position = torch.cumsum(~self.gone, 0) - 1
+        on = self.where >= 0
+        self.where[on] = torch.where(self.gone[self.where[on]], -1, position[self.where[on]])
+        self.gone = torch.zeros(n, dtype=torch.bool, device=self.gone.device)
+
+
+SLAB = 512  # rows or columns moved at a time by Live.compact (a slab-sized temporary)
 
 
 def greedy_scores(

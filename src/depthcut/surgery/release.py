@@ -1,0 +1,79 @@
+"""Give back the memory of weights that surgery replaced or removed, when they were read from a
+memory-mapped checkpoint.
+
+transformers loads a safetensors checkpoint memory-mapped (a private, copy-on-write mapping of
+the file), each weight a view of its own bytes. The file stays mapped while any weight of the
+model lives, so the pages of a weight that slicing replaced with a smaller copy, or of a block
+that was removed, stay resident and counted: on the 1.5B model the default plan's sliced MLPs
+sat beside their dense originals, 1.66× the checkpoint at the end of the run. ``release`` tells
+the kernel those pages are no longer needed (``madvise(MADV_DONTNEED)`` on the whole pages of
+the weight's bytes). Only bytes inside a file mapping are released (anonymous memory belongs to
+the allocator), and only when no other tensor shares the weight's storage. Were a released
+weight read again, it would read the checkpoint's bytes (the file), not zeros.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import sys
+from collections.abc import Iterable
+
+import torch
+
+MADV_DONTNEED = 4  # Linux
+
+
+def release(tensors: Iterable[torch.Tensor]) -> int:
+    """Release the file-mapped pages of ``tensors`` (weights about to be dropped); returns the
+    bytes given back (0 off Linux, on other devices, for anonymous or shared storages)."""
+    if sys.platform != "linux":
+        return 0
+    mappings = None
+    freed = 0
+    for tensor in tensors:
+        span = _sole_cpu_span(tensor)
+        if span is None:
+            continue
+        mappings = _file_mappings() if mappings is None else mappings
+        if any(lo <= span[0] and span[1] <= hi for lo, hi in mappings):
+            freed += _dont_need(*span)
+    return freed
+
+
+def _sole_cpu_span(tensor: torch.Tensor) -> tuple[int, int] | None:
+    """(first byte, end) of ``tensor``'s storage when it is on the CPU and nothing else holds
+    it (the count includes the wrapper ``untyped_storage`` makes), else None."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    if tensor.device.type != "cpu" or count is None:
+        return None
+    storage = tensor.untyped_storage()
+    if count(storage._cdata) > 2 or storage.nbytes() == 0:
+        return None
+    return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+
+
+def _file_mappings() -> list[tuple[int, int]]:
+    """The address ranges of this process's private mappings of files."""
+    ranges = []
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) >= 6 and fields[4] != "0" and fields[1].endswith("p"):
+                lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                ranges.append((lo, hi))
+    return ranges
+
+
+def _dont_need(start: int, end: int) -> int:
+    """madvise(MADV_DONTNEED) on the whole pages inside [start, end): a page shared with a
+    neighbouring weight is kept."""
+    page = mmap.PAGESIZE
+    lo, hi = -(-start // page) * page, end // page * page
+    if hi <= lo:
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    if libc.madvise(lo, hi - lo, MADV_DONTNEED) != 0:
+        return 0
+    return hi - lo
