@@ -16,11 +16,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "ls_memory.json"
+sys.path.insert(0, str(ROOT / "benchmarks"))  # results_file
+import results_file  # noqa: E402
 
 RUN = """
 import json, resource, sys, time
@@ -69,21 +69,18 @@ def main() -> None:
     args = ap.parse_args()
     rows = [{"code": "this checkout", **measure(ROOT / "src", args.blocks)}]
     if args.compare:
-        rows.append({"code": str(args.compare), **measure(args.compare, args.blocks)})
+        rows.append({"code": _commit_of(args.compare), **measure(args.compare, args.blocks)})
     for row in rows:
         print(json.dumps(row), flush=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "command": "python benchmarks/bench_ls_memory.py " + " ".join(sys.argv[1:]),
-                "date": time.strftime("%Y-%m-%d"),
-                "blocks": args.blocks,
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
+    results_file.write("ls_memory", {"blocks": args.blocks, "rows": rows})
+
+
+def _commit_of(src: Path) -> str:
+    """``commit X`` of the checkout holding ``src`` (its path when it is not a git checkout)."""
+    done = subprocess.run(
+        ["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     )
+    return f"commit {done.stdout.strip()}" if done.returncode == 0 else str(src)
 
 
 if __name__ == "__main__":

@@ -102,8 +102,9 @@ def ls_memory() -> str:
         "|---|---:|---:|",
     ]
     for r in data["rows"]:
-        code = "this version" if r["code"] == "this checkout" else "before"
-        lines.append(f"| {code} | {r['score_extra_mb'] / 1e3:.2f} GB | {r['seconds']:.0f} s |")
+        code = "this version" if r["code"] == "this checkout" else f"before ({r['code']})"
+        peak = max(r["score_extra_mb"], r["repair_extra_mb"]) * 2**20 / 1e9  # MiB → GB
+        lines.append(f"| {code} | {peak:.2f} GB | {r['seconds']:.0f} s |")
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""Packaged models: the split Gemma3 GGUF is joined by its package; missing parts are one line."""
+"""Packaged models: the split Gemma3 GGUF is joined by its package; missing parts are one line;
+weights holding NaN or inf are found."""
 
 import dataclasses
 
@@ -151,3 +152,15 @@ def test_a_missing_slice_names_it(sliced, tmp_path):
     more = dataclasses.replace(sliced, count=4)
     with pytest.raises(ModelLoadError, match=r"slice 4 of 4: could not fetch demo_part4"):
         models.join_slices(more, tmp_path / "joined.gguf")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
+def test_finite_check_reads_every_slice(bad):
+    """The weights are checked a slice of 4M values at a time: a bad value in the last slice
+    of a 5M-value weight is found, and a finite weight passes."""
+    import torch
+
+    weight = torch.ones(5_000_000)
+    if bad is not None:
+        weight[-1] = bad
+    assert models._all_finite(weight) is (bad is None)

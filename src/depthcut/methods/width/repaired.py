@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -38,6 +39,8 @@ from depthcut.ops import is_conv1d
 
 STEPS = 64  # greedy steps per layer: size // STEPS units removed together per step
 DAMP = 1e-2  # λ as a fraction of G's mean diagonal (SparseGPT's dampening)
+COMPACT_EVERY = 4  # greedy steps between compactions: each copies H once, a step's update ≈ 2
+SLAB = 512  # rows or columns of H moved at a time (a slab-sized temporary)
 
 
 def add_gram(grams: dict, key: str, x: torch.Tensor, weights: torch.Tensor) -> None:
@@ -119,17 +122,48 @@ def spd_inverse(h: torch.Tensor) -> torch.Tensor:
 
 def _unit_errors(w: torch.Tensor, hinv: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """ΔE of removing each unit alone: idx [units, owned] channel indices."""
+    if idx.shape[1] == 1:  # neurons: ‖w_c‖² / H_cc, no [units, out] temporaries
+        cols = idx[:, 0]
+        return torch.linalg.vector_norm(w, dim=0)[cols].square() / hinv.diagonal()[cols]
     h = hinv[idx[:, :, None], idx[:, None, :]]  # [units, owned, owned]
     ws = w[:, idx].permute(1, 0, 2)  # [units, out, owned]
     return (ws @ spd_inverse(h) * ws).sum((1, 2))
 
 
 def damped_inverse_(gram: torch.Tensor) -> torch.Tensor:
-    """(G + λI)⁻¹ computed in the storage of ``gram`` (Cholesky factor, then its inverse,
-    both in place: no second width² matrix; 8,960² float64 is 0.64 GB); returns ``gram``."""
+    """(G + λI)⁻¹ computed in the storage of ``gram`` (Cholesky factor, then its inverse:
+    no second width² matrix on the CPU; 8,960² float64 is 0.64 GB); returns ``gram``."""
     gram.diagonal().add_(DAMP * (float(gram.diagonal().mean()) or 1.0))  # all-zero inputs too
+    if gram.device.type == "cpu" and gram.dtype == torch.float64 and gram.is_contiguous():
+        return _lapack_inverse_(gram)
     torch.linalg.cholesky(gram, out=gram)
     return torch.cholesky_inverse(gram, out=gram)
+
+
+def _lapack_inverse_(h: torch.Tensor) -> torch.Tensor:
+    """LAPACK's potrf and potri on ``h``'s own memory (``torch.linalg.cholesky(out=h)``
+    allocates a second width² matrix), the result's upper triangle then mirrored down."""
+    from scipy.linalg import lapack
+
+    view = h.numpy().T  # Fortran order, the same memory: the lower triangle of G (symmetric)
+    factor, info = lapack.dpotrf(view, lower=1, clean=0, overwrite_a=1)
+    if info == 0:
+        factor, info = lapack.dpotri(factor, lower=1, overwrite_c=1)
+    if info != 0:
+        raise torch.linalg.LinAlgError(f"the damped gram is not positive definite ({info})")
+    if not np.shares_memory(factor, view):  # LAPACK worked on a copy after all
+        view[...] = factor
+    return _mirror_upper_(h)
+
+
+def _mirror_upper_(h: torch.Tensor) -> torch.Tensor:
+    """Copy ``h``'s upper triangle onto its lower one, a slab of rows at a time."""
+    for start in range(0, h.shape[0], SLAB):
+        end = min(h.shape[0], start + SLAB)
+        h[start:end, :start] = h[:start, start:end].T
+        block = h[start:end, start:end]
+        block.copy_(block.triu() + block.triu(1).T)
+    return h
 
 
 def greedy_order(
@@ -153,9 +187,6 @@ def greedy_order(
         order.append((picked.tolist(), live.remove(picked)))
         if step % COMPACT_EVERY == COMPACT_EVERY - 1:
             live.compact()
-
-
-COMPACT_EVERY = 4  # steps between compactions: each copies H once, a step's update ≈ 2 copies
 
 
 class Live:
@@ -199,9 +230,6 @@ class Live:
         on = self.where >= 0
         self.where[on] = torch.where(self.gone[self.where[on]], -1, position[self.where[on]])
         self.gone = torch.zeros(n, dtype=torch.bool, device=self.gone.device)
-
-
-SLAB = 512  # rows or columns moved at a time by Live.compact (a slab-sized temporary)
 
 
 def greedy_scores(
