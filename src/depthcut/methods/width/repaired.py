@@ -23,8 +23,6 @@ output z over its input y (its gain, taken as isotropic).
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import torch
 from torch import nn
@@ -178,15 +176,15 @@ def greedy_order(
     with the layer (≈ 2.5× less work over the whole order than updating all width² entries)."""
     live = Live(weight, damped_inverse_(gram if consume else gram.clone()), table)
     chunk, order = max(1, len(table) // steps), []
-    for step in itertools.count():
-        units = live.alive.nonzero().flatten()
-        if len(units) <= 1:
-            return order
+    units = live.alive.nonzero().flatten()
+    while len(units) > 1:
         errors = _unit_errors(live.w, live.hinv, live.where[live.idx[units]])
         picked = units[torch.topk(errors, min(chunk, len(units) - 1), largest=False).indices]
         order.append((picked.tolist(), live.remove(picked)))
-        if step % COMPACT_EVERY == COMPACT_EVERY - 1:
+        if len(order) % COMPACT_EVERY == 0:
             live.compact()
+        units = live.alive.nonzero().flatten()
+    return order
 
 
 class Live:
