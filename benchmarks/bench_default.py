@@ -87,10 +87,6 @@ def describe_run(model: str, out: Path, measured: dict) -> dict:
     }
 
 
-def _today() -> str:
-    return time.strftime("%Y-%m-%d")
-
-
 def _earlier_rows() -> list[dict]:
     """The rows already in the results file, each stamped with the commit and date it ran at
     (rows written before rows carried their own take the file's)."""
@@ -109,7 +105,9 @@ def main() -> None:
         folder = Path(tempfile.mkdtemp(dir=os.environ.get("BENCH_TMP")))
         measured = run_default(model, folder / "run")
         row = measured if "failed" in measured else describe_run(model, folder / "run", measured)
-        rows.append(row | {"model": model, "commit": results_file.commit(), "date": _today()})
+        rows.append(
+            row | {"model": model, "commit": results_file.commit(), "date": results_file.today()}
+        )
         shutil.rmtree(folder, ignore_errors=True)
         print(json.dumps(rows[-1]), flush=True)
     kept = [r for r in _earlier_rows() if r["model"] not in {r["model"] for r in rows}]

@@ -77,10 +77,8 @@ def main() -> None:
 
 def _commit_of(src: Path) -> str:
     """``commit X`` of the checkout holding ``src`` (its path when it is not a git checkout)."""
-    done = subprocess.run(
-        ["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
-    return f"commit {done.stdout.strip()}" if done.returncode == 0 else str(src)
+    found = results_file.commit(src)
+    return f"commit {found}" if found else str(src)
 
 
 if __name__ == "__main__":

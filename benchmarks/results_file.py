@@ -19,9 +19,17 @@ def hardware() -> dict:
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
 
 
-def commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip()
+def commit(folder: Path | None = None) -> str:
+    """The short commit checked out in ``folder`` (this checkout by default); "" outside git."""
+    where = ["-C", str(folder)] if folder is not None else []
+    done = subprocess.run(
+        ["git", *where, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def today() -> str:
+    return time.strftime("%Y-%m-%d")
 
 
 def write(name: str, fields: dict, command: str | None = None) -> Path:
@@ -30,7 +38,7 @@ def write(name: str, fields: dict, command: str | None = None) -> Path:
     script = Path(sys.argv[0])
     shown = command or " ".join(["python", f"benchmarks/{script.name}", *sys.argv[1:]])
     path = RESULTS / f"{name}.json"
-    head = {"command": shown, "commit": commit(), "date": time.strftime("%Y-%m-%d")}
+    head = {"command": shown, "commit": commit(), "date": today()}
     path.write_text(json.dumps(head | {"hardware": hardware()} | fields, indent=2) + "\n")
     return path
 

@@ -15,6 +15,7 @@ weight read again, it would read the checkpoint's bytes (the file), not zeros.
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 import sys
 from collections.abc import Iterable
@@ -72,8 +73,14 @@ def _dont_need(start: int, end: int) -> int:
     lo, hi = -(-start // page) * page, end // page * page
     if hi <= lo:
         return 0
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    if libc.madvise(lo, hi - lo, MADV_DONTNEED) != 0:
+    if _madvise()(lo, hi - lo, MADV_DONTNEED) != 0:
         return 0
     return hi - lo
+
+
+@functools.cache
+def _madvise():
+    """libc's madvise, its argument types declared (looked up once)."""
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return madvise
