@@ -14,7 +14,7 @@ from depthcut.planning.plan import Plan
 from depthcut.refit.fine import FINE_RIDGES
 from depthcut.refit.ls import DEPTH_RIDGES, fold, solve
 from depthcut.refit.run import RIDGES, halves, model_nll
-from depthcut.refit.width import input_grams, refit_columns
+from depthcut.refit.width import KeptSystem, input_grams, refit_columns
 from support import assert_reloads_equal, make_plan, real_tokens, run_masked
 from tiny import tiny_calib, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_neox
 
@@ -52,6 +52,25 @@ def test_width_refit_is_weighted_least_squares_on_the_kept_channels():
     torch.testing.assert_close(new[:, keep], expected)
     dropped = [c for c in range(64) if c not in keep]
     assert new[:, dropped].abs().max() == 0
+
+
+def test_every_ridge_of_one_kept_system_is_the_closed_form():
+    """A = (W G[:, K] + λ W_K)(G_KK + λI)⁻¹ for each ridge, solved from one system: the
+    ridges before the last on a copy (the system stays intact), the last in its memory."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 40, generator=g, dtype=torch.float64)
+    gram, w = x.T @ x, torch.randn(7, 40, generator=g)
+    keep = list(range(1, 40, 2))
+    system = KeptSystem(w, gram, keep)
+    g_kk = gram[keep][:, keep]
+    for n, ridge in enumerate((1e-2, 1e-1, 0.5)):
+        lam = ridge * float(g_kk.diagonal().mean())
+        rhs = w.double() @ gram[:, keep] + lam * w.double()[:, keep]
+        expected = torch.linalg.solve(g_kk + lam * torch.eye(len(keep)), rhs.T).T
+        new = system.refit(ridge, consume=n == 2)
+        assert new.dtype == w.dtype and new.shape == w.shape
+        torch.testing.assert_close(new[:, keep], expected.float())
+        assert new[:, [c for c in range(40) if c not in keep]].abs().max() == 0
 
 
 @pytest.mark.parametrize("conv", [False, True])

@@ -1,17 +1,19 @@
 """Weights replaced or removed by surgery give back their memory-mapped pages (a pruned model
 loaded from safetensors no longer holds its dense original beside it)."""
 
+import os
 import sys
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from depthcut.calibrate import RollingCache
 from depthcut.graph.structure import discover_structure
 from depthcut.methods.depth.surgery import remove_blocks
-from depthcut.surgery.release import release
+from depthcut.surgery.release import page_out, release
 from depthcut.surgery.slice import slice_in, slice_out
-from tiny import tiny_llama
+from tiny import tiny_calib, tiny_llama
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="madvise and /proc: Linux only")
 
@@ -35,6 +37,8 @@ def resident_kib(path) -> int:
 def mapped(tmp_path):
     """A tiny Llama saved and loaded back from safetensors (memory-mapped), every page read."""
     tiny_llama(layers=2, hidden_size=64, intermediate_size=MLP).save_pretrained(tmp_path)
+    with open(tmp_path / "model.safetensors", "rb") as written:
+        os.fsync(written.fileno())  # the kernel pages out clean pages only, not dirty ones
     model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     with torch.no_grad():
         sum(float(p.sum()) for p in model.parameters())
@@ -82,3 +86,32 @@ def test_a_released_weight_reads_the_checkpoint_and_shared_storage_is_kept(mappe
     inner = slice(1024, -1024)  # whole pages inside the weight read the file's bytes again
     torch.testing.assert_close(weight.detach().flatten()[inner], saved.flatten()[inner])
     assert release([torch.ones(64, MLP)]) == 0  # anonymous memory is the allocator's
+
+
+def test_a_walk_over_the_blocks_pages_out_what_it_passed_and_changes_nothing(mapped):
+    """RollingCache pages the mapped weights out at the start and each block once passed:
+    after the walk less than one block is resident; the model computes what it did."""
+    model, file = mapped
+    calib = tiny_calib(n=4)
+    batch = calib.batches()[0]
+    with torch.no_grad():
+        before = model(**batch).logits
+    assert resident_kib(file) > mlp_kib(2)
+    cache = RollingCache(model, discover_structure(model), calib, progress=False)
+    with torch.no_grad():
+        for i in range(cache.num_blocks):
+            cache.advance(i)
+            assert resident_kib(file) < mlp_kib(1)  # the block just passed is gone too
+        torch.testing.assert_close(model(**batch).logits, before, rtol=0, atol=0)
+
+
+def test_paging_out_keeps_what_was_written_after_the_load(mapped):
+    model, file = mapped
+    weight = model.model.layers[0].mlp.up_proj.weight
+    with torch.no_grad():
+        weight.mul_(2.0)  # copy-on-write: these pages are the process's own now
+    written = weight.detach().clone()
+    assert page_out(model.parameters()) > 0
+    assert resident_kib(file) < mlp_kib(1)
+    torch.testing.assert_close(weight.detach(), written, rtol=0, atol=0)
+    assert page_out([torch.ones(64, MLP)]) == 0  # anonymous memory is the allocator's

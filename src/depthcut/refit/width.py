@@ -88,18 +88,48 @@ def input_grams(model: nn.Module, paths: list[str], calib: CalibData, progress: 
     return hooks.grams
 
 
+class KeptSystem:
+    """What every ridge's refit of one consumer needs from its gram G (taken out of it, so G
+    can go before any solve): G_KK, (W G)[:, K] and W_K, float64."""
+
+    def __init__(self, weight: torch.Tensor, gram: torch.Tensor, keep: list[int]):
+        w = weight.double()
+        self.k = torch.tensor(keep, dtype=torch.long, device=weight.device)
+        self.g_kk = gram[self.k[:, None], self.k[None, :]]
+        self.wg_k = (w @ gram)[:, self.k]
+        self.w_k = w[:, self.k]
+        self.shape, self.dtype = weight.shape, weight.dtype
+
+    def refit(self, ridge: float, consume: bool = False) -> torch.Tensor:
+        """The refit weight ([out, in], dense orientation): kept columns A, removed columns 0.
+        ``consume`` solves in G_KK's own memory (the last ridge): otherwise on one copy."""
+        g = self.g_kk if consume else self.g_kk.clone()
+        lam = ridge * (float(g.diagonal().mean()) or 1.0)  # inputs all zero: keeps W
+        g.diagonal().add_(lam)
+        rhs = self.wg_k + lam * self.w_k  # [out, kept]
+        new = torch.zeros(self.shape, dtype=torch.float64, device=self.k.device)
+        new[:, self.k] = spd_solve_(g, rhs)
+        return new.to(self.dtype)
+
+
+def spd_solve_(a: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """X with X a = rhs (``a`` symmetric positive definite [n, n], ``rhs`` [out, n]), by
+    Cholesky in the memory of ``a`` and ``rhs`` on the CPU (LAPACK's posv; torch's solve
+    takes an LU copy of ``a``: 0.36 GB for the 1.5B's kept 6,720 neurons)."""
+    if a.device.type != "cpu" or a.dtype != torch.float64 or not a.is_contiguous():
+        return torch.cholesky_solve(rhs.T, torch.linalg.cholesky(a)).T
+    from scipy.linalg import lapack
+
+    rhs = rhs.contiguous()
+    _, x, info = lapack.dposv(a.numpy().T, rhs.numpy().T, overwrite_a=1, overwrite_b=1)
+    if info != 0:
+        raise torch.linalg.LinAlgError(f"the refit's kept gram is not positive definite ({info})")
+    return torch.from_numpy(x.T)
+
+
 def refit_columns(weight: torch.Tensor, gram: torch.Tensor, keep: list[int], ridge: float):
-    """The refit weight ([out, in], dense orientation): kept columns A, removed columns 0.
-    Only kept × kept and out × in temporaries (no in × kept copy of ``gram``)."""
-    w = weight.double()
-    k = torch.tensor(keep, dtype=torch.long, device=weight.device)
-    g_kk = gram[k[:, None], k[None, :]]
-    lam = ridge * (float(g_kk.diagonal().mean()) or 1.0)  # inputs all zero: keeps W
-    g_kk.diagonal().add_(lam)
-    rhs = (w @ gram)[:, k] + lam * w[:, k]
-    new = torch.zeros_like(w)
-    new[:, k] = torch.linalg.solve(g_kk, rhs.T).T
-    return new.to(weight.dtype)
+    """The refit weight ([out, in], dense orientation): kept columns A, removed columns 0."""
+    return KeptSystem(weight, gram, keep).refit(ridge, consume=True)
 
 
 def _dense(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
@@ -160,7 +190,7 @@ def fit_candidates(
             continue
         grams = _block_grams(model, cache, i, by_block[i])
         for path in by_block[i]:
-            _save_candidates(model.get_submodule(path), path, grams.pop(path), store, ridges)
+            _save_candidates(model.get_submodule(path), path, grams, store, ridges)
 
 
 def _block_grams(model: nn.Module, cache: RollingCache, i: int, paths: list[str]) -> dict:
@@ -173,9 +203,11 @@ def _block_grams(model: nn.Module, cache: RollingCache, i: int, paths: list[str]
     return hooks.grams
 
 
-def _save_candidates(module, path: str, gram, store: Candidates, ridges) -> None:
+def _save_candidates(module, path: str, grams: dict, store: Candidates, ridges) -> None:
+    """Every candidate of consumer ``path``; its gram leaves ``grams`` (and memory) before the
+    solves."""
     weight, channels = _dense(module, module.weight.detach()), store.keep[path]
     store.save(None, path, _dense(module, _zeroed(weight, channels)))
-    for ridge in ridges:
-        new = refit_columns(weight, gram.to(weight.device), channels, ridge)
-        store.save(ridge, path, _dense(module, new))
+    system = KeptSystem(weight, grams.pop(path).to(weight.device), channels)
+    for n, ridge in enumerate(ridges, 1):
+        store.save(ridge, path, _dense(module, system.refit(ridge, consume=n == len(ridges))))

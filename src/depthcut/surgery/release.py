@@ -10,6 +10,12 @@ the kernel those pages are no longer needed (``madvise(MADV_DONTNEED)`` on the w
 the weight's bytes). Only bytes inside a file mapping are released (anonymous memory belongs to
 the allocator), and only when no other tensor shares the weight's storage. Were a released
 weight read again, it would read the checkpoint's bytes (the file), not zeros.
+
+``page_out`` is the lossless sibling for weights still in use: a walk over the blocks (scoring,
+the refit's statistics) runs each block once, so once it has passed a block the kernel may
+reclaim that block's file pages (``MADV_PAGEOUT``: a page written since the load is kept or
+swapped, never dropped); the next pass reads them back from the file. A walk then holds about
+one block's weights resident instead of the whole checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections.abc import Iterable
 import torch
 
 MADV_DONTNEED = 4  # Linux
+MADV_PAGEOUT = 21  # Linux 5.4+
 
 
 def release(tensors: Iterable[torch.Tensor]) -> int:
@@ -38,20 +45,47 @@ def release(tensors: Iterable[torch.Tensor]) -> int:
             continue
         mappings = _file_mappings() if mappings is None else mappings
         if any(lo <= span[0] and span[1] <= hi for lo, hi in mappings):
-            freed += _dont_need(*span)
+            freed += _advise(*span)
     return freed
 
 
-def _sole_cpu_span(tensor: torch.Tensor) -> tuple[int, int] | None:
-    """(first byte, end) of ``tensor``'s storage when it is on the CPU and nothing else holds
-    it (the count includes the wrapper ``untyped_storage`` makes), else None."""
-    count = getattr(torch._C, "_storage_Use_Count", None)
-    if tensor.device.type != "cpu" or count is None:
+def page_out(tensors: Iterable[torch.Tensor]) -> int:
+    """Let the kernel reclaim the file-mapped pages of ``tensors`` (weights that will not be
+    read for a while); returns the bytes advised (0 off Linux, on other devices, for anonymous
+    storages, or where the kernel refuses the advice)."""
+    if sys.platform != "linux":
+        return 0
+    mappings, advised, seen = None, 0, set()
+    for tensor in tensors:
+        span = _cpu_span(tensor)
+        if span is None or span in seen:
+            continue
+        seen.add(span)
+        mappings = _file_mappings() if mappings is None else mappings
+        if any(lo <= span[0] and span[1] <= hi for lo, hi in mappings):
+            advised += _advise(*span, MADV_PAGEOUT)
+    return advised
+
+
+def _cpu_span(tensor: torch.Tensor) -> tuple[int, int] | None:
+    """(first byte, end) of ``tensor``'s storage when it is on the CPU and not empty."""
+    if tensor.device.type != "cpu":
         return None
     storage = tensor.untyped_storage()
-    if count(storage._cdata) > 2 or storage.nbytes() == 0:
+    if storage.nbytes() == 0:
         return None
     return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+
+
+def _sole_cpu_span(tensor: torch.Tensor) -> tuple[int, int] | None:
+    """``_cpu_span`` when nothing else holds the storage (the count includes the wrapper
+    ``untyped_storage`` makes), else None."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    if count is None or tensor.device.type != "cpu":
+        return None
+    if count(tensor.untyped_storage()._cdata) > 2:
+        return None
+    return _cpu_span(tensor)
 
 
 def _file_mappings() -> list[tuple[int, int]]:
@@ -66,14 +100,14 @@ def _file_mappings() -> list[tuple[int, int]]:
     return ranges
 
 
-def _dont_need(start: int, end: int) -> int:
-    """madvise(MADV_DONTNEED) on the whole pages inside [start, end): a page shared with a
+def _advise(start: int, end: int, advice: int = MADV_DONTNEED) -> int:
+    """madvise(``advice``) on the whole pages inside [start, end): a page shared with a
     neighbouring weight is kept."""
     page = mmap.PAGESIZE
     lo, hi = -(-start // page) * page, end // page * page
     if hi <= lo:
         return 0
-    if _madvise()(lo, hi - lo, MADV_DONTNEED) != 0:
+    if _madvise()(lo, hi - lo, advice) != 0:
         return 0
     return hi - lo
 

@@ -13,7 +13,9 @@ from depthcut.graph.structure import discover_structure
 from depthcut.methods.width.layers import width_layers
 from depthcut.methods.width.repaired import (
     DAMP,
+    SLAB,
     GramHooks,
+    add_gram,
     damped_inverse_,
     greedy_order,
     greedy_scores,
@@ -164,6 +166,41 @@ def test_a_post_norm_weights_tokens_by_its_gain():
     # each batch's product runs in float32 (batch_gram): float32 accuracy of the whole matrix
     scale = float(expected.abs().max())
     torch.testing.assert_close(hooks.grams["neuron:1"], expected, rtol=0, atol=1e-6 * scale)
+
+
+def test_a_gram_wider_than_a_slab_sums_every_batch_and_is_symmetric():
+    """Three batches of an input 2 slabs and a part wide: every block of XᵀDX (upper ones
+    multiplied, lower ones mirrored) at float32 accuracy of the products."""
+    width = 2 * SLAB + 76
+    g = torch.Generator().manual_seed(0)
+    grams, expected = {}, 0
+    for _ in range(3):
+        x = torch.randn(200, width, generator=g)
+        w = torch.rand(200, generator=g, dtype=torch.float64) + 0.5
+        add_gram(grams, "k", x, w)
+        expected = expected + (x.double() * w[:, None]).T @ x.double()
+    gram = grams["k"]
+    assert gram.dtype == torch.float64 and gram.shape == (width, width)
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(gram, expected, rtol=0, atol=1e-6 * scale)
+    off = torch.ones(width, width, dtype=torch.bool).triu(SLAB)  # outside the diagonal slabs
+    assert torch.equal(gram[off], gram.T[off])
+
+
+def test_a_batch_adds_only_slab_sized_temporaries_to_the_gram():
+    """A second batch into a 4,000-wide float64 gram, in a fresh process: the peak grows by
+    less than a tenth of the matrix (the whole float32 product promoted to float64 by the add
+    grew it by 1.5 matrices)."""
+    code = (
+        "import resource, torch; from depthcut.methods.width.repaired import add_gram\n"
+        "x, w, grams = torch.randn(512, 4000), torch.rand(512, dtype=torch.float64), {}\n"
+        "add_gram(grams, 'k', x, w)\n"
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "add_gram(grams, 'k', x, w)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) * 1024 / 4000**2 / 8)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(done.stdout) < 0.1
 
 
 def test_the_damped_inverse_is_exact_and_needs_no_second_matrix():
