@@ -200,6 +200,16 @@ class BlockCache:
                 hidden = hidden_of(module(hidden))
         return hidden
 
+    def row_logits(self, hidden: torch.Tensor) -> Iterator[torch.Tensor]:
+        """``logits`` of ``hidden``'s sequences one at a time, counted as one tail run: a
+        batch's at once are 4 × 256 tokens × a 152k vocabulary, 0.6 GB of float32, and as
+        much again for their log-probabilities."""
+        rows = hidden.shape[0]
+        for r in range(rows):
+            logits = self.logits(hidden[r : r + 1])
+            self.tail_runs -= 1 - 1 / rows
+            yield logits
+
     def _bypass(self, units: Iterable[Unit]):
         units = [*self.removed, *units]
         return bypassed(self.model, self.structure, units) if units else nullcontext()

@@ -9,10 +9,13 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 import depthcut as dc
+from depthcut.calibrate import BlockCache
 from depthcut.errors import ConfigError
+from depthcut.graph.structure import discover_structure
+from depthcut.importance import functional as F
 from depthcut.planning.plan import Plan
 from depthcut.refit.fine import FINE_RIDGES
-from depthcut.refit.ls import DEPTH_RIDGES, fold, solve
+from depthcut.refit.ls import DEPTH_RIDGES, check_nll, fold, solve
 from depthcut.refit.run import RIDGES, halves, model_nll
 from depthcut.refit.width import KeptSystem, input_grams, refit_columns
 from support import assert_reloads_equal, make_plan, real_tokens, run_masked
@@ -52,6 +55,22 @@ def test_width_refit_is_weighted_least_squares_on_the_kept_channels():
     torch.testing.assert_close(new[:, keep], expected)
     dropped = [c for c in range(64) if c not in keep]
     assert new[:, dropped].abs().max() == 0
+
+
+def test_the_check_loss_runs_the_head_a_sequence_at_a_time():
+    """The depth refit's held-back loss: the LM head sees one sequence at a time (a batch's
+    logits at once were 1.2 GB with their log-probabilities on the 1.5B), the loss equals the
+    batched one, and the work is counted as one tail run a batch."""
+    model = tiny_llama()
+    data = tiny_calib(n=6, pad_last=5)
+    cache = BlockCache(model, discover_structure(model), data, progress=False)
+    rows, runs = [], cache.tail_runs
+    handle = model.lm_head.register_forward_hook(lambda m, a, out: rows.append(out.shape[0]))
+    found = check_nll(cache, [1, 2])
+    handle.remove()
+    assert rows == [1, 1, 1, 1] and cache.tail_runs - runs == pytest.approx(2.0)
+    batched = F.mean_nll((cache.logits(cache.inputs[-1][b]), cache.batches[b]) for b in [1, 2])
+    assert found == pytest.approx(batched, rel=1e-6)
 
 
 def test_every_ridge_of_one_kept_system_is_the_closed_form():

@@ -287,7 +287,11 @@ def split(n: int) -> tuple[range, range]:
 def check_nll(cache: BlockCache, batches) -> float:
     """Mean next-token loss of the current (bypassed) model over the real tokens of
     ``batches`` (held-back calibration text, never the evaluation text)."""
-    return F.mean_nll((cache.logits(cache.inputs[-1][b]), cache.batches[b]) for b in batches)
+    return F.mean_nll(
+        (logits, {k: v[r : r + 1] for k, v in cache.batches[b].items()})
+        for b in batches
+        for r, logits in enumerate(cache.row_logits(cache.inputs[-1][b]))
+    )
 
 
 def _fit_run(cache: BlockCache, run: Run, module: nn.Module, targets, ridges) -> dict:
