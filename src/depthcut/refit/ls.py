@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from depthcut.calibrate import BlockCache
-from depthcut.data import CalibData
+from depthcut.data import CalibData, sequences
 from depthcut.errors import ConfigError, UnsupportedModelError
 from depthcut.graph.capture import output_tensor
 from depthcut.graph.structure import ModelStructure
@@ -288,9 +288,9 @@ def check_nll(cache: BlockCache, batches) -> float:
     """Mean next-token loss of the current (bypassed) model over the real tokens of
     ``batches`` (held-back calibration text, never the evaluation text)."""
     return F.mean_nll(
-        (logits, {k: v[r : r + 1] for k, v in cache.batches[b].items()})
+        pair
         for b in batches
-        for r, logits in enumerate(cache.row_logits(cache.inputs[-1][b]))
+        for pair in zip(cache.row_logits(cache.inputs[-1][b]), sequences(cache.batches[b]))
     )
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from depthcut.config import REPAIRS
-from depthcut.data import CalibData
+from depthcut.data import CalibData, sequences
 from depthcut.errors import ConfigError
 from depthcut.graph.structure import ModelStructure, discover_structure
 from depthcut.importance import functional as F
@@ -57,11 +57,9 @@ def _require_tokens(fit: CalibData, unknowns: int) -> None:
 
 
 def _rows(calib: CalibData):
-    """Every calibration sequence as a batch of its own: one sequence's logits alive at a
-    time (4 × 256 tokens × a 152k vocabulary are 0.6 GB of float32)."""
+    """Every calibration sequence as a batch of its own (``data.sequences``)."""
     for batch in calib.batches():
-        for r in range(batch["input_ids"].shape[0]):
-            yield {k: v[r : r + 1] for k, v in batch.items()}
+        yield from sequences(batch)
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ import ctypes
 import functools
 import mmap
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -35,35 +35,34 @@ MADV_PAGEOUT = 21  # Linux 5.4+
 def release(tensors: Iterable[torch.Tensor]) -> int:
     """Release the file-mapped pages of ``tensors`` (weights about to be dropped); returns the
     bytes given back (0 off Linux, on other devices, for anonymous or shared storages)."""
-    if sys.platform != "linux":
-        return 0
-    mappings = None
-    freed = 0
-    for tensor in tensors:
-        span = _sole_cpu_span(tensor)
-        if span is None:
-            continue
-        mappings = _file_mappings() if mappings is None else mappings
-        if any(lo <= span[0] and span[1] <= hi for lo, hi in mappings):
-            freed += _advise(*span)
-    return freed
+    return _advise_mapped(tensors, _sole_cpu_span, MADV_DONTNEED)
 
 
 def page_out(tensors: Iterable[torch.Tensor]) -> int:
     """Let the kernel reclaim the file-mapped pages of ``tensors`` (weights that will not be
     read for a while); returns the bytes advised (0 off Linux, on other devices, for anonymous
     storages, or where the kernel refuses the advice)."""
+    return _advise_mapped(tensors, _cpu_span, MADV_PAGEOUT)
+
+
+def _advise_mapped(
+    tensors: Iterable[torch.Tensor],
+    span_of: Callable[[torch.Tensor], tuple[int, int] | None],
+    advice: int,
+) -> int:
+    """``advice`` on the storage of each of ``tensors`` (once a storage) that ``span_of``
+    accepts and a private file mapping holds; the bytes advised."""
     if sys.platform != "linux":
         return 0
     mappings, advised, seen = None, 0, set()
     for tensor in tensors:
-        span = _cpu_span(tensor)
+        span = span_of(tensor)
         if span is None or span in seen:
             continue
         seen.add(span)
         mappings = _file_mappings() if mappings is None else mappings
         if any(lo <= span[0] and span[1] <= hi for lo, hi in mappings):
-            advised += _advise(*span, MADV_PAGEOUT)
+            advised += _advise(span[0], span[1], advice)
     return advised
 
 
@@ -81,11 +80,10 @@ def _sole_cpu_span(tensor: torch.Tensor) -> tuple[int, int] | None:
     """``_cpu_span`` when nothing else holds the storage (the count includes the wrapper
     ``untyped_storage`` makes), else None."""
     count = getattr(torch._C, "_storage_Use_Count", None)
-    if count is None or tensor.device.type != "cpu":
+    span = _cpu_span(tensor)
+    if span is None or count is None or count(tensor.untyped_storage()._cdata) > 2:
         return None
-    if count(tensor.untyped_storage()._cdata) > 2:
-        return None
-    return _cpu_span(tensor)
+    return span
 
 
 def _file_mappings() -> list[tuple[int, int]]:
@@ -100,7 +98,7 @@ def _file_mappings() -> list[tuple[int, int]]:
     return ranges
 
 
-def _advise(start: int, end: int, advice: int = MADV_DONTNEED) -> int:
+def _advise(start: int, end: int, advice: int) -> int:
     """madvise(``advice``) on the whole pages inside [start, end): a page shared with a
     neighbouring weight is kept."""
     page = mmap.PAGESIZE

@@ -23,6 +23,19 @@ from depthcut.methods.width.repaired import (
 from tiny import tiny_calib, tiny_gemma3, tiny_llama, tiny_neox, tiny_tokenizer
 
 
+def peak_growth_in_matrices(setup: str, call: str) -> float:
+    """How much ``call`` grows the peak RSS of a fresh process after ``setup`` (``torch``
+    imported), in 4,000² float64 matrices."""
+    code = (
+        f"import resource, torch\n{setup}\n"
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"{call}\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) * 1024 / 4000**2 / 8)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(done.stdout)
+
+
 def problem(owned: int, units: int = 6, out: int = 5, tokens: int = 40, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(tokens, units * owned, generator=g, dtype=torch.float64)
@@ -191,16 +204,12 @@ def test_a_batch_adds_only_slab_sized_temporaries_to_the_gram():
     """A second batch into a 4,000-wide float64 gram, in a fresh process: the peak grows by
     less than a tenth of the matrix (the whole float32 product promoted to float64 by the add
     grew it by 1.5 matrices)."""
-    code = (
-        "import resource, torch; from depthcut.methods.width.repaired import add_gram\n"
+    setup = (
+        "from depthcut.methods.width.repaired import add_gram\n"
         "x, w, grams = torch.randn(512, 4000), torch.rand(512, dtype=torch.float64), {}\n"
-        "add_gram(grams, 'k', x, w)\n"
-        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "add_gram(grams, 'k', x, w)\n"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) * 1024 / 4000**2 / 8)"
+        "add_gram(grams, 'k', x, w)"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert float(done.stdout) < 0.1
+    assert peak_growth_in_matrices(setup, "add_gram(grams, 'k', x, w)") < 0.1
 
 
 def test_the_damped_inverse_is_exact_and_needs_no_second_matrix():
@@ -214,12 +223,8 @@ def test_the_damped_inverse_is_exact_and_needs_no_second_matrix():
     h = damped_inverse_(gram)
     assert h.data_ptr() == gram.data_ptr()
     torch.testing.assert_close(h, torch.linalg.inv(damped), rtol=1e-9, atol=1e-12)
-    code = (
-        "import resource, torch; from depthcut.methods.width.repaired import damped_inverse_\n"
-        "g = torch.rand(4000, 4000, dtype=torch.float64).mul_(1e-3); g.diagonal().add_(1.0)\n"
-        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "damped_inverse_(g)\n"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) * 1024 / g.nbytes)"
+    setup = (
+        "from depthcut.methods.width.repaired import damped_inverse_\n"
+        "g = torch.rand(4000, 4000, dtype=torch.float64).mul_(1e-3); g.diagonal().add_(1.0)"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert float(done.stdout) < 0.5
+    assert peak_growth_in_matrices(setup, "damped_inverse_(g)") < 0.5

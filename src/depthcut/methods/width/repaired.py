@@ -139,10 +139,16 @@ def damped_inverse_(gram: torch.Tensor) -> torch.Tensor:
     """(G + λI)⁻¹ computed in the storage of ``gram`` (Cholesky factor, then its inverse:
     no second width² matrix on the CPU; 8,960² float64 is 0.64 GB); returns ``gram``."""
     gram.diagonal().add_(DAMP * (float(gram.diagonal().mean()) or 1.0))  # all-zero inputs too
-    if gram.device.type == "cpu" and gram.dtype == torch.float64 and gram.is_contiguous():
+    if lapack_ready(gram):
         return _lapack_inverse_(gram)
     torch.linalg.cholesky(gram, out=gram)
     return torch.cholesky_inverse(gram, out=gram)
+
+
+def lapack_ready(a: torch.Tensor) -> bool:
+    """Whether LAPACK (through scipy) can work in ``a``'s own memory: a contiguous float64
+    CPU matrix."""
+    return a.device.type == "cpu" and a.dtype == torch.float64 and a.is_contiguous()
 
 
 def _lapack_inverse_(h: torch.Tensor) -> torch.Tensor:
