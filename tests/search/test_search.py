@@ -211,10 +211,14 @@ def test_the_probe_measures_the_kl_of_the_folded_removal(tiny_table, monkeypatch
 def test_held_back_scores_of_the_dense_model(tiny_table):
     """The dense model against its own reference: KL 0, and the perplexity of the reference."""
     model, calib = tiny_table[0], tiny_calib(n=16, length=32)
-    ref = joint.reference(model, calib)
-    kl, ppl = joint.held_back_scores(model, calib, ref)
+    kept, again = joint.Reference(model, calib, keep=True), joint.Reference(model, calib, False)
+    assert len(kept.kept) == 16 and again.kept is None  # one sequence at a time
+    kl, ppl = joint.held_back_scores(model, again)
     assert kl == pytest.approx(0.0, abs=1e-6)
-    assert ppl == pytest.approx(joint.dense_perplexity(calib, ref), rel=1e-6) and ppl > 1.0
+    assert ppl == pytest.approx(joint.dense_perplexity(kept), rel=1e-6) and ppl > 1.0
+    whole = [joint.F.log_probs(model(**b).logits) for b in calib.batches()]
+    rows = [logp for _, logp in kept.rows()]
+    torch.testing.assert_close(torch.cat(rows), torch.cat(whole), rtol=1e-5, atol=1e-5)
 
 
 def test_search_corrects_the_prediction_by_what_it_measures(tiny_table, monkeypatch):
@@ -223,7 +227,7 @@ def test_search_corrects_the_prediction_by_what_it_measures(tiny_table, monkeypa
     model, table = tiny_table
     calib = tiny_calib(n=16, length=32)
 
-    def fake(model, plan, calib, heldout, ref, runtime):
+    def fake(model, plan, calib, ref, runtime):
         predicted = plan.run["latency"]["removed"] / plan.run["latency"]["total"]
         return {"kl": predicted, "saved": predicted / 2, "predicted": predicted}
 
@@ -385,7 +389,7 @@ def test_search_corrects_the_prefill_prediction_by_what_it_measures(tiny_table, 
     model, table = tiny_table
     calib = tiny_calib(n=16, length=32)
 
-    def fake(model, plan, calib, heldout, ref, runtime):
+    def fake(model, plan, calib, ref, runtime):
         pre = plan.run["prefill"]
         predicted = pre["removed"] / pre["total"]
         out = {"kl": predicted, "saved": 0.0, "predicted": 0.0}
@@ -421,7 +425,7 @@ def test_a_correction_that_leaves_no_feasible_plan_keeps_the_closest_measured(
     model, table = tiny_table
     calib = tiny_calib(n=16, length=32)
 
-    def slower(model, plan, calib, heldout, ref, runtime):
+    def slower(model, plan, calib, ref, runtime):
         predicted = plan.run["latency"]["removed"] / plan.run["latency"]["total"]
         return {"kl": predicted, "saved": -0.01, "predicted": predicted}
 

@@ -26,7 +26,6 @@ per-layer shapes for those (``deci``).
 
 from __future__ import annotations
 
-import copy
 import json
 import statistics
 import sys
@@ -47,6 +46,7 @@ from depthcut.kinds import Kind
 from depthcut.methods import apply_plan, describe
 from depthcut.methods.width.layers import WidthLayer
 from depthcut.planning.plan import Action, Plan
+from depthcut.surgery.share import shared_copy
 from depthcut.timing import CpuWatch, reliability, spread
 from depthcut.units.discover import Unit
 
@@ -179,7 +179,7 @@ class LlamaCpp:
         return self._dense[1]
 
     def _export(self, model: nn.Module, plan: Plan, name: str) -> Path:
-        variant = apply_plan(copy.deepcopy(model), plan, inplace=True) if plan.actions else model
+        variant = apply_plan(shared_copy(model), plan, inplace=True) if plan.actions else model
         return self.write(variant, name.replace(":", "-"))
 
     def write(self, model: nn.Module, name: str) -> Path:

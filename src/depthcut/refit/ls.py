@@ -37,6 +37,7 @@ from depthcut.importance import functional as F
 from depthcut.kinds import Kind
 from depthcut.ops import is_conv1d, weight_of
 from depthcut.planning.plan import Plan
+from depthcut.surgery.share import own
 from depthcut.units.discover import Unit
 
 SLOTS = (Kind.ATTENTION, Kind.MLP)
@@ -271,6 +272,7 @@ def solve(
 @torch.no_grad()
 def fold(module: nn.Module, t: torch.Tensor) -> None:
     """``module``'s output becomes its output times ``t`` (no parameter added)."""
+    own(module)
     w = weight_of(module)
     t = t.to(w.dtype)
     w.copy_(w @ t if is_conv1d(module) else t.T @ w)
@@ -303,6 +305,7 @@ def _fit_run(cache: BlockCache, run: Run, module: nn.Module, targets, ridges) ->
     block, kind = run.writer
     fit, check = split(len(cache.batches))
     xtx, xty, _ = _normal_equations(cache, run, targets, fit)
+    own(module)
     saved = [p.detach().clone() for p in module.parameters()]
     losses = {None: check_nll(cache, check)}
     for ridge in ridges:

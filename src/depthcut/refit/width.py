@@ -28,6 +28,7 @@ from depthcut.methods.width.repaired import add_gram, lapack_ready
 from depthcut.methods.width.surgery import layers_of
 from depthcut.ops import is_conv1d, weight_of
 from depthcut.planning.plan import Plan
+from depthcut.surgery.share import own
 
 
 def consumers(model: nn.Module, structure: ModelStructure, plan: Plan) -> dict[str, list[int]]:
@@ -162,6 +163,7 @@ class Candidates:
         """Write candidate ``ridge`` of every consumer into ``model``."""
         for path in self.keep:
             module = model.get_submodule(path)
+            own(module)
             weight_of(module).copy_(torch.load(self._file(ridge, path), weights_only=True))
 
 

@@ -51,7 +51,7 @@ def frontier(
     else:
         check_table(table, describe(model, discover_structure(model)), runtime)
     ref = reference(model, check)
-    plans, dense = {}, dense_perplexity(check, ref)
+    plans, dense = {}, dense_perplexity(ref)
     for b in budgets:
         plans[b.label], _ = search(model, table, b, fit, check, k=k, ref=ref, runtime=runtime)
         plans[b.label].run["search"]["dense_ppl"] = dense

@@ -39,6 +39,7 @@ from depthcut.refit.ls import (
     weighted_grams,
     writes_through_one_linear,
 )
+from depthcut.surgery.share import own
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def weight_t(module: LinearLike) -> torch.Tensor:
 
 
 def _set_weight_t(module: LinearLike, a: torch.Tensor) -> None:
+    own(module)
     bias = getattr(module, "bias", None)
     w = a if bias is None else a[:-1]
     module.weight.copy_(w if is_conv1d(module) else w.T)
