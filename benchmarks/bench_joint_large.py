@@ -1,0 +1,166 @@
+"""The joint search on a real model too large for the frontier benchmark: the option table's
+cost (time, forward-equivalents, peak memory) and one searched point against the default.
+
+The calibration is the one ``depthcut frontier`` chooses (sized for the widest refit, plus the
+quarter held back for the search's measurements). The table is saved under ``BENCH_TMP`` (or
+``--table`` reuses one); the point is searched with ``--k`` candidates and its pruned model
+evaluated on the default held-out text, so its perplexity compares with
+``results/default.json``'s row for the same model and budget.
+
+    python benchmarks/bench_joint_large.py --model qwen2.5-coder-1.5b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from depthcut.config import AUTO, PruneConfig
+from depthcut.eval.run import EvalSettings, param_counts, perplexity_fn
+from depthcut.jobs.common import CalibSpec, ModelRef
+from depthcut.search import joint
+from depthcut.search.budgets import Budgets
+from depthcut.search.frontier import held_back
+from depthcut.search.library import OptionTable, build_table
+from results_file import commit, provenance, write
+
+
+def peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def checkpoint_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def table_phase(model, fit, path: Path) -> dict:
+    started = time.perf_counter()
+    table = build_table(model, fit, progress=True)
+    table.save(path)
+    seconds = time.perf_counter() - started
+    fields = {"seconds": seconds, "peak_rss": peak_bytes(), "commit": commit()}
+    fields |= table.cost | {"blocks": len(table.blocks)}
+    stats_file(path).write_text(json.dumps(fields, indent=1) + "\n")
+    return fields
+
+
+def stats_file(table: Path) -> Path:
+    """Where a table's build figures are kept beside it, for a later ``--table`` run."""
+    return table.with_suffix(".stats.json")
+
+
+def point_phase(model, tok, table, budgets: Budgets, fit, check, k: int) -> dict:
+    """Search one point; keep the measured candidate's model to evaluate it."""
+    realised: dict = {}
+    realise = joint.realise
+
+    def keep(model, plan, calib):
+        realised["model"] = realise(model, plan, calib)
+        return realised["model"]
+
+    joint.realise = keep
+    started = time.perf_counter()
+    plan, rounds = joint.search(model, table, budgets, fit, check, k=k)
+    seconds = time.perf_counter() - started
+    joint.realise = realise
+    pruned = realised["model"]
+    before, after = param_counts(model), param_counts(pruned)
+    return {
+        "seconds": seconds,
+        "rounds": len(rounds),
+        "measured": plan.run["search"]["measured"],
+        "options": plan.run["search"]["options"],
+        "removed_non_embedding": 1 - after["params_non_embedding"] / before["params_non_embedding"],
+        "ppl_after": perplexity_fn(tok, EvalSettings())(pruned),
+        "peak_rss": peak_bytes(),
+        "commit": commit(),
+    }
+
+
+def doc_table(results: dict, default: dict | None = None) -> str:
+    """The documentation's table: the option table's cost and the searched point, beside the
+    default's row for the same model (``results/default.json``)."""
+    gb = results["checkpoint_bytes"]
+    lines = [
+        f"{provenance(results)}; calibration {results['calibration_windows']} × 256 "
+        f"(a quarter held back for the search)",
+        "",
+        "| phase | wall | forward-equivalents | peak RSS ÷ float32 checkpoint | commit |",
+        "|---|---:|---:|---:|---|",
+    ]
+    if "table" in results:
+        t = results["table"]
+        lines.append(
+            f"| option table ({t['blocks']} blocks) | {t['seconds'] / 60:.0f} min "
+            f"| {t['forward_equivalents']:.2f} | {t['peak_rss'] / gb:.2f} | {t['commit']} |"
+        )
+    p = results["point"]
+    lines.append(
+        f"| search, {p['budget']}, k={p['k']} (refit, timing, held-back KL) "
+        f"| {p['seconds'] / 60:.0f} min | | {p['peak_rss'] / gb:.2f} | {p['commit']} |"
+    )
+    m = p["measured"]
+    lines += [
+        "",
+        "| plan | removed (non-embedding) | decode time saved: measured (predicted) "
+        "| held-back KL | held-out perplexity |",
+        "|---|---:|---:|---:|---:|",
+        f"| joint, {p['budget']} | {p['removed_non_embedding']:.1%} "
+        f"| {m['saved']:.1%} ({m['predicted']:.1%}) | {m['kl']:.3f} | {p['ppl_after']:.2f} |",
+    ]
+    row = next((r for r in (default or {}).get("rows", []) if r["model"] == results["model"]), None)
+    if row and "ppl_after" in row:
+        lines.append(
+            f"| default (`depthcut prune`, {row['date']}, {row['commit']}) "
+            f"| {row['removed_non_embedding']:.1%} | | | {row['ppl_after']:.2f} |"
+        )
+        lines.append(
+            f"\nDense held-out perplexity {row['ppl_before']:.2f}. Chosen per block: "
+            f"{summary(p['options'])}."
+        )
+    return "\n".join(lines)
+
+
+def summary(options: list[str]) -> str:
+    """``3 × block, 2 × mlp 1/2, …`` (keep left out), most frequent first."""
+    counts = Counter(o for o in options if o != "keep")
+    kept = len(options) - sum(counts.values())
+    return ", ".join([f"{n} × {name}" for name, n in counts.most_common()] + [f"{kept} × keep"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="qwen2.5-coder-1.5b")
+    parser.add_argument("--budget", default="params=0.25:non_embedding")
+    parser.add_argument("--k", type=int, default=1, help="candidates re-measured per round")
+    parser.add_argument("--table", help="an option table built before (skips the table phase)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    budgets = Budgets.parse([args.budget])
+    model, tok = ModelRef(args.model).load()
+    cfg = PruneConfig(units=(AUTO,), budget=budgets.to_budget(), repair="ls")
+    spec = CalibSpec().sized(model, cfg).held_back_too(True)
+    fit, check = held_back(spec.data(tok))
+    fields: dict = {"model": args.model, "checkpoint_bytes": checkpoint_bytes(model)}
+    fields["calibration_windows"] = spec.n_samples
+    if args.table:
+        path = Path(args.table)
+        if stats_file(path).exists():
+            fields["table"] = json.loads(stats_file(path).read_text())
+    else:
+        path = Path(os.environ.get("BENCH_TMP", "/tmp")) / f"options-{args.model}.json"
+        fields["table"] = table_phase(model, fit, path)
+    fields["point"] = {"budget": args.budget, "k": args.k}
+    fields["point"] |= point_phase(model, tok, OptionTable.load(path), budgets, fit, check, args.k)
+    write(f"joint_{args.model.split('-')[0].split('.')[0]}", fields)
+
+
+if __name__ == "__main__":
+    main()
