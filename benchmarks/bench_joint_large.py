@@ -3,9 +3,9 @@ cost (time, forward-equivalents, peak memory) and one searched point against the
 
 The calibration is the one ``depthcut frontier`` chooses (sized for the widest refit, plus the
 quarter held back for the search's measurements). The table is saved under ``BENCH_TMP`` (or
-``--table`` reuses one); the point is searched with ``--k`` candidates and its pruned model
-evaluated on the default held-out text, so its perplexity compares with
-``results/default.json``'s row for the same model and budget.
+``--table`` reuses one, and the run adds its point to the results file's earlier points); the
+point is searched with ``--k`` candidates and its pruned model evaluated on the default's
+held-out text, so its perplexity compares with ``results/default.json``'s row for the model.
 
     python benchmarks/bench_joint_large.py --model qwen2.5-coder-1.5b
 """
@@ -29,7 +29,7 @@ from depthcut.search import joint
 from depthcut.search.budgets import Budgets
 from depthcut.search.frontier import held_back
 from depthcut.search.library import OptionTable, build_table
-from results_file import commit, provenance, write
+from results_file import RESULTS, commit, provenance, today, write
 
 
 def peak_bytes() -> int:
@@ -101,30 +101,33 @@ def doc_table(results: dict, default: dict | None = None) -> str:
             f"| option table ({t['blocks']} blocks) | {t['seconds'] / 60:.0f} min "
             f"| {t['forward_equivalents']:.2f} | {t['peak_rss'] / gb:.2f} | {t['commit']} |"
         )
-    p = results["point"]
-    lines.append(
-        f"| search, {p['budget']}, k={p['k']} (refit, timing, held-back KL) "
-        f"| {p['seconds'] / 60:.0f} min | | {p['peak_rss'] / gb:.2f} | {p['commit']} |"
-    )
-    m = p["measured"]
+    points = results["points"].values()
+    for p in points:
+        lines.append(
+            f"| search, {p['budget']}, k={p['k']} (refit, timing, held-back KL; "
+            f"{p['rounds']} round{'s' if p['rounds'] > 1 else ''}) "
+            f"| {p['seconds'] / 60:.0f} min | | {p['peak_rss'] / gb:.2f} | {p['commit']} |"
+        )
     lines += [
         "",
         "| plan | removed (non-embedding) | decode time saved: measured (predicted) "
-        "| held-back KL | held-out perplexity |",
-        "|---|---:|---:|---:|---:|",
-        f"| joint, {p['budget']} | {p['removed_non_embedding']:.1%} "
-        f"| {m['saved']:.1%} ({m['predicted']:.1%}) | {m['kl']:.3f} | {p['ppl_after']:.2f} |",
+        "| held-back KL | held-out perplexity | chosen per block |",
+        "|---|---:|---:|---:|---:|---|",
     ]
+    for p in points:
+        m = p["measured"]
+        lines.append(
+            f"| joint, {p['budget']} | {p['removed_non_embedding']:.1%} "
+            f"| {m['saved']:.1%} ({m['predicted']:.1%}) | {m['kl']:.3f} | {p['ppl_after']:.2f} "
+            f"| {summary(p['options'])} |"
+        )
     row = next((r for r in (default or {}).get("rows", []) if r["model"] == results["model"]), None)
     if row and "ppl_after" in row:
         lines.append(
             f"| default (`depthcut prune`, {row['date']}, {row['commit']}) "
-            f"| {row['removed_non_embedding']:.1%} | | | {row['ppl_after']:.2f} |"
+            f"| {row['removed_non_embedding']:.1%} | | | {row['ppl_after']:.2f} | |"
         )
-        lines.append(
-            f"\nDense held-out perplexity {row['ppl_before']:.2f}. Chosen per block: "
-            f"{summary(p['options'])}."
-        )
+        lines.append(f"\nDense held-out perplexity {row['ppl_before']:.2f}.")
     return "\n".join(lines)
 
 
@@ -157,9 +160,25 @@ def main() -> None:
     else:
         path = Path(os.environ.get("BENCH_TMP", "/tmp")) / f"options-{args.model}.json"
         fields["table"] = table_phase(model, fit, path)
-    fields["point"] = {"budget": args.budget, "k": args.k}
-    fields["point"] |= point_phase(model, tok, OptionTable.load(path), budgets, fit, check, args.k)
-    write(f"joint_{args.model.split('-')[0].split('.')[0]}", fields)
+    name = f"joint_{args.model.split('-')[0].split('.')[0]}"
+    points = earlier_points(name, args.model, fields) if args.table else {}
+    point = {"budget": args.budget, "k": args.k, "date": today()}
+    point |= point_phase(model, tok, OptionTable.load(path), budgets, fit, check, args.k)
+    write(name, fields | {"points": points | {args.budget: point}})
+
+
+def earlier_points(name: str, model: str, fields: dict) -> dict:
+    """The points of an earlier run on the same model and table (``--table``): a run adds its
+    point beside them, each point keeping its own commit and date."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    if old.get("model") != model:
+        return {}
+    if "table" in old:
+        fields.setdefault("table", old["table"])
+    return old.get("points", {})
 
 
 if __name__ == "__main__":
