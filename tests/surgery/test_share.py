@@ -79,3 +79,14 @@ def test_a_realised_candidate_leaves_the_dense_model_untouched_and_equals_a_deep
     kept = pruned.model.layers[2].self_attn.q_proj.weight  # block 3, untouched
     assert _address(kept) == _address(model.model.layers[3].self_attn.q_proj.weight)
     assert _address(pruned.model.embed_tokens.weight) == _address(model.model.embed_tokens.weight)
+
+
+def test_memory_of_a_dead_original_is_not_shared():
+    """Sharing lasts as long as the original tensor: a later tensor over the same memory (the
+    allocator hands freed memory out again) is not copied for nothing."""
+    holder = nn.Linear(4, 4)
+    twin = shared_copy(holder)
+    same_memory = holder.weight.detach()
+    assert is_shared(twin.weight) and is_shared(same_memory)
+    del holder
+    assert not is_shared(same_memory) and not is_shared(twin.weight)

@@ -9,30 +9,34 @@ tensors (slices), which never touches the original; the repairs write kept weigh
 and each write site first calls ``own(module)``, which gives that module's shared tensors
 their own memory. So a candidate costs only the weights it changes.
 
-Which storages are shared is recorded by address when the copy is made; a tensor whose storage
-is one of them (a view or slice included) is copied before it is written. Code that writes a
-copy's weights another way (an optimizer) must deep-copy it instead.
+Which storages are shared is recorded when the copy is made: the original tensor (held weakly)
+under its storage's address. A tensor is shared while an original that lives still has its
+storage at that address, so a view or slice of a shared weight counts, and memory the allocator
+hands out again after an original died does not. Code that writes a copy's weights another way
+(an optimizer) must deep-copy it instead.
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
 from itertools import chain
 
 import torch
 from torch import nn
 
-_SHARED: set[int] = set()  # storage addresses that shared copies read (a stale one costs a copy)
+_ORIGINALS: dict[int, list[weakref.ref[torch.Tensor]]] = {}  # storage address → originals
 
 
 def shared_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (modules, configs, hooks) whose tensors share ``model``'s memory;
     write its weights only through ``own``."""
+    _forget_dead()
     memo: dict[int, object] = {}
     for t in chain(model.parameters(), model.buffers()):
         if id(t) not in memo:
             memo[id(t)] = _alias(t)
-            _SHARED.add(_address(t))
+            _remember(t)
     return copy.deepcopy(model, memo)
 
 
@@ -50,7 +54,26 @@ def own(module: nn.Module) -> None:
 
 def is_shared(t: torch.Tensor) -> bool:
     """Whether ``t`` reads memory that a shared copy shares with its original."""
-    return _address(t) in _SHARED
+    address = _address(t)
+    return any(_lives(r, address) for r in _ORIGINALS.get(address, ()))
+
+
+def _remember(t: torch.Tensor) -> None:
+    refs = _ORIGINALS.setdefault(_address(t), [])
+    if not any(r() is t for r in refs):
+        refs.append(weakref.ref(t))
+
+
+def _forget_dead() -> None:
+    for address, refs in list(_ORIGINALS.items()):
+        refs[:] = [r for r in refs if _lives(r, address)]
+        if not refs:
+            del _ORIGINALS[address]
+
+
+def _lives(ref: weakref.ref[torch.Tensor], address: int) -> bool:
+    original = ref()
+    return original is not None and _address(original) == address
 
 
 def _address(t: torch.Tensor) -> int:
