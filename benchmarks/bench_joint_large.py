@@ -56,7 +56,7 @@ def stats_file(table: Path) -> Path:
     return table.with_suffix(".stats.json")
 
 
-def point_phase(model, tok, table, budgets: Budgets, fit, check, k: int) -> dict:
+def point_phase(model, tok, table, budgets: Budgets, fit, check, k: int, rounds: int) -> dict:
     """Search one point; keep the measured candidate's model to evaluate it."""
     realised: dict = {}
     realise = joint.realise
@@ -67,14 +67,14 @@ def point_phase(model, tok, table, budgets: Budgets, fit, check, k: int) -> dict
 
     joint.realise = keep
     started = time.perf_counter()
-    plan, rounds = joint.search(model, table, budgets, fit, check, k=k)
+    plan, report = joint.search(model, table, budgets, fit, check, k=k, rounds=rounds)
     seconds = time.perf_counter() - started
     joint.realise = realise
     pruned = realised["model"]
     before, after = param_counts(model), param_counts(pruned)
     return {
         "seconds": seconds,
-        "rounds": len(rounds),
+        "rounds": len(report),
         "measured": plan.run["search"]["measured"],
         "options": plan.run["search"]["options"],
         "removed_non_embedding": 1 - after["params_non_embedding"] / before["params_non_embedding"],
@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-coder-1.5b")
     parser.add_argument("--budget", default="params=0.25:non_embedding")
     parser.add_argument("--k", type=int, default=1, help="candidates re-measured per round")
+    parser.add_argument("--rounds", type=int, default=3, help="correction rounds at most")
     parser.add_argument("--table", help="an option table built before (skips the table phase)")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -163,7 +164,8 @@ def main() -> None:
     name = f"joint_{args.model.split('-')[0].split('.')[0]}"
     points = earlier_points(name, args.model, fields) if args.table else {}
     point = {"budget": args.budget, "k": args.k, "date": today()}
-    point |= point_phase(model, tok, OptionTable.load(path), budgets, fit, check, args.k)
+    table = OptionTable.load(path)
+    point |= point_phase(model, tok, table, budgets, fit, check, args.k, args.rounds)
     write(name, fields | {"points": points | {args.budget: point}})
 
 
