@@ -213,6 +213,7 @@ def test_held_back_scores_of_the_dense_model(tiny_table):
     model, calib = tiny_table[0], tiny_calib(n=16, length=32)
     kept, again = joint.Reference(model, calib, keep=True), joint.Reference(model, calib, False)
     assert len(kept.kept) == 16 and again.kept is None  # one sequence at a time
+    assert joint._log_prob_bytes(model, calib) == sum(logp.nbytes for logp in kept.kept)
     kl, ppl = joint.held_back_scores(model, again)
     assert kl == pytest.approx(0.0, abs=1e-6)
     assert ppl == pytest.approx(joint.dense_perplexity(kept), rel=1e-6) and ppl > 1.0

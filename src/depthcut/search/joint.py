@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from depthcut.data import CalibData, sequences
 from depthcut.errors import BudgetError
 from depthcut.importance import functional as F
 from depthcut.methods import apply_plan
+from depthcut.ops import out_features
 from depthcut.planning.plan import Plan
 from depthcut.refit.run import repair
 from depthcut.search.budgets import Budgets
@@ -163,11 +164,9 @@ class Reference:
     def __init__(self, model: nn.Module, heldout: CalibData, keep: bool | None = None):
         self.model = model
         self.sequences = [row for b in heldout.batches() for row in sequences(b)]
-        first = self._log_probs(self.sequences[0])
         if keep is None:
-            weights = sum(p.numel() * p.element_size() for p in model.parameters())
-            keep = first.nbytes * len(self.sequences) <= KEEP_SHARE * weights
-        self.kept = [first] + [self._log_probs(r) for r in self.sequences[1:]] if keep else None
+            keep = _log_prob_bytes(model, heldout) <= KEEP_SHARE * _weight_bytes(model)
+        self.kept = [self._log_probs(r) for r in self.sequences] if keep else None
 
     @torch.no_grad()
     def _log_probs(self, row: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -176,6 +175,16 @@ class Reference:
     def rows(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         for r, row in enumerate(self.sequences):
             yield row, self.kept[r] if self.kept is not None else self._log_probs(row)
+
+
+def _log_prob_bytes(model: nn.Module, heldout: CalibData) -> int:
+    """Bytes of float32 log-probabilities over the vocabulary for every held-back position."""
+    head = cast(Any, model).get_output_embeddings()  # a method of transformers' models
+    return heldout.input_ids.numel() * out_features(head) * 4
+
+
+def _weight_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def reference(model: nn.Module, heldout: CalibData) -> Reference:
