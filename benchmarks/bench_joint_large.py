@@ -57,20 +57,23 @@ def stats_file(table: Path) -> Path:
 
 
 def point_phase(model, tok, table, budgets: Budgets, fit, check, k: int, rounds: int) -> dict:
-    """Search one point; keep the measured candidate's model to evaluate it."""
-    realised: dict = {}
+    """Search one point and evaluate the chosen plan's model: the last candidate realised when
+    it is the chosen one (one candidate, one round), else the chosen plan realised again."""
+    last: dict = {}
     realise = joint.realise
 
     def keep(model, plan, calib):
-        realised["model"] = realise(model, plan, calib)
-        return realised["model"]
+        last.update(plan=plan, model=realise(model, plan, calib))
+        return last["model"]
 
     joint.realise = keep
-    started = time.perf_counter()
-    plan, report = joint.search(model, table, budgets, fit, check, k=k, rounds=rounds)
-    seconds = time.perf_counter() - started
-    joint.realise = realise
-    pruned = realised["model"]
+    try:
+        started = time.perf_counter()
+        plan, report = joint.search(model, table, budgets, fit, check, k=k, rounds=rounds)
+        seconds = time.perf_counter() - started
+    finally:
+        joint.realise = realise
+    pruned = last["model"] if last["plan"] is plan else realise(model, plan, fit)
     before, after = param_counts(model), param_counts(pruned)
     return {
         "seconds": seconds,
@@ -162,25 +165,22 @@ def main() -> None:
         path = Path(os.environ.get("BENCH_TMP", "/tmp")) / f"options-{args.model}.json"
         fields["table"] = table_phase(model, fit, path)
     name = f"joint_{args.model.split('-')[0].split('.')[0]}"
-    points = earlier_points(name, args.model, fields) if args.table else {}
+    earlier = earlier_run(name, args.model) if args.table else {}
+    if "table" in earlier:
+        fields.setdefault("table", earlier["table"])
+    points = earlier.get("points", {})
     point = {"budget": args.budget, "k": args.k, "date": today()}
     table = OptionTable.load(path)
     point |= point_phase(model, tok, table, budgets, fit, check, args.k, args.rounds)
     write(name, fields | {"points": points | {args.budget: point}})
 
 
-def earlier_points(name: str, model: str, fields: dict) -> dict:
-    """The points of an earlier run on the same model and table (``--table``): a run adds its
-    point beside them, each point keeping its own commit and date."""
+def earlier_run(name: str, model: str) -> dict:
+    """The results of an earlier run on the same model (``--table``): a run adds its point
+    beside that run's points, each point keeping its own commit and date."""
     path = RESULTS / f"{name}.json"
-    if not path.exists():
-        return {}
-    old = json.loads(path.read_text())
-    if old.get("model") != model:
-        return {}
-    if "table" in old:
-        fields.setdefault("table", old["table"])
-    return old.get("points", {})
+    old = json.loads(path.read_text()) if path.exists() else {}
+    return old if old.get("model") == model else {}
 
 
 if __name__ == "__main__":
