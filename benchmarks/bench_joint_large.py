@@ -6,6 +6,8 @@ quarter held back for the search's measurements). The table is saved under ``BEN
 ``--table`` reuses one, and the run adds its point to the results file's earlier points); the
 point is searched with ``--k`` candidates and its pruned model evaluated on the default's
 held-out text, so its perplexity compares with ``results/default.json``'s row for the model.
+``--probe-from`` builds the table again (with today's option levels) reusing the probe's KLs of
+a saved table on the same calibration, which skips the probe's runs.
 
     python benchmarks/bench_joint_large.py --model qwen2.5-coder-1.5b
 """
@@ -40,15 +42,24 @@ def checkpoint_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def table_phase(model, fit, path: Path) -> dict:
+def table_phase(model, fit, path: Path, probed: OptionTable | None = None) -> dict:
     started = time.perf_counter()
-    table = build_table(model, fit, progress=True)
+    table = build_table(model, fit, progress=True, probed=probed)
     table.save(path)
     seconds = time.perf_counter() - started
     fields = {"seconds": seconds, "peak_rss": peak_bytes(), "commit": commit()}
-    fields |= table.cost | {"blocks": len(table.blocks)}
+    fields |= table.cost | {"blocks": len(table.blocks), "steps": mlp_steps(table)}
     stats_file(path).write_text(json.dumps(fields, indent=1) + "\n")
     return fields
+
+
+def mlp_steps(table: OptionTable) -> int:
+    """The denominator of the table's MLP levels: 4 for quarters, 8 for eighths."""
+    info = table.blocks[0]["mlp"]
+    return round(info["size"] / min(k for k in info["levels"] if k > 0))
+
+
+STEP_NAMES = {4: "quarters", 8: "eighths"}
 
 
 def stats_file(table: Path) -> Path:
@@ -98,16 +109,17 @@ def doc_table(results: dict, default: dict | None = None) -> str:
         "| phase | wall | forward-equivalents | peak RSS ÷ float32 checkpoint | commit |",
         "|---|---:|---:|---:|---|",
     ]
-    if "table" in results:
-        t = results["table"]
+    for t in tables(results):
         lines.append(
-            f"| option table ({t['blocks']} blocks) | {t['seconds'] / 60:.0f} min "
+            f"| option table ({t['blocks']} blocks, MLP in {STEP_NAMES[t['steps']]}"
+            f"{'; probe reused' if 'probe_reused' in t else ''}) | {t['seconds'] / 60:.0f} min "
             f"| {t['forward_equivalents']:.2f} | {t['peak_rss'] / gb:.2f} | {t['commit']} |"
         )
     points = results["points"].values()
     for p in points:
         lines.append(
-            f"| search, {p['budget']}, k={p['k']} (refit, timing, held-back KL; "
+            f"| search, {p['budget']}, {STEP_NAMES[p.get('steps', 4)]}, k={p['k']} "
+            "(refit, timing, held-back KL; "
             f"{p['rounds']} round{'s' if p['rounds'] > 1 else ''}) "
             f"| {p['seconds'] / 60:.0f} min | | {p['peak_rss'] / gb:.2f} | {p['commit']} |"
         )
@@ -120,7 +132,8 @@ def doc_table(results: dict, default: dict | None = None) -> str:
     for p in points:
         m = p["measured"]
         lines.append(
-            f"| joint, {p['budget']} | {p['removed_non_embedding']:.1%} "
+            f"| joint ({STEP_NAMES[p.get('steps', 4)]}), {p['budget']} "
+            f"| {p['removed_non_embedding']:.1%} "
             f"| {m['saved']:.1%} ({m['predicted']:.1%}) | {m['kl']:.3f} | {p['ppl_after']:.2f} "
             f"| {summary(p['options'])} |"
         )
@@ -132,6 +145,15 @@ def doc_table(results: dict, default: dict | None = None) -> str:
         )
         lines.append(f"\nDense held-out perplexity {row['ppl_before']:.2f}.")
     return "\n".join(lines)
+
+
+def tables(results: dict) -> list[dict]:
+    """The option tables' build figures, oldest first (a results file of one table keeps it
+    under ``table``; MLP in quarters unless it says)."""
+    found = dict(results.get("tables", {}))
+    if "table" in results:
+        found.setdefault("4", results["table"] | {"steps": results["table"].get("steps", 4)})
+    return [found[k] for k in sorted(found, key=int)]
 
 
 def summary(options: list[str]) -> str:
@@ -148,6 +170,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=1, help="candidates re-measured per round")
     parser.add_argument("--rounds", type=int, default=3, help="correction rounds at most")
     parser.add_argument("--table", help="an option table built before (skips the table phase)")
+    parser.add_argument("--probe-from", help="a saved table whose probe's KLs the new one reuses")
     args = parser.parse_args()
     torch.set_num_threads(2)
     budgets = Budgets.parse([args.budget])
@@ -157,22 +180,26 @@ def main() -> None:
     fit, check = held_back(spec.data(tok))
     fields: dict = {"model": args.model, "checkpoint_bytes": checkpoint_bytes(model)}
     fields["calibration_windows"] = spec.n_samples
+    name = f"joint_{args.model.split('-')[0].split('.')[0]}"
+    earlier = earlier_run(name, args.model) if args.table or args.probe_from else {}
+    built = {str(t["steps"]): t for t in tables(earlier)}
     if args.table:
         path = Path(args.table)
         if stats_file(path).exists():
-            fields["table"] = json.loads(stats_file(path).read_text())
+            stats = json.loads(stats_file(path).read_text())
+            built[str(stats.get("steps", 4))] = stats | {"steps": stats.get("steps", 4)}
     else:
-        path = Path(os.environ.get("BENCH_TMP", "/tmp")) / f"options-{args.model}.json"
-        fields["table"] = table_phase(model, fit, path)
-    name = f"joint_{args.model.split('-')[0].split('.')[0]}"
-    earlier = earlier_run(name, args.model) if args.table else {}
-    if "table" in earlier:
-        fields.setdefault("table", earlier["table"])
-    points = earlier.get("points", {})
-    point = {"budget": args.budget, "k": args.k, "date": today()}
+        folder = Path(os.environ.get("BENCH_TMP", "/tmp"))
+        donor = OptionTable.load(args.probe_from) if args.probe_from else None
+        path = folder / f"options-{args.model}{'-again' if donor else ''}.json"
+        stats = table_phase(model, fit, path, donor)
+        built[str(stats["steps"])] = stats
     table = OptionTable.load(path)
+    point = {"budget": args.budget, "k": args.k, "date": today(), "steps": mlp_steps(table)}
     point |= point_phase(model, tok, table, budgets, fit, check, args.k, args.rounds)
-    write(name, fields | {"points": points | {args.budget: point}})
+    key = args.budget if point["steps"] == 4 else f"{args.budget}, {STEP_NAMES[point['steps']]}"
+    points = earlier.get("points", {}) | {key: point}
+    write(name, fields | {"tables": built, "points": points})
 
 
 def earlier_run(name: str, model: str) -> dict:

@@ -4,6 +4,7 @@ surgery, a hand-computed block error) and the correction rounds of the search.""
 
 import copy
 import itertools
+import json
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from depthcut.search.budgets import Budgets
 from depthcut.search.frontier import held_back
 from depthcut.search.library import OptionTable, build_table
 from depthcut.search.options import block_options, levels
-from depthcut.search.probe import STRIDE
+from depthcut.search.probe import STRIDE, Probe
 from depthcut.search.quality import DepthHooks, fit_error, greedy_levels
 from depthcut.search.solve import Limit, best_k
 from depthcut.units.bypass import bypassed
@@ -32,14 +33,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny import tiny_calib, tiny_llama  # noqa: E402
 
 
+def named(table: OptionTable, names: list[str]) -> list:
+    """Block i's option called ``names[i]``."""
+    return [next(o for o in table.options(i) if o.name == n) for i, n in enumerate(names)]
+
+
 def test_levels_keep_full_first_and_removal_last():
-    assert levels(96) == [96, 72, 48, 24, 0]
-    assert levels(3) == [3, 2, 1, 0]  # 3/4 and 1/2 of 3 KV groups round to 2
+    assert levels(96) == [96, 84, 72, 60, 48, 36, 24, 12, 0]  # eighths
+    assert levels(3) == [3, 2, 1, 0]  # 3/4 … 1/2 of 3 KV groups round to 2
     assert levels(2) == [2, 1, 0]
     assert levels(1) == [1, 0]
     names = [o.name for o in block_options(4, 2, 96)]
-    assert len(names) == 15 and names[0] == "keep" and names[-1] == "block"
+    assert len(names) == 27 and names[0] == "keep" and names[-1] == "block"
     assert "kv 1/2 + mlp 3/4" in names and "attention" in names and "mlp 1/4" in names
+    assert "mlp 7/8" in names and "kv 1/2 + mlp 1/8" in names
 
 
 def test_fit_error_is_the_least_squares_residual():
@@ -133,8 +140,7 @@ def tiny_table():
 
 def test_options_remove_exactly_the_parameters_they_count(tiny_table):
     model, table = tiny_table
-    chosen = [table.options(i)[n] for i, n in enumerate((0, 4, 6, 14))]
-    assert [o.name for o in chosen] == ["keep", "mlp", "kv 1/2 + mlp 3/4", "block"]
+    chosen = named(table, ["keep", "mlp", "kv 1/2 + mlp 3/4", "block"])
     plan = joint.assemble(table, chosen, Budgets(params=0.1))
     pruned = apply_plan(model, plan)
     assert count_params(model) - count_params(pruned) == sum(map(table.params, chosen))
@@ -166,10 +172,42 @@ def test_the_table_round_trips_through_json(tiny_table, tmp_path):
     _, table = tiny_table
     table.save(tmp_path / "options.json")
     again = OptionTable.load(tmp_path / "options.json")
-    o = again.options(1)[6]
+    o = named(again, ["keep", "kv 1/2 + mlp 3/4"])[1]
     assert again.quality(o) == table.quality(o) and again.seconds(o) == table.seconds(o)
     assert again.prefill_seconds(o) == table.prefill_seconds(o)
     assert again.actions(o) == table.actions(o)
+
+
+def test_a_table_offers_the_levels_it_was_built_with(tiny_table):
+    """A table saved with quarter levels (before eighths) offers those, not today's levels."""
+    _, table = tiny_table
+    data = copy.deepcopy(table.to_dict())
+    for b in data["blocks"]:
+        b["mlp"]["levels"] = {k: v for k, v in b["mlp"]["levels"].items() if k % 24 == 0}
+    old = OptionTable.from_dict(json.loads(json.dumps(data)))
+    names = [o.name for o in old.options(1)]
+    assert len(names) == 3 * 5 and "mlp 7/8" not in names and "kv 1/2 + mlp 1/4" in names
+    assert len(table.options(1)) == 3 * 9
+    assert all(old.quality(o) >= 0 and old.seconds(o) >= 0 for o in old.options(1))
+
+
+def test_a_table_built_again_reuses_the_probe_s_kls_only_on_the_same_data(tiny_table):
+    """Built again with the first table's probe: the same table, without the probe's runs
+    (their cost recorded); on other calibration data the reuse is refused."""
+    model, table = tiny_table
+    calls = []
+    real = Probe.measure
+    Probe.measure = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        again = build_table(
+            model, tiny_calib(n=16, length=32), progress=False, latency=table.latency, probed=table
+        )
+    finally:
+        Probe.measure = real
+    assert not calls and again.blocks == table.blocks
+    assert again.cost["probe_reused"] == table.cost
+    with pytest.raises(ConfigError, match=r"other data \(block 0 block stream error"):
+        build_table(model, tiny_calib(n=16, length=32, seed=2), False, table.latency, probed=table)
 
 
 def test_the_probe_measures_the_kl_of_the_folded_removal(tiny_table, monkeypatch):

@@ -51,7 +51,8 @@ class OptionTable:
 
     def options(self, i: int) -> list[Option]:
         b = self.blocks[i]
-        return block_options(i, b["attention"]["size"], b["mlp"]["size"])
+        kept = (_kept_levels(b["attention"]), _kept_levels(b["mlp"]))
+        return block_options(i, b["attention"]["size"], b["mlp"]["size"], kept)
 
     def quality(self, o: Option) -> float:
         """The option's cost: the probe's KL where the table has it, else its stream error."""
@@ -180,6 +181,11 @@ def _priced(block: dict, sub: str, kept: int) -> float:
     return kl * min(info["levels"][kept]["error"] / removed, 1.0)
 
 
+def _kept_levels(info: dict) -> list[int]:
+    """A sublayer's levels in this table (a table keeps the levels it was built with)."""
+    return [info["size"], *sorted(info["levels"], reverse=True)]
+
+
 def _removed_params(info: dict, kept: int) -> int:
     if kept == 0:
         return info["params"]
@@ -202,21 +208,30 @@ def build_table(
     latency: dict | None = None,
     probe: int = PROBE_BATCHES,
     runtime: Runtime = TORCH,
+    probed: OptionTable | None = None,
 ) -> OptionTable:
     """Score every option of every block of ``model`` on ``calib`` and measure its costs
     (``latency``: a table measured before, to reuse; ``probe``: calibration batches the
     removals' KL is measured on, 0 for stream errors alone; ``runtime``: where the times are
-    measured)."""
+    measured; ``probed``: a table of the same model, calibration and ``probe`` whose probe's
+    KLs to reuse instead of probing again: they do not depend on the levels, and every
+    removal's stream error is checked against it)."""
     started = time.perf_counter()
     model.eval()
     structure = discover_structure(model)
+    info = describe(model, structure)
+    if probed is not None:
+        check_model(probed, info)
     widths = sublayer_widths(model, structure)
-    blocks, walk = _quality(model, structure, widths, calib, progress, probe)
+    blocks, walk = _quality(model, structure, widths, calib, progress, probe, probed is None)
+    if probed is not None:
+        _reuse_probe(blocks, probed)
     _add_sizes(model, structure, widths, blocks)
     if latency is None:
         latency = measured_latency(model, structure, widths, runtime)
-    info = describe(model, structure)
     cost = {"forward_equivalents": walk, "seconds": time.perf_counter() - started}
+    if probed is not None:
+        cost["probe_reused"] = probed.cost
     return OptionTable(info, blocks, latency, cost)
 
 
@@ -243,13 +258,14 @@ def measured_latency(
 
 
 @torch.no_grad()
-def _quality(model, structure: ModelStructure, widths, calib, progress: bool, probe: int):
-    """Per block: every level's quality cost and removed units, and the probe's KLs (one
-    rolling walk, plus the probe's runs)."""
+def _quality(model, structure, widths, calib, progress: bool, probe: int, run_probe: bool):
+    """Per block: every level's quality cost and removed units, and (``run_probe``) the
+    probe's KLs (one rolling walk, plus the probe's runs; the probed batches are kept out of
+    the folds' fits either way)."""
     modules = dict(model.named_modules())
     cache = RollingCache(model, structure, calib, progress)
     probed = range(probe if len(cache.batches) > probe else 0)  # others fit the folds
-    prober = Probe(model, structure, cache, probed) if probed else None
+    prober = Probe(model, structure, cache, probed) if probed and run_probe else None
     previous, full, blocks = None, None, []
     for i in tqdm(range(cache.num_blocks), desc="options", disable=not progress):
         layers = [widths["attention"][i], widths["mlp"][i]]
@@ -307,10 +323,36 @@ def _add_sizes(model, structure: ModelStructure, widths: dict, blocks: list[dict
         entry["attention"]["bytes_per_unit"] = kv_bytes(1, widths["attention"][i].head_dim, dtype)
 
 
+def _reuse_probe(blocks: list[dict], donor: OptionTable, rel: float = 1e-6) -> None:
+    """Give ``blocks`` the probe's KLs of ``donor``, refused when the two disagree on any
+    removal's stream error (another calibration, probe or walk)."""
+    if len(donor.blocks) != len(blocks) or any("kl" not in b for b in donor.blocks):
+        raise ConfigError("the reused table has no probe's KLs for every block: build it again")
+    for i, (b, d) in enumerate(zip(blocks, donor.blocks)):
+        for key, ours, theirs in _removal_errors(b, d):
+            if abs(ours - theirs) > rel * max(abs(ours), abs(theirs), 1e-12):
+                raise ConfigError(
+                    f"the reused table was measured on other data (block {i} {key} stream "
+                    f"error {theirs:.6g}, here {ours:.6g}): build the table with the probe"
+                )
+        b["kl"] = dict(d["kl"])
+
+
+def _removal_errors(ours: dict, theirs: dict):
+    yield "block", ours["block"]["error"], theirs["block"]["error"]
+    for sub in ("attention", "mlp"):
+        yield sub, ours[sub]["levels"][0]["error"], theirs[sub]["levels"][0]["error"]
+
+
 def check_table(table: OptionTable, model_info: dict, runtime: Runtime = TORCH) -> None:
     """Refuse a table made for another model or timed in another runtime, naming the
     difference."""
     check_runtime(table, runtime.name)
+    check_model(table, model_info)
+
+
+def check_model(table: OptionTable, model_info: dict) -> None:
+    """Refuse a table made for another model than the one ``model_info`` describes."""
     for key in ("model_type", "num_blocks", "params_all"):
         if table.model.get(key) != model_info.get(key):
             raise ConfigError(

@@ -2,16 +2,17 @@
 
 A block keeps or loses its attention and its MLP independently, and a kept sublayer can also
 be narrowed: the attention to fewer KV groups (each with the query heads that share it), the
-MLP to 3/4, 1/2 or 1/4 of its neurons. An option is one such pair of levels, counted in the
-units kept (0: the sublayer is removed; both 0: the whole block goes). The search picks exactly
-one option per block.
+MLP to 7/8, 3/4, … or 1/8 of its neurons (a sublayer with fewer units takes the distinct
+eighths it has). An option is one such pair of levels, counted in the units kept (0: the
+sublayer is removed; both 0: the whole block goes). The search picks exactly one option per
+block.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.0)  # shares of a sublayer's units an option keeps
+FRACTIONS = tuple(k / 8 for k in range(8, -1, -1))  # shares of a sublayer's units an option keeps
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,10 @@ def levels(size: int) -> list[int]:
     return out
 
 
-def block_options(block: int, kv_size: int, mlp_size: int) -> list[Option]:
-    """Every option of one block, ``keep`` first."""
-    return [
-        Option(block, a, m, kv_size, mlp_size) for a in levels(kv_size) for m in levels(mlp_size)
-    ]
+def block_options(
+    block: int, kv_size: int, mlp_size: int, kept: tuple[list[int], list[int]] | None = None
+) -> list[Option]:
+    """Every option of one block, ``keep`` first (``kept``: the attention's and the MLP's
+    levels, full first and 0 last; by default ``levels`` of each size)."""
+    kv_levels, mlp_levels = kept or (levels(kv_size), levels(mlp_size))
+    return [Option(block, a, m, kv_size, mlp_size) for a in kv_levels for m in mlp_levels]
