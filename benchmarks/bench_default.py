@@ -8,6 +8,10 @@ Each run is ``depthcut prune MODEL --budget params=0.25:non_embedding --perplexi
 in a fresh subprocess (its peak RSS from ``getrusage(RUSAGE_CHILDREN)``: imports, model,
 statistics, activations and the save's verification all count). The rows go to
 ``benchmarks/results/default.json`` with the command, commit, date and hardware.
+
+``--decode`` also times the saved pruned model against the dense one, batch-1 cached decode
+interleaved in this process (``search.joint.decode_ratio``, the comparison the joint search's
+check makes), so the default's decode-time saving compares with the joint plans'.
 """
 
 from __future__ import annotations
@@ -87,6 +91,22 @@ def describe_run(model: str, out: Path, measured: dict) -> dict:
     }
 
 
+def decode_saving(model: str, out: Path) -> dict:
+    """{"decode_saved": 1 − pruned ÷ dense decode seconds per token, "other_cpu"}: the saved
+    run against the dense model, interleaved, two threads."""
+    import torch
+
+    from depthcut.io import load
+    from depthcut.models import load_model
+    from depthcut.search.joint import decode_ratio
+
+    torch.set_num_threads(2)
+    dense, _ = load_model(model)
+    pruned, _ = load(out, with_tokenizer=False)
+    ratio, other = decode_ratio(dense.eval(), pruned.eval())
+    return {"decode_saved": 1.0 - ratio, "decode_other_cpu": other}
+
+
 def _earlier_rows() -> list[dict]:
     """The rows already in the results file, each stamped with the commit and date it ran at
     (rows written before rows carried their own take the file's)."""
@@ -99,12 +119,15 @@ def _earlier_rows() -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--decode", action="store_true", help="time the pruned model's decode too")
     args = ap.parse_args()
     rows = []
     for model in args.models.split(","):
         folder = Path(tempfile.mkdtemp(dir=os.environ.get("BENCH_TMP")))
         measured = run_default(model, folder / "run")
         row = measured if "failed" in measured else describe_run(model, folder / "run", measured)
+        if args.decode and "failed" not in row:
+            row |= decode_saving(model, folder / "run")
         rows.append(
             row | {"model": model, "commit": results_file.commit(), "date": results_file.today()}
         )
@@ -114,7 +137,7 @@ def main() -> None:
     results_file.write(
         "default",
         {"rows": kept + rows},
-        "python benchmarks/bench_default.py --models " + args.models,
+        "python benchmarks/bench_default.py --models " + args.models + " --decode" * args.decode,
     )
 
 

@@ -24,10 +24,7 @@ VARIANTS = [
     "blocks",
     "attention:1",
     "attention:0",
-    "mlp:192",
-    "mlp:128",
-    "mlp:64",
-    "mlp:0",
+    *(f"mlp:{n}" for n in range(224, -1, -32)),  # eighths of 256 neurons, then none
 ]
 
 

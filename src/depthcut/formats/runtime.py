@@ -7,7 +7,7 @@ irregular MLP widths less). This runtime measures the option costs in llama.cpp 
 - **Option table.** Every block of a decoder has the same shapes, so an option costs the same
   in every block and one whole-model variant per option level suffices: the dense model; every
   other block removed; every block's attention removed; every block's MLP removed; every MLP
-  narrowed to each level (3/4, 1/2, 1/4); every attention kept at each smaller KV-group count.
+  narrowed to each level (7/8 … 1/8); every attention kept at each smaller KV-group count.
   Each is built by the same plan surgery, exported by depthcut's GGUF writer (the per-layer
   ``deci`` arrays where shapes differ) and timed in llama.cpp: batch-1 decode after a
   ``context``-token prompt and one ``prefill``-token forward, every variant once per round,
