@@ -139,9 +139,10 @@ def doc_table(results: dict, default: dict | None = None) -> str:
         )
     row = next((r for r in (default or {}).get("rows", []) if r["model"] == results["model"]), None)
     if row and "ppl_after" in row:
+        saved = f"{row['decode_saved']:.1%}" if "decode_saved" in row else ""
         lines.append(
             f"| default (`depthcut prune`, {row['date']}, {row['commit']}) "
-            f"| {row['removed_non_embedding']:.1%} | | | {row['ppl_after']:.2f} | |"
+            f"| {row['removed_non_embedding']:.1%} | {saved} | | {row['ppl_after']:.2f} | |"
         )
         lines.append(f"\nDense held-out perplexity {row['ppl_before']:.2f}.")
     return "\n".join(lines)

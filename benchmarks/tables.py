@@ -75,19 +75,20 @@ def default_runs() -> str:
         provenance(data),
         "",
         "| model | calibration (auto) | wall | peak RSS ÷ float32 checkpoint "
-        "| ppl dense → pruned | ran |",
-        "|---|---:|---:|---:|---:|---|",
+        "| ppl dense → pruned | decode time saved | ran |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in data["rows"]:
         if "failed" in r:
-            lines.append(f"| {r['model']} | | {r['seconds']:.0f} s | | failed: {r['failed']} | |")
+            lines.append(f"| {r['model']} | | {r['seconds']:.0f} s | | failed: {r['failed']} | | |")
             continue
         rss = f"{r['rss_over_checkpoint']:.2f} ({r['peak_rss'] / 1e9:.2f} GB)"
         ppl = f"{r['ppl_before']:.2f} → {r['ppl_after']:.2f}"
         ran = f"{r.get('date', data['date'])}, {r.get('commit', data['commit'])}"
+        saved = f"{r['decode_saved']:.1%}" if "decode_saved" in r else "not timed"
         lines.append(
             f"| {r['model']} | {r['calibration_windows']} × 256 | {r['seconds']:.0f} s "
-            f"| {rss} | {ppl} | {ran} |"
+            f"| {rss} | {ppl} | {saved} | {ran} |"
         )
     return "\n".join(lines)
 
