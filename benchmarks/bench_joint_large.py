@@ -153,8 +153,13 @@ def tables(results: dict) -> list[dict]:
     under ``table``; MLP in quarters unless it says)."""
     found = dict(results.get("tables", {}))
     if "table" in results:
-        found.setdefault("4", results["table"] | {"steps": results["table"].get("steps", 4)})
+        found.setdefault("4", with_steps(results["table"]))
     return [found[k] for k in sorted(found, key=int)]
+
+
+def with_steps(stats: dict) -> dict:
+    """A table's build figures with its MLP step (quarters when it does not say)."""
+    return stats | {"steps": stats.get("steps", 4)}
 
 
 def summary(options: list[str]) -> str:
@@ -187,8 +192,8 @@ def main() -> None:
     if args.table:
         path = Path(args.table)
         if stats_file(path).exists():
-            stats = json.loads(stats_file(path).read_text())
-            built[str(stats.get("steps", 4))] = stats | {"steps": stats.get("steps", 4)}
+            stats = with_steps(json.loads(stats_file(path).read_text()))
+            built[str(stats["steps"])] = stats
     else:
         folder = Path(os.environ.get("BENCH_TMP", "/tmp"))
         donor = OptionTable.load(args.probe_from) if args.probe_from else None

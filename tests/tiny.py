@@ -237,3 +237,8 @@ def pattern_text(articles: int = 40, length: int = 200) -> str:
         " ".join(f"w{3 + (a + 7 * i) % (VOCAB - 3)}" for i in range(length))
         for a in range(articles)
     )
+
+
+def named(table, names: list[str]) -> list:
+    """Block i's option of an option table called ``names[i]``."""
+    return [next(o for o in table.options(i) if o.name == n) for i, n in enumerate(names)]

@@ -30,12 +30,7 @@ from depthcut.units.bypass import bypassed
 from depthcut.units.discover import count_params, discover_units
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny import tiny_calib, tiny_llama  # noqa: E402
-
-
-def named(table: OptionTable, names: list[str]) -> list:
-    """Block i's option called ``names[i]``."""
-    return [next(o for o in table.options(i) if o.name == n) for i, n in enumerate(names)]
+from tiny import named, tiny_calib, tiny_llama  # noqa: E402
 
 
 def test_levels_keep_full_first_and_removal_last():
@@ -191,23 +186,25 @@ def test_a_table_offers_the_levels_it_was_built_with(tiny_table):
     assert all(old.quality(o) >= 0 and old.seconds(o) >= 0 for o in old.options(1))
 
 
-def test_a_table_built_again_reuses_the_probe_s_kls_only_on_the_same_data(tiny_table):
+def test_a_table_built_again_reuses_the_probe_s_kls_only_on_the_same_data(tiny_table, monkeypatch):
     """Built again with the first table's probe: the same table, without the probe's runs
     (their cost recorded); on other calibration data the reuse is refused."""
     model, table = tiny_table
     calls = []
     real = Probe.measure
-    Probe.measure = lambda *a, **k: calls.append(1) or real(*a, **k)
-    try:
-        again = build_table(
-            model, tiny_calib(n=16, length=32), progress=False, latency=table.latency, probed=table
-        )
-    finally:
-        Probe.measure = real
+    monkeypatch.setattr(Probe, "measure", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = build_table(
+        model, tiny_calib(n=16, length=32), progress=False, latency=table.latency, probed=table
+    )
     assert not calls and again.blocks == table.blocks
     assert again.cost["probe_reused"] == table.cost
     with pytest.raises(ConfigError, match=r"other data \(block 0 block stream error"):
         build_table(model, tiny_calib(n=16, length=32, seed=2), False, table.latency, probed=table)
+    unprobed = OptionTable.from_dict(json.loads(json.dumps(table.to_dict())))
+    del unprobed.blocks[3]["kl"]
+    monkeypatch.setattr("depthcut.search.library.RollingCache", None)  # refused before the walk
+    with pytest.raises(ConfigError, match="no probe's KLs for every block"):
+        build_table(model, tiny_calib(n=16, length=32), False, table.latency, probed=unprobed)
 
 
 def test_the_probe_measures_the_kl_of_the_folded_removal(tiny_table, monkeypatch):

@@ -17,7 +17,7 @@ from depthcut.search.library import build_table
 from depthcut.surgery.share import is_shared, own, shared_copy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny import tiny_calib, tiny_qwen2  # noqa: E402
+from tiny import named, tiny_calib, tiny_qwen2  # noqa: E402
 
 
 def _address(t: torch.Tensor) -> int:
@@ -60,8 +60,7 @@ def test_a_realised_candidate_leaves_the_dense_model_untouched_and_equals_a_deep
     model = tiny_qwen2(layers=4, sliding=False, random_bias=True, intermediate_size=96)
     calib = tiny_calib(n=16, length=32)
     table = build_table(model, calib, progress=False)
-    names = ["kv 1/2 + mlp 3/4", "block", "mlp", "keep"]
-    chosen = [next(o for o in table.options(i) if o.name == n) for i, n in enumerate(names)]
+    chosen = named(table, ["kv 1/2 + mlp 3/4", "block", "mlp", "keep"])
     plan = joint.assemble(table, chosen, Budgets(params=0.1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     deep = copy.deepcopy(model)

@@ -221,7 +221,7 @@ def build_table(
     structure = discover_structure(model)
     info = describe(model, structure)
     if probed is not None:
-        check_model(probed, info)
+        _check_donor(probed, info)
     widths = sublayer_widths(model, structure)
     blocks, walk = _quality(model, structure, widths, calib, progress, probe, probed is None)
     if probed is not None:
@@ -323,11 +323,17 @@ def _add_sizes(model, structure: ModelStructure, widths: dict, blocks: list[dict
         entry["attention"]["bytes_per_unit"] = kv_bytes(1, widths["attention"][i].head_dim, dtype)
 
 
+def _check_donor(donor: OptionTable, model_info: dict) -> None:
+    """Refuse, before the walk, a table to reuse the probe's KLs of that was made for another
+    model or has no KL for some block."""
+    check_model(donor, model_info)
+    if any("kl" not in b for b in donor.blocks):
+        raise ConfigError("the reused table has no probe's KLs for every block: build it again")
+
+
 def _reuse_probe(blocks: list[dict], donor: OptionTable, rel: float = 1e-6) -> None:
     """Give ``blocks`` the probe's KLs of ``donor``, refused when the two disagree on any
     removal's stream error (another calibration, probe or walk)."""
-    if len(donor.blocks) != len(blocks) or any("kl" not in b for b in donor.blocks):
-        raise ConfigError("the reused table has no probe's KLs for every block: build it again")
     for i, (b, d) in enumerate(zip(blocks, donor.blocks)):
         for key, ours, theirs in _removal_errors(b, d):
             if abs(ours - theirs) > rel * max(abs(ours), abs(theirs), 1e-12):
