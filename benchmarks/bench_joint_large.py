@@ -30,7 +30,7 @@ from depthcut.jobs.common import CalibSpec, ModelRef
 from depthcut.search import joint
 from depthcut.search.budgets import Budgets
 from depthcut.search.frontier import held_back
-from depthcut.search.library import OptionTable, build_table
+from depthcut.search.library import PRICINGS, OptionTable, build_table
 from results_file import RESULTS, commit, provenance, today, write
 
 
@@ -118,7 +118,7 @@ def doc_table(results: dict, default: dict | None = None) -> str:
     points = results["points"].values()
     for p in points:
         lines.append(
-            f"| search, {p['budget']}, {STEP_NAMES[p.get('steps', 4)]}, k={p['k']} "
+            f"| search, {p['budget']}, {label(p)}, k={p['k']} "
             "(refit, timing, held-back KL; "
             f"{p['rounds']} round{'s' if p['rounds'] > 1 else ''}) "
             f"| {p['seconds'] / 60:.0f} min | | {p['peak_rss'] / gb:.2f} | {p['commit']} |"
@@ -132,7 +132,7 @@ def doc_table(results: dict, default: dict | None = None) -> str:
     for p in points:
         m = p["measured"]
         lines.append(
-            f"| joint ({STEP_NAMES[p.get('steps', 4)]}), {p['budget']} "
+            f"| joint ({label(p)}), {p['budget']} "
             f"| {p['removed_non_embedding']:.1%} "
             f"| {m['saved']:.1%} ({m['predicted']:.1%}) | {m['kl']:.3f} | {p['ppl_after']:.2f} "
             f"| {summary(p['options'])} |"
@@ -148,13 +148,25 @@ def doc_table(results: dict, default: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def label(point: dict) -> str:
+    """``eighths`` or ``eighths, model-wide pricing``: a point's option levels and pricing."""
+    steps = STEP_NAMES[point.get("steps", 4)]
+    pricing = point.get("pricing", "block")
+    return steps if pricing == "block" else f"{steps}, {pricing}-wide pricing"
+
+
 def tables(results: dict) -> list[dict]:
     """The option tables' build figures, oldest first (a results file of one table keeps it
     under ``table``; MLP in quarters unless it says)."""
-    found = dict(results.get("tables", {}))
-    if "table" in results:
-        found.setdefault("4", with_steps(results["table"]))
-    return [found[k] for k in sorted(found, key=int)]
+    found = list(results.get("tables", {}).values())
+    if "table" in results and not any(t["steps"] == 4 for t in found):
+        found.append(with_steps(results["table"]))
+    return sorted(found, key=lambda t: (t["steps"], "probe_reused" in t))
+
+
+def table_key(stats: dict) -> str:
+    """A table's key in the results file: its MLP step, then ``probe reused`` where it did."""
+    return f"{stats['steps']}{' probe reused' if 'probe_reused' in stats else ''}"
 
 
 def with_steps(stats: dict) -> dict:
@@ -177,6 +189,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="correction rounds at most")
     parser.add_argument("--table", help="an option table built before (skips the table phase)")
     parser.add_argument("--probe-from", help="a saved table whose probe's KLs the new one reuses")
+    parser.add_argument(
+        "--pricing", choices=PRICINGS, default="block", help="how narrower levels are priced"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     budgets = Budgets.parse([args.budget])
@@ -188,24 +203,35 @@ def main() -> None:
     fields["calibration_windows"] = spec.n_samples
     name = f"joint_{args.model.split('-')[0].split('.')[0]}"
     earlier = earlier_run(name, args.model) if args.table or args.probe_from else {}
-    built = {str(t["steps"]): t for t in tables(earlier)}
+    built = {table_key(t): t for t in tables(earlier)}
     if args.table:
         path = Path(args.table)
         if stats_file(path).exists():
             stats = with_steps(json.loads(stats_file(path).read_text()))
-            built[str(stats["steps"])] = stats
+            built[table_key(stats)] = stats
     else:
         folder = Path(os.environ.get("BENCH_TMP", "/tmp"))
         donor = OptionTable.load(args.probe_from) if args.probe_from else None
         path = folder / f"options-{args.model}{'-again' if donor else ''}.json"
         stats = table_phase(model, fit, path, donor)
-        built[str(stats["steps"])] = stats
-    table = OptionTable.load(path)
+        built[table_key(stats)] = stats
+    table = OptionTable.load(path).priced(args.pricing)
     point = {"budget": args.budget, "k": args.k, "date": today(), "steps": mlp_steps(table)}
+    point |= {"pricing": args.pricing}
     point |= point_phase(model, tok, table, budgets, fit, check, args.k, args.rounds)
-    key = args.budget if point["steps"] == 4 else f"{args.budget}, {STEP_NAMES[point['steps']]}"
-    points = earlier.get("points", {}) | {key: point}
+    points = earlier.get("points", {}) | {point_key(point): point}
     write(name, fields | {"tables": built, "points": points})
+
+
+def point_key(point: dict) -> str:
+    """A point's key in the results file: its budget, then what differs from quarters priced
+    per block (the first points' setting)."""
+    key = point["budget"]
+    if point["steps"] != 4:
+        key += f", {STEP_NAMES[point['steps']]}"
+    if point.get("pricing", "block") != "block":
+        key += f", {point['pricing']}-wide pricing"
+    return key
 
 
 def earlier_run(name: str, model: str) -> dict:

@@ -243,6 +243,38 @@ def test_the_probe_measures_the_kl_of_the_folded_removal(tiny_table, monkeypatch
     assert table.stream_error(half) == b["mlp"]["levels"][48]["error"]
 
 
+def test_model_wide_pricing_uses_one_rate_per_sublayer(tiny_table):
+    """Under ``pricing="model"`` a narrower level costs its stream error times the sums'
+    ratio of every block's removal KL to its removal error (at most its own removal's KL);
+    removals cost their KL under either pricing, and a saved table does not keep the choice."""
+    _, table = tiny_table
+    wide, blocks = table.priced("model"), table.blocks
+    rate = {
+        sub: sum(b["kl"][sub] for b in blocks) / sum(b[sub]["levels"][0]["error"] for b in blocks)
+        for sub in ("attention", "mlp")
+    }
+    for i, b in enumerate(blocks):
+        for o in table.options(i)[1:-1]:  # neither keep nor the block's removal
+            want = 0.0
+            for sub, kept in (("attention", o.attention), ("mlp", o.mlp)):
+                if kept == 0:
+                    want += b["kl"][sub]
+                elif kept < b[sub]["size"]:
+                    want += min(rate[sub] * b[sub]["levels"][kept]["error"], b["kl"][sub])
+            assert wide.quality(o) == pytest.approx(want, rel=1e-12, abs=0), (i, o.name)
+        block = table.options(i)[-1]
+        assert wide.quality(block) == table.quality(block) == b["kl"]["block"]
+    rates = [b["kl"]["mlp"] / b["mlp"]["levels"][0]["error"] for b in blocks]
+    assert max(rates) > 1.2 * min(rates)  # so the two pricings differ on this table:
+    halves = named(table, ["mlp 1/2"] * 4)
+    assert any(wide.quality(o) < 0.95 * table.quality(o) for o in halves)
+    assert any(wide.quality(o) > 1.05 * table.quality(o) for o in halves)
+    assert "pricing" not in wide.to_dict()
+    assert OptionTable.from_dict(wide.to_dict()).pricing == "block"
+    with pytest.raises(ConfigError, match="pricing 'layer': choose one of block, model"):
+        table.priced("layer")
+
+
 def test_held_back_scores_of_the_dense_model(tiny_table):
     """The dense model against its own reference: KL 0, and the perplexity of the reference."""
     model, calib = tiny_table[0], tiny_calib(n=16, length=32)

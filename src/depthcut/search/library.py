@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from depthcut.search.runtime import TORCH, Runtime, runtime_name
 from depthcut.units.discover import discover_units
 
 TABLE_VERSION = 1
+PRICINGS = ("block", "model")  # a narrower level's KL per unit of stream error: its block's or
+# the model's (``OptionTable.quality``)
 PROBE_BATCHES = 1  # calibration batches the probe measures removals' KL on
 SUBLAYERS = {"attention": Kind.HEAD, "mlp": Kind.NEURON}
 
@@ -48,6 +51,11 @@ class OptionTable:
     latency: dict[str, Any]
     cost: dict[str, Any] = field(default_factory=dict)
     version: int = TABLE_VERSION
+    pricing: str = "block"  # how narrower levels are priced; a choice of the solve, not saved
+
+    def __post_init__(self) -> None:
+        if self.pricing not in PRICINGS:
+            raise ConfigError(f"pricing {self.pricing!r}: choose one of {', '.join(PRICINGS)}")
 
     def options(self, i: int) -> list[Option]:
         b = self.blocks[i]
@@ -55,13 +63,37 @@ class OptionTable:
         return block_options(i, b["attention"]["size"], b["mlp"]["size"], kept)
 
     def quality(self, o: Option) -> float:
-        """The option's cost: the probe's KL where the table has it, else its stream error."""
+        """The option's cost: the probe's KL where the table has it, else its stream error.
+
+        A removal costs its probed KL. A narrower sublayer costs its stream error times a KL
+        per unit of stream error: under ``pricing="block"`` its own removal's (KL ÷ error),
+        under ``"model"`` the ratio of the sums over every block's removals of that sublayer;
+        never more than its removal."""
         b = self.blocks[o.block]
         if "kl" not in b:
             return self.stream_error(o)
         if o.removes_block:
             return b["kl"]["block"]
-        return _priced(b, "attention", o.attention) + _priced(b, "mlp", o.mlp)
+        return self._priced(b, "attention", o.attention) + self._priced(b, "mlp", o.mlp)
+
+    def _priced(self, block: dict, sub: str, kept: int) -> float:
+        info, kl = block[sub], block["kl"][sub]
+        if kept == info["size"]:
+            return 0.0
+        removed = info["levels"][0]["error"]
+        if kept == 0 or removed <= 0:
+            return kl
+        rate = kl / removed if self.pricing == "block" else self._model_rates[sub]
+        return min(rate * info["levels"][kept]["error"], kl)
+
+    @cached_property
+    def _model_rates(self) -> dict[str, float]:
+        """{sublayer: Σ removal KL ÷ Σ removal stream error} over the blocks."""
+        return {sub: _rate(self.blocks, sub) for sub in SUBLAYERS}
+
+    def priced(self, pricing: str) -> OptionTable:
+        """The same table with narrower levels priced by ``pricing`` (one of ``PRICINGS``)."""
+        return replace(self, pricing=pricing)
 
     def stream_error(self, o: Option) -> float:
         """The error the option adds to the residual stream, after its repair."""
@@ -169,16 +201,11 @@ def _level(info: dict, kept: int) -> dict:
     return info["levels"][kept]
 
 
-def _priced(block: dict, sub: str, kept: int) -> float:
-    """A sublayer level's KL: the probe's for removal; a narrower one's stream error times
-    the removal's KL per unit of its error (never more than the removal)."""
-    info, kl = block[sub], block["kl"][sub]
-    if kept == info["size"]:
-        return 0.0
-    removed = info["levels"][0]["error"]
-    if kept == 0 or removed <= 0:
-        return kl
-    return kl * min(info["levels"][kept]["error"] / removed, 1.0)
+def _rate(blocks: list[dict], sub: str) -> float:
+    removable = [b for b in blocks if 0 in b[sub]["levels"]]
+    kl = sum(b["kl"][sub] for b in removable)
+    error = sum(b[sub]["levels"][0]["error"] for b in removable)
+    return kl / error if error > 0 else 0.0
 
 
 def _kept_levels(info: dict) -> list[int]:
