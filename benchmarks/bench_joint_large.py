@@ -152,7 +152,10 @@ def label(point: dict) -> str:
     """``eighths`` or ``eighths, model-wide pricing``: a point's option levels and pricing."""
     steps = STEP_NAMES[point.get("steps", 4)]
     pricing = point.get("pricing", "block")
-    return steps if pricing == "block" else f"{steps}, {pricing}-wide pricing"
+    out = steps if pricing == "block" else f"{steps}, {pricing}-wide pricing"
+    if any(point.get("protect", ())):
+        out += ", ends kept ({} + {} blocks)".format(*point["protect"])
+    return out
 
 
 def tables(results: dict) -> list[dict]:
@@ -192,7 +195,11 @@ def main() -> None:
     parser.add_argument(
         "--pricing", choices=PRICINGS, default="block", help="how narrower levels are priced"
     )
+    parser.add_argument(
+        "--protect", default="0,0", help="FIRST,LAST: blocks at the ends that only keep"
+    )
     args = parser.parse_args()
+    protect = tuple(int(n) for n in args.protect.split(","))
     torch.set_num_threads(2)
     budgets = Budgets.parse([args.budget])
     model, tok = ModelRef(args.model).load()
@@ -215,9 +222,9 @@ def main() -> None:
         path = folder / f"options-{args.model}{'-again' if donor else ''}.json"
         stats = table_phase(model, fit, path, donor)
         built[table_key(stats)] = stats
-    table = OptionTable.load(path).priced(args.pricing)
+    table = OptionTable.load(path).priced(args.pricing).protected(*protect)
     point = {"budget": args.budget, "k": args.k, "date": today(), "steps": mlp_steps(table)}
-    point |= {"pricing": args.pricing}
+    point |= {"pricing": args.pricing, "protect": list(protect)}
     point |= point_phase(model, tok, table, budgets, fit, check, args.k, args.rounds)
     points = earlier.get("points", {}) | {point_key(point): point}
     write(name, fields | {"tables": built, "points": points})
@@ -231,6 +238,8 @@ def point_key(point: dict) -> str:
         key += f", {STEP_NAMES[point['steps']]}"
     if point.get("pricing", "block") != "block":
         key += f", {point['pricing']}-wide pricing"
+    if any(point.get("protect", ())):
+        key += ", protect {}+{}".format(*point["protect"])
     return key
 
 

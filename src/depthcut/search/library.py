@@ -52,15 +52,19 @@ class OptionTable:
     cost: dict[str, Any] = field(default_factory=dict)
     version: int = TABLE_VERSION
     pricing: str = "block"  # how narrower levels are priced; a choice of the solve, not saved
+    protect: tuple[int, int] = (0, 0)  # blocks at each end that only keep (not saved either)
 
     def __post_init__(self) -> None:
         if self.pricing not in PRICINGS:
             raise ConfigError(f"pricing {self.pricing!r}: choose one of {', '.join(PRICINGS)}")
 
     def options(self, i: int) -> list[Option]:
+        """Block ``i``'s options, ``keep`` first (only ``keep`` in a protected block)."""
         b = self.blocks[i]
         kept = (_kept_levels(b["attention"]), _kept_levels(b["mlp"]))
-        return block_options(i, b["attention"]["size"], b["mlp"]["size"], kept)
+        found = block_options(i, b["attention"]["size"], b["mlp"]["size"], kept)
+        first, last = self.protect
+        return found[:1] if i < first or i >= len(self.blocks) - last else found
 
     def quality(self, o: Option) -> float:
         """The option's cost: the probe's KL where the table has it, else its stream error.
@@ -94,6 +98,13 @@ class OptionTable:
     def priced(self, pricing: str) -> OptionTable:
         """The same table with narrower levels priced by ``pricing`` (one of ``PRICINGS``)."""
         return replace(self, pricing=pricing)
+
+    def protected(self, first: int, last: int) -> OptionTable:
+        """The same table offering only ``keep`` in its first ``first`` and last ``last``
+        blocks (``PruneConfig.protect_first`` / ``protect_last``)."""
+        if first < 0 or last < 0:
+            raise ConfigError("protect_first/protect_last must be >= 0")
+        return replace(self, protect=(first, last))
 
     def stream_error(self, o: Option) -> float:
         """The error the option adds to the residual stream, after its repair."""
