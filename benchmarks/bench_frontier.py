@@ -193,7 +193,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3, help="candidates re-measured per round")
     parser.add_argument("--table", action="store_true", help="print the results file's table")
     parser.add_argument(
-        "--pricing", choices=PRICINGS, default="block", help="how narrower levels are priced"
+        "--pricing", choices=PRICINGS, default="model", help="how narrower levels are priced"
+    )
+    parser.add_argument(
+        "--protect", default="1,1", help="FIRST,LAST: blocks at the ends that only keep"
     )
     args = parser.parse_args()
     name = f"frontier_{args.model.split('-')[0]}"
@@ -208,7 +211,8 @@ def main() -> None:
     calib, heldback = split(dc.calibration(tok, "wiki", n_samples=16, seq_len=256, bos=bos), 12)
     ids = evaluation_tokens(tok, "wiki", 512 * 8)
     started = time.perf_counter()
-    options = build_table(model, calib, progress=False).priced(args.pricing)
+    protect = tuple(int(n) for n in args.protect.split(","))
+    options = build_table(model, calib, progress=False).priced(args.pricing).protected(*protect)
     built = time.perf_counter() - started
     print(
         f"option table: {built:.0f} s, "
@@ -221,6 +225,7 @@ def main() -> None:
         "dense": {"ppl": dense_ppl},
         "table": {"seconds": built} | options.cost,
         "pricing": args.pricing,
+        "protect": list(protect),
     }
     fields["table"]["ratios"] = options.latency["ratios"]
     if args.plans:

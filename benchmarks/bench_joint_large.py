@@ -193,10 +193,10 @@ def main() -> None:
     parser.add_argument("--table", help="an option table built before (skips the table phase)")
     parser.add_argument("--probe-from", help="a saved table whose probe's KLs the new one reuses")
     parser.add_argument(
-        "--pricing", choices=PRICINGS, default="block", help="how narrower levels are priced"
+        "--pricing", choices=PRICINGS, default="model", help="how narrower levels are priced"
     )
     parser.add_argument(
-        "--protect", default="0,0", help="FIRST,LAST: blocks at the ends that only keep"
+        "--protect", default="1,1", help="FIRST,LAST: blocks at the ends that only keep"
     )
     args = parser.parse_args()
     protect = tuple(int(n) for n in args.protect.split(","))

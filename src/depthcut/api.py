@@ -125,6 +125,7 @@ def frontier(
     k: int = 3,
     progress: bool = True,
     runtime=None,
+    protect: tuple[int, int] = (1, 1),
 ) -> tuple:
     """(option table, {budget label: plan}): the measured best joint plan — one option per
     block across blocks, sublayers, KV groups and MLP widths — for each of ``budgets``
@@ -132,6 +133,8 @@ def frontier(
     batches is held back to measure candidates; ``apply(model, plan, calib)`` realises one.
     ``runtime`` times the options and candidates: PyTorch on the model's device by default,
     or :class:`depthcut.LlamaCpp` (``LlamaCpp(tokenizer)``: exported GGUFs timed in llama.cpp).
+    ``protect``: the blocks at each end that only keep (``PruneConfig.protect_first`` /
+    ``protect_last``; the same default).
 
     >>> table, plans = dc.frontier(model, calib, ["latency=0.2", "latency=0.3"])  # doctest: +SKIP
     """
@@ -145,7 +148,7 @@ def frontier(
     wanted = [b if isinstance(b, Budgets) else Budgets.parse(b.split("+")) for b in budgets]
     cfg = PruneConfig(units=(AUTO,), budget=wanted[0].to_budget(), repair="ls")
     _check_repair_tokens(model, discover_structure(model), cfg, held_back(calib)[0])
-    return run_frontier(model, calib, wanted, table, k, progress, runtime or TORCH)
+    return run_frontier(model, calib, wanted, table, k, progress, runtime or TORCH, protect)
 
 
 def joint_plan(
@@ -158,7 +161,10 @@ def joint_plan(
     from depthcut.search.frontier import held_back
 
     budgets = [Budgets.from_budget(cfg.budget)]
-    table, plans = frontier(model, calib, budgets, progress=progress, runtime=runtime)
+    protect = (cfg.protect_first, cfg.protect_last)
+    table, plans = frontier(
+        model, calib, budgets, progress=progress, runtime=runtime, protect=protect
+    )
     scores = Scores("joint", [], {}, table.model, cfg.resolved().to_dict(), cost=dict(table.cost))
     return scores, next(iter(plans.values())), held_back(calib)[0]
 

@@ -234,21 +234,22 @@ def test_the_probe_measures_the_kl_of_the_folded_removal(tiny_table, monkeypatch
         with torch.no_grad(), bypassed(work, structure, [units[f"{kind}:{i}"]]):
             want = float(F.token_kl(ref, work(**batch).logits)[:, ::STRIDE].mean())
         assert table.blocks[i]["kl"][kind] == pytest.approx(want, rel=1e-4, abs=1e-7), (i, kind)
-    # the table prices removals by their KL, narrower sublayers pro rata of their stream error
-    b = table.blocks[2]
-    assert table.quality(table.options(2)[-1]) == b["kl"]["block"]
+    # priced per block: removals by their KL, narrower sublayers pro rata of their stream error
+    b, per_block = table.blocks[2], table.priced("block")
+    assert per_block.quality(table.options(2)[-1]) == b["kl"]["block"]
     half = next(o for o in table.options(2) if o.name == "mlp 1/2")
     share = b["mlp"]["levels"][48]["error"] / b["mlp"]["levels"][0]["error"]
-    assert table.quality(half) == pytest.approx(b["kl"]["mlp"] * min(share, 1.0))
+    assert per_block.quality(half) == pytest.approx(b["kl"]["mlp"] * min(share, 1.0))
     assert table.stream_error(half) == b["mlp"]["levels"][48]["error"]
 
 
 def test_model_wide_pricing_uses_one_rate_per_sublayer(tiny_table):
-    """Under ``pricing="model"`` a narrower level costs its stream error times the sums'
-    ratio of every block's removal KL to its removal error (at most its own removal's KL);
-    removals cost their KL under either pricing, and a saved table does not keep the choice."""
-    _, table = tiny_table
-    wide, blocks = table.priced("model"), table.blocks
+    """Under ``pricing="model"`` (the default) a narrower level costs its stream error times
+    the sums' ratio of every block's removal KL to its removal error (at most its own
+    removal's KL); removals cost their KL under either pricing; a saved table does not keep
+    the choice."""
+    _, wide = tiny_table
+    table, blocks = wide.priced("block"), wide.blocks
     rate = {
         sub: sum(b["kl"][sub] for b in blocks) / sum(b[sub]["levels"][0]["error"] for b in blocks)
         for sub in ("attention", "mlp")
@@ -269,10 +270,26 @@ def test_model_wide_pricing_uses_one_rate_per_sublayer(tiny_table):
     halves = named(table, ["mlp 1/2"] * 4)
     assert any(wide.quality(o) < 0.95 * table.quality(o) for o in halves)
     assert any(wide.quality(o) > 1.05 * table.quality(o) for o in halves)
-    assert "pricing" not in wide.to_dict()
-    assert OptionTable.from_dict(wide.to_dict()).pricing == "block"
-    with pytest.raises(ConfigError, match="pricing 'layer': choose one of block, model"):
+    assert wide.pricing == "model" and "pricing" not in table.to_dict()
+    assert OptionTable.from_dict(table.to_dict()).pricing == "model"
+    with pytest.raises(ConfigError, match="pricing .layer.: choose one of model, block"):
         table.priced("layer")
+
+
+def test_protected_blocks_only_keep(tiny_table):
+    """``protected(1, 1)`` leaves the first and last block only ``keep``; the solver then
+    finds the budget in the others (as the width default's protect_first / protect_last)."""
+    _, table = tiny_table
+    ends = table.protected(1, 1)
+    assert [o.name for o in ends.options(0)] == ["keep"] == [o.name for o in ends.options(3)]
+    assert ends.options(1) == table.options(1) and len(table.options(0)) > 1
+    free = joint.solve_plans(table, Budgets(params=0.3), k=1)[0]
+    plan = joint.solve_plans(ends, Budgets(params=0.3), k=1)[0]
+    names = plan.run["search"]["options"]
+    assert names[0] == names[3] == "keep" and {a.block for a in plan.actions} <= {1, 2}
+    assert {a.block for a in free.actions} & {0, 3}  # unprotected, the solver uses the ends
+    with pytest.raises(ConfigError, match="protect_first/protect_last must be >= 0"):
+        table.protected(-1, 0)
 
 
 def test_held_back_scores_of_the_dense_model(tiny_table):

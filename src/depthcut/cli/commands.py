@@ -202,7 +202,8 @@ def cmd_frontier(args: argparse.Namespace) -> None:
     runtime = make_runtime(args.runtime, tok, model)
     cfg = PruneConfig(units=(AUTO,), budget=points[0].to_budget(), repair="ls")
     calib = calib_spec(args).sized(model, cfg).held_back_too(args.n_samples is None).data(tok)
-    table, plans = frontier(model, calib, points, table, args.k, runtime=runtime)
+    protect = (args.protect_first, args.protect_last)
+    table, plans = frontier(model, calib, points, table, args.k, runtime=runtime, protect=protect)
 
     def write(folder):
         table.save(folder / "options.json")

@@ -253,6 +253,8 @@ def add_frontier(sub) -> None:
     p.add_argument("--budget-mode", default="at_least", help="at_least, at_most or nearest")
     p.add_argument("--k", type=int, default=3, help="best solutions assembled and measured")
     p.add_argument("--table", default=None, help="an options.json of an earlier run to reuse")
+    p.add_argument("--protect-first", type=int, default=1, help="first blocks that only keep")
+    p.add_argument("--protect-last", type=int, default=1, help="last blocks that only keep")
     p.add_argument("--out", required=True, help="folder: options.json, plans/, frontier.json")
     p.add_argument("--overwrite", action="store_true")
     _runtime_arg(p)

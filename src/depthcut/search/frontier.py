@@ -39,9 +39,10 @@ def frontier(
     k: int = 3,
     progress: bool = True,
     runtime: Runtime = TORCH,
+    protect: tuple[int, int] = (1, 1),
 ) -> tuple[OptionTable, dict[str, Plan]]:
     """The option table and the measured best joint plan of each budget ({label: plan}), every
-    time measured by ``runtime``."""
+    time measured by ``runtime``; the first and last ``protect`` blocks only keep."""
     from depthcut.graph.structure import discover_structure
     from depthcut.methods.base import describe
 
@@ -50,6 +51,7 @@ def frontier(
         table = build_table(model, fit, progress, runtime=runtime)
     else:
         check_table(table, describe(model, discover_structure(model)), runtime)
+    table = table.protected(*protect)
     ref = reference(model, check)
     plans, dense = {}, dense_perplexity(ref)
     for b in budgets:

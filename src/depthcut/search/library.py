@@ -34,8 +34,8 @@ from depthcut.search.runtime import TORCH, Runtime, runtime_name
 from depthcut.units.discover import discover_units
 
 TABLE_VERSION = 1
-PRICINGS = ("block", "model")  # a narrower level's KL per unit of stream error: its block's or
-# the model's (``OptionTable.quality``)
+PRICINGS = ("model", "block")  # a narrower level's KL per unit of stream error: the model's or
+# its block's (``OptionTable.quality``)
 PROBE_BATCHES = 1  # calibration batches the probe measures removals' KL on
 SUBLAYERS = {"attention": Kind.HEAD, "mlp": Kind.NEURON}
 
@@ -51,7 +51,7 @@ class OptionTable:
     latency: dict[str, Any]
     cost: dict[str, Any] = field(default_factory=dict)
     version: int = TABLE_VERSION
-    pricing: str = "block"  # how narrower levels are priced; a choice of the solve, not saved
+    pricing: str = "model"  # how narrower levels are priced; a choice of the solve, not saved
     protect: tuple[int, int] = (0, 0)  # blocks at each end that only keep (not saved either)
 
     def __post_init__(self) -> None:
@@ -70,9 +70,9 @@ class OptionTable:
         """The option's cost: the probe's KL where the table has it, else its stream error.
 
         A removal costs its probed KL. A narrower sublayer costs its stream error times a KL
-        per unit of stream error: under ``pricing="block"`` its own removal's (KL ÷ error),
-        under ``"model"`` the ratio of the sums over every block's removals of that sublayer;
-        never more than its removal."""
+        per unit of stream error: under ``pricing="model"`` (the default) the ratio of the
+        sums over every block's removals of that sublayer, under ``"block"`` its own
+        removal's (KL ÷ error); never more than its removal."""
         b = self.blocks[o.block]
         if "kl" not in b:
             return self.stream_error(o)
