@@ -51,8 +51,9 @@ def random_plan(table, rng: random.Random):
     keep = rng.uniform(0.6, 0.95)
     chosen = []
     for i in range(len(table.blocks)):
-        options = table.options(i)
-        chosen.append(options[0] if rng.random() < keep else rng.choice(options[1:]))
+        options = table.options(i)  # only keep in a protected block
+        changed = options[1:] and rng.random() >= keep
+        chosen.append(rng.choice(options[1:]) if changed else options[0])
     return chosen
 
 
