@@ -96,6 +96,14 @@ def test_bad_budgets_are_refused_before_any_work(budgets, message, tiny_dir, tmp
     assert not list(tmp_path.iterdir())
 
 
+def test_negative_protection_is_refused_before_any_work(tiny_dir, tmp_path, capsys):
+    argv = ["--budgets", "latency=0.2", "--protect-last", "-1", "--out", tmp_path / "x"]
+    code, _, err = run(capsys, "frontier", tiny_dir, *argv)
+    assert code == 2 and err.count("\n") == 1
+    assert "--protect-first 1 --protect-last -1: give counts of blocks >= 0" in err
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_table_of_another_model_is_refused(frontier_out, tmp_path, pattern_file, capsys):
     from tiny import save_tiny, tiny_llama
 

@@ -288,7 +288,7 @@ def test_protected_blocks_only_keep(tiny_table):
     names = plan.run["search"]["options"]
     assert names[0] == names[3] == "keep" and {a.block for a in plan.actions} <= {1, 2}
     assert {a.block for a in free.actions} & {0, 3}  # unprotected, the solver uses the ends
-    with pytest.raises(ConfigError, match="protect_first/protect_last must be >= 0"):
+    with pytest.raises(ConfigError, match=r"protect \(-1, 0\): protect_first/protect_last must"):
         table.protected(-1, 0)
 
 

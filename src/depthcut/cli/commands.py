@@ -165,6 +165,11 @@ def frontier_budgets(args: argparse.Namespace) -> list:
         raise ConfigError(f"--budgets {args.budgets!r} names a point twice: give each once")
     if args.k < 1:
         raise ConfigError(f"--k {args.k}: assemble and measure at least one solution")
+    if min(args.protect_first, args.protect_last) < 0:
+        raise ConfigError(
+            f"--protect-first {args.protect_first} --protect-last {args.protect_last}: "
+            "give counts of blocks >= 0"
+        )
     return points
 
 

@@ -11,7 +11,7 @@ from depthcut.errors import CalibrationError
 from depthcut.planning.plan import Plan
 from depthcut.search.budgets import Budgets
 from depthcut.search.joint import dense_perplexity, reference, search
-from depthcut.search.library import OptionTable, build_table, check_table
+from depthcut.search.library import OptionTable, build_table, check_protect, check_table
 from depthcut.search.runtime import TORCH, Runtime
 
 
@@ -46,6 +46,7 @@ def frontier(
     from depthcut.graph.structure import discover_structure
     from depthcut.methods.base import describe
 
+    check_protect(protect)
     fit, check = held_back(calib)
     if table is None:
         table = build_table(model, fit, progress, runtime=runtime)

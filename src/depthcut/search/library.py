@@ -102,8 +102,7 @@ class OptionTable:
     def protected(self, first: int, last: int) -> OptionTable:
         """The same table offering only ``keep`` in its first ``first`` and last ``last``
         blocks (``PruneConfig.protect_first`` / ``protect_last``)."""
-        if first < 0 or last < 0:
-            raise ConfigError("protect_first/protect_last must be >= 0")
+        check_protect((first, last))
         return replace(self, protect=(first, last))
 
     def stream_error(self, o: Option) -> float:
@@ -210,6 +209,12 @@ def _level(info: dict, kept: int) -> dict:
     if kept == info["size"]:
         return {"error": 0.0, "removed": []}
     return info["levels"][kept]
+
+
+def check_protect(protect: tuple[int, int]) -> None:
+    """Refuse a negative count of protected blocks (before any work)."""
+    if min(protect) < 0:
+        raise ConfigError(f"protect {protect}: protect_first/protect_last must be >= 0")
 
 
 def _rate(blocks: list[dict], sub: str) -> float:
