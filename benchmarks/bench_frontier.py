@@ -29,6 +29,7 @@ import torch
 from scipy.stats import spearmanr
 
 import depthcut as dc
+from bench_joint_large import add_search_args, searched
 from bench_quality import held_out
 from depthcut.data import CalibData, evaluation_tokens
 from depthcut.eval.latency import measure_many
@@ -92,9 +93,12 @@ def correlation(model, table, calib, ids, n: int, bos_id) -> dict:
             flush=True,
         )
     kls = [r["kl"] for r in rows]
-    rho = {k: float(spearmanr([r[k] for r in rows], kls).statistic) for k in rows[0] if k != "kl"}
-    out = {"spearman": rho["cost"], "spearman_stream": rho["stream"], "plans": rows}
-    return out | {f"spearman_{p}": rho[f"cost_{p}"] for p in PRICINGS}
+    ranked = {"": "cost", "_stream": "stream"} | {f"_{p}": f"cost_{p}" for p in PRICINGS}
+    out = {
+        f"spearman{k}": float(spearmanr([r[c] for r in rows], kls).statistic)
+        for k, c in ranked.items()
+    }
+    return out | {"plans": rows}
 
 
 def frontier(model, table, calib, heldback, ids, budgets, bos_id, k: int) -> dict:
@@ -193,12 +197,7 @@ def main() -> None:
     parser.add_argument("--plans", type=int, default=20)
     parser.add_argument("--k", type=int, default=3, help="candidates re-measured per round")
     parser.add_argument("--table", action="store_true", help="print the results file's table")
-    parser.add_argument(
-        "--pricing", choices=PRICINGS, default="model", help="how narrower levels are priced"
-    )
-    parser.add_argument(
-        "--protect", default="1,1", help="FIRST,LAST: blocks at the ends that only keep"
-    )
+    add_search_args(parser)
     args = parser.parse_args()
     name = f"frontier_{args.model.split('-')[0]}"
     if args.table:
@@ -212,8 +211,7 @@ def main() -> None:
     calib, heldback = split(dc.calibration(tok, "wiki", n_samples=16, seq_len=256, bos=bos), 12)
     ids = evaluation_tokens(tok, "wiki", 512 * 8)
     started = time.perf_counter()
-    protect = tuple(int(n) for n in args.protect.split(","))
-    options = build_table(model, calib, progress=False).priced(args.pricing).protected(*protect)
+    options = searched(build_table(model, calib, progress=False), args)
     built = time.perf_counter() - started
     print(
         f"option table: {built:.0f} s, "
@@ -225,8 +223,8 @@ def main() -> None:
         "model": args.model,
         "dense": {"ppl": dense_ppl},
         "table": {"seconds": built} | options.cost,
-        "pricing": args.pricing,
-        "protect": list(protect),
+        "pricing": options.pricing,
+        "protect": list(options.protect),
     }
     fields["table"]["ratios"] = options.latency["ratios"]
     if args.plans:

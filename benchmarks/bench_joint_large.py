@@ -192,14 +192,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="correction rounds at most")
     parser.add_argument("--table", help="an option table built before (skips the table phase)")
     parser.add_argument("--probe-from", help="a saved table whose probe's KLs the new one reuses")
-    parser.add_argument(
-        "--pricing", choices=PRICINGS, default="model", help="how narrower levels are priced"
-    )
-    parser.add_argument(
-        "--protect", default="1,1", help="FIRST,LAST: blocks at the ends that only keep"
-    )
+    add_search_args(parser)
     args = parser.parse_args()
-    protect = tuple(int(n) for n in args.protect.split(","))
     torch.set_num_threads(2)
     budgets = Budgets.parse([args.budget])
     model, tok = ModelRef(args.model).load()
@@ -222,12 +216,28 @@ def main() -> None:
         path = folder / f"options-{args.model}{'-again' if donor else ''}.json"
         stats = table_phase(model, fit, path, donor)
         built[table_key(stats)] = stats
-    table = OptionTable.load(path).priced(args.pricing).protected(*protect)
+    table = searched(OptionTable.load(path), args)
     point = {"budget": args.budget, "k": args.k, "date": today(), "steps": mlp_steps(table)}
-    point |= {"pricing": args.pricing, "protect": list(protect)}
+    point |= {"pricing": table.pricing, "protect": list(table.protect)}
     point |= point_phase(model, tok, table, budgets, fit, check, args.k, args.rounds)
     points = earlier.get("points", {}) | {point_key(point): point}
     write(name, fields | {"tables": built, "points": points})
+
+
+def add_search_args(parser: argparse.ArgumentParser) -> None:
+    """``--pricing`` and ``--protect``: how the search reads an option table."""
+    parser.add_argument(
+        "--pricing", choices=PRICINGS, default="model", help="how narrower levels are priced"
+    )
+    parser.add_argument(
+        "--protect", default="1,1", help="FIRST,LAST: blocks at the ends that only keep"
+    )
+
+
+def searched(table: OptionTable, args: argparse.Namespace) -> OptionTable:
+    """``table`` priced and protected as ``add_search_args``' flags say."""
+    first, last = (int(n) for n in args.protect.split(","))
+    return table.priced(args.pricing).protected(first, last)
 
 
 def point_key(point: dict) -> str:
