@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import time
 from collections import Counter
@@ -187,7 +188,63 @@ def doc_table(results: dict, single: dict | None = None) -> str:
             "--latency`, an earlier run on this machine, commit cd76321), at the same budgets "
             "of their own latency tables; ⚠: the timing flagged itself."
         )
+        lines += speed_table(results, single)
     return "\n".join(lines)
+
+
+SPEEDS = (1.15, 1.3, 1.5)  # the issue's comparison points
+
+
+def at_speed(curve: list[tuple[float, float]], speed: float) -> float | None:
+    """Perplexity at a measured decode speed-up, interpolated in log-perplexity between the
+    two points of ``curve`` ((speed-up, perplexity), the dense model's (1, ppl) among them)
+    around it; None beyond the curve's fastest point (never extrapolated)."""
+    points = sorted(curve)
+    for (s0, p0), (s1, p1) in zip(points, points[1:]):
+        if s0 <= speed <= s1:
+            w = (speed - s0) / (s1 - s0) if s1 > s0 else 0.0
+            return math.exp((1 - w) * math.log(p0) + w * math.log(p1))
+    return None
+
+
+def curves(results: dict, single: dict | None) -> dict[str, list[tuple[float, float]]]:
+    """{method: [(speed-up, perplexity), …]} over the budgets, each from the dense point."""
+    dense = [(1.0, results["dense"]["ppl"])]
+    found = {"joint": dense + [(r["speed"], r["ppl"]) for r in results["frontier"].values()]}
+    for rows in (single or {}).get("budgets", {}).values():
+        for name, row in rows.items():
+            found.setdefault(name, list(dense)).append((row["speed"], row["ppl"]))
+    return found
+
+
+def speed_table(results: dict, single: dict | None) -> list[str]:
+    """Perplexity of every method at the same measured speed-ups (``at_speed``), the lowest
+    in bold, and the joint plan's log-perplexity gap to dense over the best other method's."""
+    found, dense = curves(results, single), math.log(results["dense"]["ppl"])
+    lines = ["", "| method | " + " | ".join(f"at {s:.2f}×" for s in SPEEDS) + " |"]
+    lines.append("|---|" + "---:|" * len(SPEEDS))
+    at = {name: [at_speed(c, s) for s in SPEEDS] for name, c in found.items()}
+    best = [min((v[i] for v in at.values() if v[i]), default=None) for i in range(len(SPEEDS))]
+    for name, values in at.items():
+        cells = [
+            "—" if v is None else (f"**{v:.2f}**" if v == b else f"{v:.2f}")
+            for v, b in zip(values, best)
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    gaps = []
+    for i, s in enumerate(SPEEDS):
+        others = [v[i] for n, v in at.items() if n != "joint" and v[i]]
+        if at["joint"][i] and others:
+            ratio = (math.log(at["joint"][i]) - dense) / (math.log(min(others)) - dense)
+            gaps.append(f"{ratio:.2f} at {s:.2f}×")
+    lines.append(
+        "\nPerplexity interpolated in log along each method's measured (speed-up, perplexity) "
+        "points, from the dense model's (1×); — : the method's curve ends before that speed-up. "
+        "The joint plan's log-perplexity gap to dense ÷ the best other method's: "
+        + (", ".join(gaps) or "no common speed-up")
+        + "."
+    )
+    return lines
 
 
 def main() -> None:

@@ -245,9 +245,9 @@ def test_the_probe_measures_the_kl_of_the_folded_removal(tiny_table, monkeypatch
 
 def test_model_wide_pricing_uses_one_rate_per_sublayer(tiny_table):
     """Under ``pricing="model"`` (the default) a narrower level costs its stream error times
-    the sums' ratio of every block's removal KL to its removal error (at most its own
-    removal's KL); removals cost their KL under either pricing; a saved table does not keep
-    the choice."""
+    the sums' ratio of the removal KL to the removal error of the blocks the search may change
+    (at most its own removal's KL); removals cost their KL under either pricing; a saved table
+    does not keep the choice."""
     _, wide = tiny_table
     table, blocks = wide.priced("block"), wide.blocks
     rate = {
@@ -270,6 +270,15 @@ def test_model_wide_pricing_uses_one_rate_per_sublayer(tiny_table):
     halves = named(table, ["mlp 1/2"] * 4)
     assert any(wide.quality(o) < 0.95 * table.quality(o) for o in halves)
     assert any(wide.quality(o) > 1.05 * table.quality(o) for o in halves)
+    inner = wide.protected(1, 1)  # the rate of the blocks the search may change, 1 and 2
+    for sub, kept in (("mlp", 48), ("attention", 1)):
+        mid = blocks[1:3]
+        rate = sum(b["kl"][sub] for b in mid) / sum(b[sub]["levels"][0]["error"] for b in mid)
+        o = next(o for o in inner.options(1) if o.name == f"{'kv' if kept == 1 else sub} 1/2")
+        want = min(rate * blocks[1][sub]["levels"][kept]["error"], blocks[1]["kl"][sub])
+        assert inner.quality(o) == pytest.approx(want, rel=1e-12, abs=0), sub
+        assert inner.quality(o) != pytest.approx(wide.quality(o), rel=1e-3), sub
+    assert wide.protected(2, 2)._model_rates == wide._model_rates  # none free: every block
     assert wide.pricing == "model" and "pricing" not in table.to_dict()
     assert OptionTable.from_dict(table.to_dict()).pricing == "model"
     with pytest.raises(ConfigError, match="pricing .layer.: choose one of model, block"):

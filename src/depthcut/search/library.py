@@ -71,8 +71,9 @@ class OptionTable:
 
         A removal costs its probed KL. A narrower sublayer costs its stream error times a KL
         per unit of stream error: under ``pricing="model"`` (the default) the ratio of the
-        sums over every block's removals of that sublayer, under ``"block"`` its own
-        removal's (KL ÷ error); never more than its removal."""
+        sums over the removals of that sublayer in the blocks the search may change (not the
+        protected ones), under ``"block"`` its own removal's (KL ÷ error); never more than its
+        removal."""
         b = self.blocks[o.block]
         if "kl" not in b:
             return self.stream_error(o)
@@ -92,8 +93,13 @@ class OptionTable:
 
     @cached_property
     def _model_rates(self) -> dict[str, float]:
-        """{sublayer: Σ removal KL ÷ Σ removal stream error} over the blocks."""
-        return {sub: _rate(self.blocks, sub) for sub in SUBLAYERS}
+        """{sublayer: Σ removal KL ÷ Σ removal stream error} over the blocks the search may
+        change (every block when all are protected): a protected end block is often the
+        outlier (block 0's removal errors are 10³–10⁴ times the others' on SmolLM2 and the
+        1.5B) and would set the rate of every other block."""
+        first, last = self.protect
+        free = self.blocks[first : len(self.blocks) - last] or self.blocks
+        return {sub: _rate(free, sub) for sub in SUBLAYERS}
 
     def priced(self, pricing: str) -> OptionTable:
         """The same table with narrower levels priced by ``pricing`` (one of ``PRICINGS``)."""
