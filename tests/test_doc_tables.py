@@ -62,3 +62,22 @@ def test_benchmark_pages_hold_only_generated_or_declared_tables(page):
     assert hand_written_tables(page.read_text()) == [], (
         f"{page.name}: a table neither generated from a results file nor declared hand-written"
     )
+
+
+def test_perplexity_at_equal_speed_is_interpolated_in_log_and_never_extrapolated():
+    """The frontier page compares methods at the same measured speed-up: between two measured
+    points the log-perplexity is linear in the speed-up, beyond a curve's end there is none."""
+    import bench_frontier
+
+    curve = [(1.2, 20.0), (1.0, 10.0), (1.5, 80.0)]  # any order
+    assert bench_frontier.at_speed(curve, 1.1) == pytest.approx(200**0.5, rel=1e-12)
+    assert bench_frontier.at_speed(curve, 1.2) == pytest.approx(20.0, rel=1e-12)
+    assert bench_frontier.at_speed(curve, 1.35) == pytest.approx(40.0, rel=1e-12)
+    assert bench_frontier.at_speed(curve, 1.51) is None
+    results = {"dense": {"ppl": 10.0}, "frontier": {"0.1": {"speed": 1.5, "ppl": 20.0}}}
+    single = {"budgets": {"0.1": {"other": {"speed": 1.3, "ppl": 20.0}}}}
+    text = "\n".join(bench_frontier.speed_table(results, single))
+    # joint 10·2^((s-1)/0.5), other 10·2^((s-1)/0.3): gap ratios 0.3/0.5 and 0.6/1
+    assert "| joint | **12.31** | **15.16** | **20.00** |" in text
+    assert "| other | 14.14 | 20.00 | — |" in text
+    assert "0.60 at 1.15×, 0.60 at 1.30×." in text
