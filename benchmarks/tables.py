@@ -130,6 +130,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "sparse_kd": _from_bench("bench_sparse_kd", "doc_table", "sparse_kd"),
     "frontier": _from_bench("bench_frontier", "doc_table", "frontier_smollm2", "latency"),
     "joint_qwen2": _from_bench("bench_joint_large", "doc_table", "joint_qwen2", "default"),
+    "joint_smollm2": _from_bench("bench_joint_large", "doc_table", "joint_smollm2", "default"),
+    "joint_gemma3": _from_bench("bench_joint_large", "doc_table", "joint_gemma3", "default"),
     "pipeline": _from_bench("bench_pipeline", "doc_table", "pipeline_smollm2"),
     "healing": _from_bench("bench_healing", "doc_table", "healing_smollm2"),
     "comparison_smollm2": _from_bench("bench_quality", "doc_table", "comparison_smollm2"),
