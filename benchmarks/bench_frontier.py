@@ -11,8 +11,11 @@ tokens/s at batch 1 measured interleaved with the dense model (``measure_many``)
 2. ``--plans N`` random mixed plans (each block keeps with a probability drawn per plan from
    0.6–0.95, else takes a random other option), each refit by ls: Spearman's rank correlation
    between the summed option costs and the measured KL on the first 4 held-out windows.
-3. For each latency budget: the search (top-3, up to 3 correction rounds) and its measured
-   result next to the single-family methods of ``results/latency.json``.
+3. For each latency budget: the search (top-3 drawn from both pricings, up to 3 correction
+   rounds) and, on the same calibration and held-out text, the single-family methods of
+   ``bench_quality.py`` (``--single``, prefixes of its method names; each at the budget of its
+   own latency table, ``--budget-mode nearest``); every model's decode speed measured in one
+   interleaved run with the dense model's.
 
     python benchmarks/bench_frontier.py --budgets 0.1,0.2,0.3,0.4 --plans 20
 """
@@ -31,8 +34,9 @@ from scipy.stats import spearmanr
 
 import depthcut as dc
 from bench_joint_large import add_search_args, searched
-from bench_quality import held_out
+from bench_quality import chosen, config, held_out, non_embedding, prune
 from depthcut.data import CalibData, evaluation_tokens
+from depthcut.errors import DepthcutError
 from depthcut.eval.latency import measure_many
 from depthcut.importance import functional as F
 from depthcut.search.budgets import Budgets
@@ -102,7 +106,28 @@ def correlation(model, table, calib, ids, n: int, bos_id) -> dict:
     return out | {"plans": rows}
 
 
-def frontier(model, table, calib, heldback, ids, budgets, bos_id, k: int) -> dict:
+SINGLE = "ShortGPT,ReplaceMe,LinearPatch,depthcut neurons (ls-aware),thesis Algorithm 8 + ls"
+
+
+def singles(model, calib, ids, budget: float, wanted: str, bos_id) -> tuple[dict, dict]:
+    """The single-family methods at a latency budget: ({name: row}, {name: pruned model});
+    a method a budget or model refuses has a ``refused`` row and no model."""
+    rows, models = {}, {}
+    for name, (kw, repair) in chosen(wanted).items() if wanted else ():
+        try:
+            pruned, _, cost, seconds = prune(model, calib, config(kw, budget, repair, True))
+        except DepthcutError as err:
+            rows[name] = {"refused": str(err)}
+            continue
+        ppl, kl = held_out(pruned, model, ids, bos_id)
+        removed = 1 - non_embedding(pruned) / non_embedding(model)
+        rows[name] = {"ppl": ppl, "kl": kl, "removed": removed, "cost": cost, "seconds": seconds}
+        models[name] = pruned
+        print(f"latency {budget}, {name}: ppl {ppl:.2f} KL {kl:.3f}", flush=True)
+    return rows, models
+
+
+def frontier(model, table, calib, heldback, ids, budgets, bos_id, k: int, single: str) -> dict:
     out = {}
     for budget in budgets:
         started = time.perf_counter()
@@ -110,10 +135,19 @@ def frontier(model, table, calib, heldback, ids, budgets, bos_id, k: int) -> dic
         seconds = time.perf_counter() - started
         pruned = realise(model, plan, calib)
         ppl, kl = held_out(pruned, model, ids, bos_id)
+        others, models = singles(model, calib, ids, budget, single, bos_id)
         lat = measure_many(
-            {"dense": model, "joint": pruned}, lengths=(64,), batches=(1,), new_tokens=24, repeats=3
+            {"dense": model, "joint": pruned} | models,
+            lengths=(64,),
+            batches=(1,),
+            new_tokens=24,
+            repeats=3,
         )
-        speed = lat["joint"].decode_tps[1] / lat["dense"].decode_tps[1]
+        dense_tps = lat["dense"].decode_tps[1]
+        for name in models:
+            others[name]["speed"] = lat[name].decode_tps[1] / dense_tps
+            others[name]["unreliable"] = lat[name].unreliable + lat["dense"].unreliable
+        speed = lat["joint"].decode_tps[1] / dense_tps
         options = plan.run["search"]["options"]
         out[str(budget)] = {
             "ppl": ppl,
@@ -122,8 +156,10 @@ def frontier(model, table, calib, heldback, ids, budgets, bos_id, k: int) -> dic
             "seconds": seconds,
             "rounds": len(rounds),
             "options": options,
+            "pricing": plan.run["search"]["pricing"],
             "measured": plan.run["search"]["measured"],
             "unreliable": lat["joint"].unreliable + lat["dense"].unreliable,
+            "single": others,
         }
         print(
             f"latency {budget}: ppl {ppl:.2f} KL {kl:.3f} speed ×{speed:.2f} "
@@ -154,10 +190,30 @@ def correlation_text(corr: dict) -> str:
     return text + f"{corr['spearman']:.3f}" + (f" ({'; '.join(others)})" if others else "")
 
 
+def own_single(results: dict) -> dict | None:
+    """The single-family rows measured in the results file's own run (``--single``), in the
+    layout of ``results/latency.json``; None for a file made without them."""
+    rows = {b: r["single"] for b, r in results["frontier"].items() if r.get("single")}
+    return {"budgets": rows} if rows else None
+
+
+SINGLE_NOTE = {
+    True: "\nSingle-family rows: the same run, the same calibration and held-out text, each at "
+    "the budget of its own latency table (`--budget-mode nearest`); every decode speed-up is "
+    "measured interleaved with the dense model's and the joint plan's; ⚠: the timing flagged "
+    "itself.",
+    False: "\nSingle-family rows: `results/latency.json` (`python benchmarks/bench_quality.py "
+    "--latency`, an earlier run on this machine, commit cd76321), at the same budgets of their "
+    "own latency tables; ⚠: the timing flagged itself.",
+}
+
+
 def doc_table(results: dict, single: dict | None = None) -> str:
     """The documentation's table: the joint plan per latency budget, then the single-family
-    methods of ``results/latency.json`` (their own run) at the same budgets."""
-    corr = results.get("correlation", {})
+    methods: those of the file's own run where it has them, else ``single``
+    (``results/latency.json``, their own run) at the same budgets."""
+    corr, own = results.get("correlation", {}), own_single(results)
+    single = own or single
     lines = [
         f"`{results['command']}` — {results['date']}, {results['hardware']['cores']} cores "
         f"({results['hardware']['cpu']}), commit {results['commit']}; dense perplexity "
@@ -170,24 +226,29 @@ def doc_table(results: dict, single: dict | None = None) -> str:
         "perplexity | KL | rounds | chosen |",
         "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
+    refused = {}
     for budget, row in results["frontier"].items():
         warn = " ⚠" if row["unreliable"] else ""
+        chose = summary(row["options"])
+        if "pricing" in row:
+            chose += f" (ranked {PRICED[row['pricing']]})"
         lines.append(
             f"| {float(budget):.0%} | joint | {row['measured']['saved']:.1%} | "
             f"{row['speed']:.2f}×{warn} | {row['ppl']:.2f} | {row['kl']:.3f} | "
-            f"{row['rounds']} | {summary(row['options'])} |"
+            f"{row['rounds']} | {chose} |"
         )
         for name, other in (single or {}).get("budgets", {}).get(budget, {}).items():
+            if "refused" in other:
+                refused.setdefault(name, other["refused"])
+                continue
+            warn = " ⚠" if other.get("unreliable") or other.get("speed_unreliable") else ""
             lines.append(
-                f"| {float(budget):.0%} | {name} | | {other['speed']:.2f}× | {other['ppl']:.2f} "
-                f"| {other['kl']:.3f} | | |"
+                f"| {float(budget):.0%} | {name} | | {other['speed']:.2f}×{warn} | "
+                f"{other['ppl']:.2f} | {other['kl']:.3f} | | |"
             )
+    lines += [f"\n{name}: refused ({why})." for name, why in refused.items()]
     if single:
-        lines.append(
-            "\nSingle-family rows: `results/latency.json` (`python benchmarks/bench_quality.py "
-            "--latency`, an earlier run on this machine, commit cd76321), at the same budgets "
-            "of their own latency tables; ⚠: the timing flagged itself."
-        )
+        lines.append(SINGLE_NOTE[own is not None])
         lines += speed_table(results, single)
     return "\n".join(lines)
 
@@ -213,6 +274,8 @@ def curves(results: dict, single: dict | None) -> dict[str, list[tuple[float, fl
     found = {"joint": dense + [(r["speed"], r["ppl"]) for r in results["frontier"].values()]}
     for rows in (single or {}).get("budgets", {}).values():
         for name, row in rows.items():
+            if "refused" in row:
+                continue
             found.setdefault(name, list(dense)).append((row["speed"], row["ppl"]))
     return found
 
@@ -254,6 +317,9 @@ def main() -> None:
     parser.add_argument("--plans", type=int, default=20)
     parser.add_argument("--k", type=int, default=3, help="candidates re-measured per round")
     parser.add_argument("--table", action="store_true", help="print the results file's table")
+    parser.add_argument(
+        "--single", default=SINGLE, help="single-family methods (bench_quality name prefixes)"
+    )
     add_search_args(parser)
     args = parser.parse_args()
     name = f"frontier_{args.model.split('-')[0]}"
@@ -290,7 +356,9 @@ def main() -> None:
             f"Spearman rho (summed cost vs KL): {fields['correlation']['spearman']:.3f}", flush=True
         )
     budgets = [float(b) for b in args.budgets.split(",") if b]
-    fields["frontier"] = frontier(model, options, calib, heldback, ids, budgets, bos_id, args.k)
+    fields["frontier"] = frontier(
+        model, options, calib, heldback, ids, budgets, bos_id, args.k, args.single
+    )
     write(name, fields)
 
 

@@ -301,6 +301,42 @@ def test_protected_blocks_only_keep(tiny_table):
         table.protected(-1, 0)
 
 
+def test_candidates_come_from_each_pricing_in_turn(tiny_table):
+    """The search's candidates alternate between the pricings' rankings, the table's own
+    first; a choice one ranking already gave is not measured twice, its next one is taken."""
+    _, table = tiny_table
+    both = joint.portfolio(table)
+    assert both == ("model", "block") and joint.portfolio(table.priced("block"))[0] == "block"
+
+    def ranking(pricing, budgets, k=3):
+        return [
+            p.run["search"]["options"]
+            for p in joint.solve_plans(table.priced(pricing), budgets, k=k)
+        ]
+
+    def drawn(budgets, k):
+        plans = joint.solve_plans(table, budgets, k=k, pricings=both)
+        return [(p.run["search"]["pricing"], p.run["search"]["options"]) for p in plans]
+
+    model, block = ranking("model", Budgets(params=0.2)), ranking("block", Budgets(params=0.2))
+    # each ranking's second is the other's first: both are skipped, the model's third is next
+    assert model[0] != block[0] and model[1] == block[0] and block[1] == model[0]
+    want = [("model", model[0]), ("block", block[0]), ("model", model[2])]
+    assert drawn(Budgets(params=0.2), 3) == want
+    model, block = ranking("model", Budgets(params=0.4)), ranking("block", Budgets(params=0.4))
+    assert model[0] == block[0]  # the same best choice: the block ranking's second comes next
+    assert drawn(Budgets(params=0.4), 3) == [
+        ("model", model[0]),
+        ("model", model[1]),
+        ("block", block[1]),
+    ]
+    for plan in joint.solve_plans(table, Budgets(params=0.2), k=2, pricings=both):
+        priced = table.priced(plan.run["search"]["pricing"])  # costed as it was ranked
+        chosen = named(table, plan.run["search"]["options"])
+        want = sum(map(priced.quality, chosen))
+        assert plan.run["search"]["predicted_cost"] == pytest.approx(want, rel=1e-12)
+
+
 def test_held_back_scores_of_the_dense_model(tiny_table):
     """The dense model against its own reference: KL 0, and the perplexity of the reference."""
     model, calib = tiny_table[0], tiny_calib(n=16, length=32)

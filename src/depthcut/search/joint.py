@@ -1,12 +1,14 @@
 """The joint plan for one set of budgets: solve, assemble the k best, re-measure, correct.
 
 ``solve_plans`` turns the option table into the 0/1 program of ``search.solve`` and returns the
-k best plans by predicted cost. ``search`` assembles each (refit by ``--repair ls``, units
-removed), measures its decode time against the dense model (interleaved, batch 1, cached) and
-its next-token KL to the dense model on held-back batches, and keeps the measured best among
-those whose measured speed-up honours the latency budget. When none does, the predicted
-savings are scaled by what was measured (measured ÷ predicted) and the program re-solved:
-the report lists every round.
+k best plans by predicted cost, taken in turn from the ranking of each pricing of the narrower
+levels (``OptionTable.priced``: the model's KL per unit of stream error, or each block's own;
+neither wins everywhere, so the measurement chooses). ``search`` assembles each (refit by
+``--repair ls``, units removed), measures its decode time against the dense model
+(interleaved, batch 1, cached) and its next-token KL to the dense model on held-back batches,
+and keeps the measured best among those whose measured speed-up honours the latency budget.
+When none does, the predicted savings are scaled by what was measured (measured ÷ predicted)
+and the program re-solved: the report lists every round.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Iterator
+from itertools import zip_longest
 from typing import Any, cast
 
 import numpy as np
@@ -29,7 +32,7 @@ from depthcut.ops import out_features
 from depthcut.planning.plan import Plan
 from depthcut.refit.run import repair
 from depthcut.search.budgets import Budgets
-from depthcut.search.library import OptionTable
+from depthcut.search.library import PRICINGS, OptionTable
 from depthcut.search.options import Option
 from depthcut.search.runtime import TORCH, Runtime
 from depthcut.search.solve import Limit, best_k
@@ -138,20 +141,40 @@ def solve_plans(
     k: int = 3,
     scale: float = 1.0,
     prefill_scale: float = 1.0,
+    pricings: tuple[str, ...] | None = None,
 ) -> list[Plan]:
-    """The ``k`` plans of least summed quality cost under ``budgets``, best first."""
+    """The ``k`` plans of least summed quality cost under ``budgets``, taken in turn from the
+    ranking of each of ``pricings`` (default: only the table's own; the first ranking's best
+    first), each a different choice."""
     options, groups = flat_options(table)
-    quality = np.array([table.quality(o) for o in options])
     differ = min(DIFFER, len(groups))
     rows = limits(table, options, budgets, scale, prefill_scale)
-    found = best_k(quality, groups, rows, k, differ)
-    plans = []
-    for sol in found:
+    ranked = []
+    for pricing in pricings or (table.pricing,):
+        priced = table.priced(pricing)
+        quality = np.array([priced.quality(o) for o in options])
+        ranked.append([(priced, sol) for sol in best_k(quality, groups, rows, k, differ)])
+    plans: list[Plan] = []
+    seen: set[tuple[int, ...]] = set()
+    for priced, sol in (pair for turn in zip_longest(*ranked) for pair in turn if pair):
+        if len(plans) == k or tuple(sol.choice) in seen:
+            continue
+        seen.add(tuple(sol.choice))
         chosen = [options[g[c]] for g, c in zip(groups, sol.choice)]
-        plan = assemble(table, chosen, budgets)
-        plan.run["search"] |= {"objective": sol.objective, "solver_seconds": sol.seconds}
+        plan = assemble(priced, chosen, budgets)
+        plan.run["search"] |= {
+            "objective": sol.objective,
+            "solver_seconds": sol.seconds,
+            "pricing": priced.pricing,
+        }
         plans.append(plan)
     return plans
+
+
+def portfolio(table: OptionTable) -> tuple[str, ...]:
+    """Every pricing, the table's own first: the search's candidates come from each in turn,
+    and the held-back measurement chooses between them."""
+    return (table.pricing, *(p for p in PRICINGS if p != table.pricing))
 
 
 class Reference:
@@ -306,15 +329,18 @@ def search(
     rounds: int = 3,
     ref: Reference | None = None,
     runtime: Runtime = TORCH,
+    pricings: tuple[str, ...] | None = None,
 ) -> tuple[Plan, list[dict]]:
     """The measured best joint plan under ``budgets`` and the report of every round (its
-    candidates timed by ``runtime``)."""
+    candidates timed by ``runtime``; drawn in turn from each of ``pricings``, by default
+    ``portfolio(table)``)."""
     ref = reference(model, heldout) if ref is None else ref
+    pricings = pricings or portfolio(table)
     scales, report = dict.fromkeys(TIMED, 1.0), list[dict]()
     best: tuple[Plan, dict] | None = None
     for r in range(rounds):
         try:
-            plans = solve_plans(table, budgets, k, scales["latency"], scales["prefill"])
+            plans = solve_plans(table, budgets, k, scales["latency"], scales["prefill"], pricings)
         except BudgetError:
             if best is None:
                 raise
@@ -343,6 +369,7 @@ def _row(plan: Plan, measured: dict) -> dict:
     return {
         "options": plan.run["search"]["options"],
         "objective": plan.run["search"]["objective"],
+        "pricing": plan.run["search"]["pricing"],
     } | measured
 
 
