@@ -127,6 +127,15 @@ def singles(model, calib, ids, budget: float, wanted: str, bos_id) -> tuple[dict
     return rows, models
 
 
+CANDIDATE = ("pricing", "kl", "ppl", "saved", "predicted", "judged")
+
+
+def candidate(round_: int, row: dict) -> dict:
+    """One re-measured candidate of the search's report: its round, pricing, held-back KL and
+    perplexity, measured / predicted / judged decode time saved, and what it chose."""
+    return {"round": round_} | {k: row[k] for k in CANDIDATE} | {"chose": summary(row["options"])}
+
+
 def frontier(model, table, calib, heldback, ids, budgets, bos_id, k: int, single: str) -> dict:
     out = {}
     for budget in budgets:
@@ -159,6 +168,7 @@ def frontier(model, table, calib, heldback, ids, budgets, bos_id, k: int, single
             "pricing": plan.run["search"]["pricing"],
             "measured": plan.run["search"]["measured"],
             "unreliable": lat["joint"].unreliable + lat["dense"].unreliable,
+            "candidates": [candidate(r["round"], c) for r in rounds for c in r["candidates"]],
             "single": others,
         }
         print(
@@ -187,7 +197,10 @@ def correlation_text(corr: dict) -> str:
     if "spearman_stream" in corr:
         others.append(f"stream errors alone: {corr['spearman_stream']:.3f}")
     text = f"; Spearman ρ (summed option cost vs KL, {len(corr['plans'])} random plans) "
-    return text + f"{corr['spearman']:.3f}" + (f" ({'; '.join(others)})" if others else "")
+    text += f"{corr['spearman']:.3f}" + (f" ({'; '.join(others)})" if others else "")
+    if "from" in corr:
+        text += f", from the run of commit {corr['from']['commit']} (`{corr['from']['command']}`)"
+    return text
 
 
 def own_single(results: dict) -> dict | None:
@@ -310,6 +323,21 @@ def speed_table(results: dict, single: dict | None) -> list[str]:
     return lines
 
 
+def earlier_correlation(name: str, fields: dict) -> dict:
+    """``--plans 0``: the correlation of the results file's earlier run, with that run's
+    commit and command, where it scored the same model, option levels and pricing (the random
+    plans and their costs do not depend on the search)."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    same = all(old.get(k) == fields[k] for k in ("model", "pricing", "protect"))
+    if not same or "correlation" not in old:
+        return {}
+    made = old["correlation"].get("from", {"commit": old["commit"], "command": old["command"]})
+    return {"correlation": old["correlation"] | {"from": made}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -350,7 +378,9 @@ def main() -> None:
         "protect": list(options.protect),
     }
     fields["table"]["ratios"] = options.latency["ratios"]
-    if args.plans:
+    if not args.plans:
+        fields |= earlier_correlation(name, fields)
+    else:
         fields["correlation"] = correlation(model, options, calib, ids, args.plans, bos_id)
         print(
             f"Spearman rho (summed cost vs KL): {fields['correlation']['spearman']:.3f}", flush=True
