@@ -150,7 +150,7 @@ def frontier(model, table, calib, heldback, ids, budgets, bos_id, k: int, single
             lengths=(64,),
             batches=(1,),
             new_tokens=24,
-            repeats=3,
+            repeats=5,
         )
         dense_tps = lat["dense"].decode_tps[1]
         for name in models:
