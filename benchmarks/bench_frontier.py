@@ -11,11 +11,11 @@ tokens/s at batch 1 measured interleaved with the dense model (``measure_many``)
 2. ``--plans N`` random mixed plans (each block keeps with a probability drawn per plan from
    0.6–0.95, else takes a random other option), each refit by ls: Spearman's rank correlation
    between the summed option costs and the measured KL on the first 4 held-out windows.
-3. For each latency budget: the search (top-3 drawn from both pricings, up to 3 correction
-   rounds) and, on the same calibration and held-out text, the single-family methods of
-   ``bench_quality.py`` (``--single``, prefixes of its method names; each at the budget of its
-   own latency table, ``--budget-mode nearest``); every model's decode speed measured in one
-   interleaved run with the dense model's.
+3. For each latency budget: the search (top-3, up to 3 correction rounds; ``--portfolio``:
+   drawn in turn from both pricings) and, on the same calibration and held-out text, the
+   single-family methods of ``bench_quality.py`` (``--single``, prefixes of its method
+   names; each at the budget of its own latency table, ``--budget-mode nearest``); every
+   model's decode speed measured in one interleaved run with the dense model's.
 
     python benchmarks/bench_frontier.py --budgets 0.1,0.2,0.3,0.4 --plans 20
 """
@@ -40,7 +40,7 @@ from depthcut.errors import DepthcutError
 from depthcut.eval.latency import measure_many
 from depthcut.importance import functional as F
 from depthcut.search.budgets import Budgets
-from depthcut.search.joint import assemble, realise, search
+from depthcut.search.joint import assemble, portfolio, realise, search
 from depthcut.search.library import PRICINGS, build_table
 from results_file import RESULTS, write
 
@@ -136,11 +136,13 @@ def candidate(round_: int, row: dict) -> dict:
     return {"round": round_} | {k: row[k] for k in CANDIDATE} | {"chose": summary(row["options"])}
 
 
-def frontier(model, table, calib, heldback, ids, budgets, bos_id, k: int, single: str) -> dict:
+def frontier(model, table, calib, heldback, ids, budgets, bos_id, k, single, pricings) -> dict:
     out = {}
     for budget in budgets:
         started = time.perf_counter()
-        plan, rounds = search(model, table, Budgets(latency=budget), calib, heldback, k=k)
+        plan, rounds = search(
+            model, table, Budgets(latency=budget), calib, heldback, k=k, pricings=pricings
+        )
         seconds = time.perf_counter() - started
         pruned = realise(model, plan, calib)
         ppl, kl = held_out(pruned, model, ids, bos_id)
@@ -346,11 +348,15 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3, help="candidates re-measured per round")
     parser.add_argument("--table", action="store_true", help="print the results file's table")
     parser.add_argument(
+        "--portfolio", action="store_true", help="candidates from both pricings in turn"
+    )
+    parser.add_argument("--name", default=None, help="results file name (default frontier_MODEL)")
+    parser.add_argument(
         "--single", default=SINGLE, help="single-family methods (bench_quality name prefixes)"
     )
     add_search_args(parser)
     args = parser.parse_args()
-    name = f"frontier_{args.model.split('-')[0]}"
+    name = args.name or f"frontier_{args.model.split('-')[0]}"
     if args.table:
         single = json.loads((RESULTS / "latency.json").read_text())
         print(doc_table(json.loads((RESULTS / f"{name}.json").read_text()), single))
@@ -386,8 +392,9 @@ def main() -> None:
             f"Spearman rho (summed cost vs KL): {fields['correlation']['spearman']:.3f}", flush=True
         )
     budgets = [float(b) for b in args.budgets.split(",") if b]
+    pricings = portfolio(options) if args.portfolio else None
     fields["frontier"] = frontier(
-        model, options, calib, heldback, ids, budgets, bos_id, args.k, args.single
+        model, options, calib, heldback, ids, budgets, bos_id, args.k, args.single, pricings
     )
     write(name, fields)
 

@@ -129,6 +129,9 @@ TABLES: dict[str, Callable[[], str]] = {
     "vision": _from_bench("bench_vision", "table", "vision"),
     "sparse_kd": _from_bench("bench_sparse_kd", "doc_table", "sparse_kd"),
     "frontier": _from_bench("bench_frontier", "doc_table", "frontier_smollm2", "latency"),
+    "frontier_portfolio": _from_bench(
+        "bench_frontier", "doc_table", "frontier_smollm2_portfolio", "latency"
+    ),
     "joint_qwen2": _from_bench("bench_joint_large", "doc_table", "joint_qwen2", "default"),
     "joint_smollm2": _from_bench("bench_joint_large", "doc_table", "joint_smollm2", "default"),
     "joint_gemma3": _from_bench("bench_joint_large", "doc_table", "joint_gemma3", "default"),

@@ -2,14 +2,13 @@
 
 ``solve_plans`` turns the option table into the 0/1 program of ``search.solve`` and returns the
 k best plans by predicted cost, taken in turn from the ranking of each pricing of the narrower
-levels (``OptionTable.priced``: the model's KL per unit of stream error, or each block's own;
-neither wins everywhere, so the measurement chooses). ``search`` assembles each (refit by
+levels asked for (``OptionTable.priced``: the model's KL per unit of stream error, or each
+block's own; by default the table's own). ``search`` assembles each (refit by
 ``--repair ls``, units removed), measures its decode time against the dense model
 (interleaved, batch 1, cached) and its next-token KL to the dense model on held-back batches,
-and keeps the one of least KL among those whose time saving honours the budget, judged as its
-predicted saving times the round's median measured ÷ predicted (one candidate's timing alone is
-noisier than the candidates' differences). When none does, the predicted savings are scaled by
-that median and the program re-solved: the report lists every round.
+and keeps the measured best among those whose measured speed-up honours the latency budget.
+When none does, the predicted savings are scaled by what was measured (measured ÷ predicted)
+and the program re-solved: the report lists every round.
 """
 
 from __future__ import annotations
@@ -173,8 +172,8 @@ def solve_plans(
 
 
 def portfolio(table: OptionTable) -> tuple[str, ...]:
-    """Every pricing, the table's own first: the search's candidates come from each in turn,
-    and the held-back measurement chooses between them."""
+    """Every pricing, the table's own first (``search(..., pricings=portfolio(table))``):
+    the candidates come from each in turn and the held-back measurement chooses."""
     return (table.pricing, *(p for p in PRICINGS if p != table.pricing))
 
 
@@ -293,7 +292,6 @@ def measure(model, plan: Plan, calib: CalibData, ref: Reference, runtime: Runtim
 
 
 TIMED = {"latency": ("saved", "predicted"), "prefill": ("prefill_saved", "prefill_predicted")}
-JUDGED = {"latency": "judged", "prefill": "prefill_judged"}
 
 
 def _timed(budgets: Budgets) -> dict[str, float]:
@@ -334,10 +332,11 @@ def search(
     pricings: tuple[str, ...] | None = None,
 ) -> tuple[Plan, list[dict]]:
     """The measured best joint plan under ``budgets`` and the report of every round (its
-    candidates timed by ``runtime``; drawn in turn from each of ``pricings``, by default
-    ``portfolio(table)``)."""
+    candidates timed by ``runtime``; drawn in turn from each of ``pricings``, by default the
+    table's own only: ``portfolio(table)`` gives both, but the held-back KL that chooses between
+    them ranked a per-block candidate first whose held-out KL was 1.8× its held-back one)."""
     ref = reference(model, heldout) if ref is None else ref
-    pricings = pricings or portfolio(table)
+    pricings = pricings or (table.pricing,)
     scales, report = dict.fromkeys(TIMED, 1.0), list[dict]()
     best: tuple[Plan, dict] | None = None
     for r in range(rounds):
@@ -350,13 +349,12 @@ def search(
         found = [(p, measure(model, p, calib, ref, runtime)) for p in plans]
         row = {"round": r, "scale": scales["latency"]}
         row |= {"prefill_scale": scales["prefill"]} if budgets.prefill is not None else {}
-        judged = _judged(found, budgets)
         report.append(row | {"candidates": [_row(p, m) for p, m in found]})
-        ok = [pm for pm, j in zip(found, judged) if _honours_all(j, budgets)]
+        ok = [(p, m) for p, m in found if _honours_all(m, budgets)]
         if ok:
             best = min(ok, key=lambda pm: pm[1]["kl"])
             break
-        best = min(zip(found, judged), key=lambda fj: _miss(fj[1], budgets))[0]
+        best = min(found, key=lambda pm: _miss(pm[1], budgets))
         if not _timed(budgets):
             break
         for name in _timed(budgets):
@@ -366,23 +364,6 @@ def search(
     plan, measured = best
     plan.run["search"] |= {"measured": measured, "rounds": report, "runtime": runtime.name}
     return plan, report
-
-
-def _judged(found: list, budgets: Budgets) -> list[dict[str, float]]:
-    """Each candidate's time savings as the search judges them: its predicted saving times the
-    round's median measured ÷ predicted (``_correction``), also written into its measurement
-    (``judged``, ``prefill_judged``). The candidates of a round are solved for the same budget
-    and their predicted savings differ by a few per cent, less than the noise of one timing on
-    a busy machine: judged by its own timing alone, a candidate would pass or fail the budget
-    by chance, and the plan of least KL lose to a worse one that happened to time faster."""
-    out: list[dict[str, float]] = [{} for _ in found]
-    for name in _timed(budgets):
-        saved, predicted = TIMED[name]
-        factor = _correction(found, saved, predicted)
-        for (_, m), j in zip(found, out):
-            j[saved] = m[predicted] * factor
-            m[JUDGED[name]] = j[saved]
-    return out
 
 
 def _row(plan: Plan, measured: dict) -> dict:
