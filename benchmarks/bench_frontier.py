@@ -127,12 +127,12 @@ def singles(model, calib, ids, budget: float, wanted: str, bos_id) -> tuple[dict
     return rows, models
 
 
-CANDIDATE = ("pricing", "kl", "ppl", "saved", "predicted", "judged")
+CANDIDATE = ("pricing", "kl", "ppl", "saved", "predicted")
 
 
 def candidate(round_: int, row: dict) -> dict:
     """One re-measured candidate of the search's report: its round, pricing, held-back KL and
-    perplexity, measured / predicted / judged decode time saved, and what it chose."""
+    perplexity, measured / predicted decode time saved, and what it chose."""
     return {"round": round_} | {k: row[k] for k in CANDIDATE} | {"chose": summary(row["options"])}
 
 

@@ -370,6 +370,28 @@ def test_search_corrects_the_prediction_by_what_it_measures(tiny_table, monkeypa
     assert isinstance(plan, Plan) and plan.run["config"]["repair"] == "ls"
 
 
+def test_the_frontier_benchmark_records_every_candidate_of_the_report(tiny_table, monkeypatch):
+    """``bench_frontier.candidate`` reads the search's report rows: every round's candidates,
+    with their round, pricing, held-back scores and time savings."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_frontier
+
+    model, table = tiny_table
+    calib = tiny_calib(n=16, length=32)
+
+    def fake(model, plan, calib, ref, runtime):
+        predicted = plan.run["latency"]["removed"] / plan.run["latency"]["total"]
+        return {"kl": predicted, "ppl": 2.0, "saved": predicted / 2, "predicted": predicted}
+
+    monkeypatch.setattr(joint, "measure", fake)
+    _, rounds = joint.search(model, table, Budgets(latency=0.2), calib, calib, k=2, ref=[])
+    rows = [bench_frontier.candidate(r["round"], c) for r in rounds for c in r["candidates"]]
+    assert [(r["round"], r["pricing"]) for r in rows] == [(0, "model")] * 2 + [(1, "model")] * 2
+    for row, c in zip(rows, [c for r in rounds for c in r["candidates"]]):
+        assert row["saved"] == c["predicted"] / 2 and row["kl"] == c["predicted"]
+        assert row["chose"] == bench_frontier.summary(c["options"])
+
+
 def test_units_auto_prunes_through_the_joint_search():
     import depthcut as dc
 

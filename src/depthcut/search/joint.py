@@ -157,7 +157,9 @@ def solve_plans(
     plans: list[Plan] = []
     seen: set[tuple[int, ...]] = set()
     for priced, sol in (pair for turn in zip_longest(*ranked) for pair in turn if pair):
-        if len(plans) == k or tuple(sol.choice) in seen:
+        if len(plans) == k:
+            break
+        if tuple(sol.choice) in seen:
             continue
         seen.add(tuple(sol.choice))
         chosen = [options[g[c]] for g, c in zip(groups, sol.choice)]
@@ -336,7 +338,6 @@ def search(
     table's own only: ``portfolio(table)`` gives both, but the held-back KL that chooses between
     them ranked a per-block candidate first whose held-out KL was 1.8× its held-back one)."""
     ref = reference(model, heldout) if ref is None else ref
-    pricings = pricings or (table.pricing,)
     scales, report = dict.fromkeys(TIMED, 1.0), list[dict]()
     best: tuple[Plan, dict] | None = None
     for r in range(rounds):
