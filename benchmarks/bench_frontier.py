@@ -354,6 +354,9 @@ def main() -> None:
     parser.add_argument(
         "--single", default=SINGLE, help="single-family methods (bench_quality name prefixes)"
     )
+    parser.add_argument(
+        "--runs", type=int, default=1, help="longest run of removed blocks priced as one option"
+    )
     add_search_args(parser)
     args = parser.parse_args()
     name = args.name or f"frontier_{args.model.split('-')[0]}"
@@ -368,7 +371,8 @@ def main() -> None:
     calib, heldback = split(dc.calibration(tok, "wiki", n_samples=16, seq_len=256, bos=bos), 12)
     ids = evaluation_tokens(tok, "wiki", 512 * 8)
     started = time.perf_counter()
-    options = searched(build_table(model, calib, progress=False), args)
+    table = build_table(model, calib, progress=False, longest_run=args.runs)
+    options = searched(table, args)
     built = time.perf_counter() - started
     print(
         f"option table: {built:.0f} s, "

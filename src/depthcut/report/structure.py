@@ -94,6 +94,7 @@ def joint_structure(plan: Plan) -> dict | None:
         parts = {"attention": 1.0, "mlp": 1.0}
         marks = {"attention": "·", "mlp": "·"}
         for part in name.split(" + "):
+            part = "block" if part.startswith("run of ") else part  # a block of a folded run
             if part in ("block", "attention", "mlp"):
                 for row in ("attention", "mlp") if part == "block" else (part,):
                     parts[row], marks[row] = 0.0, "x"

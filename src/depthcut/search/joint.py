@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from scipy.optimize import LinearConstraint
 from torch import nn
 
 from depthcut.config import AUTO, PruneConfig
@@ -47,14 +48,49 @@ DIFFER = 3  # blocks in which each re-measured candidate differs from the better
 
 
 def flat_options(table: OptionTable) -> tuple[list[Option], list[list[int]]]:
-    """Every option of every block in one list, and each block's indices into it."""
+    """Every option of every block in one list (with the block's places in the runs the
+    table priced), and each block's indices into it."""
     options: list[Option] = []
     groups: list[list[int]] = []
     for i in range(len(table.blocks)):
-        here = table.options(i)
+        here = table.options(i) + table.runs(i)
         groups.append(list(range(len(options), len(options) + len(here))))
         options += here
     return options, groups
+
+
+def run_rows(options: list[Option], groups: list[list[int]]) -> list[LinearConstraint]:
+    """The rows that make runs whole and exact: every block of a run is chosen with its first
+    one, and no removed block or run ends right before another begins (``--repair ls``
+    would fold the two as one longer run, which the table did not price). None without runs."""
+    index = {o: n for n, o in enumerate(options)}
+    firsts = {o.run: index[o] for o in options if o.run is not None and o.block == o.run[0]}
+    if not firsts:
+        return []
+    rows = []
+    for o in options:
+        if o.run is not None and o.block != o.run[0]:
+            rows.append(({index[o]: 1.0, firsts[o.run]: -1.0}, 0.0, 0.0))
+    for i in range(len(groups) - 1):
+        ends = [n for n in groups[i] if _ends_removal(options[n])]
+        starts = [n for n in groups[i + 1] if _starts_removal(options[n])]
+        rows.append(({n: 1.0 for n in ends + starts}, -np.inf, 1.0))
+    return [_sparse_row(coefficients, low, high, len(options)) for coefficients, low, high in rows]
+
+
+def _ends_removal(o: Option) -> bool:
+    return o.removes_block and (o.run is None or o.block == sum(o.run) - 1)
+
+
+def _starts_removal(o: Option) -> bool:
+    return o.removes_block and (o.run is None or o.block == o.run[0])
+
+
+def _sparse_row(coefficients: dict[int, float], low: float, high: float, n: int):
+    a = np.zeros((1, n))
+    for k, v in coefficients.items():
+        a[0, k] = v
+    return LinearConstraint(a, low, high)
 
 
 def limits(
@@ -127,6 +163,8 @@ def assemble(table: OptionTable, chosen: list[Option], budgets: Budgets) -> Plan
         },
         "latency": {"target": (budgets.latency or 0.0) * total, "removed": saved, "total": total},
     }
+    if table.left_out():
+        run["search"]["left_out"] = table.left_out()
     if budgets.prefill is not None:
         total, context = table.prefill["total"], table.prefill["context"]
         saved = sum(_prefill_saved(table, o) for o in chosen)
@@ -153,7 +191,8 @@ def solve_plans(
     for pricing in pricings or (table.pricing,):
         priced = table.priced(pricing)
         quality = np.array([priced.quality(o) for o in options])
-        ranked.append([(priced, sol) for sol in best_k(quality, groups, rows, k, differ)])
+        found = best_k(quality, groups, rows, k, differ, run_rows(options, groups))
+        ranked.append([(priced, sol) for sol in found])
     plans: list[Plan] = []
     seen: set[tuple[int, ...]] = set()
     for priced, sol in (pair for turn in zip_longest(*ranked) for pair in turn if pair):

@@ -26,10 +26,12 @@ from depthcut.methods.base import describe
 from depthcut.methods.width.layers import WidthLayer, width_layers
 from depthcut.methods.width.repaired import GramHooks
 from depthcut.planning.plan import Action
+from depthcut.refit.ls import writes_through_one_linear
 from depthcut.search.cost import kv_bytes, option_seconds
 from depthcut.search.options import Option, block_options, levels
 from depthcut.search.probe import Probe
 from depthcut.search.quality import DepthHooks, width_levels
+from depthcut.search.runs import RunHooks, _Start
 from depthcut.search.runtime import TORCH, Runtime, runtime_name
 from depthcut.units.discover import discover_units
 
@@ -63,8 +65,40 @@ class OptionTable:
         b = self.blocks[i]
         kept = (_kept_levels(b["attention"]), _kept_levels(b["mlp"]))
         found = block_options(i, b["attention"]["size"], b["mlp"]["size"], kept)
+        found = [o for o in found if not _refused(b, o)]
         first, last = self.protect
         return found[:1] if i < first or i >= len(self.blocks) - last else found
+
+    def left_out(self) -> list[str]:
+        """One line per kind of removal the table leaves out, with its blocks and why."""
+        found: dict[str, list[int]] = {}
+        for i, b in enumerate(self.blocks):
+            for removal in b.get("refused", {}):
+                found.setdefault(removal, []).append(i)
+        return [
+            f"{removal} removal left out in blocks {', '.join(map(str, blocks))}: the sublayer "
+            "before it writes into the residual stream through a norm, which --repair ls "
+            "cannot fold into"
+            for removal, blocks in found.items()
+        ]
+
+    def runs(self, i: int) -> list[Option]:
+        """Block i's place in every run of blocks the table priced that covers it and no
+        protected block (a run's first block carries its cost)."""
+        first, last = self.protect
+        size = self.blocks[i]
+        out = []
+        for start in range(max(first, i - max(self.longest_run - 1, 0)), i + 1):
+            for length in self.blocks[start].get("runs", {}):
+                end = start + length - 1
+                if end >= i and end < len(self.blocks) - last:
+                    kv, mlp = size["attention"]["size"], size["mlp"]["size"]
+                    out.append(Option(i, 0, 0, kv, mlp, run=(start, length)))
+        return out
+
+    @cached_property
+    def longest_run(self) -> int:
+        return max((n for b in self.blocks for n in b.get("runs", {})), default=1)
 
     def quality(self, o: Option) -> float:
         """The option's cost: the probe's KL where the table has it, else its stream error.
@@ -75,6 +109,9 @@ class OptionTable:
         protected ones), under ``"block"`` its own removal's (KL ÷ error); never more than its
         removal."""
         b = self.blocks[o.block]
+        if o.run is not None:
+            start, length = o.run
+            return self.blocks[start]["runs"][length]["kl"] if o.block == start else 0.0
         if "kl" not in b:
             return self.stream_error(o)
         if o.removes_block:
@@ -114,6 +151,9 @@ class OptionTable:
     def stream_error(self, o: Option) -> float:
         """The error the option adds to the residual stream, after its repair."""
         b = self.blocks[o.block]
+        if o.run is not None:
+            start, length = o.run
+            return self.blocks[start]["runs"][length]["error"] if o.block == start else 0.0
         if o.removes_block:
             return b["block"]["error"]
         return _level(b["attention"], o.attention)["error"] + _level(b["mlp"], o.mlp)["error"]
@@ -192,6 +232,14 @@ class OptionTable:
         return cls(data["model"], blocks, latency, data.get("cost", {}), data["version"])
 
 
+def _refused(block: dict, o: Option) -> bool:
+    """Whether the option removes something the repair cannot fold (``refused`` removals)."""
+    refused = block.get("refused", {})
+    if o.removes_block:
+        return "block" in refused
+    return any(getattr(o, sub) == 0 and sub in refused for sub in SUBLAYERS)
+
+
 def _seconds(latency: dict, o: Option) -> float:
     ratios = latency["ratios"]
     a = ratios["attention"][_key(ratios["attention"], o.attention)]
@@ -247,6 +295,8 @@ def _int_keys(block: dict) -> dict:
         info = dict(block[sub])
         info["levels"] = {int(k): v for k, v in info["levels"].items()}
         out[sub] = info
+    if "runs" in block:
+        out["runs"] = {int(k): v for k, v in block["runs"].items()}
     return out
 
 
@@ -258,13 +308,15 @@ def build_table(
     probe: int = PROBE_BATCHES,
     runtime: Runtime = TORCH,
     probed: OptionTable | None = None,
+    longest_run: int = 1,
 ) -> OptionTable:
     """Score every option of every block of ``model`` on ``calib`` and measure its costs
     (``latency``: a table measured before, to reuse; ``probe``: calibration batches the
     removals' KL is measured on, 0 for stream errors alone; ``runtime``: where the times are
     measured; ``probed``: a table of the same model, calibration and ``probe`` whose probe's
     KLs to reuse instead of probing again: they do not depend on the levels, and every
-    removal's stream error is checked against it)."""
+    removal's stream error is checked against it; ``longest_run``: also price removing 2 …
+    that many consecutive blocks as one folded run, ``search.runs``; it needs the probe)."""
     started = time.perf_counter()
     model.eval()
     structure = discover_structure(model)
@@ -272,10 +324,13 @@ def build_table(
     if probed is not None:
         _check_donor(probed, info)
     widths = sublayer_widths(model, structure)
-    blocks, walk = _quality(model, structure, widths, calib, progress, probe, probed is None)
+    run_probe = probed is None
+    walk_args = (model, structure, widths, calib, progress, probe, run_probe, longest_run)
+    blocks, walk = _quality(*walk_args)
     if probed is not None:
         _reuse_probe(blocks, probed)
     _add_sizes(model, structure, widths, blocks)
+    _add_refusals(structure, blocks)
     if latency is None:
         latency = measured_latency(model, structure, widths, runtime)
     cost = {"forward_equivalents": walk, "seconds": time.perf_counter() - started}
@@ -307,41 +362,63 @@ def measured_latency(
 
 
 @torch.no_grad()
-def _quality(model, structure, widths, calib, progress: bool, probe: int, run_probe: bool):
+def _quality(
+    model, structure, widths, calib, progress: bool, probe: int, run_probe: bool, longest: int
+):
     """Per block: every level's quality cost and removed units, and (``run_probe``) the
-    probe's KLs (one rolling walk, plus the probe's runs; the probed batches are kept out of
-    the folds' fits either way)."""
+    probe's KLs, with those of the runs of up to ``longest`` blocks that start there (one
+    rolling walk, plus the probe's runs; the probed batches are kept out of the folds' fits
+    either way)."""
     modules = dict(model.named_modules())
     cache = RollingCache(model, structure, calib, progress)
     probed = range(probe if len(cache.batches) > probe else 0)  # others fit the folds
     prober = Probe(model, structure, cache, probed) if probed and run_probe else None
+    runs = RunHooks(model, structure, longest, probed) if prober and longest > 1 else None
     previous, full, blocks = None, None, []
     for i in tqdm(range(cache.num_blocks), desc="options", disable=not progress):
         layers = [widths["attention"][i], widths["mlp"][i]]
         grams = GramHooks(layers, cache.blocks, modules)
         depth = DepthHooks(model, structure, i, previous, probed)
         if prober:
-            prober.hold(i)
+            prober.hold(i, longest)
+        if runs:
+            runs.begin(i, previous, full if previous else None)
         try:
-            cache.advance(i, before=_masking(cache, grams, depth))
+            cache.advance(i, before=_masking(cache, grams, depth, runs))
         finally:
             grams.remove()
             depth.remove()
+            done = runs.end(i) if runs else []
         blocks.append(_block_entry(modules, layers, grams.grams, depth))
         if prober:
             blocks[-1]["kl"] = prober.measure(i, depth, full if previous else None)
+            _add_runs(prober, blocks, done, i)
         previous = depth.written if all(w is not None for w in depth.written) else None
         full = depth.full
     return blocks, cache.forward_equivalents
 
 
-def _masking(cache: RollingCache, grams: GramHooks, depth: DepthHooks):
-    """The ``before(b)`` of a walk step: both hook sets learn batch b's real tokens."""
+def _add_runs(prober: Probe, blocks: list[dict], done: list[tuple[_Start, int]], end: int):
+    """The probed KL and stream error of each run that ends at block ``end``, at its start."""
+    for start, length in done:
+        found = start.transform(length)
+        if found is None:
+            continue
+        t, error = found
+        kl = prober.measure_run(start.block, end, t, start.full)
+        entry = {"kl": kl, "error": error, "folded": t is not None}
+        blocks[start.block].setdefault("runs", {})[length] = entry
+
+
+def _masking(cache: RollingCache, grams: GramHooks, depth: DepthHooks, runs: RunHooks | None):
+    """The ``before(b)`` of a walk step: every hook set learns batch b's real tokens."""
 
     def before(b: int) -> None:
         mask = cache.masks(b).bool()
         grams.state.update(mask=mask)
         depth.state = {"mask": mask, "batch": b}
+        if runs:
+            runs.state = depth.state
 
     return before
 
@@ -372,6 +449,25 @@ def _add_sizes(model, structure: ModelStructure, widths: dict, blocks: list[dict
         entry["attention"]["bytes_per_unit"] = kv_bytes(1, widths["attention"][i].head_dim, dtype)
 
 
+def _add_refusals(structure: ModelStructure, blocks: list[dict]) -> None:
+    """``refused``: {removal: why} for each removal of a block that ``--repair ls`` cannot
+    fold, because the sublayer before it writes into the residual stream through a norm
+    (Gemma3's post-norms); the table leaves those options out. A removal with nothing before
+    it (the first block's attention) is left unrepaired by the repair, not refused."""
+    for i, entry in enumerate(blocks):
+        writers = {"attention": (i - 1, "mlp"), "mlp": (i, "attention"), "block": (i - 1, "mlp")}
+        refused = {}
+        for removal, (block, kind) in writers.items():
+            sub = structure.blocks[block].sublayer(kind) if block >= 0 else None
+            if block >= 0 and not writes_through_one_linear(sub):
+                refused[removal] = (
+                    f"{kind}:{block} writes into the residual stream through a norm: "
+                    f"--repair ls cannot fold the removal of {removal}:{i} into it"
+                )
+        if refused:
+            entry["refused"] = refused
+
+
 def _check_donor(donor: OptionTable, model_info: dict) -> None:
     """Refuse, before the walk, a table to reuse the probe's KLs of that was made for another
     model or has no KL for some block."""
@@ -391,6 +487,8 @@ def _reuse_probe(blocks: list[dict], donor: OptionTable, rel: float = 1e-6) -> N
                     f"error {theirs:.6g}, here {ours:.6g}): build the table with the probe"
                 )
         b["kl"] = dict(d["kl"])
+        if "runs" in d:
+            b["runs"] = dict(d["runs"])
 
 
 def _removal_errors(ours: dict, theirs: dict):

@@ -4,8 +4,9 @@ A block keeps or loses its attention and its MLP independently, and a kept subla
 be narrowed: the attention to fewer KV groups (each with the query heads that share it), the
 MLP to 7/8, 3/4, … or 1/8 of its neurons (a sublayer with fewer units takes the distinct
 eighths it has). An option is one such pair of levels, counted in the units kept (0: the
-sublayer is removed; both 0: the whole block goes). The search picks exactly one option per
-block.
+sublayer is removed; both 0: the whole block goes). A removed block can also go as part of a
+run of consecutive removed blocks priced as one (``search.runs``). The search picks exactly one
+option per block.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ class Option:
     mlp: int
     kv_size: int
     mlp_size: int
+    run: tuple[int, int] | None = None  # (first block, length): the block goes in that run
+
+    def __post_init__(self) -> None:
+        if self.run is not None and not self.removes_block:
+            raise ValueError(f"{self}: a block in a run of removed blocks keeps nothing")
 
     @property
     def is_keep(self) -> bool:
@@ -36,8 +42,11 @@ class Option:
 
     @property
     def name(self) -> str:
-        """``keep``, ``block``, ``attention``, ``mlp``, ``kv 1/3``, ``mlp 1/2``, or both parts
-        joined by ``+`` (``kv 2/3 + mlp 3/4``)."""
+        """``keep``, ``block``, ``attention``, ``mlp``, ``kv 1/3``, ``mlp 1/2``, both parts
+        joined by ``+`` (``kv 2/3 + mlp 3/4``), or ``run of 3`` (the block goes in a run of
+        three removed blocks, folded as one)."""
+        if self.run is not None:
+            return f"run of {self.run[1]}"
         if self.is_keep:
             return "keep"
         if self.removes_block:

@@ -39,6 +39,7 @@ class Probe:
         self.units = {u.id: u for u in units}
         self.ref = {b: F.log_probs(self._dense_logits(model, b))[:, ::STRIDE] for b in self.batches}
         self.inputs: dict[int, torch.Tensor] = {}
+        self.held: dict[int, dict[int, torch.Tensor]] = {}  # block → its probed inputs
 
     @torch.no_grad()
     def _dense_logits(self, model: nn.Module, b: int) -> torch.Tensor:
@@ -46,9 +47,11 @@ class Probe:
         self.cache.tail_runs += 1
         return model(**self.cache.batches[b], use_cache=False).logits
 
-    def hold(self, i: int) -> None:
-        """Keep block i's inputs of the probed batches (call before the walk advances)."""
+    def hold(self, i: int, runs: int = 1) -> None:
+        """Keep block i's inputs of the probed batches (call before the walk advances), and
+        those of the ``runs`` − 1 blocks before it (the starts of runs still open)."""
         self.inputs = {b: self.cache.inputs[i][b] for b in self.batches}
+        self.held = {s: h for s, h in self.held.items() if i - s < runs} | {i: self.inputs}
 
     @torch.no_grad()
     def measure(self, i: int, depth: DepthHooks, previous: dict | None) -> dict[str, float]:
@@ -66,6 +69,22 @@ class Probe:
                 total, count = total + s, count + n
             out[kind] = total / max(count, 1)
         return out
+
+    @torch.no_grad()
+    def measure_run(self, start: int, end: int, t: torch.Tensor | None, full: dict) -> float:
+        """Mean KL per real token (every STRIDE-th) of removing blocks ``start`` … ``end``
+        together, their fold ``t`` (None: no fold) in the writer before them, whose whole
+        outputs on the probed batches are ``full``."""
+        total, count = 0.0, 0
+        for b in self.batches:
+            hidden = self.held[start][b]
+            if t is not None:
+                hidden = hidden + _moved(full[b]["mlp.writer"], t)
+            hidden = self.cache.run_from(end + 1, b, hidden=hidden)
+            kl = F.token_kl(self.ref[b], self._logits(hidden[:, ::STRIDE]))
+            s, n = F.masked_sum(kl, self.cache.masks(b)[:, ::STRIDE].bool())
+            total, count = total + s, count + n
+        return total / max(count, 1)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.cache.logits(hidden)

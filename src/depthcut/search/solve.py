@@ -93,11 +93,12 @@ def best_k(
     limits: list[Limit],
     k: int = 3,
     differ: int = 1,
+    rows: list[LinearConstraint] | None = None,
 ) -> list[Solution]:
     """The ``k`` cheapest feasible choices, each differing from every earlier one in at least
     ``differ`` blocks, cheapest first (fewer when fewer exist); raises ``BudgetError`` naming
-    the binding budget when none is feasible."""
-    constraints = _constraints(groups, limits, len(quality))
+    the binding budget when none is feasible (``rows``: more constraints, the runs')."""
+    constraints = _constraints(groups, limits, len(quality)) + list(rows or ())
     out: list[Solution] = []
     for _ in range(k):
         started = time.perf_counter()

@@ -1,0 +1,110 @@
+"""Which held-back text ranks the joint search's candidates as held-out text does?
+
+The search re-measures its top-k plans on held-back calibration windows and keeps the one of
+least KL. By default those are the calibration's last quarter: consecutive windows of the same
+articles the repairs are fitted on. This benchmark builds one option table (SmolLM2-135M, the
+first 12 of 16 calibration windows, as ``bench_frontier.py``), solves ``--k`` candidates per
+latency budget from both pricings, refits each, and measures its KL on
+
+* ``near``: the calibration's last 4 windows (what the search uses today),
+* ``far``: 4 windows, one from each of 4 other calibration articles (from the end of the
+  calibration split, far from the fitted text),
+* ``far16``: 16 such windows,
+* ``heldout``: held-out perplexity and KL on 8 × 512 tokens of the evaluation articles.
+
+It reports, per held-back set, Spearman's ρ between its KL and the held-out KL over all
+candidates, and per budget whether the candidate it would keep is the held-out best.
+
+    python benchmarks/bench_heldback.py --budgets 0.1,0.2,0.3 --k 6
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from scipy.stats import spearmanr
+
+import depthcut as dc
+from bench_frontier import split, summary
+from bench_joint_large import add_search_args, searched
+from bench_quality import held_out
+from depthcut.data import CalibData, evaluation_tokens, pack_tokens, split_source
+from depthcut.search.budgets import Budgets
+from depthcut.search.joint import held_back_scores, portfolio, realise, reference, solve_plans
+from depthcut.search.library import build_table
+from results_file import write
+
+SETS = ("near", "far", "far16")
+
+
+def far_windows(tok, n: int, seq_len: int, bos_id: int | None) -> CalibData:
+    """``n`` windows of ``seq_len`` tokens, each the start of another calibration article,
+    taken from the end of the calibration split (the fitted windows are its start)."""
+    ids: list[int] = []
+    body = seq_len - (bos_id is not None)
+    for article in reversed(split_source("wiki", "calibration")):
+        tokens = tok(article + "\n\n", add_special_tokens=False)["input_ids"]
+        if len(tokens) >= body:
+            ids += tokens[:body]
+        if len(ids) >= n * body:
+            break
+    return pack_tokens(ids, n, seq_len, 4, bos_id)
+
+
+def candidates(model, table, calib, refs, ids, budget: float, k: int, bos_id) -> list[dict]:
+    rows = []
+    for plan in solve_plans(table, Budgets(latency=budget), k=k, pricings=portfolio(table)):
+        pruned = realise(model, plan, calib)
+        row = {"pricing": plan.run["search"]["pricing"]}
+        row["chose"] = summary(plan.run["search"]["options"])
+        row["predicted"] = plan.run["latency"]["removed"] / plan.run["latency"]["total"]
+        for name, ref in refs.items():
+            row[name] = held_back_scores(pruned, ref)[0]
+        row["ppl"], row["kl"] = held_out(pruned, model, ids, bos_id)
+        rows.append(row)
+        print(f"latency {budget}: " + ", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+    return rows
+
+
+def verdicts(points: dict[str, list[dict]]) -> dict:
+    """Per held-back set: ρ with the held-out KL over every candidate, and per budget the
+    held-out KL of the candidate it keeps beside the best held-out KL."""
+    rows = [r for p in points.values() for r in p]
+    out: dict = {}
+    for name in SETS:
+        rho = float(spearmanr([r[name] for r in rows], [r["kl"] for r in rows]).statistic)
+        kept = {b: min(p, key=lambda r: r[name])["kl"] for b, p in points.items()}
+        out[name] = {"spearman": rho, "kept_kl": kept}
+    out["best_kl"] = {b: min(r["kl"] for r in p) for b, p in points.items()}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--budgets", default="0.1,0.2,0.3")
+    parser.add_argument("--k", type=int, default=6)
+    add_search_args(parser)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    model, tok = dc.load_model(args.model)
+    bos_id = tok.bos_token_id if args.model.startswith("gemma") else None
+    windows = dc.calibration(tok, "wiki", n_samples=16, seq_len=256, bos=bos_id is not None)
+    calib, near = split(windows, 12)
+    sets = {"near": near, "far": far_windows(tok, 4, 256, bos_id)}
+    sets["far16"] = far_windows(tok, 16, 256, bos_id)
+    refs = {name: reference(model, data) for name, data in sets.items()}
+    ids = evaluation_tokens(tok, "wiki", 512 * 8)
+    table = searched(build_table(model, calib, progress=False), args)
+    points = {
+        b: candidates(model, table, calib, refs, ids, float(b), args.k, bos_id)
+        for b in args.budgets.split(",")
+    }
+    found = verdicts(points)
+    print(found, flush=True)
+    write(f"heldback_{args.model.split('-')[0]}", {"points": points, "verdicts": found})
+
+
+if __name__ == "__main__":
+    main()
