@@ -585,3 +585,34 @@ def test_a_correction_that_leaves_no_feasible_plan_keeps_the_closest_measured(
     assert joint._correction([(None, {"saved": -0.01, "predicted": 0.2})]) == joint.MIN_CORRECTION
     plan, rounds = joint.search(model, table, Budgets(latency=0.2), calib, calib, k=2, ref=[])
     assert len(rounds) == 1 and plan.run["search"]["measured"]["saved"] == -0.01
+
+
+def test_search_reprices_narrower_levels_by_what_the_candidates_measured(tiny_table, monkeypatch):
+    """Candidates measure their removals' predicted cost plus 6 × their narrower levels':
+    round 1 solves with narrower levels priced 6 × (the factor in its report row), measures
+    only plans not measured before, and the plan kept is the least measured KL of every
+    round's candidates that honour the budget."""
+    model, table = tiny_table
+    calib = tiny_calib(n=16, length=32)
+
+    def fake(model, plan, calib, ref, runtime):
+        s = plan.run["search"]
+        narrowed = s["predicted_narrowed"] / s["narrowing"]
+        kl = s["predicted_cost"] - s["predicted_narrowed"] + 6.0 * narrowed
+        saved = plan.run["latency"]["removed"] / plan.run["latency"]["total"]
+        return {"kl": kl, "saved": saved, "predicted": saved}
+
+    monkeypatch.setattr(joint, "measure", fake)
+    plan, rounds = joint.search(model, table, Budgets(params=0.3), calib, calib, k=3, ref=[])
+    assert [r["narrowing"] for r in rounds] == [1.0, pytest.approx(6.0)]
+    first = [c["options"] for c in rounds[0]["candidates"]]
+    assert all(c["options"] not in first for c in rounds[1]["candidates"])
+    every = [c for r in rounds for c in r["candidates"]]
+    assert plan.run["search"]["measured"]["kl"] == min(c["kl"] for c in every)
+    repriced = joint.solve_plans(table.repriced(6.0), Budgets(params=0.3), k=1)[0]
+    assert plan.run["search"]["options"] == repriced.run["search"]["options"]
+    assert plan.run["search"]["options"] not in first  # the repricing found a better plan
+    _, once = joint.search(
+        model, table, Budgets(params=0.3), calib, calib, k=3, ref=[], reprice=False
+    )
+    assert len(once) == 1

@@ -160,6 +160,8 @@ def assemble(table: OptionTable, chosen: list[Option], budgets: Budgets) -> Plan
             "budgets": budgets.given() | {"count": budgets.count, "mode": budgets.mode},
             "options": [o.name for o in chosen],
             "predicted_cost": sum(map(table.quality, chosen)),
+            "predicted_narrowed": sum(map(table.narrowed_cost, chosen)),
+            "narrowing": table.narrowing,
         },
         "latency": {"target": (budgets.latency or 0.0) * total, "removed": saved, "total": total},
     }
@@ -371,39 +373,68 @@ def search(
     ref: Reference | None = None,
     runtime: Runtime = TORCH,
     pricings: tuple[str, ...] | None = None,
+    reprice: bool = True,
 ) -> tuple[Plan, list[dict]]:
     """The measured best joint plan under ``budgets`` and the report of every round (its
     candidates timed by ``runtime``; drawn in turn from each of ``pricings``, by default the
     table's own only: ``portfolio(table)`` gives both, but the held-back KL that chooses between
-    them ranked a per-block candidate first whose held-out KL was 1.8× its held-back one)."""
+    them ranked a per-block candidate first whose held-out KL was 1.8× its held-back one).
+
+    ``reprice``: after the first round, the narrower levels' costs are scaled by what the
+    candidates measured (``_narrowing``) and the program solved again; the best measured
+    candidate of every round that honours the budgets is kept."""
     ref = reference(model, heldout) if ref is None else ref
     scales, report = dict.fromkeys(TIMED, 1.0), list[dict]()
-    best: tuple[Plan, dict] | None = None
+    measured: list[tuple[Plan, dict]] = []
     for r in range(rounds):
         try:
             plans = solve_plans(table, budgets, k, scales["latency"], scales["prefill"], pricings)
         except BudgetError:
-            if best is None:
+            if not measured:
                 raise
             break  # corrected savings no longer reach the budget: keep the closest measured
+        seen = [p.run["search"]["options"] for p, _ in measured]
+        plans = [p for p in plans if p.run["search"]["options"] not in seen]
         found = [(p, measure(model, p, calib, ref, runtime)) for p in plans]
-        row = {"round": r, "scale": scales["latency"]}
+        measured += found
+        row = {"round": r, "scale": scales["latency"], "narrowing": table.narrowing}
         row |= {"prefill_scale": scales["prefill"]} if budgets.prefill is not None else {}
         report.append(row | {"candidates": [_row(p, m) for p, m in found]})
-        ok = [(p, m) for p, m in found if _honours_all(m, budgets)]
-        if ok:
-            best = min(ok, key=lambda pm: pm[1]["kl"])
+        ok = [(p, m) for p, m in measured if _honours_all(m, budgets)]
+        if reprice and r == 0 and (factor := _narrowing(found)) is not None:
+            table = table.repriced(factor)
+        elif ok or not _timed(budgets):
             break
-        best = min(found, key=lambda pm: _miss(pm[1], budgets))
-        if not _timed(budgets):
-            break
-        for name in _timed(budgets):
-            scales[name] *= _correction(found, *TIMED[name])
-    if best is None:
+        if not ok:
+            for name in _timed(budgets):
+                scales[name] *= _correction(found, *TIMED[name])
+    if not measured:
         raise ValueError("the joint search measured no plan")
-    plan, measured = best
-    plan.run["search"] |= {"measured": measured, "rounds": report, "runtime": runtime.name}
+    ok = [(p, m) for p, m in measured if _honours_all(m, budgets)]
+    plan, found_best = (
+        min(ok, key=lambda pm: pm[1]["kl"])
+        if ok
+        else min(measured, key=lambda pm: _miss(pm[1], budgets))
+    )
+    plan.run["search"] |= {"measured": found_best, "rounds": report, "runtime": runtime.name}
     return plan, report
+
+
+def _narrowing(found: list[tuple[Plan, dict]]) -> float | None:
+    """Measured ÷ predicted cost of the narrower levels: the median over the candidates that
+    narrow anything of (held-back KL − the predicted cost of their removals) ÷ the predicted
+    cost of their narrower levels (the removals' costs are measured KLs already), within
+    [MIN_CORRECTION, 1 / MIN_CORRECTION]; None when no candidate narrows anything."""
+    ratios = []
+    for plan, m in found:
+        predicted = plan.run["search"]
+        narrowed = predicted["predicted_narrowed"] / predicted["narrowing"]  # at scale 1
+        if narrowed > 0:
+            removed = predicted["predicted_cost"] - predicted["predicted_narrowed"]
+            ratios.append(max(m["kl"] - removed, 0.0) / narrowed)
+    if not ratios:
+        return None
+    return min(max(statistics.median(ratios), MIN_CORRECTION), 1 / MIN_CORRECTION)
 
 
 def _row(plan: Plan, measured: dict) -> dict:

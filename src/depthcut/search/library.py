@@ -55,6 +55,7 @@ class OptionTable:
     version: int = TABLE_VERSION
     pricing: str = "model"  # how narrower levels are priced; a choice of the solve, not saved
     protect: tuple[int, int] = (0, 0)  # blocks at each end that only keep (not saved either)
+    narrowing: float = 1.0  # measured ÷ predicted cost of narrower levels (``search``; not saved)
 
     def __post_init__(self) -> None:
         if self.pricing not in PRICINGS:
@@ -126,7 +127,15 @@ class OptionTable:
         if kept == 0 or removed <= 0:
             return kl
         rate = kl / removed if self.pricing == "block" else self._model_rates[sub]
-        return min(rate * info["levels"][kept]["error"], kl)
+        return min(self.narrowing * rate * info["levels"][kept]["error"], kl)
+
+    def narrowed_cost(self, o: Option) -> float:
+        """The part of ``quality(o)`` its narrower (not removed) sublayers cost."""
+        b = self.blocks[o.block]
+        if o.run is not None or o.removes_block or "kl" not in b:
+            return 0.0
+        parts = (("attention", o.attention), ("mlp", o.mlp))
+        return sum(self._priced(b, sub, kept) for sub, kept in parts if kept)
 
     @cached_property
     def _model_rates(self) -> dict[str, float]:
@@ -141,6 +150,11 @@ class OptionTable:
     def priced(self, pricing: str) -> OptionTable:
         """The same table with narrower levels priced by ``pricing`` (one of ``PRICINGS``)."""
         return replace(self, pricing=pricing)
+
+    def repriced(self, narrowing: float) -> OptionTable:
+        """The same table with narrower levels' costs times ``narrowing`` (never more than
+        their sublayer's removal)."""
+        return replace(self, narrowing=narrowing)
 
     def protected(self, first: int, last: int) -> OptionTable:
         """The same table offering only ``keep`` in its first ``first`` and last ``last``
