@@ -136,12 +136,21 @@ def candidate(round_: int, row: dict) -> dict:
     return {"round": round_} | {k: row[k] for k in CANDIDATE} | {"chose": summary(row["options"])}
 
 
-def frontier(model, table, calib, heldback, ids, budgets, bos_id, k, single, pricings) -> dict:
+def frontier(
+    model, table, calib, heldback, ids, budgets, bos_id, k, single, pricings, reprice=False
+) -> dict:
     out = {}
     for budget in budgets:
         started = time.perf_counter()
         plan, rounds = search(
-            model, table, Budgets(latency=budget), calib, heldback, k=k, pricings=pricings
+            model,
+            table,
+            Budgets(latency=budget),
+            calib,
+            heldback,
+            k=k,
+            pricings=pricings,
+            reprice=reprice,
         )
         seconds = time.perf_counter() - started
         pruned = realise(model, plan, calib)
@@ -166,6 +175,7 @@ def frontier(model, table, calib, heldback, ids, budgets, bos_id, k, single, pri
             "speed": speed,
             "seconds": seconds,
             "rounds": len(rounds),
+            "narrowing": [r.get("narrowing", 1.0) for r in rounds],
             "options": options,
             "pricing": plan.run["search"]["pricing"],
             "measured": plan.run["search"]["measured"],
@@ -357,6 +367,9 @@ def main() -> None:
     parser.add_argument(
         "--runs", type=int, default=1, help="longest run of removed blocks priced as one option"
     )
+    parser.add_argument(
+        "--reprice", action="store_true", help="narrower levels repriced after the first round"
+    )
     add_search_args(parser)
     args = parser.parse_args()
     name = args.name or f"frontier_{args.model.split('-')[0]}"
@@ -398,7 +411,17 @@ def main() -> None:
     budgets = [float(b) for b in args.budgets.split(",") if b]
     pricings = portfolio(options) if args.portfolio else None
     fields["frontier"] = frontier(
-        model, options, calib, heldback, ids, budgets, bos_id, args.k, args.single, pricings
+        model,
+        options,
+        calib,
+        heldback,
+        ids,
+        budgets,
+        bos_id,
+        args.k,
+        args.single,
+        pricings,
+        args.reprice,
     )
     write(name, fields)
 

@@ -129,6 +129,9 @@ TABLES: dict[str, Callable[[], str]] = {
     "vision": _from_bench("bench_vision", "table", "vision"),
     "sparse_kd": _from_bench("bench_sparse_kd", "doc_table", "sparse_kd"),
     "frontier": _from_bench("bench_frontier", "doc_table", "frontier_smollm2", "latency"),
+    "frontier_reprice": _from_bench(
+        "bench_frontier", "doc_table", "frontier_smollm2_reprice", "latency"
+    ),
     "frontier_portfolio": _from_bench(
         "bench_frontier", "doc_table", "frontier_smollm2_portfolio", "latency"
     ),

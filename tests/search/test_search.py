@@ -603,7 +603,9 @@ def test_search_reprices_narrower_levels_by_what_the_candidates_measured(tiny_ta
         return {"kl": kl, "saved": saved, "predicted": saved}
 
     monkeypatch.setattr(joint, "measure", fake)
-    plan, rounds = joint.search(model, table, Budgets(params=0.3), calib, calib, k=3, ref=[])
+    plan, rounds = joint.search(
+        model, table, Budgets(params=0.3), calib, calib, k=3, ref=[], reprice=True
+    )
     assert [r["narrowing"] for r in rounds] == [1.0, pytest.approx(6.0)]
     first = [c["options"] for c in rounds[0]["candidates"]]
     assert all(c["options"] not in first for c in rounds[1]["candidates"])
@@ -612,7 +614,5 @@ def test_search_reprices_narrower_levels_by_what_the_candidates_measured(tiny_ta
     repriced = joint.solve_plans(table.repriced(6.0), Budgets(params=0.3), k=1)[0]
     assert plan.run["search"]["options"] == repriced.run["search"]["options"]
     assert plan.run["search"]["options"] not in first  # the repricing found a better plan
-    _, once = joint.search(
-        model, table, Budgets(params=0.3), calib, calib, k=3, ref=[], reprice=False
-    )
-    assert len(once) == 1
+    _, once = joint.search(model, table, Budgets(params=0.3), calib, calib, k=3, ref=[])
+    assert len(once) == 1  # not the default
