@@ -165,8 +165,8 @@ def assemble(table: OptionTable, chosen: list[Option], budgets: Budgets) -> Plan
         },
         "latency": {"target": (budgets.latency or 0.0) * total, "removed": saved, "total": total},
     }
-    if table.left_out():
-        run["search"]["left_out"] = table.left_out()
+    if left_out := table.left_out():
+        run["search"]["left_out"] = left_out
     if budgets.prefill is not None:
         total, context = table.prefill["total"], table.prefill["context"]
         saved = sum(_prefill_saved(table, o) for o in chosen)
@@ -189,11 +189,12 @@ def solve_plans(
     options, groups = flat_options(table)
     differ = min(DIFFER, len(groups))
     rows = limits(table, options, budgets, scale, prefill_scale)
+    whole_runs = run_rows(options, groups)  # the same for every pricing
     ranked = []
     for pricing in pricings or (table.pricing,):
         priced = table.priced(pricing)
         quality = np.array([priced.quality(o) for o in options])
-        found = best_k(quality, groups, rows, k, differ, run_rows(options, groups))
+        found = best_k(quality, groups, rows, k, differ, whole_runs)
         ranked.append([(priced, sol) for sol in found])
     plans: list[Plan] = []
     seen: set[tuple[int, ...]] = set()

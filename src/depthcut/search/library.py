@@ -26,7 +26,7 @@ from depthcut.methods.base import describe
 from depthcut.methods.width.layers import WidthLayer, width_layers
 from depthcut.methods.width.repaired import GramHooks
 from depthcut.planning.plan import Action
-from depthcut.refit.ls import writes_through_one_linear
+from depthcut.refit.ls import maximal_runs, slots_of, writes_through_one_linear
 from depthcut.search.cost import kv_bytes, option_seconds
 from depthcut.search.options import Option, block_options, levels
 from depthcut.search.probe import Probe
@@ -87,13 +87,12 @@ class OptionTable:
         """Block i's place in every run of blocks the table priced that covers it and no
         protected block (a run's first block carries its cost)."""
         first, last = self.protect
-        size = self.blocks[i]
+        kv, mlp = self.blocks[i]["attention"]["size"], self.blocks[i]["mlp"]["size"]
         out = []
-        for start in range(max(first, i - max(self.longest_run - 1, 0)), i + 1):
+        for start in range(max(first, i - self.longest_run + 1), i + 1):
             for length in self.blocks[start].get("runs", {}):
                 end = start + length - 1
                 if end >= i and end < len(self.blocks) - last:
-                    kv, mlp = size["attention"]["size"], size["mlp"]["size"]
                     out.append(Option(i, 0, 0, kv, mlp, run=(start, length)))
         return out
 
@@ -111,8 +110,7 @@ class OptionTable:
         removal."""
         b = self.blocks[o.block]
         if o.run is not None:
-            start, length = o.run
-            return self.blocks[start]["runs"][length]["kl"] if o.block == start else 0.0
+            return self._run_cost(o, "kl")
         if "kl" not in b:
             return self.stream_error(o)
         if o.removes_block:
@@ -128,6 +126,12 @@ class OptionTable:
             return kl
         rate = kl / removed if self.pricing == "block" else self._model_rates[sub]
         return min(self.narrowing * rate * info["levels"][kept]["error"], kl)
+
+    def _run_cost(self, o: Option, key: str) -> float:
+        """A run member's ``key`` ("kl" or "error"): the run's, carried by its first block."""
+        assert o.run is not None
+        start, length = o.run
+        return self.blocks[start]["runs"][length][key] if o.block == start else 0.0
 
     def narrowed_cost(self, o: Option) -> float:
         """The part of ``quality(o)`` its narrower (not removed) sublayers cost."""
@@ -166,8 +170,7 @@ class OptionTable:
         """The error the option adds to the residual stream, after its repair."""
         b = self.blocks[o.block]
         if o.run is not None:
-            start, length = o.run
-            return self.blocks[start]["runs"][length]["error"] if o.block == start else 0.0
+            return self._run_cost(o, "error")
         if o.removes_block:
             return b["block"]["error"]
         return _level(b["attention"], o.attention)["error"] + _level(b["mlp"], o.mlp)["error"]
@@ -469,11 +472,13 @@ def _add_refusals(structure: ModelStructure, blocks: list[dict]) -> None:
     (Gemma3's post-norms); the table leaves those options out. A removal with nothing before
     it (the first block's attention) is left unrepaired by the repair, not refused."""
     for i, entry in enumerate(blocks):
-        writers = {"attention": (i - 1, "mlp"), "mlp": (i, "attention"), "block": (i - 1, "mlp")}
         refused = {}
-        for removal, (block, kind) in writers.items():
-            sub = structure.blocks[block].sublayer(kind) if block >= 0 else None
-            if block >= 0 and not writes_through_one_linear(sub):
+        for removal in ("attention", "mlp", "block"):
+            writer = maximal_runs(slots_of(Kind(removal), i), len(blocks))[0].writer
+            if writer is None:
+                continue
+            block, kind = writer
+            if not writes_through_one_linear(structure.blocks[block].sublayer(kind)):
                 refused[removal] = (
                     f"{kind}:{block} writes into the residual stream through a norm: "
                     f"--repair ls cannot fold the removal of {removal}:{i} into it"
