@@ -33,7 +33,7 @@ from depthcut.data import CalibData, evaluation_tokens, pack_tokens, split_sourc
 from depthcut.search.budgets import Budgets
 from depthcut.search.joint import held_back_scores, portfolio, realise, reference, solve_plans
 from depthcut.search.library import build_table
-from results_file import write
+from results_file import provenance, write
 
 SETS = ("near", "far", "far16")
 
@@ -78,6 +78,39 @@ def verdicts(points: dict[str, list[dict]]) -> dict:
         out[name] = {"spearman": rho, "kept_kl": kept}
     out["best_kl"] = {b: min(r["kl"] for r in p) for b, p in points.items()}
     return out
+
+
+def doc_table(results: dict) -> str:
+    """Every candidate's KL on each held-back set beside its held-out KL and perplexity, then
+    each set's Spearman ρ with the held-out KL and the held-out KL of what it keeps."""
+    lines = [
+        f"`benchmarks/results/heldback_smollm2.json` ({provenance(results)})",
+        "",
+        "| decode time | pricing | chose | near | far | far16 | held-out KL | held-out ppl |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for budget, rows in results["points"].items():
+        for r in rows:
+            kls = " | ".join(f"{r[name]:.3f}" for name in SETS)
+            lines.append(
+                f"| {float(budget):.0%} | {r['pricing']} | {r['chose']} | {kls} | "
+                f"{r['kl']:.3f} | {r['ppl']:.2f} |"
+            )
+    found = results["verdicts"]
+    lines += [
+        "",
+        "| held-back set | Spearman ρ with held-out KL | "
+        + "kept: held-out KL at "
+        + " / ".join(f"{float(b):.0%}" for b in found["best_kl"])
+        + " |",
+        "|---|---:|---:|",
+    ]
+    for name in SETS:
+        kept = " / ".join(f"{kl:.3f}" for kl in found[name]["kept_kl"].values())
+        lines.append(f"| {name} | {found[name]['spearman']:.2f} | {kept} |")
+    best = " / ".join(f"{kl:.3f}" for kl in found["best_kl"].values())
+    lines.append(f"| (the held-out best) | | {best} |")
+    return "\n".join(lines)
 
 
 def main() -> None:

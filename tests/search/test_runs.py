@@ -19,7 +19,7 @@ from depthcut.search.budgets import Budgets
 from depthcut.search.library import OptionTable, build_table
 from depthcut.search.probe import STRIDE
 from depthcut.search.quality import fit_transform
-from depthcut.search.runs import _Start
+from depthcut.search.runs import RunStart
 from depthcut.units.bypass import bypassed
 from depthcut.units.discover import discover_units
 
@@ -56,7 +56,7 @@ def run_table():
     model = tiny_llama(layers=5, intermediate_size=96)
     calib = tiny_calib(n=16, length=32)
     starts: list = []
-    real = _Start.transform
+    real = RunStart.transform
 
     def kept(self, length):
         """The run's fold, forced (on this tiny model no run's fold beats no fold on the probed
@@ -66,11 +66,11 @@ def run_table():
         starts.append((self, length, chosen, t))
         return t, chosen[1]
 
-    _Start.transform = kept
+    RunStart.transform = kept
     try:
         table = build_table(model, calib, progress=False, longest_run=LONGEST)
     finally:
-        _Start.transform = real
+        RunStart.transform = real
     return model, calib, table, starts
 
 

@@ -31,7 +31,7 @@ from depthcut.search.cost import kv_bytes, option_seconds
 from depthcut.search.options import Option, block_options, levels
 from depthcut.search.probe import Probe
 from depthcut.search.quality import DepthHooks, width_levels
-from depthcut.search.runs import RunHooks, _Start
+from depthcut.search.runs import RunHooks, RunStart
 from depthcut.search.runtime import TORCH, Runtime, runtime_name
 from depthcut.units.discover import discover_units
 
@@ -415,7 +415,7 @@ def _quality(
     return blocks, cache.forward_equivalents
 
 
-def _add_runs(prober: Probe, blocks: list[dict], done: list[tuple[_Start, int]], end: int):
+def _add_runs(prober: Probe, blocks: list[dict], done: list[tuple[RunStart, int]], end: int):
     """The probed KL and stream error of each run that ends at block ``end``, at its start."""
     for start, length in done:
         found = start.transform(length)

@@ -51,7 +51,7 @@ def fit_error(a: torch.Tensor, b: torch.Tensor, c: float, ridge: float = DEPTH_R
     return max(residual(a, b, c, fit_transform(a, b, ridge)), 0.0)
 
 
-class _Sums:
+class FoldSums:
     """Weighted second moments of one fold: A = Mᵀ D M, B = Mᵀ D Z, c = Σ D ‖Z‖²."""
 
     def __init__(self) -> None:
@@ -100,8 +100,8 @@ class DepthHooks:
         self.probed, self.full = set(probed), dict[int, dict]()
         self.previous, self.written = previous, list[torch.Tensor]()
         self.raw = {"attention": 0.0, "mlp": 0.0, "block": 0.0}
-        self.fits = {"attention": _Sums(), "mlp": _Sums(), "block": _Sums()}
-        self.checks = {"attention": _Sums(), "mlp": _Sums(), "block": _Sums()}  # probed
+        self.fits = {"attention": FoldSums(), "mlp": FoldSums(), "block": FoldSums()}
+        self.checks = {"attention": FoldSums(), "mlp": FoldSums(), "block": FoldSums()}  # probed
         self.tokens = 0
         info, modules = structure.blocks[i], dict(model.named_modules())
         self.handles = [modules[info.path].register_forward_hook(self._block, with_kwargs=True)]

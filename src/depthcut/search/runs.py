@@ -26,12 +26,12 @@ from torch import nn
 from depthcut.graph.capture import first_tensor, output_tensor
 from depthcut.graph.structure import ModelStructure
 from depthcut.refit.ls import DEPTH_RIDGES
-from depthcut.search.quality import _Sums
+from depthcut.search.quality import FoldSums
 
 LONGEST = 4  # blocks in the longest run option
 
 
-class _Start:
+class RunStart:
     """The statistics of the runs starting at one block: per batch its token weights, the fit
     batches' A and running B, the probed batches' running Δ and check sums per length."""
 
@@ -41,7 +41,7 @@ class _Start:
         self.a: torch.Tensor | None = None
         self.b: torch.Tensor | None = None
         self.moved: dict[int, torch.Tensor] = {}  # probed batches: Σ Δ so far
-        self.checks: dict[int, _Sums] = {}  # run length → probed batches' sums
+        self.checks: dict[int, FoldSums] = {}  # run length → probed batches' sums
         self.fits: dict[int, torch.Tensor] = {}  # run length → B
 
     def step(self, batch: int, length: int, x: torch.Tensor, delta: torch.Tensor, probed: bool):
@@ -52,7 +52,7 @@ class _Start:
         if probed:
             self.moved[batch] = self.moved.get(batch, 0) + delta
             if length > 1:
-                self.checks.setdefault(length, _Sums()).add(m, m + self.moved[batch], d)
+                self.checks.setdefault(length, FoldSums()).add(m, m + self.moved[batch], d)
             return
         md = m * d[:, None]
         if length == 1:
@@ -68,7 +68,7 @@ class _Start:
         check = self.checks.get(length)
         if self.a is None or check is None or check.a is None:
             return None
-        fit = _Sums()
+        fit = FoldSums()
         fit.a, fit.b = self.a, self.fits[length]
         eye = torch.eye(self.a.shape[0], dtype=self.a.dtype, device=self.a.device)
         candidates = [None, *(fit.transform(r) for r in DEPTH_RIDGES)]
@@ -84,7 +84,7 @@ class RunHooks:
     def __init__(self, model: nn.Module, structure: ModelStructure, longest: int, probed) -> None:
         self.modules, self.structure = dict(model.named_modules()), structure
         self.longest, self.probed = longest, set(probed)
-        self.open: dict[int, _Start] = {}
+        self.open: dict[int, RunStart] = {}
         self.state: dict = {}
         self.handle = None
 
@@ -93,7 +93,7 @@ class RunHooks:
         ``written``, with the probed batches' whole outputs ``full``) and hook block i."""
         self.open = {s: o for s, o in self.open.items() if i - s < self.longest}
         if written is not None and full is not None:
-            self.open[i] = _Start(i, written, full)
+            self.open[i] = RunStart(i, written, full)
         module = self.modules[self.structure.blocks[i].path]
         self.handle = module.register_forward_hook(self._block(i), with_kwargs=True)
 
@@ -108,7 +108,7 @@ class RunHooks:
 
         return hook
 
-    def end(self, i: int) -> list[tuple[_Start, int]]:
+    def end(self, i: int) -> list[tuple[RunStart, int]]:
         """Unhook block i; the runs that end at it: (their start, their length ≥ 2)."""
         if self.handle is not None:
             self.handle.remove()
