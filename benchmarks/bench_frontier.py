@@ -40,6 +40,7 @@ from depthcut.errors import DepthcutError
 from depthcut.eval.latency import measure_many
 from depthcut.importance import functional as F
 from depthcut.search.budgets import Budgets
+from depthcut.search.frontier import check_reachable
 from depthcut.search.joint import assemble, portfolio, realise, search
 from depthcut.search.library import PRICINGS, build_table
 from results_file import RESULTS, write
@@ -386,6 +387,7 @@ def main() -> None:
     started = time.perf_counter()
     table = build_table(model, calib, progress=False, longest_run=args.runs)
     options = searched(table, args)
+    check_reachable(options, [Budgets(latency=float(b)) for b in args.budgets.split(",") if b])
     built = time.perf_counter() - started
     print(
         f"option table: {built:.0f} s, "

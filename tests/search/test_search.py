@@ -568,6 +568,21 @@ def test_a_calibration_too_small_for_the_refit_fails_before_any_scoring(monkeypa
         dc.frontier(model, tiny_calib(n=8, length=16), ["latency=0.2"], progress=False)
 
 
+def test_a_frontier_budget_the_options_cannot_meet_fails_before_any_search(tiny_table, monkeypatch):
+    """The last of a frontier's budgets out of reach is refused before the first budget's
+    search (which refits and times candidates for minutes on a real model)."""
+    import depthcut as dc
+    from depthcut.search import frontier as frontier_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("searched before every budget was checked")
+
+    monkeypatch.setattr(frontier_module, "search", never)
+    model, table = tiny_table
+    with pytest.raises(BudgetError, match=r"budget kv=0\.99 cannot be met: the options save"):
+        dc.frontier(model, tiny_calib(n=16, length=32), ["kv=0.2", "kv=0.99"], table=table)
+
+
 def test_a_correction_that_leaves_no_feasible_plan_keeps_the_closest_measured(
     tiny_table, monkeypatch
 ):

@@ -10,7 +10,7 @@ from depthcut.data import CalibData
 from depthcut.errors import CalibrationError
 from depthcut.planning.plan import Plan
 from depthcut.search.budgets import Budgets
-from depthcut.search.joint import dense_perplexity, reference, search
+from depthcut.search.joint import dense_perplexity, reference, search, solve_plans
 from depthcut.search.library import OptionTable, build_table, check_protect, check_table
 from depthcut.search.runtime import TORCH, Runtime
 
@@ -29,6 +29,15 @@ def held_back(calib: CalibData) -> tuple[CalibData, CalibData]:
         CalibData(ids[:rows], mask[:rows], calib.batch_size),
         CalibData(ids[rows:], mask[rows:], calib.batch_size),
     )
+
+
+def check_reachable(table: OptionTable, budgets: list[Budgets]) -> None:
+    """Raise ``BudgetError`` for a budget the table's options cannot meet (one solve each, a
+    second or less), before any budget's search: a frontier's last budget fails at once, not
+    after the searches of the others (on Gemma3-270M the options save at most 17% of the
+    decode time, its LM head being most of it)."""
+    for b in budgets:
+        solve_plans(table, b, k=1)
 
 
 def frontier(
@@ -53,6 +62,7 @@ def frontier(
     else:
         check_table(table, describe(model, discover_structure(model)), runtime)
     table = table.protected(*protect)
+    check_reachable(table, budgets)
     ref = reference(model, check)
     plans, dense = {}, dense_perplexity(ref)
     for b in budgets:
