@@ -17,10 +17,10 @@ import time
 import torch
 
 import depthcut as dc
-from bench_frontier import split
 from bench_quality import held_out
 from depthcut.data import evaluation_tokens
 from depthcut.search.budgets import Budgets
+from depthcut.search.frontier import held_back
 from depthcut.search.joint import assemble, held_back_scores, realise, reference
 from depthcut.search.library import OptionTable, build_table
 from results_file import write
@@ -53,7 +53,7 @@ def plans(table: OptionTable) -> dict[str, dict[int, object]]:
 def main() -> None:
     torch.set_num_threads(2)
     model, tok = dc.load_model("smollm2-135m")
-    calib, held = split(dc.calibration(tok, "wiki", n_samples=16, seq_len=256), 12)
+    calib, held = held_back(dc.calibration(tok, "wiki", n_samples=16, seq_len=256))
     ids = evaluation_tokens(tok, "wiki", 512 * 8)
     ref = reference(model, held)
     table = build_table(model, calib, progress=False, longest_run=4).protected(1, 1)

@@ -35,23 +35,15 @@ from scipy.stats import spearmanr
 import depthcut as dc
 from bench_joint_large import add_search_args, searched
 from bench_quality import chosen, config, held_out, non_embedding, prune
-from depthcut.data import CalibData, evaluation_tokens
+from depthcut.data import evaluation_tokens
 from depthcut.errors import DepthcutError
 from depthcut.eval.latency import measure_many
 from depthcut.importance import functional as F
 from depthcut.search.budgets import Budgets
-from depthcut.search.frontier import check_reachable
+from depthcut.search.frontier import check_reachable, held_back
 from depthcut.search.joint import assemble, portfolio, realise, search
 from depthcut.search.library import PRICINGS, build_table
 from results_file import RESULTS, write
-
-
-def split(calib: CalibData, first: int) -> tuple[CalibData, CalibData]:
-    ids, mask = calib.input_ids, calib.attention_mask
-    return (
-        CalibData(ids[:first], mask[:first], calib.batch_size),
-        CalibData(ids[first:], mask[first:], calib.batch_size),
-    )
 
 
 def random_plan(table, rng: random.Random):
@@ -382,13 +374,14 @@ def main() -> None:
     model, tok = dc.load_model(args.model)
     bos = args.model.startswith("gemma")
     bos_id = tok.bos_token_id if bos else None
-    calib, heldback = split(dc.calibration(tok, "wiki", n_samples=16, seq_len=256, bos=bos), 12)
+    calib, heldback = held_back(dc.calibration(tok, "wiki", n_samples=16, seq_len=256, bos=bos))
     ids = evaluation_tokens(tok, "wiki", 512 * 8)
     started = time.perf_counter()
     table = build_table(model, calib, progress=False, longest_run=args.runs)
     options = searched(table, args)
-    check_reachable(options, [Budgets(latency=float(b)) for b in args.budgets.split(",") if b])
     built = time.perf_counter() - started
+    budgets = [float(b) for b in args.budgets.split(",") if b]
+    check_reachable(options, [Budgets(latency=b) for b in budgets])  # before hours of work
     print(
         f"option table: {built:.0f} s, "
         f"{options.cost['forward_equivalents']:.2f} forward-equivalents",
@@ -410,7 +403,6 @@ def main() -> None:
         print(
             f"Spearman rho (summed cost vs KL): {fields['correlation']['spearman']:.3f}", flush=True
         )
-    budgets = [float(b) for b in args.budgets.split(",") if b]
     pricings = portfolio(options) if args.portfolio else None
     fields["frontier"] = frontier(
         model,

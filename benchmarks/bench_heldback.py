@@ -26,11 +26,12 @@ import torch
 from scipy.stats import spearmanr
 
 import depthcut as dc
-from bench_frontier import split, summary
+from bench_frontier import summary
 from bench_joint_large import add_search_args, searched
 from bench_quality import held_out
 from depthcut.data import CalibData, evaluation_tokens, pack_tokens, split_source
 from depthcut.search.budgets import Budgets
+from depthcut.search.frontier import held_back
 from depthcut.search.joint import held_back_scores, portfolio, realise, reference, solve_plans
 from depthcut.search.library import build_table
 from results_file import provenance, write
@@ -124,7 +125,7 @@ def main() -> None:
     model, tok = dc.load_model(args.model)
     bos_id = tok.bos_token_id if args.model.startswith("gemma") else None
     windows = dc.calibration(tok, "wiki", n_samples=16, seq_len=256, bos=bos_id is not None)
-    calib, near = split(windows, 12)
+    calib, near = held_back(windows)
     sets = {"near": near, "far": far_windows(tok, 4, 256, bos_id)}
     sets["far16"] = far_windows(tok, 16, 256, bos_id)
     refs = {name: reference(model, data) for name, data in sets.items()}

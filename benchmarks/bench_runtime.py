@@ -24,12 +24,13 @@ import time
 import torch
 
 import depthcut as dc
-from bench_frontier import split, summary
+from bench_frontier import summary
 from bench_quality import held_out
 from depthcut.data import evaluation_tokens
 from depthcut.eval.latency import measure_many
 from depthcut.graph.structure import discover_structure
 from depthcut.search.budgets import Budgets
+from depthcut.search.frontier import held_back
 from depthcut.search.joint import realise, search
 from depthcut.search.library import OptionTable, build_table, measured_latency
 from results_file import flag, provenance, show
@@ -76,7 +77,7 @@ def measure() -> dict:
     args = parse()
     torch.set_num_threads(THREADS)
     model, tok = dc.load_model("smollm2-135m")
-    calib, heldback = split(dc.calibration(tok, "wiki", n_samples=16, seq_len=256), 12)
+    calib, heldback = held_back(dc.calibration(tok, "wiki", n_samples=16, seq_len=256))
     ids = evaluation_tokens(tok, "wiki", 512 * 8)
     timer = dc.LlamaCpp(tok, "f16", threads=THREADS)
     found, seconds = tables(model, calib, timer)
