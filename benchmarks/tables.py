@@ -132,6 +132,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "frontier_reprice": _from_bench(
         "bench_frontier", "doc_table", "frontier_smollm2_reprice", "latency"
     ),
+    "frontier_gemma3": _from_bench("bench_frontier", "doc_table", "frontier_gemma3"),
     "heldback": _from_bench("bench_heldback", "doc_table", "heldback_smollm2"),
     "frontier_portfolio": _from_bench(
         "bench_frontier", "doc_table", "frontier_smollm2_portfolio", "latency"
