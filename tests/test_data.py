@@ -16,6 +16,17 @@ def test_calibration_and_evaluation_never_overlap(tmp_path):
     assert not set(calib) & set(held)
 
 
+def test_a_source_of_one_page_per_line_splits_by_line(tmp_path):
+    """The packaged c4 text has no blank line: its pages are its lines, 80% of them fit."""
+    path = tmp_path / "c4.txt"
+    path.write_text("\n".join(f"page{i} " + words(8, seed=i) for i in range(10)) + "\n")
+    calib = data.split_source(str(path), "calibration")
+    assert [c.split()[0] for c in calib] == [f"page{i}" for i in range(8)]
+    assert [h.split()[0] for h in data.split_source(str(path), "evaluation")] == ["page8", "page9"]
+    paragraphs = data.split_articles("a b\nc\n\nd\ne")  # blank lines still split first
+    assert paragraphs == ["a b\nc", "d\ne"]
+
+
 def test_from_texts_pads_and_masks():
     tok = tiny_tokenizer()
     calib = data.from_texts(tok, ["w3 w4 w5", "w6"], seq_len=8)

@@ -87,10 +87,13 @@ def packaged_text(name: str = "wiki") -> str:
 
 
 def split_articles(text: str) -> list[str]:
-    """Wikipedia-style ``<doc ...>`` articles, or blank-line separated paragraphs."""
+    """Wikipedia-style ``<doc ...>`` articles, else blank-line separated paragraphs, else
+    lines (the packaged ``c4`` source has one web page per line and no blank line)."""
     docs = re.findall(r"<doc[^>]*>(.*?)</doc>", text, flags=re.S)
     if not docs:
         docs = re.split(r"\n\s*\n", text)
+    if len([d for d in docs if d.strip()]) < 2:
+        docs = text.splitlines()
     return [d.strip() for d in docs if d.strip()]
 
 
