@@ -15,8 +15,8 @@ latency budget from both pricings, refits each, and measures its KL on
 * ``near+repeat``: the mean of the two,
 * ``c4`` and ``code``: 4 calibration windows of the other packaged sources,
 * ``heldout``: held-out perplexity and KL on 8 × 512 tokens of the evaluation articles (the
-  start of the evaluation split: many one-line stubs of the same pattern, ``X is a species of
-  small sea snail …``),
+  start of the evaluation split: many short articles, templated one-line stubs such as
+  ``X is a species of small sea snail …`` and bare titles among them),
 * ``prose``: held-out KL on 8 × 512 tokens of the evaluation split's long articles only.
 
 It reports, per held-back set, Spearman's ρ between its KL and each held-out KL over all
