@@ -2,9 +2,11 @@
 rank real plans, and what it buys at measured decode-time budgets.
 
 Calibration: the first 12 of 16 windows of 256 tokens of the wiki calibration articles (the
-same 12 × 256 as ``bench_quality.py``); the search's held-back batches: the last 4. Evaluation:
-held-out perplexity and KL(dense ‖ pruned) on 8 × 512 tokens of other articles, and decode
-tokens/s at batch 1 measured interleaved with the dense model (``measure_many``).
+same 12 × 256 as ``bench_quality.py``); the search's held-back batches: the last 4 (and, with
+``--check copies``, the default, their copying probes). Evaluation: held-out perplexity and
+KL(dense ‖ pruned) on 8 × 512 tokens of other articles, the same on 8 × 512 tokens of the
+evaluation split's long articles only (``prose``), and decode tokens/s at batch 1 measured
+interleaved with the dense model (``measure_many``).
 
 1. The option table (one rolling walk for the quality costs + the latency table), its cost in
    forward-equivalents and seconds.
@@ -34,7 +36,7 @@ from scipy.stats import spearmanr
 
 import depthcut as dc
 from bench_joint_large import add_search_args, searched
-from bench_quality import chosen, config, held_out, non_embedding, prune
+from bench_quality import chosen, config, held_out, non_embedding, prose_tokens, prune
 from depthcut.data import evaluation_tokens
 from depthcut.errors import DepthcutError
 from depthcut.eval.latency import measure_many
@@ -102,7 +104,16 @@ def correlation(model, table, calib, ids, n: int, bos_id) -> dict:
 SINGLE = "ShortGPT,ReplaceMe,LinearPatch,depthcut neurons (ls-aware),thesis Algorithm 8 + ls"
 
 
-def singles(model, calib, ids, budget: float, wanted: str, bos_id) -> tuple[dict, dict]:
+def scored(pruned, model, texts: dict[str, list[int]], bos_id) -> dict:
+    """Held-out perplexity and KL on each text ({prefix: ids}): ``ppl``, ``kl``,
+    ``prose_ppl``, …"""
+    out = {}
+    for prefix, ids in texts.items():
+        out[f"{prefix}ppl"], out[f"{prefix}kl"] = held_out(pruned, model, ids, bos_id)
+    return out
+
+
+def singles(model, calib, texts, budget: float, wanted: str, bos_id) -> tuple[dict, dict]:
     """The single-family methods at a latency budget: ({name: row}, {name: pruned model});
     a method a budget or model refuses has a ``refused`` row and no model."""
     rows, models = {}, {}
@@ -112,11 +123,11 @@ def singles(model, calib, ids, budget: float, wanted: str, bos_id) -> tuple[dict
         except DepthcutError as err:
             rows[name] = {"refused": str(err)}
             continue
-        ppl, kl = held_out(pruned, model, ids, bos_id)
+        row = scored(pruned, model, texts, bos_id)
         removed = 1 - non_embedding(pruned) / non_embedding(model)
-        rows[name] = {"ppl": ppl, "kl": kl, "removed": removed, "cost": cost, "seconds": seconds}
+        rows[name] = row | {"removed": removed, "cost": cost, "seconds": seconds}
         models[name] = pruned
-        print(f"latency {budget}, {name}: ppl {ppl:.2f} KL {kl:.3f}", flush=True)
+        print(f"latency {budget}, {name}: {row}", flush=True)
     return rows, models
 
 
@@ -130,7 +141,7 @@ def candidate(round_: int, row: dict) -> dict:
 
 
 def frontier(
-    model, table, calib, heldback, ids, budgets, bos_id, k, single, pricings, reprice=False
+    model, table, calib, heldback, texts, budgets, bos_id, k, single, pricings, reprice, copies
 ) -> dict:
     out = {}
     for budget in budgets:
@@ -144,11 +155,12 @@ def frontier(
             k=k,
             pricings=pricings,
             reprice=reprice,
+            copies=copies,
         )
         seconds = time.perf_counter() - started
         pruned = realise(model, plan, calib)
-        ppl, kl = held_out(pruned, model, ids, bos_id)
-        others, models = singles(model, calib, ids, budget, single, bos_id)
+        row = scored(pruned, model, texts, bos_id)
+        others, models = singles(model, calib, texts, budget, single, bos_id)
         lat = measure_many(
             {"dense": model, "joint": pruned} | models,
             lengths=(64,),
@@ -162,9 +174,7 @@ def frontier(
             others[name]["unreliable"] = lat[name].unreliable + lat["dense"].unreliable
         speed = lat["joint"].decode_tps[1] / dense_tps
         options = plan.run["search"]["options"]
-        out[str(budget)] = {
-            "ppl": ppl,
-            "kl": kl,
+        out[str(budget)] = row | {
             "speed": speed,
             "seconds": seconds,
             "rounds": len(rounds),
@@ -177,7 +187,7 @@ def frontier(
             "single": others,
         }
         print(
-            f"latency {budget}: ppl {ppl:.2f} KL {kl:.3f} speed ×{speed:.2f} "
+            f"latency {budget}: {row} speed ×{speed:.2f} "
             f"({seconds:.0f} s, {len(rounds)} rounds): {options}",
             flush=True,
         )
@@ -231,18 +241,20 @@ def doc_table(results: dict, single: dict | None = None) -> str:
     methods: those of the file's own run where it has them, else ``single``
     (``results/latency.json``, their own run) at the same budgets."""
     corr, own = results.get("correlation", {}), own_single(results)
-    single = own or single
+    single, prose = own or single, "prose_ppl" in results["dense"]
+    extra = " prose perplexity |" if prose else ""
     lines = [
         f"`{results['command']}` — {results['date']}, {results['hardware']['cores']} cores "
         f"({results['hardware']['cpu']}), commit {results['commit']}; dense perplexity "
         f"{results['dense']['ppl']:.2f}; option table {results['table']['seconds']:.0f} s, "
         f"{results['table']['forward_equivalents']:.2f} forward-equivalents of the "
         f"calibration set; narrower levels priced {PRICED[results.get('pricing', 'block')]}"
-        + correlation_text(corr),
+        + correlation_text(corr)
+        + CHECKS.get(results.get("check", ""), ""),
         "",
         "| latency budget | method | decode time saved (search's check) | decode speed-up | "
-        "perplexity | KL | rounds | chosen |",
-        "|---:|---|---:|---:|---:|---:|---:|---|",
+        f"perplexity | KL |{extra} rounds | chosen |",
+        "|---:|---|---:|---:|---:|---:|" + "---:|" * prose + "---:|---|",
     ]
     refused = {}
     for budget, row in results["frontier"].items():
@@ -250,9 +262,10 @@ def doc_table(results: dict, single: dict | None = None) -> str:
         chose = summary(row["options"])
         if "pricing" in row:
             chose += f" (ranked {PRICED[row['pricing']]})"
+        cell = f" {row['prose_ppl']:.2f} |" if prose else ""
         lines.append(
             f"| {float(budget):.0%} | joint | {row['measured']['saved']:.1%} | "
-            f"{row['speed']:.2f}×{warn} | {row['ppl']:.2f} | {row['kl']:.3f} | "
+            f"{row['speed']:.2f}×{warn} | {row['ppl']:.2f} | {row['kl']:.3f} |{cell} "
             f"{row['rounds']} | {chose} |"
         )
         for name, other in (single or {}).get("budgets", {}).get(budget, {}).items():
@@ -260,15 +273,24 @@ def doc_table(results: dict, single: dict | None = None) -> str:
                 refused.setdefault(name, other["refused"])
                 continue
             warn = " ⚠" if other.get("unreliable") or other.get("speed_unreliable") else ""
+            cell = f" {other['prose_ppl']:.2f} |" if prose else ""
             lines.append(
                 f"| {float(budget):.0%} | {name} | | {other['speed']:.2f}×{warn} | "
-                f"{other['ppl']:.2f} | {other['kl']:.3f} | | |"
+                f"{other['ppl']:.2f} | {other['kl']:.3f} |{cell} | |"
             )
     lines += [f"\n{name}: refused ({why})." for name, why in refused.items()]
     if single:
         lines.append(SINGLE_NOTE[own is not None])
         lines += speed_table(results, single)
+        if prose:
+            lines += ["", "On the prose held-out text:"] + speed_table(results, single, "prose_")
     return "\n".join(lines)
+
+
+CHECKS = {
+    "copies": "; the search's check: the held-back windows and their copying probes alike",
+    "text": "; the search's check: the held-back windows only",
+}
 
 
 SPEEDS = (1.15, 1.3, 1.5)  # the issue's comparison points
@@ -286,22 +308,26 @@ def at_speed(curve: list[tuple[float, float]], speed: float) -> float | None:
     return None
 
 
-def curves(results: dict, single: dict | None) -> dict[str, list[tuple[float, float]]]:
-    """{method: [(speed-up, perplexity), …]} over the budgets, each from the dense point."""
-    dense = [(1.0, results["dense"]["ppl"])]
-    found = {"joint": dense + [(r["speed"], r["ppl"]) for r in results["frontier"].values()]}
+def curves(
+    results: dict, single: dict | None, text: str = ""
+) -> dict[str, list[tuple[float, float]]]:
+    """{method: [(speed-up, perplexity on ``text``), …]} over the budgets, each from the
+    dense point (``text``: the prefix of the held-out text's keys, ``""`` or ``"prose_"``)."""
+    key = f"{text}ppl"
+    dense = [(1.0, results["dense"][key])]
+    found = {"joint": dense + [(r["speed"], r[key]) for r in results["frontier"].values()]}
     for rows in (single or {}).get("budgets", {}).values():
         for name, row in rows.items():
             if "refused" in row:
                 continue
-            found.setdefault(name, list(dense)).append((row["speed"], row["ppl"]))
+            found.setdefault(name, list(dense)).append((row["speed"], row[key]))
     return found
 
 
-def speed_table(results: dict, single: dict | None) -> list[str]:
+def speed_table(results: dict, single: dict | None, text: str = "") -> list[str]:
     """Perplexity of every method at the same measured speed-ups (``at_speed``), the lowest
     in bold, and the joint plan's log-perplexity gap to dense over the best other method's."""
-    found, dense = curves(results, single), math.log(results["dense"]["ppl"])
+    found, dense = curves(results, single, text), math.log(results["dense"][f"{text}ppl"])
     lines = ["", "| method | " + " | ".join(f"at {s:.2f}×" for s in SPEEDS) + " |"]
     lines.append("|---|" + "---:|" * len(SPEEDS))
     at = {name: [at_speed(c, s) for s in SPEEDS] for name, c in found.items()}
@@ -363,6 +389,12 @@ def main() -> None:
     parser.add_argument(
         "--reprice", action="store_true", help="narrower levels repriced after the first round"
     )
+    parser.add_argument(
+        "--check",
+        choices=("copies", "text"),
+        default="copies",
+        help="the search's check: held-back windows and their copying probes, or windows only",
+    )
     add_search_args(parser)
     args = parser.parse_args()
     name = args.name or f"frontier_{args.model.split('-')[0]}"
@@ -376,6 +408,7 @@ def main() -> None:
     bos_id = tok.bos_token_id if bos else None
     calib, heldback = held_back(dc.calibration(tok, "wiki", n_samples=16, seq_len=256, bos=bos))
     ids = evaluation_tokens(tok, "wiki", 512 * 8)
+    texts = {"": ids, "prose_": prose_tokens(tok, 512 * 8)}
     started = time.perf_counter()
     table = build_table(model, calib, progress=False, longest_run=args.runs)
     options = searched(table, args)
@@ -387,10 +420,10 @@ def main() -> None:
         f"{options.cost['forward_equivalents']:.2f} forward-equivalents",
         flush=True,
     )
-    dense_ppl, _ = held_out(model, model, ids, bos_id)
     fields = {
         "model": args.model,
-        "dense": {"ppl": dense_ppl},
+        "dense": scored(model, model, texts, bos_id),
+        "check": args.check,
         "table": {"seconds": built} | options.cost,
         "pricing": options.pricing,
         "protect": list(options.protect),
@@ -409,13 +442,14 @@ def main() -> None:
         options,
         calib,
         heldback,
-        ids,
+        texts,
         budgets,
         bos_id,
         args.k,
         args.single,
         pricings,
         args.reprice,
+        args.check == "copies",
     )
     write(name, fields)
 

@@ -35,8 +35,8 @@ from scipy.stats import spearmanr
 import depthcut as dc
 from bench_frontier import summary
 from bench_joint_large import add_search_args, searched
-from bench_quality import held_out
-from depthcut.data import CalibData, evaluation_tokens, pack_tokens, split_source, tokenize_until
+from bench_quality import held_out, prose_tokens
+from depthcut.data import CalibData, copying_windows, evaluation_tokens, pack_tokens, split_source
 from depthcut.search.budgets import Budgets
 from depthcut.search.frontier import held_back
 from depthcut.search.joint import held_back_scores, portfolio, realise, reference, solve_plans
@@ -45,7 +45,6 @@ from results_file import provenance, write
 
 SETS = ("near", "far", "far16", "repeat", "near+repeat", "c4", "code")
 HELD_OUT = ("kl", "prose_kl")
-PROSE_CHARS = 2000
 
 
 def far_windows(tok, n: int, seq_len: int, bos_id: int | None) -> CalibData:
@@ -60,22 +59,6 @@ def far_windows(tok, n: int, seq_len: int, bos_id: int | None) -> CalibData:
         if len(ids) >= n * body:
             break
     return pack_tokens(ids, n, seq_len, 4, bos_id)
-
-
-def repeated(windows: CalibData) -> CalibData:
-    """Each window's first token, then its next half twice (the same tokens again)."""
-    ids = windows.input_ids
-    half = (ids.shape[1] - 1) // 2
-    body = ids[:, 1 : 1 + half]
-    rows = torch.cat([ids[:, :1], body, body], dim=1)
-    return CalibData(rows, torch.ones_like(rows), windows.batch_size)
-
-
-def prose_tokens(tok, n_tokens: int) -> list[int]:
-    """The first ``n_tokens`` tokens of the evaluation split's articles of at least
-    ``PROSE_CHARS`` characters."""
-    long = [a for a in split_source("wiki", "evaluation") if len(a) >= PROSE_CHARS]
-    return tokenize_until(tok, "\n\n".join(long), n_tokens)
 
 
 def candidates(model, table, calib, refs, held, budget: float, k: int, bos_id) -> list[dict]:
@@ -153,7 +136,7 @@ def check_sets(tok, near: CalibData, bos_id: int | None) -> dict[str, CalibData]
     bos = bos_id is not None
     sets = {"near": near, "far": far_windows(tok, 4, 256, bos_id)}
     sets["far16"] = far_windows(tok, 16, 256, bos_id)
-    sets["repeat"] = repeated(near)
+    sets["repeat"] = copying_windows(near)
     for source in ("c4", "code"):
         sets[source] = dc.calibration(tok, source, n_samples=4, seq_len=256, bos=bos)
     return sets

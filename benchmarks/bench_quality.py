@@ -43,7 +43,7 @@ import torch
 
 import depthcut as dc
 import results_file
-from depthcut.data import evaluation_tokens
+from depthcut.data import evaluation_tokens, split_source, tokenize_until
 from depthcut.errors import DepthcutError
 from depthcut.eval.generation import generate_samples
 from depthcut.eval.latency import measure_many
@@ -134,6 +134,17 @@ def held_out(model, dense, ids: torch.Tensor, bos_id: int | None) -> tuple[float
         kl += float(F.token_kl(ref, model(chunk).logits).sum())
         count += chunk.shape[1]
     return ppl, kl / count
+
+
+PROSE_CHARS = 2000
+
+
+def prose_tokens(tok, n_tokens: int) -> list[int]:
+    """The first ``n_tokens`` tokens of the evaluation split's articles of at least
+    ``PROSE_CHARS`` characters: a second held-out text, long prose only (the usual one opens
+    with short templated articles that reward in-context copying)."""
+    long = [a for a in split_source("wiki", "evaluation") if len(a) >= PROSE_CHARS]
+    return tokenize_until(tok, "\n\n".join(long), n_tokens)
 
 
 def quality(model, dense, tok, ids, limit: int, bos_id: int | None) -> dict:

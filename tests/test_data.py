@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from depthcut import data
 from depthcut.errors import CalibrationError
@@ -25,6 +26,17 @@ def test_a_source_of_one_page_per_line_splits_by_line(tmp_path):
     assert [h.split()[0] for h in data.split_source(str(path), "evaluation")] == ["page8", "page9"]
     paragraphs = data.split_articles("a b\nc\n\nd\ne")  # blank lines still split first
     assert paragraphs == ["a b\nc", "d\ne"]
+
+
+def test_copying_windows_repeat_the_first_half_of_each_window_s_real_tokens():
+    ids = torch.tensor([[5, 1, 2, 3, 4, 6, 7], [9, 8, 7, 0, 0, 0, 0]])
+    mask = torch.tensor([[1] * 7, [1, 1, 1, 0, 0, 0, 0]])
+    copies = data.copying_windows(data.CalibData(ids, mask, batch_size=2))
+    assert copies.input_ids.tolist() == [[5, 1, 2, 3, 1, 2, 3], [9, 8, 8, 0, 0, 0, 0]]
+    assert copies.attention_mask.tolist() == [[1] * 7, [1, 1, 1, 0, 0, 0, 0]]
+    both = data.with_copies(data.CalibData(ids, mask, batch_size=2))
+    assert both.input_ids.tolist() == ids.tolist() + copies.input_ids.tolist()
+    assert both.batch_size == 2
 
 
 def test_from_texts_pads_and_masks():

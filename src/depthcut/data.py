@@ -69,6 +69,30 @@ class CalibData:
         return out
 
 
+def copying_windows(windows: CalibData) -> CalibData:
+    """Each window as an in-context copying probe, of the same width: its first real token,
+    then the next half of its real tokens twice, padding after. The dense model predicts the
+    repeated half almost exactly by attending back to the first; a pruned model that lost
+    that ability (many attention sublayers removed) is seen there."""
+    ids, mask = torch.zeros_like(windows.input_ids), torch.zeros_like(windows.attention_mask)
+    for r in range(len(windows)):
+        real = windows.input_ids[r][windows.attention_mask[r].bool()]
+        body = real[1 : 1 + (len(real) - 1) // 2]
+        row = torch.cat([real[:1], body, body])
+        ids[r, : len(row)], mask[r, : len(row)] = row, 1
+    return CalibData(ids, mask, windows.batch_size)
+
+
+def with_copies(windows: CalibData) -> CalibData:
+    """``windows`` followed by their ``copying_windows``: text and copying weigh alike."""
+    copies = copying_windows(windows)
+    return CalibData(
+        torch.cat([windows.input_ids, copies.input_ids]),
+        torch.cat([windows.attention_mask, copies.attention_mask]),
+        windows.batch_size,
+    )
+
+
 def _wheel_path() -> Path:
     try:
         return fetch_file(WHEEL_PROJECT, WHEEL_FILE)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from depthcut.data import copying_windows
 from depthcut.errors import BudgetError, ConfigError
 from depthcut.graph.structure import discover_structure
 from depthcut.importance import functional as F
@@ -349,6 +350,35 @@ def test_held_back_scores_of_the_dense_model(tiny_table):
     whole = [joint.F.log_probs(model(**b).logits) for b in calib.batches()]
     rows = [logp for _, logp in kept.rows()]
     torch.testing.assert_close(torch.cat(rows), torch.cat(whole), rtol=1e-5, atol=1e-5)
+
+
+def test_the_search_checks_on_the_held_back_windows_and_their_copies(tiny_table, monkeypatch):
+    """The check's KL is the token-weighted mean of the KL on the held-back windows and on
+    their copying probes, which measure something else; the search records its check."""
+    model, table = tiny_table
+    calib = tiny_calib(n=8, length=32)
+    pruned = apply_plan(
+        model,
+        joint.assemble(
+            table, named(table, ["keep", "attention", "keep", "keep"]), Budgets(params=0.01)
+        ),
+    )
+    both = joint.held_back_scores(pruned, joint.reference(model, calib, copies=True))[0]
+    text = joint.held_back_scores(pruned, joint.reference(model, calib))[0]
+    copies = joint.held_back_scores(pruned, joint.reference(model, copying_windows(calib)))[0]
+    n_text, n_copies = 8 * 32, 8 * (1 + 2 * 15)
+    assert both == pytest.approx((text * n_text + copies * n_copies) / (n_text + n_copies))
+    assert abs(copies - text) > 0.01 * text > 0
+
+    def fake(model, plan, calib, ref, runtime):
+        predicted = plan.run["latency"]["removed"] / plan.run["latency"]["total"]
+        return {"kl": predicted, "saved": predicted, "predicted": predicted}
+
+    monkeypatch.setattr(joint, "measure", fake)
+    plan, _ = joint.search(model, table, Budgets(latency=0.2), calib, calib, k=1)
+    assert plan.run["search"]["check"] == "text + copies"
+    plan, _ = joint.search(model, table, Budgets(latency=0.2), calib, calib, k=1, copies=False)
+    assert plan.run["search"]["check"] == "text"
 
 
 def test_search_corrects_the_prediction_by_what_it_measures(tiny_table, monkeypatch):

@@ -49,9 +49,11 @@ def frontier(
     progress: bool = True,
     runtime: Runtime = TORCH,
     protect: tuple[int, int] = (1, 1),
+    copies: bool = True,
 ) -> tuple[OptionTable, dict[str, Plan]]:
     """The option table and the measured best joint plan of each budget ({label: plan}), every
-    time measured by ``runtime``; the first and last ``protect`` blocks only keep."""
+    time measured by ``runtime``; the first and last ``protect`` blocks only keep; ``copies``:
+    the check measures on the held-back windows' ``copying_windows`` too."""
     from depthcut.graph.structure import discover_structure
     from depthcut.methods.base import describe
 
@@ -63,7 +65,7 @@ def frontier(
         check_table(table, describe(model, discover_structure(model)), runtime)
     table = table.protected(*protect)
     check_reachable(table, budgets)
-    ref = reference(model, check)
+    ref = reference(model, check, copies)
     plans, dense = {}, dense_perplexity(ref)
     for b in budgets:
         plans[b.label], _ = search(model, table, b, fit, check, k=k, ref=ref, runtime=runtime)

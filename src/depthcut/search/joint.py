@@ -25,7 +25,7 @@ from scipy.optimize import LinearConstraint
 from torch import nn
 
 from depthcut.config import AUTO, PruneConfig
-from depthcut.data import CalibData, sequences
+from depthcut.data import CalibData, sequences, with_copies
 from depthcut.errors import BudgetError
 from depthcut.importance import functional as F
 from depthcut.methods import apply_plan
@@ -228,8 +228,10 @@ class Reference:
     model, 20 held-back windows of 256 tokens over a 151,936-word vocabulary are 3.1 GB, 0.44×
     its checkpoint, while recomputing them costs a tenth of a candidate's refit."""
 
-    def __init__(self, model: nn.Module, heldout: CalibData, keep: bool | None = None):
-        self.model = model
+    def __init__(
+        self, model: nn.Module, heldout: CalibData, keep: bool | None = None, check: str = "text"
+    ):
+        self.model, self.check = model, check
         self.sequences = [row for b in heldout.batches() for row in sequences(b)]
         if keep is None:
             keep = _log_prob_bytes(model, heldout) <= KEEP_SHARE * _weight_bytes(model)
@@ -254,8 +256,11 @@ def _weight_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def reference(model: nn.Module, heldout: CalibData) -> Reference:
-    """The dense model's next-token log-probabilities on every held-back sequence."""
+def reference(model: nn.Module, heldout: CalibData, copies: bool = False) -> Reference:
+    """The dense model's next-token log-probabilities on every held-back sequence; with
+    ``copies``, on each sequence's ``copying_windows`` too (the search's check)."""
+    if copies:
+        return Reference(model, with_copies(heldout), check="text + copies")
     return Reference(model, heldout)
 
 
@@ -375,6 +380,7 @@ def search(
     runtime: Runtime = TORCH,
     pricings: tuple[str, ...] | None = None,
     reprice: bool = False,
+    copies: bool = True,
 ) -> tuple[Plan, list[dict]]:
     """The measured best joint plan under ``budgets`` and the report of every round (its
     candidates timed by ``runtime``; drawn in turn from each of ``pricings``, by default the
@@ -385,8 +391,11 @@ def search(
     candidates measured (``_narrowing``) and the program solved again; the best measured
     candidate of every round that honours the budgets is kept. Not the default: on SmolLM2 it
     gained at 10% and 20% of decode time and lost at 30%, where the held-back check kept a
-    plan of attention removals whose held-out perplexity was 2.8× the unrepriced plan's."""
-    ref = reference(model, heldout) if ref is None else ref
+    plan of attention removals whose held-out perplexity was 2.8× the unrepriced plan's.
+
+    ``copies``: the check (without ``ref``) measures on the held-back windows and on their
+    ``copying_windows`` alike; a plan that loses in-context copying is seen there."""
+    ref = reference(model, heldout, copies) if ref is None else ref
     scales, report = dict.fromkeys(TIMED, 1.0), list[dict]()
     measured: list[tuple[Plan, dict]] = []
     for r in range(rounds):
@@ -420,6 +429,7 @@ def search(
         else min(measured, key=lambda pm: _miss(pm[1], budgets))
     )
     plan.run["search"] |= {"measured": found_best, "rounds": report, "runtime": runtime.name}
+    plan.run["search"]["check"] = getattr(ref, "check", None)
     return plan, report
 
 
