@@ -132,6 +132,9 @@ TABLES: dict[str, Callable[[], str]] = {
     "frontier_reprice": _from_bench(
         "bench_frontier", "doc_table", "frontier_smollm2_reprice", "latency"
     ),
+    "frontier_copies": _from_bench(
+        "bench_frontier", "doc_table", "frontier_smollm2_copies", "latency"
+    ),
     "frontier_gemma3": _from_bench("bench_frontier", "doc_table", "frontier_gemma3"),
     "additivity": _from_bench("bench_additivity", "doc_table", "additivity_smollm2"),
     "heldback": _from_bench("bench_heldback", "doc_table", "heldback_smollm2"),

@@ -390,8 +390,9 @@ def search(
     ``reprice``: after the first round, the narrower levels' costs are scaled by what the
     candidates measured (``_narrowing``) and the program solved again; the best measured
     candidate of every round that honours the budgets is kept. Not the default: on SmolLM2 it
-    gained at 10% and 20% of decode time and lost at 30%, where the held-back check kept a
-    plan of attention removals whose held-out perplexity was 2.8× the unrepriced plan's.
+    gained at 10% and 20% of decode time and lost at 30%, where a check on the held-back
+    windows alone kept a plan of attention removals whose held-out perplexity was 2.8× the
+    unrepriced plan's (with their copying probes, the check keeps the first round's plan).
 
     ``copies``: the check (without ``ref``) measures on the held-back windows and on their
     ``copying_windows`` alike; a plan that loses in-context copying is seen there."""
