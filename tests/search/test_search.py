@@ -392,7 +392,9 @@ def test_search_corrects_the_prediction_by_what_it_measures(tiny_table, monkeypa
         return {"kl": predicted, "saved": predicted / 2, "predicted": predicted}
 
     monkeypatch.setattr(joint, "measure", fake)
-    plan, rounds = joint.search(model, table, Budgets(latency=0.2), calib, calib, k=2, ref=[])
+    plan, rounds = joint.search(
+        model, table, Budgets(latency=0.2), calib, calib, k=2, ref=joint.reference(model, calib)
+    )
     assert [r["scale"] for r in rounds] == [1.0, 0.5]
     assert all(c["saved"] < 0.19 for c in rounds[0]["candidates"])
     measured = plan.run["search"]["measured"]
@@ -414,7 +416,9 @@ def test_the_frontier_benchmark_records_every_candidate_of_the_report(tiny_table
         return {"kl": predicted, "ppl": 2.0, "saved": predicted / 2, "predicted": predicted}
 
     monkeypatch.setattr(joint, "measure", fake)
-    _, rounds = joint.search(model, table, Budgets(latency=0.2), calib, calib, k=2, ref=[])
+    _, rounds = joint.search(
+        model, table, Budgets(latency=0.2), calib, calib, k=2, ref=joint.reference(model, calib)
+    )
     rows = [bench_frontier.candidate(r["round"], c) for r in rounds for c in r["candidates"]]
     assert [(r["round"], r["pricing"]) for r in rows] == [(0, "model")] * 2 + [(1, "model")] * 2
     for row, c in zip(rows, [c for r in rounds for c in r["candidates"]]):
@@ -578,7 +582,9 @@ def test_search_corrects_the_prefill_prediction_by_what_it_measures(tiny_table, 
         return out | {"prefill_saved": predicted / 2, "prefill_predicted": predicted}
 
     monkeypatch.setattr(joint, "measure", fake)
-    plan, rounds = joint.search(model, table, Budgets(prefill=0.2), calib, calib, k=2, ref=[])
+    plan, rounds = joint.search(
+        model, table, Budgets(prefill=0.2), calib, calib, k=2, ref=joint.reference(model, calib)
+    )
     assert [r["prefill_scale"] for r in rounds] == [1.0, 0.5]
     assert plan.run["search"]["measured"]["prefill_saved"] >= 0.19
 
@@ -628,7 +634,9 @@ def test_a_correction_that_leaves_no_feasible_plan_keeps_the_closest_measured(
 
     monkeypatch.setattr(joint, "measure", slower)
     assert joint._correction([(None, {"saved": -0.01, "predicted": 0.2})]) == joint.MIN_CORRECTION
-    plan, rounds = joint.search(model, table, Budgets(latency=0.2), calib, calib, k=2, ref=[])
+    plan, rounds = joint.search(
+        model, table, Budgets(latency=0.2), calib, calib, k=2, ref=joint.reference(model, calib)
+    )
     assert len(rounds) == 1 and plan.run["search"]["measured"]["saved"] == -0.01
 
 
@@ -649,7 +657,14 @@ def test_search_reprices_narrower_levels_by_what_the_candidates_measured(tiny_ta
 
     monkeypatch.setattr(joint, "measure", fake)
     plan, rounds = joint.search(
-        model, table, Budgets(params=0.3), calib, calib, k=3, ref=[], reprice=True
+        model,
+        table,
+        Budgets(params=0.3),
+        calib,
+        calib,
+        k=3,
+        ref=joint.reference(model, calib),
+        reprice=True,
     )
     assert [r["narrowing"] for r in rounds] == [1.0, pytest.approx(6.0)]
     first = [c["options"] for c in rounds[0]["candidates"]]
@@ -659,5 +674,7 @@ def test_search_reprices_narrower_levels_by_what_the_candidates_measured(tiny_ta
     repriced = joint.solve_plans(table.repriced(6.0), Budgets(params=0.3), k=1)[0]
     assert plan.run["search"]["options"] == repriced.run["search"]["options"]
     assert plan.run["search"]["options"] not in first  # the repricing found a better plan
-    _, once = joint.search(model, table, Budgets(params=0.3), calib, calib, k=3, ref=[])
+    _, once = joint.search(
+        model, table, Budgets(params=0.3), calib, calib, k=3, ref=joint.reference(model, calib)
+    )
     assert len(once) == 1  # not the default

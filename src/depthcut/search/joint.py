@@ -430,7 +430,7 @@ def search(
         else min(measured, key=lambda pm: _miss(pm[1], budgets))
     )
     plan.run["search"] |= {"measured": found_best, "rounds": report, "runtime": runtime.name}
-    plan.run["search"]["check"] = getattr(ref, "check", None)
+    plan.run["search"]["check"] = ref.check
     return plan, report
 
 
