@@ -6,20 +6,28 @@ dense model's stored top-64 targets, a fixed number of steps) → 4-bit: AWQ and
 Q4_K_M, without and with its importance matrix of 64 × 256 calibration tokens.
 
     python benchmarks/bench_pipeline.py --steps 90
+    python benchmarks/bench_pipeline.py --model qwen2.5-coder-1.5b --steps 20 --group 128 \
+        --round-to 256
+
+On the 1.5B the models are built one after another and freed (the dense model is repaired in
+place once its GGUF files, its reference log-probabilities and the teacher's targets exist), so
+the run peaks near two float32 copies rather than four; each finished step rewrites the
+results file, marked incomplete until the last one.
 
 Columns: held-out perplexity and mean next-token KL to the dense model (8 × 512 evaluation
 tokens, PyTorch; AWQ / GPTQ perplexity from the reloaded compressed-tensors model in
 llm-compressor's environment, same windows; Q4_K_M from llama.cpp's own logits on 4 × 512
 tokens, beside its float16 export on the same windows), size on disk (float16 for the PyTorch
 rows, the files for the rest), llama.cpp decode tokens/s (2 threads, medians of 3 interleaved
-rounds) where the format runs there. Writes results/pipeline_smollm2.json."""
+rounds) where the format runs there. Writes results/pipeline_smollm2.json
+(pipeline_qwen2.json for the 1.5B)."""
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,31 +37,32 @@ import torch
 
 import depthcut as dc
 from bench_llamacpp import DECODE, MEASURE, PREFILL, ROUNDS, THREADS
-from bench_quality import WINDOW, WINDOWS, held_out
+from bench_quality import WINDOW, WINDOWS
 from depthcut.data import evaluation_tokens
+from depthcut.eval.perplexity import perplexity
 from depthcut.eval.run import EvalSettings
 from depthcut.formats.gguf_file import gguf_name, write_gguf
+from depthcut.importance import functional as F
 from depthcut.jobs import CalibSpec, ModelRef, Output, QuantizeJob, run_quantize
 from depthcut.recovery.config import RecoverConfig
-from depthcut.recovery.run import recover
+from depthcut.recovery.run import live_targets, recover, recovery_data
 from results_file import FLAG_NOTE, RESULTS, flag, write
 
-GROUP = 64
+SHORT = {"smollm2-135m": "smollm2", "qwen2.5-coder-1.5b": "qwen2"}
+RECOVERED = "recovered (LoRA + top-64 KD)"
 
 
 def f16_mb(model) -> float:
     return 2 * sum(p.numel() for p in model.parameters()) / 1e6
 
 
-def starting_points(model, calib) -> tuple:
-    """(pruned, repaired, plan): the default's plan with kept MLP widths rounded to the 4-bit
-    group size (AWQ / GPTQ need every Linear input width to be a multiple of it)."""
+def default_config(round_to: int) -> dc.PruneConfig:
+    """The default at 25% of the non-embedding parameters, kept MLP widths rounded to
+    ``round_to`` (AWQ / GPTQ need every Linear input width to be a multiple of their group)."""
     budget = dc.Budget(params=0.25, count="non_embedding", mode="nearest")
-    cfg = dc.PruneConfig(units=("neuron",), width_importance="ls", budget=budget, round_to=GROUP)
-    plan = dc.plan(dc.score(model, cfg, calib, progress=False), cfg, model)
-    work = copy.deepcopy(model)
-    dc.repair(work, plan, calib, "ls", progress=False)
-    return dc.apply(model, plan), dc.apply(work, plan, inplace=True), plan
+    return dc.PruneConfig(
+        units=("neuron",), width_importance="ls", budget=budget, round_to=round_to
+    )
 
 
 def recovery_config(steps: int) -> RecoverConfig:
@@ -70,63 +79,49 @@ def log_gap_closed(before: float, after: float, dense: float) -> float:
     return (math.log(before) - math.log(after)) / (math.log(before) - math.log(dense))
 
 
-def torch_rows(model, tok, ids, steps: int) -> tuple[dict, dict]:
-    """(rows of the PyTorch steps, their models)."""
-    calib = dc.calibration(tok, "wiki", n_samples=12, seq_len=256)
-    pruned, repaired, plan = starting_points(model, calib)
-    cfg = recovery_config(steps)  # ≈ 6 CPU-minutes here at 90 steps
-    recovered, history = recover(repaired, tok, cfg, teacher=model, progress=False)
-    models = {"dense": model, "pruned": pruned, "repaired (ls)": repaired}
-    models["recovered (LoRA + top-64 KD)"] = recovered
-    rows = {}
-    for name, m in models.items():
-        ppl, kl = held_out(m, model, ids, None)
-        rows[name] = {"ppl": ppl, "kl": kl, "mb": f16_mb(m), "format": "PyTorch float16"}
-    rows["recovered (LoRA + top-64 KD)"]["recovery"] = {
-        k: history[k] for k in ("steps", "best_step", "seconds", "stopped")
-    }
-    return rows, models | {"plan": plan}
+def reference(dense, ids) -> list[torch.Tensor]:
+    """The dense model's next-token log-probabilities on each held-out window."""
+    with torch.no_grad():
+        return [
+            F.log_probs(dense(torch.tensor(ids[w * WINDOW : (w + 1) * WINDOW])[None]).logits)
+            for w in range(WINDOWS)
+        ]
 
 
-def int4_rows(recovered, plan, tok, scratch: Path) -> dict:
-    """AWQ and GPTQ of the recovered model through ``depthcut quantize``'s job."""
-    run = dc.save(recovered, [plan], scratch / "recovered", tok)
-    rows = {}
-    for method in ("awq", "gptq"):
-        out = scratch / method
-        job = QuantizeJob(
-            ModelRef(str(run)),
-            method,
-            Output(out),
-            group_size=GROUP,
-            evaluation=EvalSettings(window=WINDOW, stride=WINDOW, max_windows=WINDOWS),
-            calibration=CalibSpec(n_samples=16),
-        )
-        run_quantize(job)
-        report = json.loads((out / "quantize.json").read_text())
-        rows[f"recovered + {method.upper()} (W4A16, g{GROUP})"] = {
-            "ppl": report["perplexity"]["quantized"],
-            "float_ppl_there": report["perplexity"]["float"],
-            "kl": None,
-            "mb": report["quantized_mb"],
-            "format": "compressed-tensors",
-            "seconds": report["oneshot_seconds"],
-        }
-    return rows
+def held_out(model, ids, ref: list[torch.Tensor]) -> tuple[float, float]:
+    """(perplexity, mean KL(dense ‖ model) per next token) on the held-out windows."""
+    ppl = perplexity(model, ids, window=WINDOW, max_windows=WINDOWS, progress=False).perplexity
+    kl, count = 0.0, 0
+    with torch.no_grad():
+        for w, dense_logp in enumerate(ref):
+            chunk = torch.tensor(ids[w * WINDOW : (w + 1) * WINDOW])[None]
+            kl += float(F.token_kl(dense_logp, model(chunk).logits).sum())
+            count += chunk.shape[1]
+    return ppl, kl / count
 
 
-def gguf_rows(models: dict, tok, scratch: Path) -> dict:
-    """Dense and recovered in llama.cpp, float16 and Q4_K_M (plain, + imatrix), interleaved."""
+def row(model, ids, ref) -> dict:
+    ppl, kl = held_out(model, ids, ref)
+    return {"ppl": ppl, "kl": kl, "mb": f16_mb(model), "format": "PyTorch float16"}
+
+
+def write_ggufs(model, name: str, tok, scratch: Path) -> dict[str, str]:
+    """``model`` in llama.cpp's float16, Q4_K_M and Q4_K_M + imatrix: {row name: file}."""
+    files = {}
+    for quant in ("f16", "q4_k_m", "q4_k_m+imatrix"):
+        folder = scratch / f"gguf-{name.split(' ')[0]}-{quant}"
+        folder.mkdir()
+        write_gguf(model, tok, folder, quant, summary=False)
+        label = quant.upper().replace("+IMATRIX", " + imatrix")
+        files[f"{name}, GGUF {label}"] = str(folder / gguf_name(quant))
+    return files
+
+
+def gguf_rows(files: dict[str, str], tok, scratch: Path) -> dict:
+    """Every GGUF file in llama.cpp: perplexity on 4 × 512 tokens, decode and prefill speed,
+    all files interleaved round by round."""
     ids = evaluation_tokens(tok, "wiki", max_tokens=512 * 4)
     windows = [ids[i * 512 : (i + 1) * 512] for i in range(4)]
-    files = {}
-    for name in ("dense", "recovered (LoRA + top-64 KD)"):
-        for quant in ("f16", "q4_k_m", "q4_k_m+imatrix"):
-            folder = scratch / f"gguf-{len(files)}"
-            folder.mkdir()
-            write_gguf(models[name], tok, folder, quant)
-            label = quant.upper().replace("+IMATRIX", " + imatrix")
-            files[f"{name}, GGUF {label}"] = str(folder / gguf_name(quant))
     spec = {"files": files, "threads": THREADS, "rounds": ROUNDS, "prefill": PREFILL}
     spec |= {"decode": DECODE, "windows": windows}
     (scratch / "spec.json").write_text(json.dumps(spec))
@@ -146,22 +141,52 @@ def gguf_rows(models: dict, tok, scratch: Path) -> dict:
     }
 
 
+def int4_rows(run: Path, methods: list[str], group: int, scratch: Path) -> dict:
+    """AWQ and / or GPTQ of the saved recovered run through ``depthcut quantize``'s job."""
+    rows = {}
+    for method in methods:
+        out = scratch / method
+        job = QuantizeJob(
+            ModelRef(str(run)),
+            method,
+            Output(out),
+            group_size=group,
+            evaluation=EvalSettings(window=WINDOW, stride=WINDOW, max_windows=WINDOWS),
+            calibration=CalibSpec(n_samples=16),
+        )
+        run_quantize(job)
+        report = json.loads((out / "quantize.json").read_text())
+        rows[f"recovered + {method.upper()} (W4A16, g{group})"] = {
+            "ppl": report["perplexity"]["quantized"],
+            "float_ppl_there": report["perplexity"]["float"],
+            "kl": None,
+            "mb": report["quantized_mb"],
+            "format": "compressed-tensors",
+            "seconds": report["oneshot_seconds"],
+        }
+    return rows
+
+
 def targets(rows: dict) -> dict:
-    """The issue's targets, measured."""
-    pruned, rec = rows["pruned"]["ppl"], rows["recovered (LoRA + top-64 KD)"]["ppl"]
-    repaired, dense = rows["repaired (ls)"]["ppl"], rows["dense"]["ppl"]
-    final, dense_q4 = rows["recovered (LoRA + top-64 KD), GGUF Q4_K_M"], rows["dense, GGUF Q4_K_M"]
-    imatrix = rows["recovered (LoRA + top-64 KD), GGUF Q4_K_M + imatrix"]
-    int4 = [r["ppl"] / rec - 1 for k, r in rows.items() if "W4A16" in k]
-    return {
-        "log_gap_closed_by_recovery": log_gap_closed(repaired, rec, dense),
-        "log_gap_closed_from_unrepaired": log_gap_closed(pruned, rec, dense),
-        "int4_added_ppl": max(int4),
-        "smaller_than_dense_f16": rows["dense"]["mb"] / final["mb"],
-        "decode_vs_dense_q4_k_m": final["decode_tps"] / dense_q4["decode_tps"],
-        "decode_unreliable": bool(final.get("unreliable") or dense_q4.get("unreliable")),
-        "q4_k_m_imatrix_ppl_vs_plain": imatrix["ppl_llamacpp"] / final["ppl_llamacpp"],
+    """The issue's targets, measured (those whose rows exist)."""
+    rec, dense = rows[RECOVERED]["ppl"], rows["dense"]["ppl"]
+    out = {
+        "log_gap_closed_by_recovery": log_gap_closed(rows["repaired (ls)"]["ppl"], rec, dense),
+        "log_gap_closed_from_unrepaired": log_gap_closed(rows["pruned"]["ppl"], rec, dense),
     }
+    int4 = [r["ppl"] / rec - 1 for k, r in rows.items() if "W4A16" in k]
+    if int4:
+        out["int4_added_ppl"] = max(int4)
+    final, dense_q4 = rows.get(f"{RECOVERED}, GGUF Q4_K_M"), rows.get("dense, GGUF Q4_K_M")
+    if final and dense_q4:
+        imatrix = rows[f"{RECOVERED}, GGUF Q4_K_M + imatrix"]
+        out |= {
+            "smaller_than_dense_f16": rows["dense"]["mb"] / final["mb"],
+            "decode_vs_dense_q4_k_m": final["decode_tps"] / dense_q4["decode_tps"],
+            "decode_unreliable": bool(final.get("unreliable") or dense_q4.get("unreliable")),
+            "q4_k_m_imatrix_ppl_vs_plain": imatrix["ppl_llamacpp"] / final["ppl_llamacpp"],
+        }
+    return out
 
 
 def doc_table(results: dict) -> str:
@@ -180,29 +205,87 @@ def doc_table(results: dict) -> str:
         tps = f"{r['decode_tps']:.0f}{flag(r)}" if "decode_tps" in r else "—"
         lines.append(f"| {name} | {r['format']} | {ppl:.2f}{note} | {kl} | {r['mb']:.0f} | {tps} |")
     flagged = any(flag(r) for r in results["rows"].values())
+    if results.get("missing"):
+        lines.append(f"\nNot measured in this run: {', '.join(results['missing'])}.")
     return "\n".join(lines + ([f"\n{FLAG_NOTE}"] if flagged else []))
+
+
+class Results:
+    """The results file, rewritten after every step (``missing`` lists the steps still to
+    come), so that a run stopped part-way leaves what it measured."""
+
+    def __init__(self, model: str, steps: list[str]):
+        self.name, self.model, self.rows, self.missing = (
+            f"pipeline_{SHORT[model]}",
+            model,
+            {},
+            steps,
+        )
+
+    def done(self, step: str, rows: dict) -> None:
+        self.rows |= rows
+        self.missing = [s for s in self.missing if s != step]
+        fields = {"model": self.model, "rows": self.rows, "missing": self.missing}
+        if RECOVERED in self.rows:
+            fields["targets"] = targets(self.rows)
+        write(self.name, fields)
+        print(f"{step}: {json.dumps(rows)}", flush=True)
+
+
+def prune_and_recover(model, tok, args, results: Results, scratch: Path) -> tuple[dict, Path]:
+    """Dense → pruned → repaired → recovered rows, the dense GGUF files written on the way;
+    returns (GGUF files, the saved recovered run). ``model`` ends repaired (in place)."""
+    ids = evaluation_tokens(tok, "wiki", WINDOW * WINDOWS)
+    ref = reference(model, ids)
+    results.done("dense", {"dense": row(model, ids, ref)})
+    calib = dc.calibration(tok, "wiki", n_samples=12, seq_len=256)
+    cfg = default_config(args.round_to)
+    plan = dc.plan(dc.score(model, cfg, calib, progress=False), cfg, model)
+    pruned = dc.apply(model, plan)
+    results.done("pruned", {"pruned": row(pruned, ids, ref)})
+    del pruned
+    files = write_ggufs(model, "dense", tok, scratch)
+    rcfg = recovery_config(args.steps)  # ≈ 6 CPU-minutes on SmolLM2 at 90 steps
+    data = recovery_data(tok, rcfg)
+    teacher = live_targets(model, tok, data[0], rcfg.teacher_topk, progress=False)
+    dc.repair(model, plan, calib, "ls", progress=False)
+    repaired = dc.apply(model, plan, inplace=True)
+    results.done("repaired", {"repaired (ls)": row(repaired, ids, ref)})
+    recovered, history = recover(repaired, tok, rcfg, teacher, progress=False, data=data)
+    del repaired, model
+    brief = {k: history[k] for k in ("steps", "best_step", "seconds", "stopped")}
+    results.done("recovered", {RECOVERED: row(recovered, ids, ref) | {"recovery": brief}})
+    files |= write_ggufs(recovered, RECOVERED, tok, scratch)
+    return files, dc.save(recovered, [plan], scratch / "recovered", tok)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m", choices=sorted(SHORT))
     parser.add_argument("--steps", type=int, default=90, help="recovery steps (4 × 128 tokens)")
+    parser.add_argument("--group", type=int, default=64, help="AWQ / GPTQ group size")
+    parser.add_argument("--round-to", type=int, default=None, help="kept widths (default: group)")
+    parser.add_argument("--int4", default="awq,gptq", help="llm-compressor methods, in order")
     parser.add_argument("--table", action="store_true", help="print the docs table and stop")
     args = parser.parse_args()
+    name = f"pipeline_{SHORT[args.model]}"
     if args.table:
-        print(doc_table(json.loads((RESULTS / "pipeline_smollm2.json").read_text())))
+        print(doc_table(json.loads((RESULTS / f"{name}.json").read_text())))
         return
+    args.round_to = args.round_to or args.group
+    methods = [m for m in args.int4.split(",") if m]
     torch.set_num_threads(THREADS)
-    model, tok = dc.load_model("smollm2-135m")
-    ids = evaluation_tokens(tok, "wiki", WINDOW * WINDOWS)
-    rows, models = torch_rows(model, tok, ids, args.steps)
-    print(json.dumps(rows, indent=1), flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
-        recovered = models["recovered (LoRA + top-64 KD)"]
-        rows |= int4_rows(recovered, models["plan"], tok, Path(tmp))
-        rows |= gguf_rows(models, tok, Path(tmp))
-    fields = {"model": "smollm2-135m", "rows": rows, "targets": targets(rows)}
-    print(write("pipeline_smollm2", fields))
-    print(doc_table(json.loads((RESULTS / "pipeline_smollm2.json").read_text())))
+    model, tok = dc.load_model(args.model)
+    steps = ["dense", "pruned", "repaired", "recovered", "llama.cpp", *methods]
+    results = Results(args.model, steps)
+    with tempfile.TemporaryDirectory(
+        prefix="bench-pipeline-", dir=os.environ.get("BENCH_TMP")
+    ) as tmp:
+        files, run = prune_and_recover(model, tok, args, results, Path(tmp))
+        results.done("llama.cpp", gguf_rows(files, tok, Path(tmp)))
+        for method in methods:
+            results.done(method, int4_rows(run, [method], args.group, Path(tmp)))
+    print(doc_table(json.loads((RESULTS / f"{name}.json").read_text())))
 
 
 if __name__ == "__main__":
