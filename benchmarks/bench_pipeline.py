@@ -42,12 +42,15 @@ from depthcut.data import evaluation_tokens
 from depthcut.eval.perplexity import perplexity
 from depthcut.eval.run import EvalSettings
 from depthcut.formats.gguf_file import gguf_name, write_gguf
+from depthcut.graph.structure import discover_structure
 from depthcut.importance import functional as F
 from depthcut.jobs import CalibSpec, ModelRef, Output, QuantizeJob, run_quantize
 from depthcut.recovery.config import RecoverConfig
 from depthcut.recovery.run import live_targets, recover, recovery_data
+from depthcut.refit.needs import auto_samples, fit_tokens, repair_need
 from results_file import FLAG_NOTE, RESULTS, flag, write
 
+BATCH = 4  # calibration windows per batch (dc.calibration's default)
 SHORT = {"smollm2-135m": "smollm2", "qwen2.5-coder-1.5b": "qwen2"}
 RECOVERED = "recovered (LoRA + top-64 KD)"
 
@@ -63,6 +66,14 @@ def default_config(round_to: int) -> dc.PruneConfig:
     return dc.PruneConfig(
         units=("neuron",), width_importance="ls", budget=budget, round_to=round_to
     )
+
+
+def calibration(model, tok, cfg: dc.PruneConfig):
+    """12 windows of 256 tokens (SmolLM2's pipeline), or as many as the ls refit needs (the
+    1.5B's 8,960-wide down-projections need 68)."""
+    need = repair_need(model, discover_structure(model), cfg.resolved())
+    fits = fit_tokens(12, 256, BATCH) >= need.unknowns
+    return dc.calibration(tok, "wiki", n_samples=12 if fits else auto_samples(need, 256, BATCH))
 
 
 def recovery_config(steps: int) -> RecoverConfig:
@@ -207,6 +218,8 @@ def doc_table(results: dict) -> str:
     flagged = any(flag(r) for r in results["rows"].values())
     if results.get("missing"):
         lines.append(f"\nNot measured in this run: {', '.join(results['missing'])}.")
+    for step, error in results.get("failed", {}).items():
+        lines.append(f"\nFailed in this run: {step} ({error}).")
     return "\n".join(lines + ([f"\n{FLAG_NOTE}"] if flagged else []))
 
 
@@ -215,17 +228,25 @@ class Results:
     come), so that a run stopped part-way leaves what it measured."""
 
     def __init__(self, model: str, steps: list[str]):
-        self.name, self.model, self.rows, self.missing = (
-            f"pipeline_{SHORT[model]}",
-            model,
-            {},
-            steps,
-        )
+        self.name, self.model, self.missing = f"pipeline_{SHORT[model]}", model, steps
+        self.rows: dict = {}
+        self.failed: dict[str, str] = {}
+
+    def attempt(self, step: str, work, default):
+        """``work()``, or ``default`` with the step's error recorded (a step that fails, e.g.
+        a 4-bit method on this model, is a result too: the run goes on to the next)."""
+        try:
+            return work()
+        except Exception as err:  # noqa: BLE001 - recorded in the results file
+            self.failed[step] = f"{type(err).__name__}: {err}"[:400]
+            self.done(step, {})
+            return default
 
     def done(self, step: str, rows: dict) -> None:
         self.rows |= rows
         self.missing = [s for s in self.missing if s != step]
         fields = {"model": self.model, "rows": self.rows, "missing": self.missing}
+        fields["failed"] = self.failed
         if RECOVERED in self.rows:
             fields["targets"] = targets(self.rows)
         write(self.name, fields)
@@ -235,16 +256,16 @@ class Results:
 def prune_and_recover(model, tok, args, results: Results, scratch: Path) -> tuple[dict, Path]:
     """Dense → pruned → repaired → recovered rows, the dense GGUF files written on the way;
     returns (GGUF files, the saved recovered run). ``model`` ends repaired (in place)."""
+    cfg = default_config(args.round_to)
+    calib = calibration(model, tok, cfg)  # checked before any long work
     ids = evaluation_tokens(tok, "wiki", WINDOW * WINDOWS)
     ref = reference(model, ids)
     results.done("dense", {"dense": row(model, ids, ref)})
-    calib = dc.calibration(tok, "wiki", n_samples=12, seq_len=256)
-    cfg = default_config(args.round_to)
     plan = dc.plan(dc.score(model, cfg, calib, progress=False), cfg, model)
     pruned = dc.apply(model, plan)
     results.done("pruned", {"pruned": row(pruned, ids, ref)})
     del pruned
-    files = write_ggufs(model, "dense", tok, scratch)
+    files = results.attempt("dense GGUF", lambda m=model: write_ggufs(m, "dense", tok, scratch), {})
     rcfg = recovery_config(args.steps)  # ≈ 6 CPU-minutes on SmolLM2 at 90 steps
     data = recovery_data(tok, rcfg)
     teacher = live_targets(model, tok, data[0], rcfg.teacher_topk, progress=False)
@@ -255,7 +276,9 @@ def prune_and_recover(model, tok, args, results: Results, scratch: Path) -> tupl
     del repaired, model
     brief = {k: history[k] for k in ("steps", "best_step", "seconds", "stopped")}
     results.done("recovered", {RECOVERED: row(recovered, ids, ref) | {"recovery": brief}})
-    files |= write_ggufs(recovered, RECOVERED, tok, scratch)
+    files |= results.attempt(
+        "recovered GGUF", lambda: write_ggufs(recovered, RECOVERED, tok, scratch), {}
+    )
     return files, dc.save(recovered, [plan], scratch / "recovered", tok)
 
 
@@ -282,9 +305,15 @@ def main() -> None:
         prefix="bench-pipeline-", dir=os.environ.get("BENCH_TMP")
     ) as tmp:
         files, run = prune_and_recover(model, tok, args, results, Path(tmp))
-        results.done("llama.cpp", gguf_rows(files, tok, Path(tmp)))
+        rows = results.attempt("llama.cpp", lambda: gguf_rows(files, tok, Path(tmp)), None)
+        if rows is not None:
+            results.done("llama.cpp", rows)
         for method in methods:
-            results.done(method, int4_rows(run, [method], args.group, Path(tmp)))
+            rows = results.attempt(
+                method, lambda m=method: int4_rows(run, [m], args.group, Path(tmp)), None
+            )
+            if rows is not None:
+                results.done(method, rows)
     print(doc_table(json.loads((RESULTS / f"{name}.json").read_text())))
 
 
