@@ -37,20 +37,16 @@ import torch
 
 import depthcut as dc
 from bench_llamacpp import DECODE, MEASURE, PREFILL, ROUNDS, THREADS
-from bench_quality import WINDOW, WINDOWS
+from bench_quality import WINDOW, WINDOWS, held_out, reference
 from depthcut.data import evaluation_tokens
-from depthcut.eval.perplexity import perplexity
+from depthcut.errors import ConfigError
 from depthcut.eval.run import EvalSettings
 from depthcut.formats.gguf_file import gguf_name, write_gguf
-from depthcut.graph.structure import discover_structure
-from depthcut.importance import functional as F
 from depthcut.jobs import CalibSpec, ModelRef, Output, QuantizeJob, run_quantize
 from depthcut.recovery.config import RecoverConfig
 from depthcut.recovery.run import live_targets, recover, recovery_data
-from depthcut.refit.needs import auto_samples, fit_tokens, repair_need
 from results_file import FLAG_NOTE, RESULTS, flag, write
 
-BATCH = 4  # calibration windows per batch (dc.calibration's default)
 SHORT = {"smollm2-135m": "smollm2", "qwen2.5-coder-1.5b": "qwen2"}
 RECOVERED = "recovered (LoRA + top-64 KD)"
 
@@ -70,10 +66,12 @@ def default_config(round_to: int) -> dc.PruneConfig:
 
 def calibration(model, tok, cfg: dc.PruneConfig):
     """12 windows of 256 tokens (SmolLM2's pipeline), or as many as the ls refit needs (the
-    1.5B's 8,960-wide down-projections need 68)."""
-    need = repair_need(model, discover_structure(model), cfg.resolved())
-    fits = fit_tokens(12, 256, BATCH) >= need.unknowns
-    return dc.calibration(tok, "wiki", n_samples=12 if fits else auto_samples(need, 256, BATCH))
+    1.5B's 8,960-wide down-projections need 68), sized as ``depthcut prune`` sizes them."""
+    try:
+        spec = CalibSpec(n_samples=12).sized(model, cfg.resolved())
+    except ConfigError:  # too few for the refit: the fewest that are enough
+        spec = CalibSpec().sized(model, cfg.resolved())
+    return dc.calibration(tok, spec.source, spec.n_samples, spec.seq_len, spec.batch_size)
 
 
 def recovery_config(steps: int) -> RecoverConfig:
@@ -90,29 +88,8 @@ def log_gap_closed(before: float, after: float, dense: float) -> float:
     return (math.log(before) - math.log(after)) / (math.log(before) - math.log(dense))
 
 
-def reference(dense, ids) -> list[torch.Tensor]:
-    """The dense model's next-token log-probabilities on each held-out window."""
-    with torch.no_grad():
-        return [
-            F.log_probs(dense(torch.tensor(ids[w * WINDOW : (w + 1) * WINDOW])[None]).logits)
-            for w in range(WINDOWS)
-        ]
-
-
-def held_out(model, ids, ref: list[torch.Tensor]) -> tuple[float, float]:
-    """(perplexity, mean KL(dense ‖ model) per next token) on the held-out windows."""
-    ppl = perplexity(model, ids, window=WINDOW, max_windows=WINDOWS, progress=False).perplexity
-    kl, count = 0.0, 0
-    with torch.no_grad():
-        for w, dense_logp in enumerate(ref):
-            chunk = torch.tensor(ids[w * WINDOW : (w + 1) * WINDOW])[None]
-            kl += float(F.token_kl(dense_logp, model(chunk).logits).sum())
-            count += chunk.shape[1]
-    return ppl, kl / count
-
-
 def row(model, ids, ref) -> dict:
-    ppl, kl = held_out(model, ids, ref)
+    ppl, kl = held_out(model, ref, ids, None)
     return {"ppl": ppl, "kl": kl, "mb": f16_mb(model), "format": "PyTorch float16"}
 
 
@@ -242,6 +219,12 @@ class Results:
             self.done(step, {})
             return default
 
+    def measure(self, step: str, work) -> None:
+        """The rows ``work()`` measures, or the step's error."""
+        rows = self.attempt(step, work, None)
+        if rows is not None:
+            self.done(step, rows)
+
     def done(self, step: str, rows: dict) -> None:
         self.rows |= rows
         self.missing = [s for s in self.missing if s != step]
@@ -253,13 +236,15 @@ class Results:
         print(f"{step}: {json.dumps(rows)}", flush=True)
 
 
-def prune_and_recover(model, tok, args, results: Results, scratch: Path) -> tuple[dict, Path]:
+def prune_and_recover(args, results: Results, scratch: Path) -> tuple[dict, Path, object]:
     """Dense → pruned → repaired → recovered rows, the dense GGUF files written on the way;
-    returns (GGUF files, the saved recovered run). ``model`` ends repaired (in place)."""
+    returns (GGUF files, the saved recovered run, the tokenizer). The dense model is loaded
+    here and repaired in place, so that nothing else holds it once it is deleted."""
+    model, tok = dc.load_model(args.model)
     cfg = default_config(args.round_to)
     calib = calibration(model, tok, cfg)  # checked before any long work
     ids = evaluation_tokens(tok, "wiki", WINDOW * WINDOWS)
-    ref = reference(model, ids)
+    ref = reference(model, ids, None)
     results.done("dense", {"dense": row(model, ids, ref)})
     plan = dc.plan(dc.score(model, cfg, calib, progress=False), cfg, model)
     pruned = dc.apply(model, plan)
@@ -279,7 +264,7 @@ def prune_and_recover(model, tok, args, results: Results, scratch: Path) -> tupl
     files |= results.attempt(
         "recovered GGUF", lambda: write_ggufs(recovered, RECOVERED, tok, scratch), {}
     )
-    return files, dc.save(recovered, [plan], scratch / "recovered", tok)
+    return files, dc.save(recovered, [plan], scratch / "recovered", tok), tok
 
 
 def main() -> None:
@@ -298,22 +283,15 @@ def main() -> None:
     args.round_to = args.round_to or args.group
     methods = [m for m in args.int4.split(",") if m]
     torch.set_num_threads(THREADS)
-    model, tok = dc.load_model(args.model)
     steps = ["dense", "pruned", "repaired", "recovered", "llama.cpp", *methods]
     results = Results(args.model, steps)
     with tempfile.TemporaryDirectory(
         prefix="bench-pipeline-", dir=os.environ.get("BENCH_TMP")
     ) as tmp:
-        files, run = prune_and_recover(model, tok, args, results, Path(tmp))
-        rows = results.attempt("llama.cpp", lambda: gguf_rows(files, tok, Path(tmp)), None)
-        if rows is not None:
-            results.done("llama.cpp", rows)
+        files, run, tok = prune_and_recover(args, results, Path(tmp))
+        results.measure("llama.cpp", lambda: gguf_rows(files, tok, Path(tmp)))
         for method in methods:
-            rows = results.attempt(
-                method, lambda m=method: int4_rows(run, [m], args.group, Path(tmp)), None
-            )
-            if rows is not None:
-                results.done(method, rows)
+            results.measure(method, lambda m=method: int4_rows(run, [m], args.group, Path(tmp)))
     print(doc_table(json.loads((RESULTS / f"{name}.json").read_text())))
 
 

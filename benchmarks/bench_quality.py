@@ -119,18 +119,34 @@ def config(kw: dict, budget: float, repair: str, latency: bool = False) -> dc.Pr
     return dc.PruneConfig(**kw, budget=target, repair=repair)
 
 
-@torch.no_grad()
-def held_out(model, dense, ids: torch.Tensor, bos_id: int | None) -> tuple[float, float]:
-    """(perplexity, mean KL(dense ‖ model) per next token) on the held-out windows."""
-    ppl = perplexity(
-        model, ids, window=WINDOW, bos_id=bos_id, max_windows=WINDOWS, progress=False
-    ).perplexity
-    kl, count = 0.0, 0
+def _windows(ids, bos_id: int | None) -> list[torch.Tensor]:
+    """The held-out windows as batches of one, each led by ``bos_id`` where given."""
+    chunks = []
     for w in range(WINDOWS):
         chunk = torch.tensor(ids[w * WINDOW : (w + 1) * WINDOW]).unsqueeze(0)
         if bos_id is not None:
             chunk = torch.cat([torch.tensor([[bos_id]]), chunk], dim=1)
-        ref = F.log_probs(dense(chunk).logits)
+        chunks.append(chunk)
+    return chunks
+
+
+@torch.no_grad()
+def reference(dense, ids, bos_id: int | None) -> list[torch.Tensor]:
+    """The dense model's next-token log-probabilities on each held-out window: what
+    ``held_out`` compares with, kept instead of the dense model where memory is short."""
+    return [F.log_probs(dense(chunk).logits) for chunk in _windows(ids, bos_id)]
+
+
+@torch.no_grad()
+def held_out(model, dense, ids, bos_id: int | None) -> tuple[float, float]:
+    """(perplexity, mean KL(dense ‖ model) per next token) on the held-out windows;
+    ``dense``: the dense model, or its ``reference`` log-probabilities."""
+    ppl = perplexity(
+        model, ids, window=WINDOW, bos_id=bos_id, max_windows=WINDOWS, progress=False
+    ).perplexity
+    kl, count = 0.0, 0
+    for w, chunk in enumerate(_windows(ids, bos_id)):
+        ref = dense[w] if isinstance(dense, list) else F.log_probs(dense(chunk).logits)
         kl += float(F.token_kl(ref, model(chunk).logits).sum())
         count += chunk.shape[1]
     return ppl, kl / count
