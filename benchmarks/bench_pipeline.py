@@ -12,7 +12,9 @@ Q4_K_M, without and with its importance matrix of 64 × 256 calibration tokens.
 On the 1.5B the models are built one after another and freed (the dense model is repaired in
 place once its GGUF files, its reference log-probabilities and the teacher's targets exist), so
 the run peaks near two float32 copies rather than four; each finished step rewrites the
-results file, marked incomplete until the last one.
+results file, marked incomplete until the last one. ``--keep DIR`` keeps the scratch folder
+(the GGUF files, the saved recovered run); after a stop, the same command with ``--resume``
+measures the steps still missing from what that folder holds.
 
 Columns: held-out perplexity and mean next-token KL to the dense model (8 × 512 evaluation
 tokens, PyTorch; AWQ / GPTQ perplexity from the reloaded compressed-tensors model in
@@ -25,6 +27,7 @@ rounds) where the format runs there. Writes results/pipeline_smollm2.json
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -43,9 +46,10 @@ from depthcut.errors import ConfigError
 from depthcut.eval.run import EvalSettings
 from depthcut.formats.gguf_file import gguf_name, write_gguf
 from depthcut.jobs import CalibSpec, ModelRef, Output, QuantizeJob, run_quantize
+from depthcut.models import load_tokenizer, resolve
 from depthcut.recovery.config import RecoverConfig
 from depthcut.recovery.run import live_targets, recover, recovery_data
-from results_file import FLAG_NOTE, RESULTS, flag, write
+from results_file import FLAG_NOTE, RESULTS, commit, flag, this_command, today, write
 
 SHORT = {"smollm2-135m": "smollm2", "qwen2.5-coder-1.5b": "qwen2"}
 RECOVERED = "recovered (LoRA + top-64 KD)"
@@ -93,15 +97,24 @@ def row(model, ids, ref) -> dict:
     return {"ppl": ppl, "kl": kl, "mb": f16_mb(model), "format": "PyTorch float16"}
 
 
+QUANTS = ("f16", "q4_k_m", "q4_k_m+imatrix")
+
+
+def gguf_file(scratch: Path, name: str, quant: str) -> tuple[str, Path]:
+    """(row name, file) of ``name``'s GGUF export of type ``quant`` in ``scratch``."""
+    label = quant.upper().replace("+IMATRIX", " + imatrix")
+    folder = scratch / f"gguf-{name.split(' ')[0]}-{quant}"
+    return f"{name}, GGUF {label}", folder / gguf_name(quant)
+
+
 def write_ggufs(model, name: str, tok, scratch: Path) -> dict[str, str]:
     """``model`` in llama.cpp's float16, Q4_K_M and Q4_K_M + imatrix: {row name: file}."""
     files = {}
-    for quant in ("f16", "q4_k_m", "q4_k_m+imatrix"):
-        folder = scratch / f"gguf-{name.split(' ')[0]}-{quant}"
-        folder.mkdir()
-        write_gguf(model, tok, folder, quant, summary=False)
-        label = quant.upper().replace("+IMATRIX", " + imatrix")
-        files[f"{name}, GGUF {label}"] = str(folder / gguf_name(quant))
+    for quant in QUANTS:
+        row_name, path = gguf_file(scratch, name, quant)
+        path.parent.mkdir()
+        write_gguf(model, tok, path.parent, quant, summary=False)
+        files[row_name] = str(path)
     return files
 
 
@@ -167,13 +180,14 @@ def targets(rows: dict) -> dict:
         out["int4_added_ppl"] = max(int4)
     final, dense_q4 = rows.get(f"{RECOVERED}, GGUF Q4_K_M"), rows.get("dense, GGUF Q4_K_M")
     if final and dense_q4:
-        imatrix = rows[f"{RECOVERED}, GGUF Q4_K_M + imatrix"]
         out |= {
             "smaller_than_dense_f16": rows["dense"]["mb"] / final["mb"],
             "decode_vs_dense_q4_k_m": final["decode_tps"] / dense_q4["decode_tps"],
             "decode_unreliable": bool(final.get("unreliable") or dense_q4.get("unreliable")),
-            "q4_k_m_imatrix_ppl_vs_plain": imatrix["ppl_llamacpp"] / final["ppl_llamacpp"],
         }
+    imatrix = rows.get(f"{RECOVERED}, GGUF Q4_K_M + imatrix")
+    if final and imatrix:
+        out["q4_k_m_imatrix_ppl_vs_plain"] = imatrix["ppl_llamacpp"] / final["ppl_llamacpp"]
     return out
 
 
@@ -183,6 +197,11 @@ def doc_table(results: dict) -> str:
         f"`{results['command']}` ({results['date']}, commit {results['commit']}, "
         f"{results['hardware']['cores']}-core CPU, 2 threads)",
         "",
+        *[
+            f"Resumed by `{r['command']}` ({r['date']}, commit {r['commit']}): "
+            f"{', '.join(r['steps']) or 'nothing left it could do'}.\n"
+            for r in results.get("resumed", [])
+        ],
         "| step | format | perplexity | KL to dense | MB on disk | llama.cpp decode tok/s |",
         "|---|---|---:|---:|---:|---:|",
     ]
@@ -208,6 +227,21 @@ class Results:
         self.name, self.model, self.missing = f"pipeline_{SHORT[model]}", model, steps
         self.rows: dict = {}
         self.failed: dict[str, str] = {}
+        self.head: dict | None = None  # the first run's command, commit and date when resumed
+        self.resumed: list[dict] = []
+
+    def resume(self, left_out: list[str]) -> None:
+        """Continue the stopped run the results file records: its rows, failures and missing
+        steps are kept, with this run named in ``resumed`` (``left_out``: what it cannot do)."""
+        old = json.loads((RESULTS / f"{self.name}.json").read_text())
+        if old["model"] != self.model or not old.get("missing"):
+            raise ConfigError(f"{self.name}.json: no unfinished run of {self.model} to resume")
+        self.rows, self.failed, self.missing = old["rows"], old["failed"], old["missing"]
+        self.head = {k: old[k] for k in ("command", "commit", "date")}
+        todo = [s for s in self.missing if s not in left_out]
+        self.resumed = old.get("resumed", []) + [
+            {"command": this_command(), "commit": commit(), "date": today(), "steps": todo}
+        ]
 
     def attempt(self, step: str, work, default):
         """``work()``, or ``default`` with the step's error recorded (a step that fails, e.g.
@@ -230,9 +264,11 @@ class Results:
         self.missing = [s for s in self.missing if s != step]
         fields = {"model": self.model, "rows": self.rows, "missing": self.missing}
         fields["failed"] = self.failed
+        if self.resumed:
+            fields["resumed"] = self.resumed
         if RECOVERED in self.rows:
             fields["targets"] = targets(self.rows)
-        write(self.name, fields)
+        write(self.name, fields, head=self.head)
         print(f"{step}: {json.dumps(rows)}", flush=True)
 
 
@@ -261,10 +297,44 @@ def prune_and_recover(args, results: Results, scratch: Path) -> tuple[dict, Path
     del repaired, model
     brief = {k: history[k] for k in ("steps", "best_step", "seconds", "stopped")}
     results.done("recovered", {RECOVERED: row(recovered, ids, ref) | {"recovery": brief}})
+    run = dc.save(recovered, [plan], scratch / "recovered", tok)  # before its GGUF files
     files |= results.attempt(
         "recovered GGUF", lambda: write_ggufs(recovered, RECOVERED, tok, scratch), {}
     )
-    return files, dc.save(recovered, [plan], scratch / "recovered", tok), tok
+    return files, run, tok
+
+
+def resume_files(results: Results, scratch: Path, methods: list[str]):
+    """What a stopped run left in ``scratch``: (its GGUF files, its saved recovered run or
+    None, the tokenizer); ``results`` continues it, without what those files cannot give."""
+    if not (scratch / "gguf-dense-f16").is_dir():
+        raise ConfigError(f"--resume: {scratch} holds no GGUF files of a stopped run")
+    every = [gguf_file(scratch, n, q) for n in ("dense", RECOVERED) for q in QUANTS]
+    files = {row_name: str(path) for row_name, path in every if path.exists()}
+    absent = [row_name for row_name, path in every if not path.exists()]
+    run = scratch / "recovered"
+    run = run if (run / "depthcut.json").exists() else None
+    left_out = [] if run else methods
+    results.resume(left_out)
+    if "recovered" in results.missing:
+        raise ConfigError("--resume: the stopped run did not reach recovery; run it again")
+    if "llama.cpp" in results.missing:
+        results.missing += [f"{a} (its file was not written)" for a in absent]
+    return files, run, load_tokenizer(resolve(results.model))
+
+
+def scratch_folder(args) -> contextlib.AbstractContextManager:
+    """``--keep``'s folder (empty for a new run), else a temporary one."""
+    if args.keep is None:
+        return tempfile.TemporaryDirectory(
+            prefix="bench-pipeline-", dir=os.environ.get("BENCH_TMP")
+        )
+    if args.resume and not args.keep.is_dir():
+        raise ConfigError(f"--resume: {args.keep} does not exist")
+    if not args.resume and args.keep.exists() and any(args.keep.iterdir()):
+        raise ConfigError(f"--keep {args.keep}: not empty (add --resume to continue its run)")
+    args.keep.mkdir(parents=True, exist_ok=True)
+    return contextlib.nullcontext(str(args.keep))
 
 
 def main() -> None:
@@ -274,23 +344,30 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=64, help="AWQ / GPTQ group size")
     parser.add_argument("--round-to", type=int, default=None, help="kept widths (default: group)")
     parser.add_argument("--int4", default="awq,gptq", help="llm-compressor methods, in order")
+    parser.add_argument("--keep", type=Path, help="scratch folder kept (GGUF files, saved run)")
+    parser.add_argument("--resume", action="store_true", help="go on from --keep's stopped run")
     parser.add_argument("--table", action="store_true", help="print the docs table and stop")
     args = parser.parse_args()
     name = f"pipeline_{SHORT[args.model]}"
     if args.table:
         print(doc_table(json.loads((RESULTS / f"{name}.json").read_text())))
         return
+    if args.resume and args.keep is None:
+        raise ConfigError("--resume needs --keep DIR: the folder the stopped run kept")
     args.round_to = args.round_to or args.group
     methods = [m for m in args.int4.split(",") if m]
     torch.set_num_threads(THREADS)
-    steps = ["dense", "pruned", "repaired", "recovered", "llama.cpp", *methods]
-    results = Results(args.model, steps)
-    with tempfile.TemporaryDirectory(
-        prefix="bench-pipeline-", dir=os.environ.get("BENCH_TMP")
-    ) as tmp:
-        files, run, tok = prune_and_recover(args, results, Path(tmp))
-        results.measure("llama.cpp", lambda: gguf_rows(files, tok, Path(tmp)))
-        for method in methods:
+    results = Results(
+        args.model, ["dense", "pruned", "repaired", "recovered", "llama.cpp", *methods]
+    )
+    with scratch_folder(args) as tmp:
+        if args.resume:
+            files, run, tok = resume_files(results, Path(tmp), methods)
+        else:
+            files, run, tok = prune_and_recover(args, results, Path(tmp))
+        if "llama.cpp" in results.missing:
+            results.measure("llama.cpp", lambda: gguf_rows(files, tok, Path(tmp)))
+        for method in (m for m in methods if run and m in results.missing):
             results.measure(method, lambda m=method: int4_rows(run, [m], args.group, Path(tmp)))
     print(doc_table(json.loads((RESULTS / f"{name}.json").read_text())))
 

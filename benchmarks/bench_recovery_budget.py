@@ -29,10 +29,10 @@ from results_file import provenance, show
 
 THREADS = 2
 RECIPES = {
-    "LoRA r=16, lr 2e-4": {"method": "lora", "lr": 2e-4},
-    "LoRA r=16, lr 1e-3": {"method": "lora", "lr": 1e-3},
-    "LoRA r=64, lr 1e-3": {"method": "lora", "lr": 1e-3, "lora_r": 64, "lora_alpha": 128},
-    "full, lr 1e-4": {"method": "full", "lr": 1e-4},
+    "LoRA r=16 at lr 2e-4": {"method": "lora", "lr": 2e-4},
+    "LoRA r=16 at lr 1e-3": {"method": "lora", "lr": 1e-3},
+    "LoRA r=64 at lr 1e-3": {"method": "lora", "lr": 1e-3, "lora_r": 64, "lora_alpha": 128},
+    "full FT at lr 1e-4": {"method": "full", "lr": 1e-4},
 }
 
 
@@ -58,6 +58,10 @@ def measure() -> dict:
     parser.add_argument("--steps", type=int, default=90, help="optimizer steps per recipe")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="which, comma-separated")
     args = parser.parse_args()
+    names = args.recipes.split(",")
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise SystemExit(f"--recipes: unknown {unknown}; choose from {list(RECIPES)}")
     torch.set_num_threads(THREADS)
     model, tok = dc.load_model("smollm2-135m")
     ppl = perplexity_fn(tok, EvalSettings())
@@ -67,7 +71,7 @@ def measure() -> dict:
     teacher = live_targets(model, tok, data[0], base.teacher_topk, progress=False)
     start = {"dense": ppl(model), "pruned": ppl(pruned), "repaired": ppl(repaired)}
     rows = {}
-    for name in args.recipes.split(","):
+    for name in names:
         cfg = dataclasses.replace(base, **RECIPES[name])
         recovered, history, wall, cpu = timed_recovery(repaired, tok, cfg, teacher, data)
         after = ppl(recovered)

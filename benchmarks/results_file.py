@@ -32,13 +32,17 @@ def today() -> str:
     return time.strftime("%Y-%m-%d")
 
 
-def write(name: str, fields: dict, command: str | None = None) -> Path:
+def this_command() -> str:
+    """This script and its arguments, as the results files show it."""
+    return " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+
+
+def write(name: str, fields: dict, command: str | None = None, head: dict | None = None) -> Path:
     """Write ``fields`` with the command (default: this script and its arguments), commit,
-    date and hardware into ``results/NAME.json``."""
-    script = Path(sys.argv[0])
-    shown = command or " ".join(["python", f"benchmarks/{script.name}", *sys.argv[1:]])
+    date and hardware into ``results/NAME.json``; ``head``: the command, commit and date of
+    the run a resumed one continues, kept as they were."""
     path = RESULTS / f"{name}.json"
-    head = {"command": shown, "commit": commit(), "date": today()}
+    head = head or {"command": command or this_command(), "commit": commit(), "date": today()}
     path.write_text(json.dumps(head | {"hardware": hardware()} | fields, indent=2) + "\n")
     return path
 
