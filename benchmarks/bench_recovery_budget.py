@@ -6,6 +6,10 @@ number of steps for every recipe: LoRA at two learning rates and ranks, and full
 
     python benchmarks/bench_recovery_budget.py --steps 90
 
+Other step counts write results/recovery_budget_STEPS.json
+(``--steps 190 --recipes "LoRA r=16 at lr 1e-3,full FT at lr 1e-4"``: about 10 CPU-minutes
+each).
+
 Columns: held-out perplexity (8 × 512 evaluation tokens), the share of the log-perplexity gap
 closed from the repaired and from the unrepaired model, the best step, and the training time:
 wall seconds and the process's CPU seconds divided by its 2 threads (what the run would take
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import time
 
 import torch
@@ -25,7 +30,7 @@ import depthcut as dc
 from bench_pipeline import default_config, log_gap_closed, recovery_config
 from depthcut.eval.run import EvalSettings, perplexity_fn
 from depthcut.recovery.run import live_targets, recover, recovery_data
-from results_file import provenance, show
+from results_file import RESULTS, provenance, write
 
 THREADS = 2
 RECIPES = {
@@ -53,15 +58,19 @@ def timed_recovery(repaired, tok, cfg, teacher, data) -> tuple:
     return recovered, history, time.perf_counter() - wall, (time.process_time() - cpu) / THREADS
 
 
-def measure() -> dict:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=90, help="optimizer steps per recipe")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="which, comma-separated")
+    parser.add_argument("--table", action="store_true", help="print the docs table and stop")
     args = parser.parse_args()
-    names = args.recipes.split(",")
-    unknown = [n for n in names if n not in RECIPES]
+    unknown = [n for n in args.recipes.split(",") if n not in RECIPES]
     if unknown:
         raise SystemExit(f"--recipes: unknown {unknown}; choose from {list(RECIPES)}")
+    return args
+
+
+def measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(THREADS)
     model, tok = dc.load_model("smollm2-135m")
     ppl = perplexity_fn(tok, EvalSettings())
@@ -71,7 +80,7 @@ def measure() -> dict:
     teacher = live_targets(model, tok, data[0], base.teacher_topk, progress=False)
     start = {"dense": ppl(model), "pruned": ppl(pruned), "repaired": ppl(repaired)}
     rows = {}
-    for name in names:
+    for name in args.recipes.split(","):
         cfg = dataclasses.replace(base, **RECIPES[name])
         recovered, history, wall, cpu = timed_recovery(repaired, tok, cfg, teacher, data)
         after = ppl(recovered)
@@ -108,5 +117,13 @@ def table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def main() -> None:
+    """results/recovery_budget.json at 90 steps, recovery_budget_STEPS.json otherwise."""
+    args = arguments()
+    name = "recovery_budget" + ("" if args.steps == 90 else f"_{args.steps}")
+    path = RESULTS / f"{name}.json" if args.table else write(name, measure(args))
+    print(table(json.loads(path.read_text())))
+
+
 if __name__ == "__main__":
-    show("recovery_budget", table, measure)
+    main()
