@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -34,7 +35,7 @@ def today() -> str:
 
 def this_command() -> str:
     """This script and its arguments, as the results files show it."""
-    return " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    return shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
 def write(name: str, fields: dict, command: str | None = None, head: dict | None = None) -> Path:

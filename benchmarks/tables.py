@@ -147,6 +147,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "pipeline": _from_bench("bench_pipeline", "doc_table", "pipeline_smollm2"),
     "pipeline_qwen2": _from_bench("bench_pipeline", "doc_table", "pipeline_qwen2"),
     "recovery_budget": _from_bench("bench_recovery_budget", "table", "recovery_budget"),
+    "recovery_budget_190": _from_bench("bench_recovery_budget", "table", "recovery_budget_190"),
     "healing": _from_bench("bench_healing", "doc_table", "healing_smollm2"),
     "comparison_smollm2": _from_bench("bench_quality", "doc_table", "comparison_smollm2"),
     "comparison_gemma3": _from_bench("bench_quality", "doc_table", "comparison_gemma3"),
